@@ -1,0 +1,12 @@
+//! The sifrun launcher library, shared by the `sifrun` binary and the SPANK
+//! plugin.
+//!
+//! Today it builds SIF images from a directory or a squashfs ([`build`]) and
+//! summarises them ([`inspect`]). The unprivileged runtime (user and mount
+//! namespaces, the in-process squashfs FUSE server, the container root plan
+//! and its apply loop over a syscall seam) lands here next; the only module
+//! allowed `unsafe` will be its syscall module.
+
+pub mod build;
+pub mod inspect;
+pub mod sanitize;
