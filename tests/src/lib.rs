@@ -1,0 +1,121 @@
+//! Shared helpers for the end-to-end tests: where the corpus and the built
+//! binaries are, and the map from corpus images to siftool's goldens.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// The sylabs/sif corpus directory.
+pub fn corpus() -> PathBuf {
+    root().join("tests/corpus/sylabs-sif")
+}
+
+/// A reference test image by file name.
+pub fn image(name: &str) -> PathBuf {
+    corpus().join("test/images").join(name)
+}
+
+/// A siftool golden, e.g. `golden_app("List", "OneGroup")`.
+pub fn golden_app(kind: &str, name: &str) -> PathBuf {
+    corpus()
+        .join("golden/internal/app/siftool/testdata")
+        .join(format!("TestApp_{kind}"))
+        .join(format!("{name}.golden"))
+}
+
+/// Images with `list` and `header` goldens: (image file, golden name).
+pub const LIST_AND_HEADER: &[(&str, &str)] = &[
+    ("empty.sif", "Empty"),
+    ("empty-id.sif", "EmptyID"),
+    ("empty-launch-script.sif", "EmptyLaunchScript"),
+    ("one-group.sif", "OneGroup"),
+    ("one-group-signed-legacy.sif", "OneGroupSignedLegacy"),
+    ("one-group-signed-legacy-all.sif", "OneGroupSignedLegacyAll"),
+    ("one-group-signed-legacy-group.sif", "OneGroupSignedLegacyGroup"),
+    ("one-group-signed-pgp.sif", "OneGroupSignedPGP"),
+    ("one-object-crypt-message.sif", "OneObjectCryptMessage"),
+    ("one-object-generic-json.sif", "OneObjectGenericJSON"),
+    ("one-object-oci-blob.sif", "OneObjectOCIBlob"),
+    ("one-object-oci-root-index.sif", "OneObjectOCIRootIndex"),
+    ("one-object-sbom.sif", "OneObjectSBOM"),
+    ("one-object-time.sif", "OneObjectTime"),
+    ("two-groups.sif", "TwoGroups"),
+    ("two-groups-signed-legacy.sif", "TwoGroupsSignedLegacy"),
+    ("two-groups-signed-legacy-all.sif", "TwoGroupsSignedLegacyAll"),
+    ("two-groups-signed-legacy-group.sif", "TwoGroupsSignedLegacyGroup"),
+    ("two-groups-signed-pgp.sif", "TwoGroupsSignedPGP"),
+];
+
+/// `info` goldens: (golden name, object ID, image file).
+pub const INFO: &[(&str, u32, &str)] = &[
+    ("CryptMessage", 1, "one-object-crypt-message.sif"),
+    ("DataPartitionEXT3", 3, "two-groups-signed-pgp.sif"),
+    ("DataPartitionRaw", 1, "two-groups-signed-pgp.sif"),
+    ("DataPartitionSquashFS", 2, "two-groups-signed-pgp.sif"),
+    ("DataSignature", 4, "two-groups-signed-pgp.sif"),
+    ("GenericJSON", 1, "one-object-generic-json.sif"),
+    ("OCIBlob", 1, "one-object-oci-blob.sif"),
+    ("OCIRootIndex", 1, "one-object-oci-root-index.sif"),
+    ("SBOM", 1, "one-object-sbom.sif"),
+    ("Time", 1, "one-object-time.sif"),
+];
+
+/// `dump` goldens: (golden name, object ID, image file).
+pub const DUMP: &[(&str, u32, &str)] = &[("One", 1, "one-group.sif"), ("Two", 2, "one-group.sif")];
+
+/// Every image in the corpus.
+pub fn all_images() -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(corpus().join("test/images"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "sif"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// The `sifrun` binary built for these tests.
+pub fn sifrun_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("SIFRUN_BIN") {
+        return PathBuf::from(p);
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"));
+    let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
+    let bin = target.join(profile).join("sifrun");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p launcher` first (tests/run-all does)",
+        bin.display()
+    );
+    bin
+}
+
+/// Runs `sifrun` with `args`.
+pub fn sifrun(args: &[&str]) -> Output {
+    Command::new(sifrun_bin()).args(args).output().unwrap()
+}
+
+/// Asserts success and returns stdout.
+pub fn ok(out: Output) -> Vec<u8> {
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// Whether a program is on PATH.
+pub fn have(program: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|paths| {
+        std::env::split_paths(&paths).any(|d| d.join(program).is_file())
+    })
+}

@@ -21,13 +21,14 @@ pub fn is_under(path: &Path, base: &Path) -> bool {
     if !normal(path) || !normal(base) {
         return false;
     }
-    let strip = |p: &Path| -> Vec<_> {
-        p.components()
-            .filter(|c| !matches!(c, Component::CurDir))
-            .collect()
-    };
-    let (path, base) = (strip(path), strip(base));
+    let (path, base) = (normal_components(path), normal_components(base));
     path.len() >= base.len() && path[..base.len()] == base[..]
+}
+
+fn normal_components(p: &Path) -> Vec<Component<'_>> {
+    p.components()
+        .filter(|c| !matches!(c, Component::CurDir))
+        .collect()
 }
 
 #[cfg(test)]

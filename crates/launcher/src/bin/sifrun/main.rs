@@ -1,1 +1,131 @@
-fn main() {}
+//! `sifrun`: run, build and inspect SIF container images.
+
+mod sif_cmd;
+
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+use launcher::build::{self, BuildOptions, Compression, Source};
+
+#[derive(Parser)]
+#[command(
+    name = "sifrun",
+    version,
+    about = "Run, build and inspect SIF container images",
+    long_about = "sifrun runs SIF images (Apptainer/Singularity's single-file format) as an \
+ordinary user, builds them, and reads and edits them like siftool."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Read and edit the objects of a SIF image (siftool's commands and output)
+    #[command(subcommand)]
+    Sif(sif_cmd::SifCommand),
+    /// Build a SIF image from a directory or a squashfs file
+    #[command(
+        after_help = "The root filesystem becomes the primary system partition, squashfs, for the \
+host architecture, in object group 1 (Apptainer's layout). SOURCE_DATE_EPOCH makes the \
+image reproducible (nil ID, that time)."
+    )]
+    Build {
+        /// The image to write
+        image: PathBuf,
+        /// Directory to pack as the container's root filesystem
+        #[arg(required_unless_present = "from_squashfs", conflicts_with = "from_squashfs")]
+        source_dir: Option<PathBuf>,
+        /// Use this squashfs file as the root filesystem instead of a directory
+        #[arg(long, value_name = "FILE")]
+        from_squashfs: Option<PathBuf>,
+        /// Squashfs compression
+        #[arg(long, default_value = "gzip", value_name = "gzip|zstd|xz|lz4")]
+        compression: Compression,
+        /// Keep file owners from the source (default: everything owned by root)
+        #[arg(long)]
+        keep_owner: bool,
+        /// Replace IMAGE if it exists
+        #[arg(long)]
+        force: bool,
+    },
+    /// Summarise an image: partitions, signatures, other objects, definition file
+    Inspect {
+        /// The image to inspect
+        image: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SIFRUN_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(io::stderr)
+        .without_time()
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // A closed pipe (`sifrun sif dump … | head`) is not an error.
+            if e
+                .chain()
+                .any(|c| c.downcast_ref::<io::Error>().is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe))
+            {
+                return ExitCode::SUCCESS;
+            }
+            let _ = writeln!(io::stderr(), "sifrun: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Sif(cmd) => sif_cmd::run(cmd),
+        Command::Build {
+            image,
+            source_dir,
+            from_squashfs,
+            compression,
+            keep_owner,
+            force,
+        } => {
+            let source = match (source_dir, from_squashfs) {
+                (_, Some(f)) => Source::Squashfs(f),
+                (Some(d), None) => Source::Dir(d),
+                (None, None) => unreachable!("clap requires one source"),
+            };
+            let opts = BuildOptions {
+                output: image,
+                source,
+                compression,
+                keep_owner,
+                force,
+                source_date_epoch: build::source_date_epoch_from_env().map_err(anyhow::Error::msg)?,
+                arch: sif::Arch::host(),
+            };
+            let report = build::build(&opts).context("build")?;
+            println!(
+                "sifrun: built {} ({} bytes, squashfs partition {} bytes)",
+                report.output.display(),
+                report.image_size,
+                report.partition_size
+            );
+            Ok(())
+        }
+        Command::Inspect { image } => {
+            let shown = image.display().to_string();
+            let img = sif_cmd::open_ro(&image).with_context(|| format!("inspect: {shown}"))?;
+            io::stdout().write_all(launcher::inspect::summary(&shown, &img).as_bytes())?;
+            Ok(())
+        }
+    }
+}
