@@ -12,7 +12,10 @@ fn require(tool: &str) -> bool {
     if have(tool) {
         return true;
     }
-    assert!(std::env::var_os("SIFRUN_REQUIRE_PEERS").is_none(), "{tool} is required");
+    assert!(
+        std::env::var_os("SIFRUN_REQUIRE_PEERS").is_none(),
+        "{tool} is required"
+    );
     eprintln!("skipping: {tool} not installed");
     false
 }
@@ -22,7 +25,11 @@ fn rootfs(dir: &Path) -> PathBuf {
     fs::create_dir_all(root.join("usr/bin")).unwrap();
     fs::create_dir_all(root.join(".singularity.d/env")).unwrap();
     fs::write(root.join("usr/bin/hello"), "#!/bin/sh\necho hello\n").unwrap();
-    fs::set_permissions(root.join("usr/bin/hello"), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(
+        root.join("usr/bin/hello"),
+        fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
     fs::write(root.join("data.txt"), "x".repeat(100_000)).unwrap();
     root
 }
@@ -32,8 +39,16 @@ fn s(p: &Path) -> &str {
 }
 
 fn failed(out: &Output) -> String {
-    assert!(!out.status.success(), "expected failure, got success: {}", String::from_utf8_lossy(&out.stdout));
-    assert_eq!(out.status.code(), Some(1), "usage errors aside, failures exit 1");
+    assert!(
+        !out.status.success(),
+        "expected failure, got success: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "usage errors aside, failures exit 1"
+    );
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(err.starts_with("sifrun: "), "{err}");
     assert!(!err.contains("panicked"), "{err}");
@@ -44,7 +59,10 @@ fn failed(out: &Output) -> String {
 fn no_leftovers(dir: &Path) {
     for e in fs::read_dir(dir).unwrap() {
         let name = e.unwrap().file_name().into_string().unwrap();
-        assert!(!name.contains(".sifrun-build-"), "temporary file left behind: {name}");
+        assert!(
+            !name.contains(".sifrun-build-"),
+            "temporary file left behind: {name}"
+        );
     }
 }
 
@@ -71,8 +89,14 @@ fn builds_a_primary_squashfs_partition_in_group_one() {
     assert_eq!(p.fs_type, sif::FsType::SQUASHFS);
     assert_eq!(p.arch, sif::Arch::host());
     assert_eq!(image.header().arch, sif::Arch::host());
-    assert_eq!(image.header().launch_script(), "#!/usr/bin/env run-singularity\n");
-    assert_eq!(fs::metadata(&img).unwrap().permissions().mode() & 0o111, 0o111 & !umask());
+    assert_eq!(
+        image.header().launch_script(),
+        "#!/usr/bin/env run-singularity\n"
+    );
+    assert_eq!(
+        fs::metadata(&img).unwrap().permissions().mode() & 0o111,
+        0o111 & !umask()
+    );
     // The partition is a squashfs that squashfs-tools read at its offset.
     let listing = unsquashfs(&["-o", "32768", "-lls", s(&img)]);
     assert!(listing.contains("squashfs-root/usr/bin/hello"), "{listing}");
@@ -102,19 +126,36 @@ fn every_compression_and_owner_choice() {
         let stats = unsquashfs(&["-o", "32768", "-s", s(&img)]);
         assert!(stats.contains(&format!("Compression {comp}")), "{stats}");
     }
-    let out = sifrun(&["build", "--compression", "lzo", s(&dir.path().join("x.sif")), s(&root)]);
-    assert_eq!(out.status.code(), Some(2), "bad option values are usage errors");
+    let out = sifrun(&[
+        "build",
+        "--compression",
+        "lzo",
+        s(&dir.path().join("x.sif")),
+        s(&root),
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "bad option values are usage errors"
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("lzo"));
 
     // --keep-owner keeps a non-root owner, the default makes it root.
     let mut owner = unsafe_free_uid();
     if owner == 0 {
         owner = 1234;
-        ok(Command::new("chown").args(["1234:1234", s(&root.join("usr/bin/hello"))]).output().unwrap());
+        ok(Command::new("chown")
+            .args(["1234:1234", s(&root.join("usr/bin/hello"))])
+            .output()
+            .unwrap());
     }
     let owner_of_hello = |img: &Path| {
         let listing = unsquashfs(&["-o", "32768", "-lln", s(img)]);
-        let line = listing.lines().find(|l| l.ends_with("/usr/bin/hello")).unwrap().to_owned();
+        let line = listing
+            .lines()
+            .find(|l| l.ends_with("/usr/bin/hello"))
+            .unwrap()
+            .to_owned();
         line.split_whitespace().nth(1).unwrap().to_owned()
     };
     let keep = dir.path().join("keep.sif");
@@ -141,13 +182,24 @@ fn from_squashfs_copies_the_filesystem_unchanged() {
     let root = rootfs(dir.path());
     let sq = dir.path().join("root.sqfs");
     ok(Command::new("mksquashfs")
-        .args([s(&root), s(&sq), "-noappend", "-quiet", "-no-progress", "-comp", "zstd"])
+        .args([
+            s(&root),
+            s(&sq),
+            "-noappend",
+            "-quiet",
+            "-no-progress",
+            "-comp",
+            "zstd",
+        ])
         .output()
         .unwrap());
     let img = dir.path().join("from.sif");
     ok(sifrun(&["build", s(&img), "--from-squashfs", s(&sq)]));
     let dumped = ok(sifrun(&["sif", "dump", "1", s(&img)]));
-    assert!(dumped == fs::read(&sq).unwrap(), "partition bytes differ from the squashfs");
+    assert!(
+        dumped == fs::read(&sq).unwrap(),
+        "partition bytes differ from the squashfs"
+    );
 }
 
 #[test]
@@ -168,8 +220,12 @@ fn source_date_epoch_makes_builds_reproducible() {
     };
     let (a, b) = (build("a.sif"), build("b.sif"));
     assert!(a == b, "two builds with SOURCE_DATE_EPOCH differ");
-    let header = String::from_utf8(ok(sifrun(&["sif", "header", s(&dir.path().join("a.sif"))]))).unwrap();
-    assert!(header.contains("Created At:           2023-11-14 22:13:20 +0000 UTC"), "{header}");
+    let header =
+        String::from_utf8(ok(sifrun(&["sif", "header", s(&dir.path().join("a.sif"))]))).unwrap();
+    assert!(
+        header.contains("Created At:           2023-11-14 22:13:20 +0000 UTC"),
+        "{header}"
+    );
     assert!(!header.contains("ID:"), "{header}");
 }
 
@@ -184,16 +240,28 @@ fn build_refuses_bad_input_and_leaves_nothing() {
 
     let missing = dir.path().join("nope");
     let err = failed(&sifrun(&["build", s(&img), s(&missing)]));
-    assert!(err.contains(s(&missing)) && err.contains("No such file"), "{err}");
+    assert!(
+        err.contains(s(&missing)) && err.contains("No such file"),
+        "{err}"
+    );
     assert!(!img.exists());
 
     let err = failed(&sifrun(&["build", s(&img), s(&root.join("data.txt"))]));
     assert!(err.contains("not a directory"), "{err}");
 
-    let err = failed(&sifrun(&["build", s(&img), "--from-squashfs", s(&root.join("data.txt"))]));
+    let err = failed(&sifrun(&[
+        "build",
+        s(&img),
+        "--from-squashfs",
+        s(&root.join("data.txt")),
+    ]));
     assert!(err.contains("not a squashfs"), "{err}");
 
-    let err = failed(&sifrun(&["build", s(&dir.path().join("no/such/dir/x.sif")), s(&root)]));
+    let err = failed(&sifrun(&[
+        "build",
+        s(&dir.path().join("no/such/dir/x.sif")),
+        s(&root),
+    ]));
     assert!(err.contains("No such file"), "{err}");
 
     let err = failed(&sifrun(&["build", s(dir.path()), s(&root)]));
@@ -201,7 +269,10 @@ fn build_refuses_bad_input_and_leaves_nothing() {
 
     fs::write(&img, "precious").unwrap();
     let err = failed(&sifrun(&["build", s(&img), s(&root)]));
-    assert!(err.contains("already exists") && err.contains("--force"), "{err}");
+    assert!(
+        err.contains("already exists") && err.contains("--force"),
+        "{err}"
+    );
     assert_eq!(fs::read(&img).unwrap(), b"precious");
     ok(sifrun(&["build", "--force", s(&img), s(&root)]));
     assert_ne!(fs::read(&img).unwrap(), b"precious");
@@ -211,7 +282,11 @@ fn build_refuses_bad_input_and_leaves_nothing() {
     let bin = dir.path().join("bin");
     fs::create_dir(&bin).unwrap();
     let fake = bin.join("mksquashfs");
-    fs::write(&fake, "#!/bin/sh\necho junk > \"$2\"\necho 'FATAL ERROR: disk full' >&2\nexit 1\n").unwrap();
+    fs::write(
+        &fake,
+        "#!/bin/sh\necho junk > \"$2\"\necho 'FATAL ERROR: disk full' >&2\nexit 1\n",
+    )
+    .unwrap();
     fs::set_permissions(&fake, fs::Permissions::from_mode(0o755)).unwrap();
     let fresh = dir.path().join("fresh.sif");
     let out = Command::new(sifrun_bin())
@@ -220,7 +295,10 @@ fn build_refuses_bad_input_and_leaves_nothing() {
         .output()
         .unwrap();
     let err = failed(&out);
-    assert!(err.contains("mksquashfs failed") && err.contains("disk full"), "{err}");
+    assert!(
+        err.contains("mksquashfs failed") && err.contains("disk full"),
+        "{err}"
+    );
     assert!(!fresh.exists());
     no_leftovers(dir.path());
 
@@ -237,19 +315,41 @@ fn build_refuses_bad_input_and_leaves_nothing() {
 fn inspect_summarises_and_neutralises_terminal_escapes() {
     let signed = image("two-groups-signed-pgp.sif");
     let out = String::from_utf8(ok(sifrun(&["inspect", s(&signed)]))).unwrap();
-    assert!(out.contains("[2] Squashfs primary system (container root), 386"), "{out}");
+    assert!(
+        out.contains("[2] Squashfs primary system (container root), 386"),
+        "{out}"
+    );
     assert!(out.contains("[3] Ext3 System, amd64"), "{out}");
-    assert!(out.contains("signs group 1, SHA-256, signer 12045C8C0B1004D058DE4BEDA20C27EE7FF7BA84"), "{out}");
+    assert!(
+        out.contains("signs group 1, SHA-256, signer 12045C8C0B1004D058DE4BEDA20C27EE7FF7BA84"),
+        "{out}"
+    );
     assert!(out.contains("not verified"), "{out}");
 
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("def.sif");
     let def = dir.path().join("recipe.def");
-    fs::write(&def, "Bootstrap: docker\nFrom: debian\n%post\n  echo \x1b[2Jgotcha\n").unwrap();
+    fs::write(
+        &def,
+        "Bootstrap: docker\nFrom: debian\n%post\n  echo \x1b[2Jgotcha\n",
+    )
+    .unwrap();
     ok(sifrun(&["sif", "new", s(&img)]));
-    ok(sifrun(&["sif", "add", "--datatype", "1", "--groupid", "1", s(&img), s(&def)]));
+    ok(sifrun(&[
+        "sif",
+        "add",
+        "--datatype",
+        "1",
+        "--groupid",
+        "1",
+        s(&img),
+        s(&def),
+    ]));
     let out = String::from_utf8(ok(sifrun(&["inspect", s(&img)]))).unwrap();
-    assert!(out.contains("Definition file (object 1):\n  Bootstrap: docker"), "{out}");
+    assert!(
+        out.contains("Definition file (object 1):\n  Bootstrap: docker"),
+        "{out}"
+    );
     assert!(!out.contains('\x1b'), "escape sequence passed through");
     assert!(out.contains("\u{fffd}[2Jgotcha"), "{out}");
 }
@@ -266,7 +366,13 @@ fn bad_images_get_one_clear_line() {
     fs::write(&truncated, &bytes[..20_000]).unwrap();
     let missing = dir.path().join("missing.sif");
 
-    for cmd in [vec!["sif", "list"], vec!["sif", "header"], vec!["inspect"], vec!["sif", "info", "1"], vec!["sif", "dump", "1"]] {
+    for cmd in [
+        vec!["sif", "list"],
+        vec!["sif", "header"],
+        vec!["inspect"],
+        vec!["sif", "info", "1"],
+        vec!["sif", "dump", "1"],
+    ] {
         for (path, want) in [
             (&text, "not a SIF image"),
             (&short, "too short"),
@@ -277,7 +383,10 @@ fn bad_images_get_one_clear_line() {
             let mut args = cmd.clone();
             args.push(s(path));
             let err = failed(&sifrun(&args));
-            assert!(err.contains(s(path)) && err.contains(want), "{args:?}: {err}");
+            assert!(
+                err.contains(s(path)) && err.contains(want),
+                "{args:?}: {err}"
+            );
         }
     }
     let good = image("one-group.sif");
@@ -297,19 +406,102 @@ fn edits_refuse_bad_input_and_change_nothing() {
     ok(sifrun(&["sif", "new", s(&img)]));
     let err = failed(&sifrun(&["sif", "new", s(&img)]));
     assert!(err.contains("already exists"), "{err}");
-    ok(sifrun(&["sif", "add", "--datatype", "4", "--partfs", "1", "--parttype", "2", "--partarch", "amd64", s(&img), s(&obj)]));
+    ok(sifrun(&[
+        "sif",
+        "add",
+        "--datatype",
+        "4",
+        "--partfs",
+        "1",
+        "--parttype",
+        "2",
+        "--partarch",
+        "amd64",
+        s(&img),
+        s(&obj),
+    ]));
     let before = fs::read(&img).unwrap();
     let long_name = "n".repeat(200);
     let cases: Vec<(Vec<&str>, &str)> = vec![
-        (vec!["add", "--datatype", "4", "--partfs", "1", "--parttype", "2", "--partarch", "arm64"], "already contains a primary"),
-        (vec!["add", "--datatype", "4", "--partfs", "1"], "--parttype"),
-        (vec!["add", "--datatype", "4", "--partfs", "1", "--parttype", "9", "--partarch", "2"], "--parttype: 9"),
-        (vec!["add", "--datatype", "4", "--partfs", "1", "--parttype", "1", "--partarch", "vax"], "--partarch"),
+        (
+            vec![
+                "add",
+                "--datatype",
+                "4",
+                "--partfs",
+                "1",
+                "--parttype",
+                "2",
+                "--partarch",
+                "arm64",
+            ],
+            "already contains a primary",
+        ),
+        (
+            vec!["add", "--datatype", "4", "--partfs", "1"],
+            "--parttype",
+        ),
+        (
+            vec![
+                "add",
+                "--datatype",
+                "4",
+                "--partfs",
+                "1",
+                "--parttype",
+                "9",
+                "--partarch",
+                "2",
+            ],
+            "--parttype: 9",
+        ),
+        (
+            vec![
+                "add",
+                "--datatype",
+                "4",
+                "--partfs",
+                "1",
+                "--parttype",
+                "1",
+                "--partarch",
+                "vax",
+            ],
+            "--partarch",
+        ),
         (vec!["add", "--datatype", "12"], "--datatype: 12"),
-        (vec!["add", "--datatype", "5", "--signhash", "1", "--signentity", "XYZ"], "--signentity"),
-        (vec!["add", "--datatype", "5", "--signhash", "7", "--signentity", "12045C8C0B1004D058DE4BEDA20C27EE7FF7BA84"], "--signhash: 7"),
-        (vec!["add", "--datatype", "9", "--sbomformat", "pdf"], "--sbomformat"),
-        (vec!["add", "--datatype", "7", "--filename", &long_name], "object name"),
+        (
+            vec![
+                "add",
+                "--datatype",
+                "5",
+                "--signhash",
+                "1",
+                "--signentity",
+                "XYZ",
+            ],
+            "--signentity",
+        ),
+        (
+            vec![
+                "add",
+                "--datatype",
+                "5",
+                "--signhash",
+                "7",
+                "--signentity",
+                "12045C8C0B1004D058DE4BEDA20C27EE7FF7BA84",
+            ],
+            "--signhash: 7",
+        ),
+        (
+            vec!["add", "--datatype", "9", "--sbomformat", "pdf"],
+            "--sbomformat",
+        ),
+        (
+            vec!["add", "--datatype", "7", "--filename", &long_name],
+            "object name",
+        ),
     ];
     for (mut args, want) in cases {
         args.insert(0, "sif");
@@ -317,9 +509,20 @@ fn edits_refuse_bad_input_and_change_nothing() {
         args.push(s(&obj));
         let err = failed(&sifrun(&args));
         assert!(err.contains(want), "{args:?}: {err}");
-        assert_eq!(fs::read(&img).unwrap(), before, "{args:?} changed the image");
+        assert_eq!(
+            fs::read(&img).unwrap(),
+            before,
+            "{args:?} changed the image"
+        );
     }
-    let err = failed(&sifrun(&["sif", "add", "--datatype", "7", s(&img), s(&dir.path().join("absent"))]));
+    let err = failed(&sifrun(&[
+        "sif",
+        "add",
+        "--datatype",
+        "7",
+        s(&img),
+        s(&dir.path().join("absent")),
+    ]));
     assert!(err.contains("absent"), "{err}");
     let err = failed(&sifrun(&["sif", "del", "7", s(&img)]));
     assert!(err.contains("object 7 not found"), "{err}");
@@ -332,11 +535,19 @@ fn edits_refuse_bad_input_and_change_nothing() {
 fn dump_into_a_closed_pipe_is_quiet() {
     let out = Command::new("sh")
         .arg("-c")
-        .arg(format!("{} sif dump 2 {} | head -c 4", sifrun_bin().display(), image("two-groups.sif").display()))
+        .arg(format!(
+            "{} sif dump 2 {} | head -c 4",
+            sifrun_bin().display(),
+            image("two-groups.sif").display()
+        ))
         .output()
         .unwrap();
     assert_eq!(out.stdout, b"hsqs");
-    assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]

@@ -32,7 +32,10 @@ fn as_old_siftool(text: &[u8]) -> String {
     String::from_utf8_lossy(text)
         .lines()
         .filter(|l| !l.trim_start().starts_with("Digest:"))
-        .map(|l| l.replace("OCI.RootIndex", "Unknown").replace("OCI.Blob", "Unknown"))
+        .map(|l| {
+            l.replace("OCI.RootIndex", "Unknown")
+                .replace("OCI.Blob", "Unknown")
+        })
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -40,8 +43,16 @@ fn as_old_siftool(text: &[u8]) -> String {
 fn same_views(img: &Path, ids: &[u32]) {
     let p = img.to_str().unwrap();
     let list = ok(sifrun(&["sif", "list", p]));
-    assert_eq!(as_old_siftool(&list), as_old_siftool(&siftool(&["list", p])), "list of {p}");
-    assert_eq!(ok(sifrun(&["sif", "header", p])), siftool(&["header", p]), "header of {p}");
+    assert_eq!(
+        as_old_siftool(&list),
+        as_old_siftool(&siftool(&["list", p])),
+        "list of {p}"
+    );
+    assert_eq!(
+        ok(sifrun(&["sif", "header", p])),
+        siftool(&["header", p]),
+        "header of {p}"
+    );
     for id in ids {
         let id = id.to_string();
         let ours = ok(sifrun(&["sif", "info", &id, p]));
@@ -51,7 +62,11 @@ fn same_views(img: &Path, ids: &[u32]) {
             let ours = as_old_siftool(&ours);
             assert!(ours.contains("Unknown"), "info {id} of {p}:\n{ours}");
         }
-        assert_eq!(ok(sifrun(&["sif", "dump", &id, p])), siftool(&["dump", &id, p]), "dump {id}");
+        assert_eq!(
+            ok(sifrun(&["sif", "dump", &id, p])),
+            siftool(&["dump", &id, p]),
+            "dump {id}"
+        );
     }
 }
 
@@ -72,13 +87,75 @@ fn script(image: &str, obj: &str) -> Vec<Vec<String>> {
     let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
     vec![
         s(&["new", image]),
-        s(&["add", "--datatype", "1", "--groupid", "1", "--filename", "recipe.def", image, obj]),
+        s(&[
+            "add",
+            "--datatype",
+            "1",
+            "--groupid",
+            "1",
+            "--filename",
+            "recipe.def",
+            image,
+            obj,
+        ]),
         s(&["add", "--datatype", "6", "--groupid", "1", image, obj]),
-        s(&["add", "--datatype", "4", "--partfs", "1", "--parttype", "1", "--partarch", "2", "--groupid", "1", image, obj]),
-        s(&["add", "--datatype", "4", "--partfs", "4", "--parttype", "3", "--partarch", "4", "--groupid", "2", "--alignment", "512", image, obj]),
-        s(&["add", "--datatype", "5", "--signhash", "1", "--signentity", "12045C8C0B1004D058DE4BEDA20C27EE7FF7BA84", "--link", "3", image, obj]),
+        s(&[
+            "add",
+            "--datatype",
+            "4",
+            "--partfs",
+            "1",
+            "--parttype",
+            "1",
+            "--partarch",
+            "2",
+            "--groupid",
+            "1",
+            image,
+            obj,
+        ]),
+        s(&[
+            "add",
+            "--datatype",
+            "4",
+            "--partfs",
+            "4",
+            "--parttype",
+            "3",
+            "--partarch",
+            "4",
+            "--groupid",
+            "2",
+            "--alignment",
+            "512",
+            image,
+            obj,
+        ]),
+        s(&[
+            "add",
+            "--datatype",
+            "5",
+            "--signhash",
+            "1",
+            "--signentity",
+            "12045C8C0B1004D058DE4BEDA20C27EE7FF7BA84",
+            "--link",
+            "3",
+            image,
+            obj,
+        ]),
         s(&["add", "--datatype", "8", image, obj]),
-        s(&["add", "--datatype", "9", "--sbomformat", "spdx-json", "--groupid", "1", image, obj]),
+        s(&[
+            "add",
+            "--datatype",
+            "9",
+            "--sbomformat",
+            "spdx-json",
+            "--groupid",
+            "1",
+            image,
+            obj,
+        ]),
         s(&["del", "2", image]),
         s(&["add", "--datatype", "7", "--groupid", "3", image, obj]),
     ]
@@ -106,7 +183,10 @@ fn same_edits_give_the_same_bytes_both_ways() {
     }
     let (a, b) = (normalized(&ours), normalized(&theirs));
     if let Some(i) = a.iter().zip(&b).position(|(x, y)| x != y) {
-        panic!("byte layout differs first at offset {i}: sifrun {:#04x}, siftool {:#04x}", a[i], b[i]);
+        panic!(
+            "byte layout differs first at offset {i}: sifrun {:#04x}, siftool {:#04x}",
+            a[i], b[i]
+        );
     }
     assert_eq!(a.len(), b.len(), "file lengths differ");
     same_views(&ours, &[1, 2, 3, 4, 5, 6, 7]);
@@ -136,8 +216,26 @@ fn siftool_reads_what_sifrun_writes_including_oci_objects() {
     let p = img.to_str().unwrap();
     let o = obj.to_str().unwrap();
     ok(sifrun(&["sif", "new", p]));
-    ok(sifrun(&["sif", "add", "--datatype", "10", "--groupid", "1", p, o]));
-    ok(sifrun(&["sif", "add", "--datatype", "11", "--groupid", "1", p, o]));
+    ok(sifrun(&[
+        "sif",
+        "add",
+        "--datatype",
+        "10",
+        "--groupid",
+        "1",
+        p,
+        o,
+    ]));
+    ok(sifrun(&[
+        "sif",
+        "add",
+        "--datatype",
+        "11",
+        "--groupid",
+        "1",
+        p,
+        o,
+    ]));
     same_views(&img, &[1, 2]);
     let info = String::from_utf8(ok(sifrun(&["sif", "info", "2", p]))).unwrap();
     assert!(info.contains("Digest:       sha256:"), "{info}");
@@ -167,9 +265,16 @@ fn built_images_list_in_siftool() {
     fs::create_dir_all(root.join("bin")).unwrap();
     fs::write(root.join("bin/hello"), "hello\n").unwrap();
     let img = dir.path().join("built.sif");
-    ok(sifrun(&["build", img.to_str().unwrap(), root.to_str().unwrap()]));
+    ok(sifrun(&[
+        "build",
+        img.to_str().unwrap(),
+        root.to_str().unwrap(),
+    ]));
     let list = String::from_utf8(siftool(&["list", img.to_str().unwrap()])).unwrap();
     assert!(list.contains("|1       |NONE    |32768-"), "{list}");
-    assert!(list.contains("|FS (Squashfs/*System/amd64)") || !cfg!(target_arch = "x86_64"), "{list}");
+    assert!(
+        list.contains("|FS (Squashfs/*System/amd64)") || !cfg!(target_arch = "x86_64"),
+        "{list}"
+    );
     same_views(&img, &[1]);
 }

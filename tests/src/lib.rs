@@ -6,12 +6,18 @@ use std::process::{Command, Output};
 
 /// The workspace root.
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
-/// The sylabs/sif corpus directory.
+/// The sylabs/sif corpus directory (`SIFRUN_CORPUS` overrides it when the
+/// tests run as another user from a staged copy).
 pub fn corpus() -> PathBuf {
-    root().join("tests/corpus/sylabs-sif")
+    std::env::var_os("SIFRUN_CORPUS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("tests/corpus/sylabs-sif"))
 }
 
 /// A reference test image by file name.
@@ -35,7 +41,10 @@ pub const LIST_AND_HEADER: &[(&str, &str)] = &[
     ("one-group.sif", "OneGroup"),
     ("one-group-signed-legacy.sif", "OneGroupSignedLegacy"),
     ("one-group-signed-legacy-all.sif", "OneGroupSignedLegacyAll"),
-    ("one-group-signed-legacy-group.sif", "OneGroupSignedLegacyGroup"),
+    (
+        "one-group-signed-legacy-group.sif",
+        "OneGroupSignedLegacyGroup",
+    ),
     ("one-group-signed-pgp.sif", "OneGroupSignedPGP"),
     ("one-object-crypt-message.sif", "OneObjectCryptMessage"),
     ("one-object-generic-json.sif", "OneObjectGenericJSON"),
@@ -45,8 +54,14 @@ pub const LIST_AND_HEADER: &[(&str, &str)] = &[
     ("one-object-time.sif", "OneObjectTime"),
     ("two-groups.sif", "TwoGroups"),
     ("two-groups-signed-legacy.sif", "TwoGroupsSignedLegacy"),
-    ("two-groups-signed-legacy-all.sif", "TwoGroupsSignedLegacyAll"),
-    ("two-groups-signed-legacy-group.sif", "TwoGroupsSignedLegacyGroup"),
+    (
+        "two-groups-signed-legacy-all.sif",
+        "TwoGroupsSignedLegacyAll",
+    ),
+    (
+        "two-groups-signed-legacy-group.sif",
+        "TwoGroupsSignedLegacyGroup",
+    ),
     ("two-groups-signed-pgp.sif", "TwoGroupsSignedPGP"),
 ];
 
@@ -86,7 +101,11 @@ pub fn sifrun_bin() -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root().join("target"));
-    let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
+    let profile = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
     let bin = target.join(profile).join("sifrun");
     assert!(
         bin.exists(),
@@ -115,7 +134,6 @@ pub fn ok(out: Output) -> Vec<u8> {
 
 /// Whether a program is on PATH.
 pub fn have(program: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|paths| {
-        std::env::split_paths(&paths).any(|d| d.join(program).is_file())
-    })
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
 }

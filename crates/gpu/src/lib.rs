@@ -58,7 +58,12 @@ mod tests {
 
     #[test]
     fn policy_parses_and_prints() {
-        for p in [GpuPolicy::Auto, GpuPolicy::Nvidia, GpuPolicy::Rocm, GpuPolicy::None] {
+        for p in [
+            GpuPolicy::Auto,
+            GpuPolicy::Nvidia,
+            GpuPolicy::Rocm,
+            GpuPolicy::None,
+        ] {
             assert_eq!(p.to_string().parse::<GpuPolicy>(), Ok(p));
         }
         assert!("cuda".parse::<GpuPolicy>().unwrap_err().contains("cuda"));

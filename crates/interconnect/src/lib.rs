@@ -15,8 +15,12 @@ use std::path::{Component, Path};
 pub fn is_under(path: &Path, base: &Path) -> bool {
     let normal = |p: &Path| {
         p.is_absolute()
-            && p.components()
-                .all(|c| matches!(c, Component::RootDir | Component::Normal(_) | Component::CurDir))
+            && p.components().all(|c| {
+                matches!(
+                    c,
+                    Component::RootDir | Component::Normal(_) | Component::CurDir
+                )
+            })
     };
     if !normal(path) || !normal(base) {
         return false;
@@ -40,7 +44,10 @@ mod tests {
         assert!(is_under(Path::new("/scratch/a"), Path::new("/scratch")));
         assert!(is_under(Path::new("/scratch"), Path::new("/scratch/")));
         assert!(!is_under(Path::new("/scratch2/a"), Path::new("/scratch")));
-        assert!(!is_under(Path::new("/scratch/../etc"), Path::new("/scratch")));
+        assert!(!is_under(
+            Path::new("/scratch/../etc"),
+            Path::new("/scratch")
+        ));
         assert!(!is_under(Path::new("scratch/a"), Path::new("scratch")));
         assert!(is_under(Path::new("/a/./b"), Path::new("/a")));
     }

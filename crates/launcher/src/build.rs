@@ -241,7 +241,8 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
         Source::Dir(src) => run_mksquashfs(src, &tmp.path, offset, opts)?,
         Source::Squashfs(src) => {
             let mut input = File::open(src).map_err(io_err(src))?;
-            file.seek(SeekFrom::Start(offset)).map_err(io_err(&tmp.path))?;
+            file.seek(SeekFrom::Start(offset))
+                .map_err(io_err(&tmp.path))?;
             // File-to-file copies use copy_file_range (reflinks where supported).
             io::copy(&mut input, &mut file).map_err(io_err(&tmp.path))?;
         }
@@ -261,10 +262,11 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
             arch: opts.arch,
         },
     );
-    let image = write::create(file, &create, vec![partition]).map_err(|source| BuildError::Sif {
-        path: tmp.path.clone(),
-        source,
-    })?;
+    let image =
+        write::create(file, &create, vec![partition]).map_err(|source| BuildError::Sif {
+            path: tmp.path.clone(),
+            source,
+        })?;
     let file = image.into_source();
     file.sync_all().map_err(io_err(&tmp.path))?;
     fs::rename(&tmp.path, output).map_err(io_err(output))?;
@@ -277,9 +279,20 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
     })
 }
 
-fn run_mksquashfs(src: &Path, dest: &Path, offset: u64, opts: &BuildOptions) -> Result<(), BuildError> {
+fn run_mksquashfs(
+    src: &Path,
+    dest: &Path,
+    offset: u64,
+    opts: &BuildOptions,
+) -> Result<(), BuildError> {
     let mut cmd = Command::new("mksquashfs");
-    cmd.args(mksquashfs_args(src, dest, offset, opts.compression, opts.keep_owner));
+    cmd.args(mksquashfs_args(
+        src,
+        dest,
+        offset,
+        opts.compression,
+        opts.keep_owner,
+    ));
     if let Some(epoch) = opts.source_date_epoch {
         cmd.env("SOURCE_DATE_EPOCH", epoch.max(0).to_string());
     }
@@ -290,9 +303,9 @@ fn run_mksquashfs(src: &Path, dest: &Path, offset: u64, opts: &BuildOptions) -> 
     // mksquashfs reports unreadable files on stderr but still exits 0;
     // an image silently missing files is a failed build.
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let complaint = stderr
-        .lines()
-        .find(|l| l.contains("Failed to") || l.contains("failed to") || l.contains("Permission denied"));
+    let complaint = stderr.lines().find(|l| {
+        l.contains("Failed to") || l.contains("failed to") || l.contains("Permission denied")
+    });
     if !out.status.success() || complaint.is_some() {
         let tail: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
         let tail = tail[tail.len().saturating_sub(5)..].join("; ");
@@ -328,11 +341,28 @@ mod tests {
 
     #[test]
     fn mksquashfs_plan() {
-        let args = mksquashfs_args(Path::new("/src"), Path::new("/o.sif"), 32768, Compression::Zstd, false);
+        let args = mksquashfs_args(
+            Path::new("/src"),
+            Path::new("/o.sif"),
+            32768,
+            Compression::Zstd,
+            false,
+        );
         let args: Vec<&str> = args.iter().map(|a| a.to_str().unwrap()).collect();
         assert_eq!(
             args,
-            ["/src", "/o.sif", "-o", "32768", "-noappend", "-comp", "zstd", "-no-progress", "-quiet", "-all-root"]
+            [
+                "/src",
+                "/o.sif",
+                "-o",
+                "32768",
+                "-noappend",
+                "-comp",
+                "zstd",
+                "-no-progress",
+                "-quiet",
+                "-all-root"
+            ]
         );
         let keep = mksquashfs_args(Path::new("/s"), Path::new("/o"), 1, Compression::Gzip, true);
         assert!(!keep.iter().any(|a| a == "-all-root"));

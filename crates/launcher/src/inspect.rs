@@ -32,8 +32,16 @@ pub fn summary<R: ReadAt>(path: &str, image: &Image<R>) -> String {
     let h = image.header();
     let mut out = String::new();
     let _ = writeln!(out, "Image:         {}", printable(path));
-    let _ = writeln!(out, "File size:     {}", readable_size(image.file_len() as i64));
-    let id = if h.id == [0; 16] { "(none)".into() } else { h.id_string() };
+    let _ = writeln!(
+        out,
+        "File size:     {}",
+        readable_size(image.file_len() as i64)
+    );
+    let id = if h.id == [0; 16] {
+        "(none)".into()
+    } else {
+        h.id_string()
+    };
     let _ = writeln!(out, "ID:            {id}");
     let created = if h.created_at == sif::header::ZERO_TIME {
         "(unset)".into()
@@ -41,7 +49,11 @@ pub fn summary<R: ReadAt>(path: &str, image: &Image<R>) -> String {
         go_time(h.created_at)
     };
     let _ = writeln!(out, "Created:       {created}");
-    let arch = if h.arch.is_unknown() { "(none)".into() } else { h.arch.to_string() };
+    let arch = if h.arch.is_unknown() {
+        "(none)".into()
+    } else {
+        h.arch.to_string()
+    };
     let _ = writeln!(out, "Architecture:  {arch}");
     let _ = writeln!(
         out,
@@ -93,8 +105,10 @@ pub fn summary<R: ReadAt>(path: &str, image: &Image<R>) -> String {
         let (hash, signer) = match d.signature() {
             Ok(s) => (
                 s.hash_type.to_string(),
-                s.fingerprint
-                    .map_or_else(|| "no OpenPGP fingerprint (DSSE?)".into(), |fp| hex_upper(&fp)),
+                s.fingerprint.map_or_else(
+                    || "no OpenPGP fingerprint (DSSE?)".into(),
+                    |fp| hex_upper(&fp),
+                ),
             ),
             Err(_) => ("unknown hash".into(), "?".into()),
         };
@@ -112,7 +126,11 @@ pub fn summary<R: ReadAt>(path: &str, image: &Image<R>) -> String {
     }
     for d in &others {
         let name = d.name();
-        let name = if name.is_empty() { String::new() } else { format!(" {:?}", printable(&name)) };
+        let name = if name.is_empty() {
+            String::new()
+        } else {
+            format!(" {:?}", printable(&name))
+        };
         let _ = writeln!(
             out,
             "  [{}] {}{name}, {}, {}",
@@ -123,7 +141,10 @@ pub fn summary<R: ReadAt>(path: &str, image: &Image<R>) -> String {
         );
     }
 
-    for (title, dt) in [("Definition file", DataType::DEFFILE), ("Labels", DataType::LABELS)] {
+    for (title, dt) in [
+        ("Definition file", DataType::DEFFILE),
+        ("Labels", DataType::LABELS),
+    ] {
         for d in image.descriptors_of_type(dt) {
             let _ = writeln!(out, "\n{title} (object {}):", d.id());
             let n = d.size().min(TEXT_LIMIT) as usize;

@@ -20,6 +20,9 @@ mod tests {
 
     #[test]
     fn escapes_are_neutralised() {
-        assert_eq!(printable("a\x1b[31mb\n\tc\u{7f}"), "a\u{fffd}[31mb\n\tc\u{fffd}");
+        assert_eq!(
+            printable("a\x1b[31mb\n\tc\u{7f}"),
+            "a\u{fffd}[31mb\n\tc\u{fffd}"
+        );
     }
 }

@@ -2,7 +2,9 @@
 
 use crate::error::{Error, Result};
 use crate::header::trim_nul;
-use crate::types::{Arch, DataType, FormatType, FsType, HashType, MessageType, PartType, SbomFormat};
+use crate::types::{
+    Arch, DataType, FormatType, FsType, HashType, MessageType, PartType, SbomFormat,
+};
 
 /// Size of one on-disk descriptor.
 pub const DESCRIPTOR_SIZE: usize = 585;
@@ -349,7 +351,8 @@ impl Descriptor {
 
     /// The digest text ("sha256:<hex>") of an OCI blob or root index.
     pub fn oci_digest(&self) -> Result<String> {
-        if self.raw.data_type != DataType::OCI_BLOB && self.raw.data_type != DataType::OCI_ROOT_INDEX
+        if self.raw.data_type != DataType::OCI_BLOB
+            && self.raw.data_type != DataType::OCI_ROOT_INDEX
         {
             return Err(Error::Metadata {
                 id: self.id(),
@@ -366,7 +369,9 @@ impl Descriptor {
         })?;
         let valid = text.split_once(':').is_some_and(|(alg, hex)| {
             !alg.is_empty()
-                && alg.bytes().all(|c| c.is_ascii_alphanumeric() || b"+._-".contains(&c))
+                && alg
+                    .bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || b"+._-".contains(&c))
                 && !hex.is_empty()
                 && hex.bytes().all(|c| c.is_ascii_hexdigit())
         });

@@ -25,7 +25,9 @@ pub enum Error {
         source: io::Error,
     },
     /// The file is shorter than the 128-byte global header.
-    #[error("file is {len} bytes long, too short for the 128-byte SIF header: truncated or not a SIF image")]
+    #[error(
+        "file is {len} bytes long, too short for the 128-byte SIF header: truncated or not a SIF image"
+    )]
     TooShort { len: u64 },
     /// The magic string is missing.
     #[error("not a SIF image: no \"SIF_MAGIC\" at byte offset 32")]

@@ -16,7 +16,7 @@ pub trait ReadAt {
     /// Fills `buf` from `offset`; an error if the source ends first.
     fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
     /// Current length in bytes.
-    fn len(&self) -> io::Result<u64>;
+    fn byte_len(&self) -> io::Result<u64>;
 }
 
 impl ReadAt for File {
@@ -24,7 +24,7 @@ impl ReadAt for File {
         FileExt::read_exact_at(self, buf, offset)
     }
 
-    fn len(&self) -> io::Result<u64> {
+    fn byte_len(&self) -> io::Result<u64> {
         Ok(self.metadata()?.len())
     }
 }
@@ -40,7 +40,7 @@ impl ReadAt for [u8] {
         Ok(())
     }
 
-    fn len(&self) -> io::Result<u64> {
+    fn byte_len(&self) -> io::Result<u64> {
         Ok(<[u8]>::len(self) as u64)
     }
 }
@@ -50,7 +50,7 @@ impl ReadAt for Vec<u8> {
         self.as_slice().read_exact_at(buf, offset)
     }
 
-    fn len(&self) -> io::Result<u64> {
+    fn byte_len(&self) -> io::Result<u64> {
         Ok(self.as_slice().len() as u64)
     }
 }
@@ -60,8 +60,8 @@ impl<T: ReadAt + ?Sized> ReadAt for &T {
         (**self).read_exact_at(buf, offset)
     }
 
-    fn len(&self) -> io::Result<u64> {
-        (**self).len()
+    fn byte_len(&self) -> io::Result<u64> {
+        (**self).byte_len()
     }
 }
 
@@ -95,7 +95,7 @@ impl<R: ReadAt> Image<R> {
     /// Time and memory are proportional to the number of descriptors, not to
     /// the size of the image: object data is read only on request.
     pub fn open(source: R) -> Result<Image<R>> {
-        let file_len = source.len().map_err(|e| Error::read(0, 0, e))?;
+        let file_len = source.byte_len().map_err(|e| Error::read(0, 0, e))?;
         if file_len < HEADER_SIZE as u64 {
             return Err(Error::TooShort { len: file_len });
         }
@@ -201,7 +201,10 @@ impl<R: ReadAt> Image<R> {
             return Err(Error::read(
                 d.offset().saturating_add(at),
                 buf.len() as u64,
-                io::Error::new(io::ErrorKind::UnexpectedEof, "read past the end of the object"),
+                io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "read past the end of the object",
+                ),
             ));
         }
         let offset = d.offset() + at;
@@ -255,7 +258,8 @@ impl<R: ReadAt> io::Read for ObjectReader<'_, R> {
         if n == 0 {
             return Ok(0);
         }
-        self.source.read_exact_at(&mut buf[..n], self.start + self.pos)?;
+        self.source
+            .read_exact_at(&mut buf[..n], self.start + self.pos)?;
         self.pos += n as u64;
         Ok(n)
     }
@@ -327,10 +331,7 @@ fn check_header(h: &Header, file_len: u64) -> Result<()> {
         return Err(header_err(
             "DataOffset",
             off::DATA_OFFSET,
-            format!(
-                "{} is outside the {file_len}-byte file",
-                h.data_offset
-            ),
+            format!("{} is outside the {file_len}-byte file", h.data_offset),
         ));
     }
     if h.data_size < 0 {
@@ -378,7 +379,9 @@ fn check_descriptors(
     use descriptor::offset as off;
     let mut seen: HashMap<u32, usize> = HashMap::with_capacity(raws.len());
     for (slot, d) in &raws {
-        let field_at = |field_off: u64| h.descriptors_offset as u64 + (*slot * DESCRIPTOR_SIZE) as u64 + field_off;
+        let field_at = |field_off: u64| {
+            h.descriptors_offset as u64 + (*slot * DESCRIPTOR_SIZE) as u64 + field_off
+        };
         let err = |field: &'static str, field_off: u64, reason: String| Error::Descriptor {
             index: *slot as u64,
             field,
@@ -386,7 +389,11 @@ fn check_descriptors(
             reason,
         };
         if d.id == 0 {
-            return Err(err("ID", off::ID, "a used descriptor has object ID 0".into()));
+            return Err(err(
+                "ID",
+                off::ID,
+                "a used descriptor has object ID 0".into(),
+            ));
         }
         if let Some(other) = seen.insert(d.id, *slot) {
             return Err(err(

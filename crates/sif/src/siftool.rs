@@ -17,11 +17,7 @@ pub fn list<R>(image: &Image<R>) -> String {
     let mut out = String::new();
     out.push_str(RULE);
     out.push('\n');
-    let _ = writeln!(
-        out,
-        "{:<4} {:<8} {:<8} {:<26} {}",
-        "ID", "|GROUP", "|LINK", "|SIF POSITION (start-end)", "|TYPE"
-    );
+    out.push_str("ID   |GROUP   |LINK    |SIF POSITION (start-end)  |TYPE\n");
     out.push_str(RULE);
     out.push('\n');
     for d in image.descriptors() {
@@ -101,8 +97,14 @@ pub fn header(h: &Header) -> String {
     }
     rows.push(("Descriptors Free:".into(), h.descriptors_free.to_string()));
     rows.push(("Descriptors Total:".into(), h.descriptors_total.to_string()));
-    rows.push(("Descriptors Offset:".into(), h.descriptors_offset.to_string()));
-    rows.push(("Descriptors Size:".into(), readable_size(h.descriptors_size)));
+    rows.push((
+        "Descriptors Offset:".into(),
+        h.descriptors_offset.to_string(),
+    ));
+    rows.push((
+        "Descriptors Size:".into(),
+        readable_size(h.descriptors_size),
+    ));
     rows.push(("Data Offset:".into(), h.data_offset.to_string()));
     rows.push(("Data Size:".into(), readable_size(h.data_size)));
     align(&rows, "", 1)

@@ -193,7 +193,9 @@ impl Arch {
 
     /// The architecture with siftool's numeric code `n` (1 = 386 … 13 = loong64).
     pub fn from_number(n: u32) -> Option<Arch> {
-        ARCHES.get((n as usize).checked_sub(1)?).map(|(code, _)| Arch(**code))
+        ARCHES
+            .get((n as usize).checked_sub(1)?)
+            .map(|(code, _)| Arch(**code))
     }
 
     /// The architecture of the machine this program runs on.
@@ -239,7 +241,12 @@ impl fmt::Display for Arch {
 
 impl fmt::Debug for Arch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Arch({:?} {})", String::from_utf8_lossy(&self.0), self.go_name())
+        write!(
+            f,
+            "Arch({:?} {})",
+            String::from_utf8_lossy(&self.0),
+            self.go_name()
+        )
     }
 }
 

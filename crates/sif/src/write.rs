@@ -17,11 +17,13 @@ use crate::descriptor::{
 };
 use crate::error::{Error, Result};
 use crate::header::{
-    DEFAULT_DESCRIPTOR_CAPACITY, DEFAULT_DESCRIPTORS_OFFSET, Header, MAGIC,
-    VERSION_01, ZERO_TIME, random_uuid,
+    DEFAULT_DESCRIPTOR_CAPACITY, DEFAULT_DESCRIPTORS_OFFSET, Header, MAGIC, VERSION_01, ZERO_TIME,
+    random_uuid,
 };
 use crate::image::Image;
-use crate::types::{Arch, DataType, FormatType, FsType, HashType, MessageType, PartType, SbomFormat};
+use crate::types::{
+    Arch, DataType, FormatType, FsType, HashType, MessageType, PartType, SbomFormat,
+};
 
 /// Default alignment of partitions, so they can be mapped page by page.
 pub const PARTITION_ALIGNMENT: u64 = 4096;
@@ -228,8 +230,8 @@ pub fn first_object_offset(
     data_type: DataType,
     alignment: Option<u64>,
 ) -> Result<u64> {
-    let data_offset = DEFAULT_DESCRIPTORS_OFFSET
-        + opts.descriptor_capacity.max(0) * DESCRIPTOR_SIZE as i64;
+    let data_offset =
+        DEFAULT_DESCRIPTORS_OFFSET + opts.descriptor_capacity.max(0) * DESCRIPTOR_SIZE as i64;
     next_aligned(
         data_offset as u64,
         alignment.unwrap_or_else(|| default_alignment(data_type)),
@@ -243,7 +245,7 @@ fn next_aligned(offset: u64, alignment: u64) -> Result<u64> {
             reason: format!("{offset} does not fit a SIF offset"),
         });
     }
-    if alignment == 0 || offset % alignment == 0 {
+    if alignment == 0 || offset.is_multiple_of(alignment) {
         return Ok(offset);
     }
     (offset - offset % alignment)
@@ -261,7 +263,11 @@ fn write_at(file: &File, buf: &[u8], offset: u64) -> Result<()> {
 }
 
 /// Creates a new image in `file` (which should be empty), adding `objects` in order.
-pub fn create(file: File, opts: &CreateOptions, objects: Vec<ObjectInput<'_>>) -> Result<Image<File>> {
+pub fn create(
+    file: File,
+    opts: &CreateOptions,
+    objects: Vec<ObjectInput<'_>>,
+) -> Result<Image<File>> {
     if opts.launch_script.len() >= 32 {
         return Err(Error::TooLarge {
             field: "launch script",
@@ -349,7 +355,11 @@ impl Image<File> {
     }
 
     fn ensure_len(&self, len: u64) -> Result<()> {
-        let cur = self.source.metadata().map_err(|e| Error::write(0, e))?.len();
+        let cur = self
+            .source
+            .metadata()
+            .map_err(|e| Error::write(0, e))?
+            .len();
         if cur < len {
             self.source.set_len(len).map_err(|e| Error::write(len, e))?;
         }
@@ -423,8 +433,8 @@ impl Image<File> {
             .alignment
             .unwrap_or_else(|| default_alignment(input.data_type));
         let offset = next_aligned(start, alignment)?;
-        let hash_oci = input.data_type == DataType::OCI_BLOB
-            || input.data_type == DataType::OCI_ROOT_INDEX;
+        let hash_oci =
+            input.data_type == DataType::OCI_BLOB || input.data_type == DataType::OCI_ROOT_INDEX;
         let mut hasher = Sha256::new();
         let mut buf = vec![0u8; 1 << 20];
         let mut size: u64 = 0;
@@ -449,7 +459,11 @@ impl Image<File> {
                 size += n as u64;
             },
             ObjectData::InPlace { size: placed } => {
-                let file_len = self.source.metadata().map_err(|e| Error::read(0, 0, e))?.len();
+                let file_len = self
+                    .source
+                    .metadata()
+                    .map_err(|e| Error::read(0, 0, e))?
+                    .len();
                 if offset.checked_add(placed).is_none_or(|end| end > file_len) {
                     return Err(Error::Invalid {
                         what: "in-place object",
@@ -557,9 +571,7 @@ impl Image<File> {
         if opts.compact {
             self.header.data_size = self.calculated_data_size();
             let len = (self.header.data_offset + self.header.data_size) as u64;
-            self.source
-                .set_len(len)
-                .map_err(|e| Error::write(len, e))?;
+            self.source.set_len(len).map_err(|e| Error::write(len, e))?;
         }
         self.write_header()?;
         self.refresh_relative_ids();
@@ -595,7 +607,11 @@ impl Image<File> {
             d.raw.extra[4..8].copy_from_slice(&new_type.0.to_le_bytes());
             d.raw.modified_at = t;
         }
-        for d in self.descriptors.iter().filter(|d| Some(d.raw.id) == old || d.raw.id == id) {
+        for d in self
+            .descriptors
+            .iter()
+            .filter(|d| Some(d.raw.id) == old || d.raw.id == id)
+        {
             self.write_descriptor_slot(d.slot, &d.raw)?;
         }
         self.header.arch = part.arch;

@@ -53,7 +53,10 @@ fn header_view_matches_sylabs_source() {
     raw[42..45].copy_from_slice(b"01\0");
     raw[48..64].copy_from_slice(&parse_uuid("b2659d4e-bd50-4ea5-bd17-eec5e54f918e").unwrap());
     raw[64..72].copy_from_slice(&1234i64.to_le_bytes());
-    assert_eq!(Header::decode(&raw).integrity_bytes().as_slice(), want.as_slice());
+    assert_eq!(
+        Header::decode(&raw).integrity_bytes().as_slice(),
+        want.as_slice()
+    );
     let golden = fs::read_to_string(corpus(
         "golden/pkg/integrity/testdata/TestGetHeaderMetadata/SHA256.golden",
     ))
@@ -68,7 +71,10 @@ fn signed_metadata_in_the_pgp_image_matches_recomputed_digests() {
     let sig = img.descriptor(3).unwrap();
     assert_eq!(sig.link(), Link::Group(1));
     let info = sig.signature().unwrap();
-    assert_eq!(hex(&info.fingerprint.unwrap()), "12045c8c0b1004d058de4beda20c27ee7ff7ba84");
+    assert_eq!(
+        hex(&info.fingerprint.unwrap()),
+        "12045c8c0b1004d058de4beda20c27ee7ff7ba84"
+    );
     let text = String::from_utf8(img.read_object(sig).unwrap()).unwrap();
     let json = text
         .lines()
@@ -77,7 +83,11 @@ fn signed_metadata_in_the_pgp_image_matches_recomputed_digests() {
     let meta: serde_json::Value = serde_json::from_str(json).unwrap();
     for o in meta["objects"].as_array().unwrap() {
         let rid = o["relativeId"].as_u64().unwrap() as u32;
-        let d = img.descriptors().iter().find(|d| d.group_id() == 1 && d.relative_id() == rid).unwrap();
+        let d = img
+            .descriptors()
+            .iter()
+            .find(|d| d.group_id() == 1 && d.relative_id() == rid)
+            .unwrap();
         let dd = hex(&Sha256::digest(d.integrity_bytes()));
         assert_eq!(o["descriptorDigest"], format!("sha256:{dd}"));
     }
@@ -98,8 +108,14 @@ fn corpus_semantics() {
 
     let empty = open("empty.sif");
     assert!(empty.descriptors().is_empty());
-    assert!(matches!(empty.primary_partition(), Err(Error::NoPrimaryPartition)));
-    assert!(matches!(empty.descriptor(1), Err(Error::ObjectNotFound { id: 1 })));
+    assert!(matches!(
+        empty.primary_partition(),
+        Err(Error::NoPrimaryPartition)
+    ));
+    assert!(matches!(
+        empty.descriptor(1),
+        Err(Error::ObjectNotFound { id: 1 })
+    ));
 
     let sbom = open("one-object-sbom.sif");
     assert_eq!(sbom.descriptors()[0].data_type(), DataType::SBOM);
@@ -140,7 +156,11 @@ fn corrupt_headers_name_the_field_and_offset() {
     for &(at, v, field, offset) in cases {
         let e = corrupt("one-group.sif", |b| put_i64(b, at, v));
         match &e {
-            Error::Header { field: f, offset: o, .. } => {
+            Error::Header {
+                field: f,
+                offset: o,
+                ..
+            } => {
                 assert_eq!((*f, *o), (field, offset), "{e}");
             }
             other => panic!("{field}: unexpected {other}"),
@@ -175,9 +195,13 @@ fn corrupt_descriptors_name_the_descriptor_field_and_offset() {
             other => panic!("{field}: unexpected {other}"),
         }
     }
-    let e = corrupt("one-group.sif", |b| b[d1 + 5..d1 + 9].copy_from_slice(&1u32.to_le_bytes()));
+    let e = corrupt("one-group.sif", |b| {
+        b[d1 + 5..d1 + 9].copy_from_slice(&1u32.to_le_bytes())
+    });
     assert!(e.to_string().contains("also used by descriptor 0"), "{e}");
-    let e = corrupt("one-group.sif", |b| b[d1 + 5..d1 + 9].copy_from_slice(&0u32.to_le_bytes()));
+    let e = corrupt("one-group.sif", |b| {
+        b[d1 + 5..d1 + 9].copy_from_slice(&0u32.to_le_bytes())
+    });
     assert!(e.to_string().contains("object ID 0"), "{e}");
 }
 
@@ -203,7 +227,10 @@ fn multiple_primary_partitions_are_reported() {
     let img = Image::open(bytes).unwrap();
     assert!(matches!(
         img.primary_partition(),
-        Err(Error::MultiplePrimaryPartitions { first: 1, second: 2 })
+        Err(Error::MultiplePrimaryPartitions {
+            first: 1,
+            second: 2
+        })
     ));
 }
 

@@ -1,6 +1,9 @@
 //! The writer must produce the same bytes as sylabs/sif v2 for every writer
 //! golden in the corpus (golden/pkg/sif/testdata).
 
+// Case tables are tuples of (golden name, image, inputs, operation arguments).
+#![allow(clippy::type_complexity)]
+
 use std::fs::{self, File};
 use std::io::Read;
 use std::path::PathBuf;
@@ -77,14 +80,19 @@ impl Case {
     }
 
     fn image(&self) -> Image<File> {
-        let f = File::options().read(true).write(true).open(&self.path).unwrap();
+        let f = File::options()
+            .read(true)
+            .write(true)
+            .open(&self.path)
+            .unwrap();
         Image::open(f).unwrap()
     }
 }
 
 fn with_input<T>(o: &Obj, f: impl FnOnce(ObjectInput<'_>) -> T) -> T {
     let mut r: &[u8] = &o.data;
-    let mut input = ObjectInput::new(o.dt, &mut r as &mut dyn Read).with_metadata(o.metadata.clone());
+    let mut input =
+        ObjectInput::new(o.dt, &mut r as &mut dyn Read).with_metadata(o.metadata.clone());
     input.alignment = o.alignment;
     f(input)
 }
@@ -103,7 +111,8 @@ fn create(opts: CreateOptions, objs: &[Obj]) -> Result<Case, Error> {
         .iter()
         .zip(readers.iter_mut())
         .map(|(o, r)| {
-            let mut input = ObjectInput::new(o.dt, r as &mut dyn Read).with_metadata(o.metadata.clone());
+            let mut input =
+                ObjectInput::new(o.dt, r as &mut dyn Read).with_metadata(o.metadata.clone());
             input.alignment = o.alignment;
             input
         })
@@ -129,7 +138,10 @@ fn assert_golden(case: &Case, name: &str) {
     let got = case.bytes();
     assert_eq!(got.len(), want.len(), "{name}: length");
     if let Some(i) = got.iter().zip(&want).position(|(a, b)| a != b) {
-        panic!("{name}: first difference at byte {i}: got {:#04x}, want {:#04x}", got[i], want[i]);
+        panic!(
+            "{name}: first difference at byte {i}: got {:#04x}, want {:#04x}",
+            got[i], want[i]
+        );
     }
     // Every golden must also read back.
     case.image();
@@ -189,7 +201,10 @@ fn create_container() {
     for (name, opts, objs) in cases {
         let case = create(opts, &objs).unwrap();
         assert_golden(&case, &format!("TestCreateContainer/{name}"));
-        if !name.starts_with("EmptyW") && !name.starts_with("EmptyL") && name != "EmptyCloseOnUnload" {
+        if !name.starts_with("EmptyW")
+            && !name.starts_with("EmptyL")
+            && name != "EmptyCloseOnUnload"
+        {
             assert_golden(&case, &format!("TestCreateContainerAtPath/{name}"));
         }
     }
@@ -220,12 +235,42 @@ fn create_rejects_bad_options() {
 #[test]
 fn add_object() {
     let cases: Vec<(&str, CreateOptions, Vec<Obj>, Obj, Option<i64>)> = vec![
-        ("Deterministic", with_id_and_time(), vec![], generic(&[0xfa, 0xce]), Some(ZERO_TIME)),
-        ("WithTime", det(), vec![], generic(&[0xfa, 0xce]), Some(T2000)),
+        (
+            "Deterministic",
+            with_id_and_time(),
+            vec![],
+            generic(&[0xfa, 0xce]),
+            Some(ZERO_TIME),
+        ),
+        (
+            "WithTime",
+            det(),
+            vec![],
+            generic(&[0xfa, 0xce]),
+            Some(T2000),
+        ),
         ("Empty", det(), vec![], generic(&[0xfa, 0xce]), None),
-        ("EmptyNotAligned", det(), vec![], aligned(generic(&[0xfa, 0xce]), 0), None),
-        ("EmptyAligned", det(), vec![], aligned(generic(&[0xfa, 0xce]), 128), None),
-        ("NotEmpty", det(), vec![generic(&[0xfa, 0xce])], squash_prim(&[0xfe, 0xed]), None),
+        (
+            "EmptyNotAligned",
+            det(),
+            vec![],
+            aligned(generic(&[0xfa, 0xce]), 0),
+            None,
+        ),
+        (
+            "EmptyAligned",
+            det(),
+            vec![],
+            aligned(generic(&[0xfa, 0xce]), 128),
+            None,
+        ),
+        (
+            "NotEmpty",
+            det(),
+            vec![generic(&[0xfa, 0xce])],
+            squash_prim(&[0xfe, 0xed]),
+            None,
+        ),
         (
             "NotEmptyNotAligned",
             det(),
@@ -260,12 +305,22 @@ fn add_object_errors_change_nothing() {
         &[],
     )
     .unwrap();
-    let err = with_input(&generic(&[0xfe, 0xed]), |i| case.image().add_object(i, None));
-    assert!(matches!(err, Err(Error::InsufficientCapacity { capacity: 0 })));
+    let err = with_input(&generic(&[0xfe, 0xed]), |i| {
+        case.image().add_object(i, None)
+    });
+    assert!(matches!(
+        err,
+        Err(Error::InsufficientCapacity { capacity: 0 })
+    ));
     assert_golden(&case, "TestAddObject/ErrInsufficientCapacity");
 
     let case = create(det(), &[squash_prim(&[0xfa, 0xce])]).unwrap();
-    let second = partition(&[0xfe, 0xed], FsType::SQUASHFS, PartType::PRIMARY_SYSTEM, "amd64");
+    let second = partition(
+        &[0xfe, 0xed],
+        FsType::SQUASHFS,
+        PartType::PRIMARY_SYSTEM,
+        "amd64",
+    );
     let err = with_input(&second, |i| case.image().add_object(i, None));
     assert!(matches!(err, Err(Error::PrimaryPartitionExists { id: 1 })));
     assert_golden(&case, "TestAddObject/ErrPrimaryPartition");
@@ -283,10 +338,22 @@ fn delete_object() {
         ("Compact", det(), two.clone(), vec![1, 2], del(false, true)),
         ("OneZero", det(), two.clone(), vec![1], del(true, false)),
         ("OneCompact", det(), two.clone(), vec![1], del(false, true)),
-        ("OneZeroCompact", det(), two.clone(), vec![1], del(true, true)),
+        (
+            "OneZeroCompact",
+            det(),
+            two.clone(),
+            vec![1],
+            del(true, true),
+        ),
         ("TwoZero", det(), two.clone(), vec![2], del(true, false)),
         ("TwoCompact", det(), two.clone(), vec![2], del(false, true)),
-        ("TwoZeroCompact", det(), two.clone(), vec![2], del(true, true)),
+        (
+            "TwoZeroCompact",
+            det(),
+            two.clone(),
+            vec![2],
+            del(true, true),
+        ),
         (
             "Deterministic",
             with_id_and_time(),
@@ -307,7 +374,13 @@ fn delete_object() {
                 ..del(false, false)
             },
         ),
-        ("PrimaryPartition", det(), vec![squash_prim(&[0xfa, 0xce])], vec![1], del(false, false)),
+        (
+            "PrimaryPartition",
+            det(),
+            vec![squash_prim(&[0xfa, 0xce])],
+            vec![1],
+            del(false, false),
+        ),
     ];
     for (name, opts, objs, ids, dopts) in cases {
         let case = create(opts, &objs).unwrap();
@@ -332,7 +405,11 @@ fn delete_objects_by_type() {
     for (name, objs, compact) in [
         ("DataType", two.clone(), false),
         ("DataTypeCompact", two.clone(), true),
-        ("PrimaryPartitionCompact", vec![squash_prim(&[0xfa, 0xce])], true),
+        (
+            "PrimaryPartitionCompact",
+            vec![squash_prim(&[0xfa, 0xce])],
+            true,
+        ),
     ] {
         let case = create(det(), &objs).unwrap();
         let mut image = case.image();
@@ -397,7 +474,13 @@ fn set_primary_partition() {
             2,
             Some(T2000),
         ),
-        ("One", det(), vec![raw(&[0xfa, 0xce], PartType::SYSTEM, "386")], 1, None),
+        (
+            "One",
+            det(),
+            vec![raw(&[0xfa, 0xce], PartType::SYSTEM, "386")],
+            1,
+            None,
+        ),
         (
             "Two",
             det(),
@@ -439,10 +522,28 @@ fn set_metadata() {
         b"sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855".to_vec(),
     );
     let cases: Vec<(&str, CreateOptions, Vec<Obj>, u32, Option<i64>)> = vec![
-        ("Deterministic", with_id_and_time(), vec![oci_blob(&[0xfa, 0xce])], 1, Some(ZERO_TIME)),
-        ("WithTime", det(), vec![oci_blob(&[0xfa, 0xce])], 1, Some(T2000)),
+        (
+            "Deterministic",
+            with_id_and_time(),
+            vec![oci_blob(&[0xfa, 0xce])],
+            1,
+            Some(ZERO_TIME),
+        ),
+        (
+            "WithTime",
+            det(),
+            vec![oci_blob(&[0xfa, 0xce])],
+            1,
+            Some(T2000),
+        ),
         ("One", det(), vec![oci_blob(&[0xfa, 0xce])], 1, None),
-        ("Two", det(), vec![oci_blob(&[0xfa, 0xce]), oci_blob(&[0xfe, 0xed])], 2, None),
+        (
+            "Two",
+            det(),
+            vec![oci_blob(&[0xfa, 0xce]), oci_blob(&[0xfe, 0xed])],
+            2,
+            None,
+        ),
     ];
     for (name, opts, objs, id, time) in cases {
         let case = create(opts, &objs).unwrap();

@@ -40,7 +40,10 @@ pub fn parse_plugstack_args<'a>(
             .split_once('=')
             .ok_or_else(|| err("expected key=value".into()))?;
         if !known.contains(&key) {
-            return Err(err(format!("unknown key {key:?} (known: {})", known.join(", "))));
+            return Err(err(format!(
+                "unknown key {key:?} (known: {})",
+                known.join(", ")
+            )));
         }
         if out.insert(key.to_owned(), value.to_owned()).is_some() {
             return Err(err(format!("{key} given twice")));

@@ -39,7 +39,10 @@ image reproducible (nil ID, that time)."
         /// The image to write
         image: PathBuf,
         /// Directory to pack as the container's root filesystem
-        #[arg(required_unless_present = "from_squashfs", conflicts_with = "from_squashfs")]
+        #[arg(
+            required_unless_present = "from_squashfs",
+            conflicts_with = "from_squashfs"
+        )]
         source_dir: Option<PathBuf>,
         /// Use this squashfs file as the root filesystem instead of a directory
         #[arg(long, value_name = "FILE")]
@@ -75,10 +78,10 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // A closed pipe (`sifrun sif dump … | head`) is not an error.
-            if e
-                .chain()
-                .any(|c| c.downcast_ref::<io::Error>().is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe))
-            {
+            if e.chain().any(|c| {
+                c.downcast_ref::<io::Error>()
+                    .is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe)
+            }) {
                 return ExitCode::SUCCESS;
             }
             let _ = writeln!(io::stderr(), "sifrun: {e:#}");
@@ -109,7 +112,8 @@ fn run(cli: Cli) -> Result<()> {
                 compression,
                 keep_owner,
                 force,
-                source_date_epoch: build::source_date_epoch_from_env().map_err(anyhow::Error::msg)?,
+                source_date_epoch: build::source_date_epoch_from_env()
+                    .map_err(anyhow::Error::msg)?,
                 arch: sif::Arch::host(),
             };
             let report = build::build(&opts).context("build")?;

@@ -51,12 +51,14 @@ pub enum SifCommand {
         deterministic: bool,
     },
     /// Add a data object
-    #[command(after_help = "Data types: 1-Deffile, 2-EnvVar, 3-Labels, 4-Partition, 5-Signature, \
+    #[command(
+        after_help = "Data types: 1-Deffile, 2-EnvVar, 3-Labels, 4-Partition, 5-Signature, \
 6-GenericJSON, 7-Generic, 8-CryptoMessage, 9-SBOM, 10-OCI.RootIndex, 11-OCI.Blob\n\
 Partition fs: 1-Squash, 2-Ext3, 3-ImmuObj, 4-Raw; types: 1-System, 2-PrimSys, 3-Data, 4-Overlay\n\
 Architectures: 1-386, 2-amd64, 3-arm, 4-arm64, 5-ppc64, 6-ppc64le, 7-mips, 8-mipsle, 9-mips64, \
 10-mips64le, 11-s390x, 12-riscv64, 13-loong64 (or the name)\n\
-Signature hashes: 1-SHA256, 2-SHA384, 3-SHA512, 4-BLAKE2s_256, 5-BLAKE2b_256")]
+Signature hashes: 1-SHA256, 2-SHA384, 3-SHA512, 4-BLAKE2s_256, 5-BLAKE2b_256"
+    )]
     Add(AddArgs),
     /// Delete a data object
     Del {
@@ -161,7 +163,8 @@ pub fn run(cmd: SifCommand) -> Result<()> {
             out(siftool::list(&img).as_bytes())
         }
         SifCommand::Header { image } => {
-            let img = open_ro(&image).with_context(|| format!("sif header: {}", image.display()))?;
+            let img =
+                open_ro(&image).with_context(|| format!("sif header: {}", image.display()))?;
             out(siftool::header(img.header()).as_bytes())
         }
         SifCommand::Info { id, image } => {
@@ -175,7 +178,8 @@ pub fn run(cmd: SifCommand) -> Result<()> {
             let img = open_ro(&image).with_context(ctx)?;
             let d = img.descriptor(id).with_context(ctx)?;
             let mut stdout = io::stdout().lock();
-            img.copy_object(d, &mut stdout).context("sif dump: writing to standard output")?;
+            img.copy_object(d, &mut stdout)
+                .context("sif dump: writing to standard output")?;
             stdout.flush()?;
             Ok(())
         }
@@ -240,14 +244,19 @@ fn parse_arch(s: &str) -> Result<Arch> {
         Ok(n) => Arch::from_number(n),
         Err(_) => Arch::from_go_name(s),
     };
-    arch.with_context(|| format!("--partarch: {s:?} is not an architecture (1-13 or a name such as amd64)"))
+    arch.with_context(|| {
+        format!("--partarch: {s:?} is not an architecture (1-13 or a name such as amd64)")
+    })
 }
 
 fn metadata(args: &AddArgs, dt: DataType) -> Result<Metadata> {
     Ok(match dt {
         DataType::PARTITION => {
-            let (Some(pt), Some(fs), Some(arch)) = (args.parttype, args.partfs, &args.partarch) else {
-                bail!("with --datatype 4 (partition), --partfs, --parttype and --partarch are required");
+            let (Some(pt), Some(fs), Some(arch)) = (args.parttype, args.partfs, &args.partarch)
+            else {
+                bail!(
+                    "with --datatype 4 (partition), --partfs, --parttype and --partarch are required"
+                );
             };
             let part_type = PartType(pt);
             if !part_type.is_known() {
@@ -287,7 +296,9 @@ fn metadata(args: &AddArgs, dt: DataType) -> Result<Metadata> {
                 bail!("with --datatype 9 (SBOM), --sbomformat is required");
             };
             Metadata::Sbom(SbomFormat::from_name(name).with_context(|| {
-                format!("--sbomformat: {name:?} is not an SBOM format (cyclonedx-json, spdx-json, ...)")
+                format!(
+                    "--sbomformat: {name:?} is not an SBOM format (cyclonedx-json, spdx-json, ...)"
+                )
             })?)
         }
         _ => Metadata::None,
@@ -301,8 +312,8 @@ fn add(args: AddArgs) -> Result<()> {
         n => bail!("sif add: --datatype: {n} is not a data type (1-11)"),
     };
     let metadata = metadata(&args, dt).context("sif add")?;
-    let mut data = File::open(&args.object)
-        .with_context(|| format!("sif add: {}", args.object.display()))?;
+    let mut data =
+        File::open(&args.object).with_context(|| format!("sif add: {}", args.object.display()))?;
     let mut img = open_rw(&args.image).with_context(ctx)?;
     let mut input = ObjectInput::new(dt, &mut data).with_metadata(metadata);
     input.group = (args.groupid != 0).then_some(args.groupid);
