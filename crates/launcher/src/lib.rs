@@ -8,5 +8,8 @@
 //! allowed `unsafe` will be its syscall module.
 
 pub mod build;
+pub mod fuse;
 pub mod inspect;
 pub mod sanitize;
+pub mod serve;
+pub mod squash;

@@ -1,5 +1,6 @@
 //! `sifrun`: run, build and inspect SIF container images.
 
+mod mount_cmd;
 mod sif_cmd;
 
 use std::io::{self, Write};
@@ -56,6 +57,24 @@ image reproducible (nil ID, that time)."
         /// Replace IMAGE if it exists
         #[arg(long)]
         force: bool,
+    },
+    /// Serve an image's root filesystem read-only on a directory (foreground)
+    #[command(
+        after_help = "Unmounts on SIGINT or SIGTERM, or when `fusermount3 -u DIR` is run. \
+As an ordinary user outside a user namespace the mount goes through the setuid fusermount3 \
+(package fuse3)."
+    )]
+    Mount {
+        /// The image to serve
+        image: PathBuf,
+        /// Where to mount it (an existing directory)
+        dir: PathBuf,
+        /// FUSE worker threads [default: CPUs, 2 to 16]
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Megabytes of decompressed blocks to cache
+        #[arg(long, default_value_t = 64)]
+        cache_mb: usize,
     },
     /// Summarise an image: partitions, signatures, other objects, definition file
     Inspect {
@@ -125,6 +144,12 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
+        Command::Mount {
+            image,
+            dir,
+            threads,
+            cache_mb,
+        } => mount_cmd::run(&image, &dir, threads, cache_mb),
         Command::Inspect { image } => {
             let shown = image.display().to_string();
             let img = sif_cmd::open_ro(&image).with_context(|| format!("inspect: {shown}"))?;

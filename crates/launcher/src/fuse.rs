@@ -1,0 +1,397 @@
+//! The FUSE filesystem that serves a squashfs image read-only, plus empty
+//! directories and files synthesised for mount targets the image lacks (so
+//! binds never need the image to be modified).
+//!
+//! Entries and attributes never change, so replies carry long timeouts and
+//! opened files keep their page cache.
+
+use std::collections::BTreeMap;
+use std::ffi::{OsStr, OsString};
+use std::io;
+use std::path::{Component, Path};
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    KernelConfig, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry, ReplyOpen,
+    ReplyStatfs, Request,
+};
+
+use crate::squash::{Data, FileKind, Inode, ROOT_INO, Squash};
+
+/// How long the kernel may cache entries and attributes: the image never changes.
+const TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// What a synthesised mount target is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TargetKind {
+    Dir,
+    File,
+}
+
+#[derive(Debug)]
+struct SynthNode {
+    kind: TargetKind,
+    parent: u64,
+    children: BTreeMap<OsString, u64>,
+}
+
+/// Mount targets added on top of the image.
+#[derive(Debug, Default)]
+pub struct Synth {
+    /// Synthetic inodes, numbered from `base`.
+    nodes: Vec<SynthNode>,
+    base: u64,
+    /// Synthetic children of image directories.
+    under_image: BTreeMap<u64, BTreeMap<OsString, u64>>,
+}
+
+/// Why a mount target cannot be provided.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SynthError {
+    #[error("{path}: {component:?} in the image is not a directory")]
+    NotADirectory { path: String, component: OsString },
+    #[error("{path}: exists in the image as a different kind of file")]
+    KindMismatch { path: String },
+    #[error("{path}: not an absolute path without '..'")]
+    BadPath { path: String },
+}
+
+impl Synth {
+    /// An empty set of synthetic nodes for `squash`.
+    pub fn new(squash: &Squash) -> Synth {
+        Synth {
+            nodes: Vec::new(),
+            base: squash.inode_count() as u64 + 1,
+            under_image: BTreeMap::new(),
+        }
+    }
+
+    fn node(&self, ino: u64) -> Option<&SynthNode> {
+        self.nodes
+            .get(usize::try_from(ino.checked_sub(self.base)?).ok()?)
+    }
+
+    fn children(&self, ino: u64) -> Option<&BTreeMap<OsString, u64>> {
+        if ino >= self.base {
+            self.node(ino).map(|n| &n.children)
+        } else {
+            self.under_image.get(&ino)
+        }
+    }
+
+    /// Makes sure `path` (already resolved inside the image: no symlinks)
+    /// exists, creating missing directories and, for a file target, an empty
+    /// file as the last component.
+    pub fn ensure(
+        &mut self,
+        squash: &Squash,
+        path: &Path,
+        kind: TargetKind,
+    ) -> Result<(), SynthError> {
+        let shown = path.display().to_string();
+        let names: Vec<&OsStr> = path
+            .components()
+            .filter_map(|c| match c {
+                Component::Normal(n) => Some(Some(n)),
+                Component::RootDir | Component::CurDir => None,
+                _ => Some(None),
+            })
+            .collect::<Option<Vec<_>>>()
+            .filter(|_| path.is_absolute())
+            .ok_or(SynthError::BadPath {
+                path: shown.clone(),
+            })?;
+        let mut ino = ROOT_INO;
+        for (i, name) in names.iter().enumerate() {
+            let last = i + 1 == names.len();
+            let want = if last { kind } else { TargetKind::Dir };
+            if ino < self.base
+                && let Some(child) = squash.lookup(ino, name)
+            {
+                let found = squash.inode(child).map(|n| n.kind);
+                let ok = match want {
+                    TargetKind::Dir => found == Some(FileKind::Dir),
+                    TargetKind::File => {
+                        found != Some(FileKind::Dir) && found != Some(FileKind::Symlink)
+                    }
+                };
+                if !ok {
+                    return Err(if last {
+                        SynthError::KindMismatch { path: shown }
+                    } else {
+                        SynthError::NotADirectory {
+                            path: shown,
+                            component: name.to_os_string(),
+                        }
+                    });
+                }
+                ino = child;
+                continue;
+            }
+            if let Some(&child) = self.children(ino).and_then(|c| c.get(*name)) {
+                if self.node(child).map(|n| n.kind) != Some(want) {
+                    return Err(SynthError::KindMismatch { path: shown });
+                }
+                ino = child;
+                continue;
+            }
+            let child = self.base + self.nodes.len() as u64;
+            self.nodes.push(SynthNode {
+                kind: want,
+                parent: ino,
+                children: BTreeMap::new(),
+            });
+            if ino >= self.base {
+                let idx = (ino - self.base) as usize;
+                self.nodes[idx].children.insert(name.to_os_string(), child);
+            } else {
+                self.under_image
+                    .entry(ino)
+                    .or_default()
+                    .insert(name.to_os_string(), child);
+            }
+            ino = child;
+        }
+        Ok(())
+    }
+}
+
+/// The filesystem handed to fuser.
+pub struct SquashFs {
+    squash: Arc<Squash>,
+    synth: Synth,
+}
+
+fn file_type(kind: FileKind) -> FileType {
+    match kind {
+        FileKind::Dir => FileType::Directory,
+        FileKind::File => FileType::RegularFile,
+        FileKind::Symlink => FileType::Symlink,
+        FileKind::CharDevice => FileType::CharDevice,
+        FileKind::BlockDevice => FileType::BlockDevice,
+        FileKind::Fifo => FileType::NamedPipe,
+        FileKind::Socket => FileType::Socket,
+    }
+}
+
+impl SquashFs {
+    pub fn new(squash: Arc<Squash>, synth: Synth) -> SquashFs {
+        SquashFs { squash, synth }
+    }
+
+    fn image_attr(&self, ino: u64, n: &Inode) -> FileAttr {
+        let t = UNIX_EPOCH + Duration::from_secs(u64::from(n.mtime));
+        FileAttr {
+            ino: INodeNo(ino),
+            size: n.size,
+            blocks: n.size.div_ceil(512),
+            atime: t,
+            mtime: t,
+            ctime: t,
+            crtime: t,
+            kind: file_type(n.kind),
+            perm: n.perm,
+            nlink: n.nlink,
+            uid: n.uid,
+            gid: n.gid,
+            rdev: n.rdev(),
+            blksize: self.squash.block_size(),
+            flags: 0,
+        }
+    }
+
+    fn synth_attr(&self, ino: u64, kind: TargetKind) -> FileAttr {
+        let root = self.squash.inode(ROOT_INO).expect("root exists");
+        let t = UNIX_EPOCH + Duration::from_secs(u64::from(root.mtime));
+        let dir = kind == TargetKind::Dir;
+        FileAttr {
+            ino: INodeNo(ino),
+            size: 0,
+            blocks: 0,
+            atime: t,
+            mtime: t,
+            ctime: t,
+            crtime: t,
+            kind: if dir {
+                FileType::Directory
+            } else {
+                FileType::RegularFile
+            },
+            perm: if dir { 0o755 } else { 0o644 },
+            nlink: if dir { 2 } else { 1 },
+            uid: root.uid,
+            gid: root.gid,
+            rdev: 0,
+            blksize: 4096,
+            flags: 0,
+        }
+    }
+
+    /// Attributes of any inode, image or synthetic.
+    pub fn attr(&self, ino: u64) -> Option<FileAttr> {
+        if let Some(n) = self.squash.inode(ino) {
+            return Some(self.image_attr(ino, n));
+        }
+        self.synth.node(ino).map(|s| self.synth_attr(ino, s.kind))
+    }
+
+    fn lookup_ino(&self, parent: u64, name: &OsStr) -> Option<u64> {
+        if parent < self.synth.base
+            && let Some(ino) = self.squash.lookup(parent, name)
+        {
+            return Some(ino);
+        }
+        self.synth.children(parent)?.get(name).copied()
+    }
+
+    /// Directory entries of `ino` (without "." and ".."), image first.
+    fn entries(&self, ino: u64) -> Option<Vec<(OsString, u64)>> {
+        let mut out: Vec<(OsString, u64)> = match self.squash.inode(ino).map(|n| &n.data) {
+            Some(Data::Dir(e)) => e.clone(),
+            Some(_) => return None,
+            None => {
+                let node = self.synth.node(ino)?;
+                if node.kind != TargetKind::Dir {
+                    return None;
+                }
+                Vec::new()
+            }
+        };
+        if let Some(extra) = self.synth.children(ino) {
+            out.extend(extra.iter().map(|(n, i)| (n.clone(), *i)));
+        }
+        Some(out)
+    }
+
+    fn parent_of(&self, ino: u64) -> u64 {
+        match self.squash.inode(ino) {
+            Some(n) => n.parent,
+            None => self.synth.node(ino).map_or(ROOT_INO, |n| n.parent),
+        }
+    }
+}
+
+fn errno(e: &io::Error) -> Errno {
+    match e.kind() {
+        io::ErrorKind::NotFound => Errno::ENOENT,
+        io::ErrorKind::InvalidInput => Errno::EINVAL,
+        _ => Errno::EIO,
+    }
+}
+
+impl Filesystem for SquashFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        // Let the kernel read ahead a few blocks; our own readahead decompresses further.
+        let _ = config.set_max_readahead(1 << 20);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match self.lookup_ino(parent.0, name).and_then(|i| self.attr(i)) {
+            Some(attr) => reply.entry(&TTL, &attr, Generation(0)),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.attr(ino.0) {
+            Some(attr) => reply.attr(&TTL, &attr),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.squash.inode(ino.0).map(|n| &n.data) {
+            Some(Data::Symlink(target)) => {
+                use std::os::unix::ffi::OsStrExt;
+                reply.data(target.as_bytes())
+            }
+            _ => reply.error(Errno::EINVAL),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        if self.attr(ino.0).is_none() {
+            return reply.error(Errno::ENOENT);
+        }
+        reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE);
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<fuser::LockOwner>,
+        reply: ReplyData,
+    ) {
+        if self.synth.node(ino.0).is_some() {
+            return reply.data(&[]);
+        }
+        match self.squash.read(ino.0, offset, size) {
+            Ok(data) => reply.data(&data),
+            Err(e) => {
+                tracing::warn!(ino = ino.0, offset, error = %e, "read failed");
+                reply.error(errno(&e))
+            }
+        }
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        if self.entries(ino.0).is_none() {
+            return reply.error(Errno::ENOTDIR);
+        }
+        reply.opened(
+            FileHandle(0),
+            FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR,
+        );
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let Some(entries) = self.entries(ino.0) else {
+            return reply.error(Errno::ENOTDIR);
+        };
+        let dots = [
+            (OsString::from("."), ino.0),
+            (OsString::from(".."), self.parent_of(ino.0)),
+        ];
+        for (i, (name, child)) in dots
+            .into_iter()
+            .chain(entries)
+            .enumerate()
+            .skip(offset as usize)
+        {
+            let kind = self.attr(child).map_or(FileType::RegularFile, |a| a.kind);
+            if reply.add(INodeNo(child), (i + 1) as u64, kind, &name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let files = (self.squash.inode_count() + self.synth.nodes.len()) as u64;
+        reply.statfs(
+            0,
+            0,
+            0,
+            files,
+            0,
+            self.squash.block_size(),
+            255,
+            self.squash.block_size(),
+        );
+    }
+}

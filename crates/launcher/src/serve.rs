@@ -1,0 +1,134 @@
+//! Opening an image for serving, and serving it with FUSE.
+//!
+//! The SIF is opened once; the same descriptor is parsed, checked and served,
+//! so the bytes that were looked at are the bytes that run.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use fuser::{Config, MountOption, Session, SessionACL};
+use sif::{FsType, Image};
+
+use crate::fuse::{SquashFs, Synth};
+use crate::squash::{Squash, SquashError, Tuning};
+
+/// Why an image cannot be served.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("{}: {source}", path.display())]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: {source}", path.display())]
+    Sif {
+        path: PathBuf,
+        #[source]
+        source: sif::Error,
+    },
+    #[error("{}: the primary partition is {fs}, not squashfs; sifrun serves squashfs images only (rebuild with `sifrun build`)", path.display())]
+    Filesystem { path: PathBuf, fs: String },
+    #[error("{}: primary partition: {source}", path.display())]
+    Squash {
+        path: PathBuf,
+        #[source]
+        source: SquashError,
+    },
+    #[error("{}: cannot mount: {source}", mountpoint.display())]
+    Mount {
+        mountpoint: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// An image opened for serving: the SIF file and its indexed root filesystem.
+pub struct Served {
+    pub file: Arc<File>,
+    pub squash: Arc<Squash>,
+    pub path: PathBuf,
+}
+
+/// Opens `path`, finds its primary system partition and indexes the squashfs in it.
+pub fn open_image(path: &Path, tuning: Tuning) -> Result<Served, ServeError> {
+    let file = File::open(path).map_err(|source| ServeError::Open {
+        path: path.to_owned(),
+        source,
+    })?;
+    let sif_err = |source| ServeError::Sif {
+        path: path.to_owned(),
+        source,
+    };
+    if file.metadata().map(|m| m.is_dir()).unwrap_or(false) {
+        return Err(ServeError::Open {
+            path: path.to_owned(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::IsADirectory,
+                "is a directory, not a SIF image",
+            ),
+        });
+    }
+    let image = Image::open(file).map_err(sif_err)?;
+    let prim = image.primary_partition().map_err(sif_err)?;
+    let part = prim.partition().map_err(sif_err)?;
+    if part.fs_type != FsType::SQUASHFS {
+        return Err(ServeError::Filesystem {
+            path: path.to_owned(),
+            fs: part.fs_type.to_string(),
+        });
+    }
+    let offset = prim.offset();
+    let file = Arc::new(image.into_source());
+    let squash =
+        Squash::open(file.clone(), offset, tuning).map_err(|source| ServeError::Squash {
+            path: path.to_owned(),
+            source,
+        })?;
+    Ok(Served {
+        file,
+        squash,
+        path: path.to_owned(),
+    })
+}
+
+/// FUSE configuration: read-only, no setuid, no devices, kernel permission checks.
+pub fn fuse_config(image: &Path, threads: usize) -> Config {
+    let mut c = Config::default();
+    c.mount_options = vec![
+        MountOption::RO,
+        MountOption::NoSuid,
+        MountOption::NoDev,
+        MountOption::DefaultPermissions,
+        MountOption::FSName(format!("sifrun:{}", image.display()).replace([',', ' '], "_")),
+        MountOption::Subtype("sifrun".into()),
+    ];
+    c.acl = SessionACL::Owner;
+    c.n_threads = Some(threads.max(1));
+    c.clone_fd = threads > 1;
+    c
+}
+
+/// Mounts the served image (plus synthetic targets) at `mountpoint`.
+pub fn mount(
+    served: &Served,
+    synth: Synth,
+    mountpoint: &Path,
+    threads: usize,
+) -> Result<Session<SquashFs>, ServeError> {
+    let fs = SquashFs::new(served.squash.clone(), synth);
+    Session::new(fs, mountpoint, &fuse_config(&served.path, threads)).map_err(|source| {
+        ServeError::Mount {
+            mountpoint: mountpoint.to_owned(),
+            source,
+        }
+    })
+}
+
+/// Worker threads for the FUSE loop.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .clamp(2, 16)
+}
