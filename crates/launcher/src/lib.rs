@@ -7,9 +7,11 @@
 //! and its apply loop over a syscall seam) lands here next; the only module
 //! allowed `unsafe` will be its syscall module.
 
+pub mod bind;
 pub mod build;
 pub mod fuse;
 pub mod inspect;
+pub mod plan;
 pub mod sanitize;
 pub mod serve;
 pub mod squash;
