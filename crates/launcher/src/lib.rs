@@ -7,6 +7,7 @@
 //! and its apply loop over a syscall seam) lands here next; the only module
 //! allowed `unsafe` will be its syscall module.
 
+pub mod apply;
 pub mod bind;
 pub mod build;
 pub mod fuse;
@@ -15,3 +16,4 @@ pub mod plan;
 pub mod sanitize;
 pub mod serve;
 pub mod squash;
+pub mod syscall;
