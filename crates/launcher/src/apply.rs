@@ -18,7 +18,9 @@ pub enum ApplyError {
         #[source]
         source: io::Error,
     },
-    #[error("--writable-tmpfs: the kernel refused an overlay in the user namespace ({0}); it needs Linux 5.11 or newer")]
+    #[error(
+        "--writable-tmpfs: the kernel refused an overlay in the user namespace ({0}); it needs Linux 5.11 or newer"
+    )]
     Overlay(#[source] io::Error),
     #[error("switching to the container root: {0}")]
     PivotRoot(#[source] io::Error),
@@ -46,12 +48,20 @@ pub fn apply(plan: &Plan, sys: &dyn Syscall) -> Result<Applied, ApplyError> {
     for m in &plan.mounts {
         let target = &m.resolved;
         let (what, result) = match &m.source {
-            Source::Host { path, recursive } => (path.display().to_string(), sys.bind(path, target, *recursive)),
-            Source::Generated(name) => (format!("the generated /etc/{name}"), sys.bind_generated(name, target)),
+            Source::Host { path, recursive } => (
+                path.display().to_string(),
+                sys.bind(path, target, *recursive),
+            ),
+            Source::Generated(name) => (
+                format!("the generated /etc/{name}"),
+                sys.bind_generated(name, target),
+            ),
             Source::Proc => {
                 // A new procfs needs the PID namespace; where the kernel
                 // refuses it (a locked /proc), the host's is bound instead.
-                let r = sys.mount_proc(target).or_else(|_| sys.bind(Path::new("/proc"), target, true));
+                let r = sys
+                    .mount_proc(target)
+                    .or_else(|_| sys.bind(Path::new("/proc"), target, true));
                 ("proc".into(), r)
             }
             Source::Tmpfs => ("tmpfs".into(), sys.mount_tmpfs(target)),
@@ -62,7 +72,8 @@ pub fn apply(plan: &Plan, sys: &dyn Syscall) -> Result<Applied, ApplyError> {
             source,
         };
         result.map_err(mount_err)?;
-        sys.remount(target, m.readonly, !m.allow_devices).map_err(mount_err)?;
+        sys.remount(target, m.readonly, !m.allow_devices)
+            .map_err(mount_err)?;
     }
     sys.pivot_root().map_err(ApplyError::PivotRoot)?;
     match sys.chdir(&plan.cwd) {
@@ -96,7 +107,15 @@ mod tests {
 
     fn small_plan(opts: RunOptions) -> Plan {
         let (facts, fs) = host();
-        let tree = FakeTree::new(&["/etc/", "/proc/", "/sys/", "/dev/", "/tmp/", "/var/", "/var/tmp/"]);
+        let tree = FakeTree::new(&[
+            "/etc/",
+            "/proc/",
+            "/sys/",
+            "/dev/",
+            "/tmp/",
+            "/var/",
+            "/var/tmp/",
+        ]);
         plan(&opts, &facts, &fs, &tree).unwrap()
     }
 
@@ -164,7 +183,11 @@ chdir /scratch/run
                 continue;
             }
             let e = r.expect_err(&format!("step {n} ({failed}) must fail the launch"));
-            assert_eq!(calls.len(), n, "nothing runs after the failed step {failed}");
+            assert_eq!(
+                calls.len(),
+                n,
+                "nothing runs after the failed step {failed}"
+            );
             assert!(!calls.iter().any(|c| c == "pivot-root") || failed == "pivot-root");
             let msg = e.to_string();
             assert!(!msg.is_empty());

@@ -56,7 +56,9 @@ pub fn parse_one(spec: &str, cwd: &Path) -> Result<BindSpec, BindError> {
             other => {
                 return Err(err(
                     spec,
-                    format!("option {other:?} is not allowed (only ro and rw; binds are always nosuid,nodev)"),
+                    format!(
+                        "option {other:?} is not allowed (only ro and rw; binds are always nosuid,nodev)"
+                    ),
                 ));
             }
         }
@@ -113,10 +115,22 @@ mod tests {
         let cwd = Path::new("/work");
         assert_eq!(parse_one("/data", cwd).unwrap(), b("/data", "/data", false));
         assert_eq!(parse_one("/data:/d", cwd).unwrap(), b("/data", "/d", false));
-        assert_eq!(parse_one("/data:/d:ro", cwd).unwrap(), b("/data", "/d", true));
-        assert_eq!(parse_one("/data:ro", cwd).unwrap(), b("/data", "/data", true));
-        assert_eq!(parse_one("in:/in", cwd).unwrap(), b("/work/in", "/in", false));
-        assert_eq!(parse_one("/a/./b//:/x/./y", cwd).unwrap(), b("/a/b", "/x/y", false));
+        assert_eq!(
+            parse_one("/data:/d:ro", cwd).unwrap(),
+            b("/data", "/d", true)
+        );
+        assert_eq!(
+            parse_one("/data:ro", cwd).unwrap(),
+            b("/data", "/data", true)
+        );
+        assert_eq!(
+            parse_one("in:/in", cwd).unwrap(),
+            b("/work/in", "/in", false)
+        );
+        assert_eq!(
+            parse_one("/a/./b//:/x/./y", cwd).unwrap(),
+            b("/a/b", "/x/y", false)
+        );
         assert_eq!(
             parse_list("/a, /b:/c:ro ,", cwd).unwrap(),
             vec![b("/a", "/a", false), b("/b", "/c", true)]

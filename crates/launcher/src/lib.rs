@@ -10,6 +10,8 @@
 pub mod apply;
 pub mod bind;
 pub mod build;
+pub mod container;
+pub mod env;
 pub mod fuse;
 pub mod inspect;
 pub mod plan;

@@ -198,20 +198,24 @@ pub fn is_under(path: &Path, base: &Path) -> bool {
 
 /// Directories of the image that the current directory is never bound over.
 const SYSTEM_DIRS: &[&str] = &[
-    "/", "/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/opt", "/proc", "/root", "/run", "/sbin",
-    "/sys", "/usr", "/var",
+    "/", "/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/opt", "/proc", "/root",
+    "/run", "/sbin", "/sys", "/usr", "/var",
 ];
 
 fn is_system_dir(p: &Path) -> bool {
     SYSTEM_DIRS.iter().any(|d| Path::new(d) == p)
-        || ["/usr", "/etc", "/bin", "/sbin", "/lib", "/lib64", "/proc", "/sys", "/dev", "/boot"]
-            .iter()
-            .any(|d| p.starts_with(d))
+        || [
+            "/usr", "/etc", "/bin", "/sbin", "/lib", "/lib64", "/proc", "/sys", "/dev", "/boot",
+        ]
+        .iter()
+        .any(|d| p.starts_with(d))
 }
 
 /// The passwd file of the container: the image's, plus the user's entry.
 fn passwd(tree: &dyn ImageTree, host: &HostFacts, opts: &RunOptions, home: &Path) -> Vec<u8> {
-    let image = tree.read_small(Path::new("/etc/passwd")).unwrap_or_default();
+    let image = tree
+        .read_small(Path::new("/etc/passwd"))
+        .unwrap_or_default();
     let mut text = String::from_utf8_lossy(&image).into_owned();
     if !text.is_empty() && !text.ends_with('\n') {
         text.push('\n');
@@ -226,7 +230,11 @@ fn passwd(tree: &dyn ImageTree, host: &HostFacts, opts: &RunOptions, home: &Path
         .any(|l| l.split(':').nth(2).and_then(|u| u.parse::<u32>().ok()) == Some(uid));
     if !has_uid {
         let gecos = host.passwd_line.split(':').nth(4).unwrap_or("");
-        let _ = writeln!(text, "{name}:x:{uid}:{gid}:{gecos}:{}:/bin/sh", home.display());
+        let _ = writeln!(
+            text,
+            "{name}:x:{uid}:{gid}:{gecos}:{}:/bin/sh",
+            home.display()
+        );
     } else if !opts.fakeroot {
         // Point the existing entry's home at the bound home.
         text = text
@@ -279,7 +287,10 @@ pub fn plan(
     let (uid_map, gid_map) = if opts.fakeroot {
         (format!("0 {} 1\n", host.uid), format!("0 {} 1\n", host.gid))
     } else {
-        (format!("{0} {0} 1\n", host.uid), format!("{0} {0} 1\n", host.gid))
+        (
+            format!("{0} {0} 1\n", host.uid),
+            format!("{0} {0} 1\n", host.gid),
+        )
     };
     if let Some(w) = &opts.workdir
         && host_fs.kind(w) != Some(TargetKind::Dir)
@@ -382,7 +393,11 @@ pub fn plan(
         }
     }
     let cwd_covered = wants.iter().any(|w| is_under(&host.cwd, &w.target));
-    if !opts.contain && !cwd_covered && !is_system_dir(&host.cwd) && host_fs.kind(&host.cwd) == Some(TargetKind::Dir) {
+    if !opts.contain
+        && !cwd_covered
+        && !is_system_dir(&host.cwd)
+        && host_fs.kind(&host.cwd) == Some(TargetKind::Dir)
+    {
         wants.push(Want {
             source: Source::Host {
                 path: host.cwd.clone(),
@@ -446,9 +461,12 @@ pub fn plan(
     let mut mounts: Vec<MountOp> = Vec::new();
     let mut synth: Vec<(PathBuf, TargetKind)> = Vec::new();
     for (r, w) in resolved {
-        let in_host_dir = mounts
-            .iter()
-            .any(|m| !matches!(m.source, Source::Generated(_)) && m.kind == TargetKind::Dir && r != m.resolved && is_under(&r, &m.resolved));
+        let in_host_dir = mounts.iter().any(|m| {
+            !matches!(m.source, Source::Generated(_))
+                && m.kind == TargetKind::Dir
+                && r != m.resolved
+                && is_under(&r, &m.resolved)
+        });
         if !in_host_dir && tree.entry(&r).is_none() && !synth.iter().any(|(p, _)| *p == r) {
             synth.push((r.clone(), w.kind));
         }
@@ -492,7 +510,11 @@ impl Plan {
         for m in &self.mounts {
             let src = match &m.source {
                 Source::Host { path, recursive } => {
-                    format!("{}{}", if *recursive { "rbind " } else { "bind " }, path.display())
+                    format!(
+                        "{}{}",
+                        if *recursive { "rbind " } else { "bind " },
+                        path.display()
+                    )
                 }
                 Source::Generated(n) => format!("generated {n}"),
                 Source::Proc => "proc".into(),
@@ -513,9 +535,19 @@ impl Plan {
             let _ = writeln!(out, "mount {src} on {target} [{}]", flags.join(","));
         }
         for (p, k) in &self.synth {
-            let _ = writeln!(out, "synth {} {}", if *k == TargetKind::Dir { "dir" } else { "file" }, p.display());
+            let _ = writeln!(
+                out,
+                "synth {} {}",
+                if *k == TargetKind::Dir { "dir" } else { "file" },
+                p.display()
+            );
         }
-        let _ = writeln!(out, "cwd: {}{}", self.cwd.display(), if self.cwd_required { " (required)" } else { "" });
+        let _ = writeln!(
+            out,
+            "cwd: {}{}",
+            self.cwd.display(),
+            if self.cwd_required { " (required)" } else { "" }
+        );
         if self.writable_tmpfs {
             out.push_str("writable tmpfs overlay\n");
         }
@@ -576,10 +608,22 @@ pub(crate) mod tests {
             group_lines: vec!["alice:x:1001:".into(), "hpc:x:2000:alice".into()],
         };
         let mut fs = BTreeMap::new();
-        for d in ["/tmp", "/var/tmp", "/home/alice", "/scratch/run", "/data", "/work"] {
+        for d in [
+            "/tmp",
+            "/var/tmp",
+            "/home/alice",
+            "/scratch/run",
+            "/data",
+            "/work",
+        ] {
             fs.insert(PathBuf::from(d), TargetKind::Dir);
         }
-        for f in ["/etc/hosts", "/etc/resolv.conf", "/etc/localtime", "/data/in.txt"] {
+        for f in [
+            "/etc/hosts",
+            "/etc/resolv.conf",
+            "/etc/localtime",
+            "/data/in.txt",
+        ] {
             fs.insert(PathBuf::from(f), TargetKind::File);
         }
         (facts, FakeHost(fs))
@@ -587,10 +631,24 @@ pub(crate) mod tests {
 
     fn debian_like() -> FakeTree {
         let mut t = FakeTree::new(&[
-            "/bin/", "/etc/", "/etc/passwd", "/etc/group", "/home/", "/proc/", "/sys/", "/dev/", "/tmp/",
-            "/var/", "/var/tmp/", "/usr/", "/usr/bin/",
+            "/bin/",
+            "/etc/",
+            "/etc/passwd",
+            "/etc/group",
+            "/home/",
+            "/proc/",
+            "/sys/",
+            "/dev/",
+            "/tmp/",
+            "/var/",
+            "/var/tmp/",
+            "/usr/",
+            "/usr/bin/",
         ]);
-        t.1.insert("/etc/passwd".into(), b"root:x:0:0:root:/root:/bin/bash\n".to_vec());
+        t.1.insert(
+            "/etc/passwd".into(),
+            b"root:x:0:0:root:/root:/bin/bash\n".to_vec(),
+        );
         t.1.insert("/etc/group".into(), b"root:x:0:\nusers:x:100:\n".to_vec());
         t
     }
@@ -623,9 +681,15 @@ cwd: /scratch/run
 ";
         assert_eq!(plan.render(), want);
         let passwd = String::from_utf8(plan.files[0].1.clone()).unwrap();
-        assert_eq!(passwd, "root:x:0:0:root:/root:/bin/bash\nalice:x:1001:1001:Alice A:/home/alice:/bin/sh\n");
+        assert_eq!(
+            passwd,
+            "root:x:0:0:root:/root:/bin/bash\nalice:x:1001:1001:Alice A:/home/alice:/bin/sh\n"
+        );
         let group = String::from_utf8(plan.files[1].1.clone()).unwrap();
-        assert_eq!(group, "root:x:0:\nusers:x:100:\nalice:x:1001:\nhpc:x:2000:alice\n");
+        assert_eq!(
+            group,
+            "root:x:0:\nusers:x:100:\nalice:x:1001:\nhpc:x:2000:alice\n"
+        );
     }
 
     #[test]
@@ -697,9 +761,16 @@ cwd: /work (required)
             ..RunOptions::default()
         };
         let plan = plan(&opts, &facts, &fs, &tree).unwrap();
-        let m = plan.mounts.iter().find(|m| m.target == Path::new("/abs")).unwrap();
+        let m = plan
+            .mounts
+            .iter()
+            .find(|m| m.target == Path::new("/abs"))
+            .unwrap();
         assert_eq!(m.resolved, Path::new("/proc/1/root/etc"));
-        assert!(m.in_host_dir, "resolved under the container's /proc mount, where apply refuses magic links");
+        assert!(
+            m.in_host_dir,
+            "resolved under the container's /proc mount, where apply refuses magic links"
+        );
     }
 
     #[test]
@@ -715,12 +786,18 @@ cwd: /work (required)
             workdir: Some("/nowhere".into()),
             ..RunOptions::default()
         };
-        assert!(matches!(plan(&wd, &facts, &fs, &debian_like()), Err(PlanError::Workdir(_))));
+        assert!(matches!(
+            plan(&wd, &facts, &fs, &debian_like()),
+            Err(PlanError::Workdir(_))
+        ));
         let pwd = RunOptions {
             pwd: Some("rel".into()),
             ..RunOptions::default()
         };
-        assert!(matches!(plan(&pwd, &facts, &fs, &debian_like()), Err(PlanError::Pwd(_))));
+        assert!(matches!(
+            plan(&pwd, &facts, &fs, &debian_like()),
+            Err(PlanError::Pwd(_))
+        ));
     }
 
     #[test]

@@ -132,3 +132,27 @@ pub fn default_threads() -> usize {
         .map_or(2, |n| n.get())
         .clamp(2, 16)
 }
+
+impl crate::plan::ImageTree for Squash {
+    fn entry(&self, path: &Path) -> Option<crate::plan::Entry> {
+        use crate::plan::Entry;
+        use crate::squash::{Data, FileKind};
+        let ino = self.lookup_path(path)?;
+        let inode = self.inode(ino)?;
+        Some(match (&inode.kind, &inode.data) {
+            (FileKind::Dir, _) => Entry::Dir,
+            (FileKind::File, _) => Entry::File,
+            (FileKind::Symlink, Data::Symlink(t)) => Entry::Symlink(PathBuf::from(t)),
+            _ => Entry::Other,
+        })
+    }
+
+    fn read_small(&self, path: &Path) -> Option<Vec<u8>> {
+        let ino = self.lookup_path(path)?;
+        let inode = self.inode(ino)?;
+        if inode.kind != crate::squash::FileKind::File || inode.size > 1 << 20 {
+            return None;
+        }
+        self.read(ino, 0, inode.size as u32).ok()
+    }
+}

@@ -264,6 +264,15 @@ impl Squash {
         Ok(squash)
     }
 
+    /// Starts the readahead workers of an image opened without them (a
+    /// process that still has to `unshare` must not have threads yet).
+    pub fn start_readahead(self: &Arc<Self>, tuning: Tuning) {
+        let running = self.prefetch.lock().map(|p| p.is_some()).unwrap_or(true);
+        if !running && tuning.prefetch_threads > 0 && tuning.readahead_blocks > 0 {
+            start_prefetchers(self, tuning);
+        }
+    }
+
     /// The inode with number `ino`.
     pub fn inode(&self, ino: u64) -> Option<&Inode> {
         self.inodes.get(usize::try_from(ino).ok()?.checked_sub(1)?)

@@ -57,7 +57,12 @@ pub struct Linux {
 }
 
 impl Linux {
-    pub fn new(root: PathBuf, files: PathBuf, scratch: PathBuf, sources: HashMap<PathBuf, OwnedFd>) -> Linux {
+    pub fn new(
+        root: PathBuf,
+        files: PathBuf,
+        scratch: PathBuf,
+        sources: HashMap<PathBuf, OwnedFd>,
+    ) -> Linux {
         Linux {
             root: RefCell::new(root),
             files,
@@ -77,7 +82,11 @@ impl Linux {
         )
         .map_err(to_io)?;
         let rel = target.strip_prefix("/").unwrap_or(target);
-        let rel = if rel.as_os_str().is_empty() { Path::new(".") } else { rel };
+        let rel = if rel.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            rel
+        };
         let how = OpenHow::new()
             .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
             .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
@@ -94,7 +103,14 @@ impl Linux {
         if recursive {
             flags |= MsFlags::MS_REC;
         }
-        mount(Some(source), &Self::fd_path(&t), None::<&str>, flags, None::<&str>).map_err(to_io)
+        mount(
+            Some(source),
+            &Self::fd_path(&t),
+            None::<&str>,
+            flags,
+            None::<&str>,
+        )
+        .map_err(to_io)
     }
 }
 
@@ -104,7 +120,10 @@ impl Syscall for Linux {
             Some(fd) => self.bind_path(&Self::fd_path(fd), target, recursive),
             None => Err(io::Error::new(
                 io::ErrorKind::NotFound,
-                format!("{}: source was not opened before the container was set up", source.display()),
+                format!(
+                    "{}: source was not opened before the container was set up",
+                    source.display()
+                ),
             )),
         }
     }
@@ -215,7 +234,9 @@ impl Fake {
         let mut calls = self.calls.borrow_mut();
         calls.push(call);
         let n = calls.len();
-        if Some(n) == self.fail_at || target.is_some_and(|t| self.fail_targets.iter().any(|f| f == t)) {
+        if Some(n) == self.fail_at
+            || target.is_some_and(|t| self.fail_targets.iter().any(|f| f == t))
+        {
             return Err(io::Error::from_raw_os_error(libc::EPERM));
         }
         Ok(())
@@ -223,17 +244,27 @@ impl Fake {
 
     /// The log, one call per line.
     pub fn log(&self) -> String {
-        self.calls.borrow().iter().map(|c| format!("{c}\n")).collect()
+        self.calls
+            .borrow()
+            .iter()
+            .map(|c| format!("{c}\n"))
+            .collect()
     }
 }
 
 impl Syscall for Fake {
     fn bind(&self, source: &Path, target: &Path, recursive: bool) -> io::Result<()> {
         let op = if recursive { "rbind" } else { "bind" };
-        self.record(format!("{op} {} {}", source.display(), target.display()), Some(target))
+        self.record(
+            format!("{op} {} {}", source.display(), target.display()),
+            Some(target),
+        )
     }
     fn bind_generated(&self, name: &str, target: &Path) -> io::Result<()> {
-        self.record(format!("bind-generated {name} {}", target.display()), Some(target))
+        self.record(
+            format!("bind-generated {name} {}", target.display()),
+            Some(target),
+        )
     }
     fn mount_proc(&self, target: &Path) -> io::Result<()> {
         let r = self.record(format!("proc {}", target.display()), Some(target));
@@ -253,7 +284,10 @@ impl Syscall for Fake {
         if nodev {
             f.push("nodev");
         }
-        self.record(format!("remount {} {}", target.display(), f.join(",")), None)
+        self.record(
+            format!("remount {} {}", target.display(), f.join(",")),
+            None,
+        )
     }
     fn overlay_root(&self) -> io::Result<()> {
         self.record("overlay-root".into(), None)
@@ -286,6 +320,36 @@ pub fn fork_single_threaded() -> io::Result<Forked> {
     }
 }
 
+/// Starts `f` as the first process of a new PID namespace (sharing the
+/// caller's mount namespace, so descriptors of host sources stay usable for
+/// binds); returns its PID as seen from the caller.
+///
+/// Like [`fork_single_threaded`], only for a process without other threads.
+/// Unlike `unshare(CLONE_NEWPID)`, the caller itself is left able to start
+/// threads afterwards (the FUSE server needs them).
+pub fn spawn_pid_namespace(mut f: impl FnMut() -> i32) -> io::Result<Pid> {
+    let mut stack = vec![0u8; 16 << 20];
+    let cb: Box<dyn FnMut() -> isize + '_> = Box::new(move || {
+        let code = f();
+        std::process::exit(code)
+    });
+    // SAFETY: without CLONE_VM the child runs on its own copy-on-write copy
+    // of `stack` (16 MiB, more than the container setup uses) and of the
+    // whole address space, exactly as after fork(2); the caller guarantees
+    // no other thread exists, so no lock is held in the copy. The child
+    // never returns into the caller's frames: `cb` ends with process::exit.
+    let pid = unsafe {
+        nix::sched::clone(
+            cb,
+            &mut stack,
+            nix::sched::CloneFlags::CLONE_NEWPID,
+            Some(libc::SIGCHLD),
+        )
+    }
+    .map_err(to_io)?;
+    Ok(pid)
+}
+
 /// A signal taken from the blocked set, and whether another process sent it
 /// (as opposed to the kernel, for example on behalf of the terminal).
 pub fn wait_signal(set: &nix::sys::signal::SigSet) -> io::Result<(i32, bool)> {
@@ -305,6 +369,9 @@ pub fn wait_signal(set: &nix::sys::signal::SigSet) -> io::Result<(i32, bool)> {
 pub fn cstring(s: &std::ffi::OsStr) -> io::Result<CString> {
     use std::os::unix::ffi::OsStrExt;
     CString::new(s.as_bytes()).map_err(|_| {
-        io::Error::new(io::ErrorKind::InvalidInput, format!("{s:?} contains a NUL byte"))
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{s:?} contains a NUL byte"),
+        )
     })
 }

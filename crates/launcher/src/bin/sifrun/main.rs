@@ -1,6 +1,7 @@
 //! `sifrun`: run, build and inspect SIF container images.
 
 mod mount_cmd;
+mod run_cmd;
 mod sif_cmd;
 
 use std::io::{self, Write};
@@ -58,6 +59,39 @@ image reproducible (nil ID, that time)."
         #[arg(long)]
         force: bool,
     },
+    /// Run a command inside an image
+    #[command(
+        after_help = "The command is looked up on the container's PATH; its exit status is sifrun's \
+(127: not found, 126: not executable).",
+        trailing_var_arg = true
+    )]
+    Exec {
+        #[command(flatten)]
+        opts: run_cmd::ContainerArgs,
+        /// The image
+        image: PathBuf,
+        /// The command and its arguments
+        #[arg(required = true, allow_hyphen_values = true, value_name = "COMMAND")]
+        command: Vec<String>,
+    },
+    /// Run an image's runscript
+    #[command(trailing_var_arg = true)]
+    Run {
+        #[command(flatten)]
+        opts: run_cmd::ContainerArgs,
+        /// The image
+        image: PathBuf,
+        /// Arguments for the runscript
+        #[arg(allow_hyphen_values = true, value_name = "ARGS")]
+        args: Vec<String>,
+    },
+    /// Start an interactive shell inside an image
+    Shell {
+        #[command(flatten)]
+        opts: run_cmd::ContainerArgs,
+        /// The image
+        image: PathBuf,
+    },
     /// Serve an image's root filesystem read-only on a directory (foreground)
     #[command(
         after_help = "Unmounts on SIGINT or SIGTERM, or when `fusermount3 -u DIR` is run. \
@@ -110,7 +144,24 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    use launcher::container::Action;
     match cli.command {
+        Command::Exec {
+            opts,
+            image,
+            command,
+        } => {
+            let code = run_cmd::run(&opts, image, Action::Exec(run_cmd::os(&command)), "exec")?;
+            std::process::exit(code)
+        }
+        Command::Run { opts, image, args } => {
+            let code = run_cmd::run(&opts, image, Action::Run(run_cmd::os(&args)), "run")?;
+            std::process::exit(code)
+        }
+        Command::Shell { opts, image } => {
+            let code = run_cmd::run(&opts, image, Action::Shell(vec![]), "shell")?;
+            std::process::exit(code)
+        }
         Command::Sif(cmd) => sif_cmd::run(cmd),
         Command::Build {
             image,

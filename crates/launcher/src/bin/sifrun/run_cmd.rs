@@ -1,0 +1,107 @@
+//! `sifrun exec|run|shell`: options shared by the container commands.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+
+use launcher::bind;
+use launcher::container::{Action, Launch, launch};
+use launcher::env::EnvOptions;
+use launcher::plan::RunOptions;
+use launcher::squash::Tuning;
+
+#[derive(Args, Clone, Debug)]
+pub struct ContainerArgs {
+    /// Bind SRC[:DST[:ro|rw]] into the container (repeatable, comma lists; also SIFRUN_BIND, APPTAINER_BIND)
+    #[arg(short = 'B', long = "bind", value_name = "SPEC")]
+    binds: Vec<String>,
+    /// Do not bind the home directory
+    #[arg(long)]
+    no_home: bool,
+    /// Only the minimum from the host: fresh /tmp, /var/tmp and home, no current directory
+    #[arg(short = 'c', long)]
+    contain: bool,
+    /// With --contain: take /tmp, /var/tmp and home from DIR/tmp, DIR/var_tmp, DIR/home
+    #[arg(short = 'W', long, value_name = "DIR")]
+    workdir: Option<PathBuf>,
+    /// Start in DIR inside the container
+    #[arg(long, value_name = "DIR")]
+    pwd: Option<PathBuf>,
+    /// Make the root writable with an in-memory overlay (changes are discarded)
+    #[arg(long)]
+    writable_tmpfs: bool,
+    /// Be root inside the container (still your own user outside)
+    #[arg(long)]
+    fakeroot: bool,
+    /// Do not pass the host environment (TERM and proxies excepted)
+    #[arg(short = 'e', long)]
+    cleanenv: bool,
+    /// Set NAME=VALUE inside (repeatable; wins over everything else)
+    #[arg(long = "env", value_name = "NAME=VALUE")]
+    env: Vec<String>,
+    /// Read NAME=VALUE lines from FILE
+    #[arg(long, value_name = "FILE")]
+    env_file: Option<PathBuf>,
+    /// FUSE worker threads
+    #[arg(long, hide = true)]
+    threads: Option<usize>,
+}
+
+impl ContainerArgs {
+    fn launch(&self, image: PathBuf, action: Action) -> Result<Launch> {
+        let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+        let mut binds = Vec::new();
+        for var in ["APPTAINER_BIND", "SINGULARITY_BIND", "SIFRUN_BIND"] {
+            if let Ok(list) = std::env::var(var) {
+                binds.extend(bind::parse_list(&list, &cwd).with_context(|| format!("{var}"))?);
+            }
+        }
+        for spec in &self.binds {
+            binds.extend(bind::parse_list(spec, &cwd).context("--bind")?);
+        }
+        let env_file = match &self.env_file {
+            Some(p) => Some(
+                std::fs::read_to_string(p)
+                    .with_context(|| format!("--env-file: {}", p.display()))?,
+            ),
+            None => None,
+        };
+        Ok(Launch {
+            image,
+            run: RunOptions {
+                binds,
+                no_home: self.no_home,
+                contain: self.contain,
+                workdir: self.workdir.clone(),
+                pwd: self.pwd.clone(),
+                writable_tmpfs: self.writable_tmpfs,
+                fakeroot: self.fakeroot,
+            },
+            env: EnvOptions {
+                cleanenv: self.cleanenv,
+                env_file,
+                env: self.env.clone(),
+            },
+            action,
+            tuning: Tuning::default(),
+            threads: self
+                .threads
+                .unwrap_or_else(launcher::serve::default_threads),
+        })
+    }
+}
+
+/// Runs a container command; returns its exit status.
+pub fn run(args: &ContainerArgs, image: PathBuf, action: Action, what: &str) -> Result<i32> {
+    let l = args
+        .launch(image, action)
+        .with_context(|| what.to_owned())?;
+    let shown = l.image.display().to_string();
+    launch(&l).with_context(|| format!("{what}: {shown}"))
+}
+
+pub fn os(v: &[String]) -> Vec<OsString> {
+    v.iter().map(OsString::from).collect()
+}

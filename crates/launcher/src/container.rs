@@ -1,0 +1,534 @@
+//! `sifrun exec|run|shell`: the unprivileged container.
+//!
+//! Process layout:
+//!
+//! * The launcher (P) opens and indexes the image while single-threaded,
+//!   computes the plan, then unshares user, mount and PID namespaces, maps
+//!   the user to itself (or to root with `--fakeroot`), mounts a private
+//!   tmpfs staging area and the FUSE image on it, and forks.
+//! * P serves the image (FUSE worker and readahead threads), forwards
+//!   signals, and exits with the container's status once it ends. The
+//!   namespaces hold nothing else, so no mount and no process outlives it.
+//! * The child (C) is PID 1 of the new PID namespace: it takes its own copy of
+//!   the mount namespace, applies the plan (binds, pivot_root, cwd), then
+//!   forks the command (C') and reaps until C' exits. When PID 1 exits the
+//!   kernel kills everything left in the namespace.
+//! * C' sets no-new-privileges, restores the signal mask and execs.
+
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::fs;
+use std::io::{self, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::OFlag;
+use nix::mount::{MsFlags, mount};
+use nix::sched::{CloneFlags, unshare};
+use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, sigprocmask};
+use nix::sys::stat::Mode;
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::{Gid, Group, Pid, Uid, User, execve, getgroups};
+
+use crate::apply::{ApplyError, apply};
+use crate::env::{ContainerEnv, EnvError, EnvOptions, container_env, user_env_script};
+use crate::fuse::{Synth, SynthError, TargetKind};
+use crate::plan::{
+    HostFacts, HostFs, ImageTree, MountOp, Plan, PlanError, RunOptions, Source, plan,
+};
+use crate::serve::{self, ServeError};
+use crate::squash::Tuning;
+use crate::syscall::{self, Forked, Linux};
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub enum Action {
+    /// A command resolved inside the container.
+    Exec(Vec<OsString>),
+    /// The image's runscript with these arguments.
+    Run(Vec<OsString>),
+    /// The image's shell.
+    Shell(Vec<OsString>),
+}
+
+/// A whole launch.
+#[derive(Clone, Debug)]
+pub struct Launch {
+    pub image: PathBuf,
+    pub run: RunOptions,
+    pub env: EnvOptions,
+    pub action: Action,
+    pub tuning: Tuning,
+    pub threads: usize,
+}
+
+/// Why a container could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error(transparent)]
+    Env(#[from] EnvError),
+    #[error("mount target {0}")]
+    Synth(#[from] SynthError),
+    #[error(
+        "/dev/fuse: {0} (it must be mode 0666, as Debian's fuse3 udev rule makes it; ask your administrator)"
+    )]
+    Fuse(io::Error),
+    #[error(
+        "cannot create a user namespace: {0} (unprivileged user namespaces may be disabled: check user.max_user_namespaces and kernel.unprivileged_userns_clone)"
+    )]
+    UserNamespace(io::Error),
+    #[error("setting up the container: {what}: {source}")]
+    Setup {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("who are you? uid {0} has no passwd entry")]
+    NoUser(u32),
+}
+
+fn setup(what: impl Into<String>) -> impl FnOnce(io::Error) -> LaunchError {
+    let what = what.into();
+    move |source| LaunchError::Setup { what, source }
+}
+
+fn nix_io(e: nix::Error) -> io::Error {
+    io::Error::from_raw_os_error(e as i32)
+}
+
+struct RealHost;
+
+impl HostFs for RealHost {
+    fn kind(&self, path: &Path) -> Option<TargetKind> {
+        let m = fs::metadata(path).ok()?;
+        Some(if m.is_dir() {
+            TargetKind::Dir
+        } else {
+            TargetKind::File
+        })
+    }
+}
+
+/// Facts about the calling user.
+pub fn host_facts() -> Result<HostFacts, LaunchError> {
+    let uid = Uid::current();
+    let gid = Gid::current();
+    let user = User::from_uid(uid)
+        .ok()
+        .flatten()
+        .ok_or(LaunchError::NoUser(uid.as_raw()))?;
+    let mut group_lines = Vec::new();
+    let mut gids = vec![gid];
+    gids.extend(
+        getgroups()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|g| *g != gid),
+    );
+    for g in gids {
+        if let Ok(Some(gr)) = Group::from_gid(g) {
+            group_lines.push(format!("{}:x:{}:{}", gr.name, gr.gid, gr.mem.join(",")));
+        }
+    }
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+    Ok(HostFacts {
+        uid: uid.as_raw(),
+        gid: gid.as_raw(),
+        passwd_line: format!(
+            "{}:x:{}:{}:{}:{}:{}",
+            user.name,
+            uid,
+            gid,
+            user.gecos.to_string_lossy(),
+            user.dir.display(),
+            user.shell.display()
+        ),
+        user: user.name,
+        home: user.dir,
+        cwd,
+        group_lines,
+    })
+}
+
+/// The shell snippet that reads the image's environment scripts and ours.
+const ENV_PRELUDE: &str = "for f in /.singularity.d/env/*.sh; do if [ -r \"$f\" ]; then . \"$f\"; fi; done\n\
+if [ -r /.sifrun/env.sh ]; then . /.sifrun/env.sh; fi\n";
+
+const EXEC_SCRIPT: &str = "case \"$1\" in\n\
+*/*) if [ ! -e \"$1\" ]; then echo \"sifrun: exec: $1: no such file in the container\" >&2; exit 127; fi\n\
+     if [ -d \"$1\" ] || [ ! -x \"$1\" ]; then echo \"sifrun: exec: $1: not executable\" >&2; exit 126; fi ;;\n\
+*) if ! command -v \"$1\" >/dev/null 2>&1; then echo \"sifrun: exec: $1: command not found in the container\" >&2; exit 127; fi ;;\n\
+esac\n\
+exec \"$@\"\n";
+
+/// The argument vector the container runs, and whether it uses the image's shell.
+pub fn argv(action: &Action, tree: &dyn ImageTree) -> Result<(Vec<OsString>, bool), PlanError> {
+    let exists = |p: &str| -> Result<bool, PlanError> {
+        let r = crate::plan::resolve_in_image(tree, Path::new(p))?;
+        Ok(matches!(tree.entry(&r), Some(crate::plan::Entry::File)))
+    };
+    let has_sh = exists("/bin/sh")?;
+    let wrap = |body: String, args: &[OsString]| {
+        let mut v: Vec<OsString> = vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            format!("{ENV_PRELUDE}{body}").into(),
+            "sifrun".into(),
+        ];
+        v.extend(args.iter().cloned());
+        v
+    };
+    Ok(match action {
+        Action::Exec(cmd) if has_sh => (wrap(EXEC_SCRIPT.into(), cmd), true),
+        Action::Exec(cmd) => (cmd.clone(), false),
+        Action::Run(args) => {
+            let script = ["/.singularity.d/runscript", "/singularity", "/apptainer"]
+                .into_iter()
+                .find(|p| exists(p).unwrap_or(false));
+            match (script, has_sh) {
+                (Some(s), true) => (wrap(format!("exec {s} \"$@\"\n"), args), true),
+                (Some(s), false) => {
+                    let mut v = vec![OsString::from(s)];
+                    v.extend(args.iter().cloned());
+                    (v, false)
+                }
+                (None, true) => (wrap("exec /bin/sh \"$@\"\n".into(), args), true),
+                (None, false) => (vec![OsString::from("/bin/sh")], false),
+            }
+        }
+        Action::Shell(args) => {
+            let shell = if exists("/bin/bash")? {
+                "/bin/bash --norc"
+            } else {
+                "/bin/sh"
+            };
+            if has_sh {
+                (wrap(format!("exec {shell} \"$@\"\n"), args), true)
+            } else {
+                (vec![OsString::from("/bin/sh")], false)
+            }
+        }
+    })
+}
+
+fn write_proc(path: &str, text: &str) -> Result<(), LaunchError> {
+    fs::write(path, text).map_err(setup(format!("writing {path}")))
+}
+
+fn signal_set() -> SigSet {
+    let mut set = SigSet::empty();
+    for s in [
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+        Signal::SIGCHLD,
+    ] {
+        set.add(s);
+    }
+    set
+}
+
+fn exit_code(status: WaitStatus) -> i32 {
+    match status {
+        WaitStatus::Exited(_, code) => code,
+        WaitStatus::Signaled(_, sig, _) => 128 + sig as i32,
+        _ => 255,
+    }
+}
+
+/// Runs the container; returns its exit status.
+pub fn launch(l: &Launch) -> Result<i32, LaunchError> {
+    // Preflight, while nothing has changed yet.
+    fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+        .map_err(LaunchError::Fuse)?;
+    let served = serve::open_image(
+        &l.image,
+        Tuning {
+            prefetch_threads: 0,
+            ..l.tuning
+        },
+    )?;
+    let facts = host_facts()?;
+    let mut plan = plan(&l.run, &facts, &RealHost, served.squash.as_ref())?;
+    let host_env: Vec<(String, String)> = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect();
+    let cenv = container_env(&host_env, &l.env, &plan.home.to_string_lossy())?;
+    for w in &cenv.warnings {
+        eprintln!("sifrun: warning: {w}");
+    }
+    let (argv, wrapped) = argv(&l.action, served.squash.as_ref())?;
+    if wrapped {
+        let target = PathBuf::from("/.sifrun/env.sh");
+        plan.synth.push((target.clone(), TargetKind::File));
+        plan.mounts.push(MountOp {
+            source: Source::Generated("env.sh".into()),
+            target: target.clone(),
+            resolved: target,
+            kind: TargetKind::File,
+            readonly: true,
+            allow_devices: false,
+            in_host_dir: false,
+        });
+        plan.files
+            .push(("env.sh".into(), user_env_script(&cenv).into_bytes()));
+    }
+    let mut synth = Synth::new(&served.squash);
+    for (p, k) in &plan.synth {
+        synth.ensure(&served.squash, p, *k)?;
+    }
+
+    // Signals are taken with sigwaitinfo from here on (C' restores the mask).
+    let signals = signal_set();
+    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&signals), None)
+        .map_err(|e| setup("blocking signals")(nix_io(e)))?;
+
+    unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNS)
+        .map_err(|e| LaunchError::UserNamespace(nix_io(e)))?;
+    write_proc("/proc/self/setgroups", "deny")?;
+    write_proc("/proc/self/uid_map", &plan.uid_map)?;
+    write_proc("/proc/self/gid_map", &plan.gid_map)?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(|e| setup("making mounts private")(nix_io(e)))?;
+
+    // Host sources are opened now, before the staging tmpfs covers /tmp.
+    let mut sources: HashMap<PathBuf, OwnedFd> = HashMap::new();
+    let mut wanted: Vec<PathBuf> = plan
+        .mounts
+        .iter()
+        .filter_map(|m| match &m.source {
+            Source::Host { path, .. } => Some(path.clone()),
+            _ => None,
+        })
+        .collect();
+    wanted.push("/proc".into());
+    for p in wanted {
+        let fd = nix::fcntl::open(&p, OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty())
+            .map_err(|e| setup(format!("opening {}", p.display()))(nix_io(e)))?;
+        sources.insert(p, fd);
+    }
+    let staging = Path::new("/tmp");
+    mount(
+        Some("tmpfs"),
+        staging,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=0700,size=64m"),
+    )
+    .map_err(|e| setup("mounting the staging tmpfs")(nix_io(e)))?;
+    let (root, files, scratch) = (
+        staging.join("root"),
+        staging.join("files"),
+        staging.join("scratch"),
+    );
+    for d in [&root, &files, &scratch] {
+        fs::create_dir(d).map_err(setup(format!("creating {}", d.display())))?;
+    }
+    for (name, bytes) in &plan.files {
+        fs::write(files.join(name), bytes)
+            .map_err(setup(format!("writing the generated {name}")))?;
+    }
+    let session = serve::mount(&served, synth, &root, l.threads)?;
+
+    let linux = std::cell::RefCell::new(Some(Linux::new(root, files, scratch, sources)));
+    let session = std::cell::RefCell::new(Some(session));
+    let child = syscall::spawn_pid_namespace(|| {
+        // The session belongs to P: dropping it here would unmount the
+        // image in the namespace P still serves.
+        std::mem::forget(session.borrow_mut().take());
+        let sys = linux.borrow_mut().take().expect("runs once");
+        container_init(&plan, sys, &argv, wrapped, &cenv, &signals)
+    })
+    .map_err(setup("starting the container"))?;
+    let session = session.into_inner().expect("still here in the parent");
+    drop(linux);
+    {
+        {
+            served.squash.start_readahead(l.tuning);
+            std::thread::spawn(move || {
+                let _ = session.run();
+            });
+            let forward = signals;
+            std::thread::spawn(move || {
+                loop {
+                    match syscall::wait_signal(&forward) {
+                        Ok((sig, sent_by_process)) => {
+                            if sig != libc::SIGCHLD
+                                && sent_by_process
+                                && let Ok(s) = Signal::try_from(sig)
+                            {
+                                let _ = kill(child, s);
+                            }
+                        }
+                        Err(_) => return,
+                    }
+                }
+            });
+            loop {
+                match waitpid(child, None) {
+                    Ok(status @ (WaitStatus::Exited(..) | WaitStatus::Signaled(..))) => {
+                        return Ok(exit_code(status));
+                    }
+                    Ok(_) => continue,
+                    Err(nix::Error::EINTR) => continue,
+                    Err(e) => return Err(setup("waiting for the container")(nix_io(e))),
+                }
+            }
+        }
+    }
+}
+
+/// PID 1 of the container: set up the root, start the command, reap, return its status.
+fn container_init(
+    plan: &Plan,
+    sys: Linux,
+    argv: &[OsString],
+    env: &ContainerEnv,
+    signals: &SigSet,
+) -> i32 {
+    let fail = |msg: String| {
+        let _ = writeln!(io::stderr(), "sifrun: {msg}");
+        255
+    };
+    let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+    let applied = match apply(plan, &sys) {
+        Ok(a) => a,
+        Err(e @ ApplyError::Pwd { .. }) => return fail(e.to_string()),
+        Err(e) => return fail(format!("setting up the container: {e}")),
+    };
+    drop(sys);
+    if applied.cwd_fallback {
+        let _ = writeln!(
+            io::stderr(),
+            "sifrun: warning: {} does not exist in the container; starting in {}",
+            plan.cwd.display(),
+            applied.cwd.display()
+        );
+    }
+    let mut envp: Vec<(String, String)> = env
+        .base
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    if !wrapped {
+        // No shell to read the scripts: apply the user's settings directly.
+        for (k, v) in &env.user {
+            envp.retain(|(ek, _)| ek != k);
+            envp.push((k.clone(), v.clone()));
+        }
+    }
+    envp.push(("PWD".into(), applied.cwd.display().to_string()));
+    let command = match syscall::fork_single_threaded() {
+        Ok(Forked::Child) => exec_command(argv, &envp),
+        Ok(Forked::Parent(pid)) => pid,
+        Err(e) => return fail(format!("starting the command: {e}")),
+    };
+    reap(command, signals)
+}
+
+/// Reaps children until `command` exits; forwards signals sent to PID 1.
+fn reap(command: Pid, signals: &SigSet) -> i32 {
+    loop {
+        // Reap whatever has exited (orphans re-parent to PID 1).
+        loop {
+            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
+                Ok(status) => {
+                    if status.pid() == Some(command)
+                        && matches!(status, WaitStatus::Exited(..) | WaitStatus::Signaled(..))
+                    {
+                        return exit_code(status);
+                    }
+                }
+            }
+        }
+        match syscall::wait_signal(signals) {
+            Ok((libc::SIGCHLD, _)) => {}
+            Ok((sig, _)) => {
+                if let Ok(s) = Signal::try_from(sig) {
+                    let _ = kill(command, s);
+                }
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// The command process: no new privileges, default signal mask, exec.
+fn exec_command(argv: &[OsString], env: &[(String, String)]) -> ! {
+    let die = |code: i32, msg: String| -> ! {
+        let _ = writeln!(io::stderr(), "sifrun: {msg}");
+        std::process::exit(code)
+    };
+    if let Err(e) = nix::sys::prctl::set_no_new_privs() {
+        die(255, format!("setting no-new-privileges: {e}"));
+    }
+    let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+    let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+    let Some(first) = argv.first() else {
+        die(255, "no command given".into())
+    };
+    let path = if first.as_bytes().contains(&b'/') {
+        PathBuf::from(first)
+    } else {
+        let search = env
+            .iter()
+            .find(|(k, _)| k == "PATH")
+            .map_or(crate::env::DEFAULT_PATH.to_owned(), |(_, v)| v.clone());
+        match search
+            .split(':')
+            .map(|d| Path::new(d).join(first))
+            .find(|p| p.is_file())
+        {
+            Some(p) => p,
+            None => die(
+                127,
+                format!(
+                    "exec: {}: command not found in the container",
+                    first.to_string_lossy()
+                ),
+            ),
+        }
+    };
+    let c_argv: Vec<_> = match argv
+        .iter()
+        .map(|a| syscall::cstring(a))
+        .collect::<Result<Vec<_>, _>>()
+    {
+        Ok(v) => v,
+        Err(e) => die(255, format!("exec: {e}")),
+    };
+    let c_env: Vec<_> = env
+        .iter()
+        .filter_map(|(k, v)| syscall::cstring(OsStr::new(&format!("{k}={v}"))).ok())
+        .collect();
+    let c_path = match syscall::cstring(path.as_os_str()) {
+        Ok(p) => p,
+        Err(e) => die(255, format!("exec: {e}")),
+    };
+    let err = execve(&c_path, &c_argv, &c_env).unwrap_err();
+    let code = if err == nix::Error::ENOENT { 127 } else { 126 };
+    let what = match err {
+        nix::Error::ENOENT => "no such file in the container".to_owned(),
+        nix::Error::EACCES => "not executable".to_owned(),
+        e => e.desc().to_owned(),
+    };
+    die(code, format!("exec: {}: {what}", path.display()))
+}
