@@ -400,6 +400,7 @@ fn container_init(
     plan: &Plan,
     sys: Linux,
     argv: &[OsString],
+    wrapped: bool,
     env: &ContainerEnv,
     signals: &SigSet,
 ) -> i32 {
