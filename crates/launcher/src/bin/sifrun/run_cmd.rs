@@ -55,7 +55,7 @@ impl ContainerArgs {
         let mut binds = Vec::new();
         for var in ["APPTAINER_BIND", "SINGULARITY_BIND", "SIFRUN_BIND"] {
             if let Ok(list) = std::env::var(var) {
-                binds.extend(bind::parse_list(&list, &cwd).with_context(|| format!("{var}"))?);
+                binds.extend(bind::parse_list(&list, &cwd).context(var)?);
             }
         }
         for spec in &self.binds {
