@@ -1,0 +1,577 @@
+//! `sifrun exec|run|shell` as an unprivileged user, with images built here
+//! (busybox-static as the userland): identity, privileges, escapes, binds,
+//! environment, exit codes, cleanup.
+
+use std::fs;
+use std::os::unix::fs::{PermissionsExt, symlink};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use sifrun_tests::*;
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Whether this machine can run containers here; CI must, so it asserts.
+fn can_run() -> bool {
+    let missing: Vec<&str> = ["mksquashfs"]
+        .into_iter()
+        .filter(|t| !have(t))
+        .chain(
+            Path::new("/bin/busybox")
+                .exists()
+                .then_some(None)
+                .unwrap_or(Some("busybox-static")),
+        )
+        .collect();
+    let fuse_ok = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+        .is_ok();
+    if missing.is_empty() && fuse_ok {
+        return true;
+    }
+    assert!(
+        std::env::var_os("SIFRUN_REQUIRE_PEERS").is_none(),
+        "container tests need {missing:?} and a usable /dev/fuse ({fuse_ok})"
+    );
+    eprintln!("skipping: missing {missing:?} or /dev/fuse");
+    false
+}
+
+fn uid() -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata("/proc/self").unwrap().uid()
+}
+
+/// A busybox root filesystem with an env script, a runscript and fixtures.
+fn rootfs(dir: &Path) -> PathBuf {
+    let root = dir.join("rootfs");
+    for d in [
+        "bin",
+        "etc",
+        "proc",
+        "sys",
+        "dev",
+        "tmp",
+        "home",
+        "var/tmp",
+        "mnt",
+        ".singularity.d/env",
+    ] {
+        fs::create_dir_all(root.join(d)).unwrap();
+    }
+    fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+    for c in [
+        "sh", "ls", "cat", "id", "echo", "env", "pwd", "touch", "grep", "sleep", "readlink",
+        "head", "true", "false", "stat", "wc", "mount",
+    ] {
+        symlink("busybox", root.join("bin").join(c)).unwrap();
+    }
+    // A setuid copy: squashfs records it as root-owned 4755.
+    fs::create_dir_all(root.join("bin/suid")).unwrap();
+    fs::copy("/bin/busybox", root.join("bin/suid/busybox")).unwrap();
+    fs::set_permissions(
+        root.join("bin/suid/busybox"),
+        fs::Permissions::from_mode(0o4755),
+    )
+    .unwrap();
+    fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+    fs::write(root.join("etc/group"), "root:x:0:\n").unwrap();
+    fs::write(
+        root.join(".singularity.d/env/90-environment.sh"),
+        "export FROM_IMAGE=yes\nexport PATH=/bin:$PATH\n",
+    )
+    .unwrap();
+    fs::write(
+        root.join(".singularity.d/runscript"),
+        "#!/bin/sh\necho \"runscript got: $*\"\n",
+    )
+    .unwrap();
+    fs::set_permissions(
+        root.join(".singularity.d/runscript"),
+        fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    fs::write(root.join("etc/not-exec"), "#!/bin/sh\necho hi\n").unwrap();
+    // Links that try to lead mounts out of the container.
+    symlink("../../../../../etc", root.join("mnt/escape")).unwrap();
+    symlink("/proc/1/root/etc", root.join("mnt/magic")).unwrap();
+    root
+}
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    image: PathBuf,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let root = rootfs(dir.path());
+    // A device node, added with a mksquashfs pseudo definition (no root needed).
+    let sq = dir.path().join("root.sqfs");
+    ok(Command::new("mksquashfs")
+        .args([
+            s(&root),
+            s(&sq),
+            "-noappend",
+            "-quiet",
+            "-no-progress",
+            "-all-root",
+            "-comp",
+            "zstd",
+        ])
+        .args(["-p", "/bin/evil-null c 666 root root 1 3"])
+        .output()
+        .unwrap());
+    let image = dir.path().join("bb.sif");
+    ok(sifrun(&["build", s(&image), "--from-squashfs", s(&sq)]));
+    Fixture { dir, image }
+}
+
+fn exec(f: &Fixture, opts: &[&str], cmd: &[&str]) -> Output {
+    let mut args = vec!["exec"];
+    args.extend(opts);
+    args.push(s(&f.image));
+    args.extend(cmd);
+    Command::new(sifrun_bin())
+        .args(&args)
+        .current_dir(f.dir.path())
+        .output()
+        .unwrap()
+}
+
+fn sh(f: &Fixture, opts: &[&str], script: &str) -> Output {
+    exec(f, opts, &["sh", "-c", script])
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn identity_privileges_and_exit_status() {
+    if !can_run() {
+        return;
+    }
+    let f = fixture();
+    let me = uid();
+    let out = sh(
+        &f,
+        &[],
+        "id -u; id -g; grep -E '^(NoNewPrivs|CapEff|CapPrm)' /proc/self/status; exit 42",
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(42),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], me.to_string());
+    assert!(text.contains("NoNewPrivs:\t1"), "{text}");
+    assert!(text.contains("CapEff:\t0000000000000000"), "{text}");
+    assert!(text.contains("CapPrm:\t0000000000000000"), "{text}");
+
+    // A setuid-root binary in the image gains nothing.
+    let out = exec(
+        &f,
+        &[],
+        &[
+            "sh",
+            "-c",
+            "ls -ln /bin/suid/busybox; /bin/suid/busybox id -u",
+        ],
+    );
+    let text = stdout(&out);
+    assert!(
+        text.starts_with("-rwsr-xr-x"),
+        "the image keeps the setuid bit: {text}"
+    );
+    assert_eq!(text.lines().last(), Some(me.to_string().as_str()), "{text}");
+
+    // --fakeroot: root inside, still us outside.
+    let out = exec(&f, &["--fakeroot"], &["id", "-u"]);
+    assert_eq!(stdout(&out).trim(), "0");
+
+    let out = exec(&f, &[], &["no-such-command"]);
+    assert_eq!(out.status.code(), Some(127));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("no-such-command: command not found in the container")
+    );
+    let out = exec(&f, &[], &["/etc/not-exec"]);
+    assert_eq!(out.status.code(), Some(126));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not executable"));
+}
+
+#[test]
+fn device_nodes_in_the_image_are_unusable() {
+    if !can_run() {
+        return;
+    }
+    let f = fixture();
+    let out = sh(
+        &f,
+        &[],
+        "ls -l /bin/evil-null; echo x > /bin/evil-null && echo WROTE; cat /bin/evil-null && echo READ; true",
+    );
+    let text = stdout(&out);
+    assert!(text.contains("evil-null"), "{text}");
+    assert!(
+        !text.contains("WROTE") && !text.contains("READ"),
+        "device node usable: {text}"
+    );
+}
+
+#[test]
+fn mount_targets_stay_inside_the_container() {
+    if !can_run() {
+        return;
+    }
+    let f = fixture();
+    let data = f.dir.path().join("data");
+    fs::create_dir(&data).unwrap();
+    fs::write(data.join("marker"), "bound").unwrap();
+    // /mnt/escape -> ../../../../../etc resolves to the container's /etc.
+    let spec = format!("{}:/mnt/escape/sub", data.display());
+    let out = sh(
+        &f,
+        &["--bind", &spec],
+        "cat /etc/sub/marker; grep ' /etc/sub ' /proc/self/mountinfo | wc -l",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = stdout(&out);
+    assert!(text.starts_with("bound"), "{text}");
+    assert!(!Path::new("/etc/sub").exists(), "a bind reached the host");
+
+    // A magic link into /proc is refused, not followed.
+    let spec = format!("{}:/mnt/magic/x", data.display());
+    let out = exec(&f, &["--bind", &spec], &["true"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/mnt/magic/x"), "{err}");
+}
+
+#[test]
+fn binds_home_cwd_and_readonly() {
+    if !can_run() {
+        return;
+    }
+    let f = fixture();
+    let data = f.dir.path().join("data");
+    fs::create_dir(&data).unwrap();
+    let rw = format!("{}:/work", data.display());
+    let ro = format!("{}:/ro:ro", data.display());
+    let out = sh(
+        &f,
+        &["-B", &format!("{rw},{ro}")],
+        "touch /work/new && echo RW-OK; touch /ro/other 2>/dev/null || echo RO-REFUSED; pwd; echo $HOME; ls $HOME >/dev/null && echo HOME-OK",
+    );
+    let text = stdout(&out);
+    assert!(
+        text.contains("RW-OK") && text.contains("RO-REFUSED"),
+        "{text}"
+    );
+    assert!(data.join("new").exists());
+    assert!(!data.join("other").exists());
+    assert!(
+        text.contains(&format!("{}\n", f.dir.path().display())),
+        "cwd kept: {text}"
+    );
+    assert!(text.contains("HOME-OK"), "{text}");
+
+    // SIFRUN_BIND works like --bind.
+    let out = Command::new(sifrun_bin())
+        .args(["exec", s(&f.image), "ls", "/work"])
+        .env("SIFRUN_BIND", &rw)
+        .output()
+        .unwrap();
+    assert!(stdout(&out).contains("new"));
+
+    let out = sh(&f, &["--contain", "--pwd", "/tmp"], "pwd; ls /tmp | wc -l");
+    assert_eq!(stdout(&out), "/tmp\n0\n");
+
+    // The image's files belong to root, so writing to /etc needs --fakeroot too.
+    let out = sh(
+        &f,
+        &["--writable-tmpfs", "--fakeroot"],
+        "echo hi > /etc/new-file && cat /etc/new-file",
+    );
+    if out.status.success() {
+        assert_eq!(stdout(&out), "hi\n");
+    } else {
+        assert!(String::from_utf8_lossy(&out.stderr).contains("--writable-tmpfs"));
+    }
+    let out = sh(&f, &[], "echo hi > /etc/new-file");
+    assert!(!out.status.success(), "the image root must be read-only");
+}
+
+#[test]
+fn environment_follows_apptainer() {
+    if !can_run() {
+        return;
+    }
+    let f = fixture();
+    let out = Command::new(sifrun_bin())
+        .args([
+            "exec",
+            "--env",
+            "FLAG=set",
+            s(&f.image),
+            "sh",
+            "-c",
+            "echo $FROM_IMAGE $HOST_VAR $FROM_PREFIX $FLAG $LD_LIBRARY_PATH.",
+        ])
+        .env("HOST_VAR", "host")
+        .env("SIFRUN_ENV_FROM_PREFIX", "prefixed")
+        .env("LD_LIBRARY_PATH", "/host/lib")
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&out), "yes host prefixed set .\n");
+    let out = Command::new(sifrun_bin())
+        .args([
+            "exec",
+            "--cleanenv",
+            s(&f.image),
+            "sh",
+            "-c",
+            "echo ${HOST_VAR:-gone} $LANG",
+        ])
+        .env("HOST_VAR", "host")
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&out), "gone C\n");
+    let out = Command::new(sifrun_bin())
+        .args(["run", s(&f.image), "a", "b c"])
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&out), "runscript got: a b c\n");
+    let out = Command::new(sifrun_bin())
+        .args(["shell", s(&f.image)])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin
+                .take()
+                .unwrap()
+                .write_all(b"echo in-shell $FROM_IMAGE\nexit 5\n")?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    assert_eq!(out.status.code(), Some(5));
+    assert_eq!(stdout(&out), "in-shell yes\n");
+}
+
+/// Processes of ours whose command line mentions `needle`.
+fn ours_matching(needle: &str) -> Vec<String> {
+    let me = uid();
+    let mut found = Vec::new();
+    for e in fs::read_dir("/proc").unwrap().flatten() {
+        let p = e.path();
+        let Ok(cmd) = fs::read(p.join("cmdline")) else {
+            continue;
+        };
+        let owner = {
+            use std::os::unix::fs::MetadataExt;
+            fs::metadata(&p).map(|m| m.uid()).unwrap_or(u32::MAX)
+        };
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if owner == me && cmd.contains(needle) && !cmd.contains("cargo") {
+            found.push(cmd);
+        }
+    }
+    found
+}
+
+fn wait_gone(needle: &str) -> Vec<String> {
+    let start = Instant::now();
+    loop {
+        let left = ours_matching(needle);
+        if left.is_empty() || start.elapsed() > Duration::from_secs(5) {
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn killing_the_launcher_or_the_command_leaves_nothing() {
+    if !can_run() {
+        return;
+    }
+    let f = fixture();
+    for (victim, signal, want) in [
+        ("launcher", "KILL", None),
+        ("launcher", "TERM", Some(143)),
+        ("command", "KILL", Some(137)),
+    ] {
+        let tag = format!("sleep-{victim}-{signal}");
+        let mut child = Command::new(sifrun_bin())
+            .args([
+                "exec",
+                s(&f.image),
+                "sh",
+                "-c",
+                &format!("sleep 300 & sleep 301; echo {tag}"),
+            ])
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        while !ours_matching("sleep 301")
+            .iter()
+            .any(|c| c.starts_with("sleep 301"))
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "container did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let target = match victim {
+            "launcher" => child.id().to_string(),
+            _ => {
+                let out = Command::new("pgrep")
+                    .args(["-u", &uid().to_string(), "-f", "^sh -c sleep 300"])
+                    .output()
+                    .unwrap();
+                String::from_utf8_lossy(&out.stdout).trim().to_owned()
+            }
+        };
+        ok(Command::new("kill")
+            .args([&format!("-{signal}"), &target])
+            .output()
+            .unwrap());
+        let status = child.wait().unwrap();
+        if let Some(code) = want {
+            assert_eq!(status.code(), Some(code), "{victim} {signal}");
+        }
+        let left = wait_gone("sleep 30");
+        assert!(left.is_empty(), "{victim} {signal}: left behind: {left:?}");
+        let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(
+            !mounts.contains("sifrun:"),
+            "a mount is visible on the host"
+        );
+    }
+}
+
+#[test]
+fn back_to_back_runs_leak_nothing() {
+    if !can_run() {
+        return;
+    }
+    let f = fixture();
+    let fds_before = fs::read_dir("/proc/self/fd").unwrap().count();
+    let tmp_before = fs::read_dir("/tmp").map(|d| d.count()).unwrap_or(0);
+    for i in 0..50 {
+        let out = exec(&f, &[], &["echo", &format!("run-{i}")]);
+        assert_eq!(stdout(&out), format!("run-{i}\n"));
+    }
+    assert!(wait_gone(s(&f.image)).is_empty());
+    assert_eq!(fs::read_dir("/proc/self/fd").unwrap().count(), fds_before);
+    assert_eq!(
+        fs::read_dir("/tmp").map(|d| d.count()).unwrap_or(0),
+        tmp_before,
+        "files left in /tmp"
+    );
+}
+
+#[test]
+fn bad_input_gets_one_clear_line_and_changes_nothing() {
+    if !can_run() {
+        return;
+    }
+    let f = fixture();
+    let d = f.dir.path();
+    let check = |args: &[&str], want: &str| {
+        let out = Command::new(sifrun_bin())
+            .args(args)
+            .current_dir(d)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    };
+    let text = d.join("notes.txt");
+    fs::write(&text, "x".repeat(300)).unwrap();
+    check(&["exec", s(&text), "true"], "not a SIF image");
+    check(
+        &["exec", s(&image("empty.sif")), "true"],
+        "no primary system partition",
+    );
+    let ext3 = d.join("ext3.sif");
+    ok(sifrun(&["sif", "new", s(&ext3)]));
+    ok(sifrun(&[
+        "sif",
+        "add",
+        "--datatype",
+        "4",
+        "--partfs",
+        "2",
+        "--parttype",
+        "2",
+        "--partarch",
+        "2",
+        s(&ext3),
+        s(&text),
+    ]));
+    check(&["exec", s(&ext3), "true"], "Ext3");
+    let junk = d.join("junk.sif");
+    ok(sifrun(&["sif", "new", s(&junk)]));
+    ok(sifrun(&[
+        "sif",
+        "add",
+        "--datatype",
+        "4",
+        "--partfs",
+        "1",
+        "--parttype",
+        "2",
+        "--partarch",
+        "2",
+        s(&junk),
+        s(&text),
+    ]));
+    check(&["exec", s(&junk), "true"], "not a readable squashfs");
+    check(
+        &[
+            "exec",
+            "--bind",
+            "/definitely/missing:/x",
+            s(&f.image),
+            "true",
+        ],
+        "--bind: /definitely/missing: no such file or directory",
+    );
+    check(
+        &["exec", "--bind", "/tmp:/x:suid", s(&f.image), "true"],
+        "suid",
+    );
+    check(
+        &["exec", "--bind", "/tmp:relative", s(&f.image), "true"],
+        "absolute",
+    );
+    check(
+        &["exec", "--env", "NOPE", s(&f.image), "true"],
+        "NAME=VALUE",
+    );
+    check(
+        &["exec", "--pwd", "/nonexistent", s(&f.image), "true"],
+        "--pwd: /nonexistent",
+    );
+    check(&["exec", s(&d.join("missing.sif")), "true"], "No such file");
+}
