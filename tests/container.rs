@@ -16,16 +16,13 @@ fn s(p: &Path) -> &str {
 
 /// Whether this machine can run containers here; CI must, so it asserts.
 fn can_run() -> bool {
-    let missing: Vec<&str> = ["mksquashfs"]
+    let mut missing: Vec<&str> = ["mksquashfs", "pgrep"]
         .into_iter()
         .filter(|t| !have(t))
-        .chain(
-            Path::new("/bin/busybox")
-                .exists()
-                .then_some(None)
-                .unwrap_or(Some("busybox-static")),
-        )
         .collect();
+    if !Path::new("/bin/busybox").exists() {
+        missing.push("busybox-static");
+    }
     let fuse_ok = fs::OpenOptions::new()
         .read(true)
         .write(true)
