@@ -572,3 +572,42 @@ fn bad_input_gets_one_clear_line_and_changes_nothing() {
     );
     check(&["exec", s(&d.join("missing.sif")), "true"], "No such file");
 }
+
+#[test]
+fn sifrun_mount_serves_and_unmounts_on_sigterm() {
+    if !can_run() || !have("fusermount3") {
+        return;
+    }
+    let f = fixture();
+    let mnt = f.dir.path().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let mut server = Command::new(sifrun_bin())
+        .args(["mount", s(&f.image), s(&mnt)])
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !mnt.join("bin/busybox").exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "mount did not appear"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        fs::read(mnt.join("bin/busybox")).unwrap(),
+        fs::read("/bin/busybox").unwrap()
+    );
+    assert_eq!(
+        fs::read_link(mnt.join("bin/sh")).unwrap(),
+        Path::new("busybox")
+    );
+    assert!(fs::write(mnt.join("new"), "x").is_err(), "read-only");
+    ok(Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .output()
+        .unwrap());
+    assert!(server.wait().unwrap().success());
+    assert!(!mnt.join("bin").exists(), "still mounted after SIGTERM");
+    let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(s(&mnt)));
+}
