@@ -41,8 +41,11 @@ seqread() { cat "$1/big.txt" > /dev/null; }
 parread() {
     local size q
     size=$(stat -c %s "$1/big.txt"); q=$(( size / 4 / 1048576 ))
-    for i in 0 1 2 3; do dd if="$1/big.txt" of=/dev/null bs=1M skip=$(( i * q )) count="$q" status=none & done
-    wait
+    local pids=()
+    for i in 0 1 2 3; do
+        dd if="$1/big.txt" of=/dev/null bs=1M skip=$(( i * q )) count="$q" status=none & pids+=($!)
+    done
+    wait "${pids[@]}"
 }
 
 mount_fs() { # kind comp
