@@ -102,17 +102,18 @@ root="$W/busybox-root"
 if [ ! -d "$root" ]; then
     mkdir -p "$root/bin" "$root/proc" "$root/sys" "$root/dev" "$root/tmp" "$root/home" "$root/etc"
     cp /bin/busybox "$root/bin/"; for c in sh true; do ln -s busybox "$root/bin/$c"; done
+    echo 'root:x:0:0:root:/root:/bin/sh' > "$root/etc/passwd"; echo 'root:x:0:' > "$root/etc/group"
 fi
 mksquashfs "$root" "$W/bb.sqfs" -noappend -quiet -no-progress -all-root -comp "$comp"
 "$SIFRUN" build --force "$W/bb.sif" --from-squashfs "$W/bb.sqfs" > /dev/null
 cp "$SIFRUN" "$W/sifrun"; chmod -R a+rX "$W"; chmod 0666 /dev/fuse
 cmds=( "$W/sifrun exec $W/bb.sif true" "unshare -Urm true" )
 if command -v ch-run >/dev/null; then
-    if runuser -u "$BENCH_USER" -- ch-run "$W/bb.sqfs" -- true 2>/dev/null; then
+    if runuser -u "$BENCH_USER" -- env USER="$BENCH_USER" ch-run "$W/bb.sqfs" -- true 2>/dev/null; then
         cmds+=( "ch-run $W/bb.sqfs -- true" )
     else
         cmds+=( "ch-run $root -- true" )
     fi
 fi
 cd "$W"
-runuser -u "$BENCH_USER" -- hyperfine -N --warmup 3 --runs 30 "${cmds[@]}"
+runuser -u "$BENCH_USER" -- env USER="$BENCH_USER" hyperfine -N --warmup 3 --runs 30 "${cmds[@]}"

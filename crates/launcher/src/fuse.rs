@@ -13,9 +13,9 @@ use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
-    KernelConfig, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEntry, ReplyOpen,
-    ReplyStatfs, Request,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEntry,
+    ReplyOpen, ReplyStatfs, Request,
 };
 
 use crate::squash::{Data, FileKind, Inode, ROOT_INO, Squash};
@@ -285,6 +285,18 @@ impl Filesystem for SquashFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
         // Let the kernel read ahead a few blocks; our own readahead decompresses further.
         let _ = config.set_max_readahead(1 << 20);
+        // Directory listings carry every entry's attributes (a cold `find`
+        // or `ls -l` then needs no lookup per file); symlink targets and
+        // directory operations are cached and run in parallel. Each flag is
+        // requested on its own: the kernel refuses what it does not offer.
+        for flag in [
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_CACHE_SYMLINKS,
+            InitFlags::FUSE_PARALLEL_DIROPS,
+            InitFlags::FUSE_ASYNC_READ,
+        ] {
+            let _ = config.add_capabilities(flag);
+        }
         Ok(())
     }
 
@@ -375,6 +387,44 @@ impl Filesystem for SquashFs {
         {
             let kind = self.attr(child).map_or(FileType::RegularFile, |a| a.kind);
             if reply.add(INodeNo(child), (i + 1) as u64, kind, &name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let Some(entries) = self.entries(ino.0) else {
+            return reply.error(Errno::ENOTDIR);
+        };
+        let dots = [
+            (OsString::from("."), ino.0),
+            (OsString::from(".."), self.parent_of(ino.0)),
+        ];
+        for (i, (name, child)) in dots
+            .into_iter()
+            .chain(entries)
+            .enumerate()
+            .skip(offset as usize)
+        {
+            let Some(attr) = self.attr(child) else {
+                continue;
+            };
+            if reply.add(
+                INodeNo(child),
+                (i + 1) as u64,
+                &name,
+                &TTL,
+                &attr,
+                Generation(0),
+            ) {
                 break;
             }
         }
