@@ -610,4 +610,24 @@ fn sifrun_mount_serves_and_unmounts_on_sigterm() {
     assert!(!mnt.join("bin").exists(), "still mounted after SIGTERM");
     let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mounts.contains(s(&mnt)));
+
+    // `fusermount3 -u` ends the server too.
+    let mut server = Command::new(sifrun_bin())
+        .args(["mount", s(&f.image), s(&mnt)])
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !mnt.join("bin/busybox").exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "mount did not appear"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    ok(Command::new("fusermount3")
+        .args(["-u", s(&mnt)])
+        .output()
+        .unwrap());
+    assert!(server.wait().unwrap().success());
+    assert!(!mnt.join("bin").exists());
 }
