@@ -8,18 +8,6 @@ use std::process::{Command, Output};
 
 use sifrun_tests::*;
 
-fn require(tool: &str) -> bool {
-    if have(tool) {
-        return true;
-    }
-    assert!(
-        std::env::var_os("SIFRUN_REQUIRE_PEERS").is_none(),
-        "{tool} is required"
-    );
-    eprintln!("skipping: {tool} not installed");
-    false
-}
-
 fn rootfs(dir: &Path) -> PathBuf {
     let root = dir.join("rootfs");
     fs::create_dir_all(root.join("usr/bin")).unwrap();

@@ -573,6 +573,19 @@ fn bad_input_gets_one_clear_line_and_changes_nothing() {
     check(&["exec", s(&d.join("missing.sif")), "true"], "No such file");
 }
 
+/// Waits (up to 10 s) until `path` exists, that is until a mount serves it.
+fn wait_for(path: &Path) {
+    let start = Instant::now();
+    while !path.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{} did not appear",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn sifrun_mount_serves_and_unmounts_on_sigterm() {
     if !can_run() || !have("fusermount3") {
@@ -585,14 +598,7 @@ fn sifrun_mount_serves_and_unmounts_on_sigterm() {
         .args(["mount", s(&f.image), s(&mnt)])
         .spawn()
         .unwrap();
-    let start = Instant::now();
-    while !mnt.join("bin/busybox").exists() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "mount did not appear"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for(&mnt.join("bin/busybox"));
     assert_eq!(
         fs::read(mnt.join("bin/busybox")).unwrap(),
         fs::read("/bin/busybox").unwrap()
@@ -616,14 +622,7 @@ fn sifrun_mount_serves_and_unmounts_on_sigterm() {
         .args(["mount", s(&f.image), s(&mnt)])
         .spawn()
         .unwrap();
-    let start = Instant::now();
-    while !mnt.join("bin/busybox").exists() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "mount did not appear"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for(&mnt.join("bin/busybox"));
     ok(Command::new("fusermount3")
         .args(["-u", s(&mnt)])
         .output()

@@ -137,3 +137,17 @@ pub fn have(program: &str) -> bool {
     std::env::var_os("PATH")
         .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
 }
+
+/// Whether `tool` is installed; when the run requires every peer
+/// (`SIFRUN_REQUIRE_PEERS`, as CI sets) its absence is a failure.
+pub fn require(tool: &str) -> bool {
+    if have(tool) {
+        return true;
+    }
+    assert!(
+        std::env::var_os("SIFRUN_REQUIRE_PEERS").is_none(),
+        "{tool} is required"
+    );
+    eprintln!("skipping: {tool} not installed");
+    false
+}

@@ -265,6 +265,24 @@ impl SquashFs {
         Some(out)
     }
 
+    /// The listing of directory `ino` from position `offset` on: "." and
+    /// "..", then the entries, each with the offset of the entry after it.
+    fn listing(&self, ino: u64, offset: u64) -> Option<Vec<(u64, OsString, u64)>> {
+        let entries = self.entries(ino)?;
+        let dots = [
+            (OsString::from("."), ino),
+            (OsString::from(".."), self.parent_of(ino)),
+        ];
+        Some(
+            dots.into_iter()
+                .chain(entries)
+                .enumerate()
+                .skip(offset as usize)
+                .map(|(i, (name, child))| ((i + 1) as u64, name, child))
+                .collect(),
+        )
+    }
+
     fn parent_of(&self, ino: u64) -> u64 {
         match self.squash.inode(ino) {
             Some(n) => n.parent,
@@ -372,21 +390,12 @@ impl Filesystem for SquashFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let Some(entries) = self.entries(ino.0) else {
+        let Some(listing) = self.listing(ino.0, offset) else {
             return reply.error(Errno::ENOTDIR);
         };
-        let dots = [
-            (OsString::from("."), ino.0),
-            (OsString::from(".."), self.parent_of(ino.0)),
-        ];
-        for (i, (name, child)) in dots
-            .into_iter()
-            .chain(entries)
-            .enumerate()
-            .skip(offset as usize)
-        {
+        for (next, name, child) in listing {
             let kind = self.attr(child).map_or(FileType::RegularFile, |a| a.kind);
-            if reply.add(INodeNo(child), (i + 1) as u64, kind, &name) {
+            if reply.add(INodeNo(child), next, kind, &name) {
                 break;
             }
         }
@@ -401,30 +410,14 @@ impl Filesystem for SquashFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let Some(entries) = self.entries(ino.0) else {
+        let Some(listing) = self.listing(ino.0, offset) else {
             return reply.error(Errno::ENOTDIR);
         };
-        let dots = [
-            (OsString::from("."), ino.0),
-            (OsString::from(".."), self.parent_of(ino.0)),
-        ];
-        for (i, (name, child)) in dots
-            .into_iter()
-            .chain(entries)
-            .enumerate()
-            .skip(offset as usize)
-        {
+        for (next, name, child) in listing {
             let Some(attr) = self.attr(child) else {
                 continue;
             };
-            if reply.add(
-                INodeNo(child),
-                (i + 1) as u64,
-                &name,
-                &TTL,
-                &attr,
-                Generation(0),
-            ) {
+            if reply.add(INodeNo(child), next, &name, &TTL, &attr, Generation(0)) {
                 break;
             }
         }
