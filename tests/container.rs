@@ -296,6 +296,20 @@ fn binds_home_cwd_and_readonly() {
 
     let out = sh(&f, &["--contain", "--pwd", "/tmp"], "pwd; ls /tmp | wc -l");
     assert_eq!(stdout(&out), "/tmp\n0\n");
+    let wd = f.dir.path().join("wd");
+    fs::create_dir(&wd).unwrap();
+    let out = sh(
+        &f,
+        &["--contain", "--workdir", s(&wd)],
+        "touch /tmp/t $HOME/h && echo OK",
+    );
+    assert_eq!(
+        stdout(&out),
+        "OK\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(wd.join("tmp/t").exists() && wd.join("home/h").exists());
 
     // The image's files belong to root, so writing to /etc needs --fakeroot too.
     let out = sh(

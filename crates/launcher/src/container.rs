@@ -260,6 +260,15 @@ pub fn launch(l: &Launch) -> Result<i32, LaunchError> {
         },
     )?;
     let facts = host_facts()?;
+    if l.run.contain
+        && let Some(w) = &l.run.workdir
+    {
+        for sub in ["tmp", "var_tmp", "home"] {
+            let d = w.join(sub);
+            fs::create_dir_all(&d)
+                .map_err(setup(format!("--workdir: creating {}", d.display())))?;
+        }
+    }
     let mut plan = plan(&l.run, &facts, &RealHost, served.squash.as_ref())?;
     let host_env: Vec<(String, String)> = std::env::vars_os()
         .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))

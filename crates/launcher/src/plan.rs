@@ -801,6 +801,31 @@ cwd: /work (required)
     }
 
     #[test]
+    fn contain_with_workdir_takes_tmp_and_home_from_it() {
+        let (facts, fs) = host();
+        let opts = RunOptions {
+            contain: true,
+            workdir: Some("/work".into()),
+            ..RunOptions::default()
+        };
+        let r = plan(&opts, &facts, &fs, &debian_like()).unwrap().render();
+        assert!(
+            r.contains("mount bind /work/tmp on /tmp [rw,nosuid,nodev]\n"),
+            "{r}"
+        );
+        assert!(
+            r.contains("mount bind /work/var_tmp on /var/tmp [rw,nosuid,nodev]\n"),
+            "{r}"
+        );
+        assert!(
+            r.contains("mount bind /work/home on /home/alice [rw,nosuid,nodev]\n"),
+            "{r}"
+        );
+        assert!(!r.contains("/scratch/run on"), "no cwd with --contain: {r}");
+        assert!(!r.contains("resolv.conf"), "{r}");
+    }
+
+    #[test]
     fn no_home_and_system_cwd() {
         let (mut facts, fs) = host();
         facts.cwd = "/usr/bin".into();
