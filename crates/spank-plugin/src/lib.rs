@@ -1,17 +1,26 @@
-//! The Slurm SPANK plugin (`libspank_sifrun.so`): `srun --container=img.sif`
-//! and `#SBATCH --container=img.sif` run every task of a step inside a SIF
-//! image, one container per node per step, started by the `sifrun` launcher.
+//! The Slurm SPANK plugin (`libspank_sifrun.so`): `srun --sif-image=img.sif`
+//! (and, with the lifecycle work, Slurm's own `--container=img.sif`) runs
+//! every task of a step inside a SIF image, one container per node per step.
 //!
-//! Status: the FFI (bindgen over `<slurm/spank.h>`), options and lifecycle
-//! arrive with the plugin issue. Until then this crate builds the shared
-//! object name the admin docs refer to and holds the option names, which must
-//! clash with neither Slurm's nor pyxis' (`--container-*`).
+//! Layout: `ffi` is the only file with `unsafe` (the C interface Slurm
+//! loads); `plugin` holds what each callback does, over the small [`spank`]
+//! trait, so it is unit-tested with a fake; `options` parses the `--sif-*`
+//! options; `sys` is bindgen's output over the installed <slurm/spank.h>.
+//!
+//! Status: options are registered and checked; the container lifecycle is
+//! next. Until then a task that asks for an image fails before it runs.
+
+pub mod ffi;
+pub mod options;
+pub mod plugin;
+pub mod spank;
+pub mod sys;
 
 /// Options the plugin registers, all under the `--sif-` prefix.
 pub const OPTION_PREFIX: &str = "sif-";
 
 /// The keys accepted after the plugin path in plugstack.conf.
-pub const PLUGSTACK_KEYS: &[&str] = &["config"];
+pub const PLUGSTACK_KEYS: &[&str] = &["config", "launcher", "runtime_dir"];
 
 #[cfg(test)]
 mod tests {

@@ -1,0 +1,28 @@
+//! Generates the SPANK bindings from the installed <slurm/spank.h>, so the
+//! plugin's `plugin_version` is the SLURM_VERSION_NUMBER of the Slurm it is
+//! built against (Slurm loads a plugin only for that major.minor).
+//!
+//! The functions are bound for run-time lookup in the loading process
+//! (srun, sbatch, salloc, slurmstepd all carry them), so the plugin has no
+//! undefined `spank_*` symbols and its test binaries link without Slurm.
+
+fn main() {
+    println!("cargo:rerun-if-changed=wrapper.h");
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"));
+    let bindings = bindgen::Builder::default()
+        .header("wrapper.h")
+        .allowlist_function("spank_(option_register|option_getopt|getenv|setenv|unsetenv|remote|context|job_control_getenv|job_control_setenv)")
+        .allowlist_function("slurm_(info|error|verbose)")
+        .allowlist_type("spank_t|spank_err_t|spank_context_t|spank_option|spank_opt_cb_f")
+        .allowlist_var("SLURM_VERSION_NUMBER|SPANK_OPTION_MAXLEN|ESPANK_.*|S_CTX_.*")
+        .constified_enum_module("spank_context|slurm_err|spank_item")
+        .dynamic_library_name("SpankApi")
+        .dynamic_link_require_all(false)
+        .layout_tests(false)
+        .wrap_unsafe_ops(true)
+        .generate()
+        .unwrap_or_else(|e| panic!("bindgen over <slurm/spank.h> failed ({e}); install libslurm-dev and libclang-dev"));
+    bindings
+        .write_to_file(out.join("spank_bindings.rs"))
+        .expect("writing the bindings");
+}

@@ -1,0 +1,63 @@
+//! The small SPANK surface the plugin's logic needs, as a trait with a real
+//! implementation (in `ffi`) and a fake for unit tests.
+
+use crate::options::OptionDef;
+
+/// Where a callback runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Context {
+    /// srun.
+    Local,
+    /// slurmstepd.
+    Remote,
+    /// sbatch or salloc.
+    Allocator,
+    Slurmd,
+    JobScript,
+    Error,
+}
+
+/// What the callbacks may ask of Slurm.
+pub trait Spank {
+    fn context(&self) -> Context;
+    /// Registers an option with Slurm.
+    fn register(&self, opt: &OptionDef) -> Result<(), String>;
+    /// A variable of the job's environment (remote) or of the process (local).
+    fn getenv(&self, name: &str) -> Option<String>;
+    /// Logs an error where the user sees it (srun's stderr locally).
+    fn error(&self, msg: &str);
+    /// Logs at info level (slurmd's log remotely).
+    fn info(&self, msg: &str);
+}
+
+/// A recording fake.
+#[derive(Default)]
+pub struct Fake {
+    pub context: Option<Context>,
+    pub env: std::collections::BTreeMap<String, String>,
+    pub registered: std::cell::RefCell<Vec<String>>,
+    pub log: std::cell::RefCell<Vec<String>>,
+    pub refuse_registration: bool,
+}
+
+impl Spank for Fake {
+    fn context(&self) -> Context {
+        self.context.unwrap_or(Context::Local)
+    }
+    fn register(&self, opt: &OptionDef) -> Result<(), String> {
+        if self.refuse_registration {
+            return Err(format!("cannot register --{}", opt.name));
+        }
+        self.registered.borrow_mut().push(opt.name.to_owned());
+        Ok(())
+    }
+    fn getenv(&self, name: &str) -> Option<String> {
+        self.env.get(name).cloned()
+    }
+    fn error(&self, msg: &str) {
+        self.log.borrow_mut().push(format!("error: {msg}"));
+    }
+    fn info(&self, msg: &str) {
+        self.log.borrow_mut().push(format!("info: {msg}"));
+    }
+}
