@@ -204,12 +204,32 @@ fn guard(sp: sys::spank_t, f: fn(&dyn Spank) -> Result<(), String>) -> c_int {
     }
 }
 
+/// The plugstack.conf arguments Slurm passes to a callback.
+fn plugstack_args(ac: c_int, av: *mut *mut c_char) -> Vec<String> {
+    (0..usize::try_from(ac).unwrap_or(0))
+        .filter_map(|i| {
+            // SAFETY: Slurm passes `ac` valid pointers to NUL-terminated
+            // strings that live for the call.
+            let p = unsafe { *av.add(i) };
+            // SAFETY: as above, `p` is NUL-terminated when not null.
+            (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
+        })
+        .collect()
+}
+
 /// Called in every context when the plugin is loaded.
 #[unsafe(no_mangle)]
-pub extern "C" fn slurm_spank_init(sp: sys::spank_t, _ac: c_int, _av: *mut *mut c_char) -> c_int {
-    guard(sp, |s| {
-        crate::plugin::init(s).map_err(|e| format!("sifrun: {e}"))
-    })
+pub extern "C" fn slurm_spank_init(sp: sys::spank_t, ac: c_int, av: *mut *mut c_char) -> c_int {
+    let args = plugstack_args(ac, av);
+    let handle = Handle(sp);
+    match catch_unwind(AssertUnwindSafe(|| crate::plugin::init(&handle, &args))) {
+        Ok(Ok(())) => ESPANK_SUCCESS,
+        Ok(Err(msg)) => {
+            handle.error(&format!("sifrun: {msg}"));
+            ESPANK_ERROR
+        }
+        Err(_) => ESPANK_ERROR,
+    }
 }
 
 /// Called after options are parsed.

@@ -26,8 +26,14 @@ fn args() -> std::sync::MutexGuard<'static, Args> {
     ARGS.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// `slurm_spank_init`: registers the options where users can give them.
-pub fn init(sp: &dyn Spank) -> Result<(), String> {
+/// `slurm_spank_init`: checks the plugstack.conf arguments, then registers
+/// the options where users can give them.
+pub fn init(sp: &dyn Spank, plugstack_args: &[String]) -> Result<(), String> {
+    slurm_conf::parse_plugstack_args(
+        plugstack_args.iter().map(String::as_str),
+        crate::PLUGSTACK_KEYS,
+    )
+    .map_err(|e| format!("plugstack.conf: {e}"))?;
     match sp.context() {
         Context::Local | Context::Remote | Context::Allocator => {
             for opt in OPTIONS {
@@ -90,19 +96,22 @@ mod tests {
     fn lifecycle_against_the_fake() {
         reset();
         let local = Fake::default();
-        init(&local).unwrap();
+        init(&local, &[]).unwrap();
         assert_eq!(local.registered.borrow().len(), OPTIONS.len());
         let slurmd = Fake {
             context: Some(Context::Slurmd),
             ..Fake::default()
         };
-        init(&slurmd).unwrap();
+        init(&slurmd, &[]).unwrap();
         assert!(slurmd.registered.borrow().is_empty());
         let refusing = Fake {
             refuse_registration: true,
             ..Fake::default()
         };
-        assert!(init(&refusing).is_err());
+        assert!(init(&refusing, &[]).is_err());
+        let e = init(&local, &["bogus=1".to_owned()]).unwrap_err();
+        assert!(e.contains("unknown key \"bogus\""), "{e}");
+        init(&local, &["launcher=/usr/local/bin/sifrun".to_owned()]).unwrap();
 
         // No image: tasks run normally.
         let remote = Fake {
