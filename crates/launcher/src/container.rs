@@ -50,6 +50,10 @@ pub enum Action {
     Run(Vec<OsString>),
     /// The image's shell.
     Shell(Vec<OsString>),
+    /// No command: set the container up, print `ready` on standard output and
+    /// hold the user and mount namespaces until SIGTERM, for Slurm tasks to
+    /// join (`sifrun slurm-hold`).
+    Hold,
 }
 
 /// A whole launch.
@@ -61,6 +65,9 @@ pub struct Launch {
     pub action: Action,
     pub tuning: Tuning,
     pub threads: usize,
+    /// Give the container its own PID namespace (not for Slurm: tasks that
+    /// join from outside must see themselves in /proc).
+    pub pid_namespace: bool,
 }
 
 /// Why a container could not start.
@@ -201,6 +208,7 @@ pub fn argv(action: &Action, tree: &dyn ImageTree) -> Result<(Vec<OsString>, boo
                 (None, false) => (vec![OsString::from("/bin/sh")], false),
             }
         }
+        Action::Hold => (Vec::new(), false),
         Action::Shell(args) => {
             let shell = if exists("/bin/bash")? {
                 "/bin/bash --norc"
@@ -358,13 +366,27 @@ pub fn launch(l: &Launch) -> Result<i32, LaunchError> {
 
     let linux = std::cell::RefCell::new(Some(Linux::new(root, files, scratch, sources)));
     let session = std::cell::RefCell::new(Some(session));
-    let child = syscall::spawn_pid_namespace(|| {
+    let hold = matches!(l.action, Action::Hold);
+    let init = || {
         // The session belongs to P: dropping it here would unmount the
         // image in the namespace P still serves.
         std::mem::forget(session.borrow_mut().take());
         let sys = linux.borrow_mut().take().expect("runs once");
-        container_init(&plan, sys, &argv, wrapped, &cenv, &signals)
-    })
+        if hold {
+            container_hold(&plan, sys, &signals)
+        } else {
+            container_init(&plan, sys, &argv, wrapped, &cenv, &signals)
+        }
+    };
+    let child = if l.pid_namespace {
+        syscall::spawn_pid_namespace(init)
+    } else {
+        match syscall::fork_single_threaded() {
+            Ok(Forked::Child) => std::process::exit(init()),
+            Ok(Forked::Parent(pid)) => Ok(pid),
+            Err(e) => Err(e),
+        }
+    }
     .map_err(setup("starting the container"))?;
     let session = session.into_inner().expect("still here in the parent");
     drop(linux);
@@ -400,6 +422,29 @@ pub fn launch(l: &Launch) -> Result<i32, LaunchError> {
                     Err(e) => return Err(setup("waiting for the container")(nix_io(e))),
                 }
             }
+        }
+    }
+}
+
+/// The holder of a Slurm step's container: set up the root, report ready,
+/// wait for SIGTERM. Tasks join its namespaces with setns.
+fn container_hold(plan: &Plan, sys: Linux, signals: &SigSet) -> i32 {
+    if let Err(e) = apply(plan, &sys) {
+        let _ = writeln!(io::stderr(), "sifrun: setting up the container: {e}");
+        return 255;
+    }
+    drop(sys);
+    // Tasks (same user) open /proc/PID/ns/*: that needs a dumpable target.
+    let _ = nix::sys::prctl::set_dumpable(true);
+    let mut out = io::stdout();
+    if writeln!(out, "ready").and_then(|_| out.flush()).is_err() {
+        return 255;
+    }
+    loop {
+        match syscall::wait_signal(signals) {
+            Ok((libc::SIGCHLD, _)) => {}
+            Ok(_) => return 0,
+            Err(_) => return 255,
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod env;
 pub mod fuse;
 pub mod inspect;
 pub mod plan;
+pub mod privilege;
 pub mod sanitize;
 pub mod serve;
 pub mod squash;

@@ -177,6 +177,35 @@ impl Spank for Handle {
         Some(String::from_utf8_lossy(&buf[..end]).into_owned())
     }
 
+    fn step_id(&self) -> Option<u32> {
+        let f = api()?.spank_get_item.as_ref().ok()?;
+        let mut id: u32 = 0;
+        // SAFETY: S_JOB_STEPID takes one `uint32_t *`, which points to `id`.
+        let rc = unsafe { f(self.0, sys::spank_item::S_JOB_STEPID, &mut id as *mut u32) };
+        (rc == 0).then_some(id)
+    }
+
+    fn job_argv(&self) -> Vec<String> {
+        let Some(f) = api().and_then(|a| a.spank_get_item.as_ref().ok()) else {
+            return Vec::new();
+        };
+        let mut argc: c_int = 0;
+        let mut argv: *mut *mut c_char = std::ptr::null_mut();
+        // SAFETY: S_JOB_ARGV takes `int *` and `char ***`, both pointing to locals.
+        let rc = unsafe {
+            f(
+                self.0,
+                sys::spank_item::S_JOB_ARGV,
+                &mut argc as *mut c_int,
+                &mut argv as *mut *mut *mut c_char,
+            )
+        };
+        if rc != 0 || argv.is_null() {
+            return Vec::new();
+        }
+        plugstack_args(argc, argv)
+    }
+
     fn error(&self, msg: &str) {
         log_error(msg);
     }
@@ -272,8 +301,18 @@ pub extern "C" fn slurm_spank_task_init(
     rc
 }
 
-/// Called when the plugin is unloaded.
+/// Called in slurmstepd before the tasks are started, as the job user.
 #[unsafe(no_mangle)]
-pub extern "C" fn slurm_spank_exit(_sp: sys::spank_t, _ac: c_int, _av: *mut *mut c_char) -> c_int {
-    ESPANK_SUCCESS
+pub extern "C" fn slurm_spank_user_init(
+    sp: sys::spank_t,
+    _ac: c_int,
+    _av: *mut *mut c_char,
+) -> c_int {
+    guard(sp, crate::plugin::user_init)
+}
+
+/// Called when the plugin is unloaded (in slurmstepd: the step is over).
+#[unsafe(no_mangle)]
+pub extern "C" fn slurm_spank_exit(sp: sys::spank_t, _ac: c_int, _av: *mut *mut c_char) -> c_int {
+    guard(sp, crate::plugin::exit)
 }

@@ -24,6 +24,10 @@ pub trait Spank {
     fn register(&self, opt: &OptionDef) -> Result<(), String>;
     /// A variable of the job's environment (remote) or of the process (local).
     fn getenv(&self, name: &str) -> Option<String>;
+    /// The step ID (remote context), `SLURM_BATCH_SCRIPT` for a batch step.
+    fn step_id(&self) -> Option<u32>;
+    /// The step's command line (remote context).
+    fn job_argv(&self) -> Vec<String>;
     /// Logs an error where the user sees it (srun's stderr locally).
     fn error(&self, msg: &str);
     /// Logs at info level (slurmd's log remotely).
@@ -38,6 +42,8 @@ pub struct Fake {
     pub registered: std::cell::RefCell<Vec<String>>,
     pub log: std::cell::RefCell<Vec<String>>,
     pub refuse_registration: bool,
+    pub step_id: Option<u32>,
+    pub argv: Vec<String>,
 }
 
 impl Spank for Fake {
@@ -53,6 +59,12 @@ impl Spank for Fake {
     }
     fn getenv(&self, name: &str) -> Option<String> {
         self.env.get(name).cloned()
+    }
+    fn step_id(&self) -> Option<u32> {
+        self.step_id
+    }
+    fn job_argv(&self) -> Vec<String> {
+        self.argv.clone()
     }
     fn error(&self, msg: &str) {
         self.log.borrow_mut().push(format!("error: {msg}"));

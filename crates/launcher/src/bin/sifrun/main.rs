@@ -92,6 +92,14 @@ image reproducible (nil ID, that time)."
         /// The image
         image: PathBuf,
     },
+    /// (For the SPANK plugin) set up a step's container and hold it for tasks to join
+    #[command(hide = true)]
+    SlurmHold {
+        #[command(flatten)]
+        opts: run_cmd::ContainerArgs,
+        /// The image
+        image: PathBuf,
+    },
     /// Serve an image's root filesystem read-only on a directory (foreground)
     #[command(
         after_help = "Unmounts on SIGINT or SIGTERM, or when `fusermount3 -u DIR` is run. \
@@ -137,10 +145,27 @@ fn main() -> ExitCode {
             }) {
                 return ExitCode::SUCCESS;
             }
-            let _ = writeln!(io::stderr(), "sifrun: {e:#}");
+            let _ = writeln!(io::stderr(), "sifrun: {}", one_line(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line, without repeating a cause that an
+/// outer message already quotes.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut msg = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if msg.contains(&text) {
+            continue;
+        }
+        if !msg.is_empty() {
+            msg.push_str(": ");
+        }
+        msg.push_str(&text);
+    }
+    msg
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -156,6 +181,11 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Run { opts, image, args } => {
             let code = run_cmd::run(&opts, image, Action::Run(run_cmd::os(&args)), "run")?;
+            std::process::exit(code)
+        }
+        Command::SlurmHold { opts, image } => {
+            launcher::privilege::drop_to_effective_user().context("slurm-hold")?;
+            let code = run_cmd::run(&opts, image, Action::Hold, "slurm-hold")?;
             std::process::exit(code)
         }
         Command::Shell { opts, image } => {

@@ -51,6 +51,7 @@ pub struct ContainerArgs {
 
 impl ContainerArgs {
     fn launch(&self, image: PathBuf, action: Action) -> Result<Launch> {
+        let pid_namespace = !matches!(action, Action::Hold);
         let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
         let mut binds = Vec::new();
         for var in ["APPTAINER_BIND", "SINGULARITY_BIND", "SIFRUN_BIND"] {
@@ -89,6 +90,7 @@ impl ContainerArgs {
             threads: self
                 .threads
                 .unwrap_or_else(launcher::serve::default_threads),
+            pid_namespace,
         })
     }
 }
@@ -98,8 +100,8 @@ pub fn run(args: &ContainerArgs, image: PathBuf, action: Action, what: &str) -> 
     let l = args
         .launch(image, action)
         .with_context(|| what.to_owned())?;
-    let shown = l.image.display().to_string();
-    launch(&l).with_context(|| format!("{what}: {shown}"))
+    // Errors name the image or the option themselves.
+    launch(&l).with_context(|| what.to_owned())
 }
 
 pub fn os(v: &[String]) -> Vec<OsString> {
