@@ -483,19 +483,49 @@ fn back_to_back_runs_leak_nothing() {
         return;
     }
     let f = fixture();
-    let fds_before = fs::read_dir("/proc/self/fd").unwrap().count();
-    let tmp_before = fs::read_dir("/tmp").map(|d| d.count()).unwrap_or(0);
+    // Other tests of this binary create temporary directories (".tmp…")
+    // in /tmp concurrently; anything else new there would be ours.
+    let tmp_entries = || -> std::collections::BTreeSet<String> {
+        fs::read_dir("/tmp")
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| !n.starts_with(".tmp"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let tmp_before = tmp_entries();
     for i in 0..50 {
         let out = exec(&f, &[], &["echo", &format!("run-{i}")]);
         assert_eq!(stdout(&out), format!("run-{i}\n"));
     }
     assert!(wait_gone(s(&f.image)).is_empty());
-    assert_eq!(fs::read_dir("/proc/self/fd").unwrap().count(), fds_before);
-    assert_eq!(
-        fs::read_dir("/tmp").map(|d| d.count()).unwrap_or(0),
-        tmp_before,
-        "files left in /tmp"
-    );
+    // No process of ours still holds the image or a FUSE device open.
+    let me = uid();
+    for p in fs::read_dir("/proc").unwrap().flatten() {
+        use std::os::unix::fs::MetadataExt;
+        if fs::metadata(p.path()).map(|m| m.uid()).ok() != Some(me) {
+            continue;
+        }
+        for fd in fs::read_dir(p.path().join("fd"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if let Ok(target) = fs::read_link(fd.path()) {
+                assert!(
+                    target != f.image && target != Path::new("/dev/fuse"),
+                    "{} still holds {}",
+                    p.path().display(),
+                    target.display()
+                );
+            }
+        }
+    }
+    let tmp_after = tmp_entries();
+    let new: Vec<&String> = tmp_after.difference(&tmp_before).collect();
+    assert!(new.is_empty(), "left in /tmp: {new:?}");
 }
 
 #[test]

@@ -136,7 +136,7 @@ fn ours() -> Vec<String> {
         .unwrap();
     String::from_utf8_lossy(&out.stdout)
         .lines()
-        .filter(|l| l.contains("sifrun") || l.contains("sleep 3"))
+        .filter(|l| l.contains("slurm-hold"))
         .map(str::to_owned)
         .collect()
 }
