@@ -263,10 +263,10 @@ pub fn exit(sp: &dyn Spank) -> Result<(), String> {
         use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
         let pid = nix::unistd::Pid::from_raw(pid);
         let _ = kill(pid, Signal::SIGTERM);
-        for _ in 0..50 {
+        for _ in 0..500 {
             match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::StillAlive) => {
-                    std::thread::sleep(std::time::Duration::from_millis(100))
+                    std::thread::sleep(std::time::Duration::from_millis(10))
                 }
                 _ => return Ok(()),
             }
