@@ -254,3 +254,72 @@ fn a_batch_script_runs_inside_the_image() {
     let text = std::fs::read_to_string(dir.path().join("batch.out")).unwrap();
     assert_eq!(text, "inside-the-image\n");
 }
+
+#[test]
+fn slurms_own_container_option_runs_the_image_and_never_a_stale_one() {
+    if !cluster_up() || !std::path::Path::new("/bin/busybox").exists() {
+        return;
+    }
+    let dir = tempfile::tempdir_in("/tmp").unwrap();
+    let img = image(dir.path());
+    let run = |args: &[&str], inherited: Option<&str>| {
+        let mut c = Command::new("srun");
+        c.args(args).current_dir(dir.path());
+        match inherited {
+            Some(v) => c.env("SLURM_CONTAINER", v),
+            None => c.env_remove("SLURM_CONTAINER"),
+        };
+        c.output().unwrap()
+    };
+    let opt = format!("--container={}", img.display());
+    let out = run(&["-n2", &opt, "cat", "/etc/image-marker"], None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "inside-the-image\ninside-the-image\n"
+    );
+
+    // Inside a job started with --container=A, SLURM_CONTAINER stays A;
+    // `srun --container=B` must run B.
+    let out = run(
+        &["-n1", &opt, "cat", "/etc/image-marker"],
+        Some("/tmp/stale-A.sif"),
+    );
+    assert!(
+        out.status.success(),
+        "ran the stale image: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "inside-the-image\n");
+
+    // Plain srun inherits the job's container.
+    let out = run(
+        &["-n1", "cat", "/etc/image-marker"],
+        Some(img.to_str().unwrap()),
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "inside-the-image\n");
+
+    // A directory is an OCI bundle: left to Slurm (which ignores it without oci.conf).
+    let out = run(
+        &[
+            "-n1",
+            &format!("--container={}", dir.path().display()),
+            "true",
+        ],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Conflicting --container and --sif-image are refused, naming both.
+    let out = run(&["-n1", &opt, "--sif-image=/tmp/other.sif", "true"], None);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("name different images"));
+}

@@ -251,6 +251,7 @@ fn plugstack_args(ac: c_int, av: *mut *mut c_char) -> Vec<String> {
 pub extern "C" fn slurm_spank_init(sp: sys::spank_t, ac: c_int, av: *mut *mut c_char) -> c_int {
     let args = plugstack_args(ac, av);
     let handle = Handle(sp);
+    hide_inherited_container(handle.context());
     match catch_unwind(AssertUnwindSafe(|| crate::plugin::init(&handle, &args))) {
         Ok(Ok(())) => ESPANK_SUCCESS,
         Ok(Err(msg)) => {
@@ -268,6 +269,17 @@ pub extern "C" fn slurm_spank_init_post_opt(
     _ac: c_int,
     _av: *mut *mut c_char,
 ) -> c_int {
+    // srun, sbatch and salloc set SLURM_CONTAINER from --container only when
+    // it is not already set, so inside a job it goes stale. slurm_spank_init
+    // hid the inherited value: now a set variable is exactly this command's
+    // --container; an unset one means "inherit", so the old value returns.
+    if let Some(old) = INHERITED_CONTAINER.get()
+        && std::env::var_os("SLURM_CONTAINER").is_none()
+    {
+        // SAFETY: srun, sbatch and salloc run init_post_opt single-threaded
+        // (measured: one thread), so nothing reads the environment meanwhile.
+        unsafe { std::env::set_var("SLURM_CONTAINER", old) };
+    }
     guard(sp, |s| {
         let r = crate::plugin::init_post_opt(s);
         if let Err(msg) = &r {
@@ -275,6 +287,20 @@ pub extern "C" fn slurm_spank_init_post_opt(
         }
         r
     })
+}
+
+/// The SLURM_CONTAINER a command inherited, hidden while it parses options.
+static INHERITED_CONTAINER: OnceLock<std::ffi::OsString> = OnceLock::new();
+
+fn hide_inherited_container(context: Context) {
+    if matches!(context, Context::Local | Context::Allocator)
+        && let Some(old) = std::env::var_os("SLURM_CONTAINER")
+    {
+        let _ = INHERITED_CONTAINER.set(old);
+        // SAFETY: slurm_spank_init runs in srun, sbatch and salloc before they
+        // read their input environment, with one thread (measured).
+        unsafe { std::env::remove_var("SLURM_CONTAINER") };
+    }
 }
 
 /// Exit status of a task the plugin stopped before it could run.

@@ -10,6 +10,7 @@
 //!   failure ends the task before it runs (see `ffi`).
 //! * exit (slurmstepd): stop the holder.
 
+use std::path::Path;
 use std::sync::Mutex;
 
 use crate::options::{Args, OPTIONS};
@@ -89,7 +90,42 @@ pub fn init_post_opt(sp: &dyn Spank) -> Result<(), String> {
             .apply_env(|k| sp.getenv(k))
             .map_err(|e| format!("sifrun: {e}"))?;
     }
+    if sp.context() == Context::Remote
+        && let Some(value) = sp.getenv("SLURM_CONTAINER")
+        && let Err(msg) =
+            honour_native_container(&value, Path::new(OCI_CONF), |p| Path::new(p).is_dir())
+    {
+        // slurmstepd neither stops the step nor shows this error to the user:
+        // keep it for task_init, which fails every task with it.
+        *lock(&HOLDER) = Some(Holder::Failed(msg));
+    }
     Ok(())
+}
+
+/// Slurm's OCI runtime configuration; when it exists, `--container` is Slurm's.
+pub const OCI_CONF: &str = "/etc/slurm/oci.conf";
+
+/// Slurm's own `--container=VALUE` (seen remotely as SLURM_CONTAINER): when
+/// Slurm would ignore it (no oci.conf) and it is not an OCI bundle (a
+/// directory), it names our image, unless `--sif-image` already named one.
+pub fn honour_native_container(
+    value: &str,
+    oci_conf: &Path,
+    is_dir: impl Fn(&str) -> bool,
+) -> Result<(), String> {
+    if value.is_empty() || oci_conf.exists() || is_dir(value) {
+        return Ok(());
+    }
+    let mut a = args();
+    match &a.image {
+        Some(image) if image != value => Err(format!(
+            "sifrun: --container={value} and --sif-image={image} name different images"
+        )),
+        Some(_) => Ok(()),
+        None => a
+            .apply(1, Some(value))
+            .map_err(|e| format!("sifrun: --container: {e}")),
+    }
 }
 
 /// Slurm's step ID of a batch script.
@@ -132,7 +168,7 @@ pub fn user_init(sp: &dyn Spank) -> Result<(), String> {
         return Ok(());
     }
     let a = args().clone();
-    if !a.wants_container() {
+    if !a.wants_container() || matches!(*lock(&HOLDER), Some(Holder::Failed(_))) {
         return Ok(());
     }
     let cwd = sp.getenv("PWD").unwrap_or_else(|| "/".into());
@@ -283,6 +319,24 @@ mod tests {
     use crate::spank::Fake;
 
     #[test]
+    fn native_container_values() {
+        let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+        reset();
+        let none = Path::new("/nonexistent/oci.conf");
+        honour_native_container("/data/img.sif", none, |_| false).unwrap();
+        assert_eq!(args().image.as_deref(), Some("/data/img.sif"));
+        honour_native_container("/data/img.sif", none, |_| false).unwrap();
+        let e = honour_native_container("/data/other.sif", none, |_| false).unwrap_err();
+        assert!(e.contains("name different images"), "{e}");
+        reset();
+        // An OCI bundle (a directory), or a configured OCI runtime: Slurm's business.
+        honour_native_container("/bundles/app", none, |_| true).unwrap();
+        let conf = std::env::current_exe().unwrap();
+        honour_native_container("/data/img.sif", &conf, |_| false).unwrap();
+        assert_eq!(args().image, None);
+    }
+
+    #[test]
     fn holder_command_line() {
         let a = Args {
             image: Some("img.sif".into()),
@@ -328,12 +382,16 @@ mod tests {
         assert!(matches!(ready, Holder::Ready(_)));
     }
 
+    /// The plugin keeps per-process state; tests that touch it take turns.
+    static SERIAL: Mutex<()> = Mutex::new(());
+
     fn reset() {
         *args() = Args::default();
     }
 
     #[test]
     fn lifecycle_against_the_fake() {
+        let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
         reset();
         let local = Fake::default();
         init(&local, &[]).unwrap();
