@@ -92,7 +92,7 @@ pub fn summary<R: ReadAt>(path: &str, image: &Image<R>) -> String {
     }
 
     let signatures: Vec<&Descriptor> = image.descriptors_of_type(DataType::SIGNATURE).collect();
-    out.push_str("\nSignatures (not verified; run `sifrun verify`):\n");
+    out.push_str("\nSignatures (listed, not verified):\n");
     if signatures.is_empty() {
         out.push_str("  (none)\n");
     }
