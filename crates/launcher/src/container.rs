@@ -390,38 +390,36 @@ pub fn launch(l: &Launch) -> Result<i32, LaunchError> {
     .map_err(setup("starting the container"))?;
     let session = session.into_inner().expect("still here in the parent");
     drop(linux);
-    {
-        {
-            served.squash.start_readahead(l.tuning);
-            std::thread::spawn(move || {
-                let _ = session.run();
-            });
-            let forward = signals;
-            std::thread::spawn(move || {
-                loop {
-                    match syscall::wait_signal(&forward) {
-                        Ok((sig, sent_by_process)) => {
-                            if sig != libc::SIGCHLD
-                                && sent_by_process
-                                && let Ok(s) = Signal::try_from(sig)
-                            {
-                                let _ = kill(child, s);
-                            }
-                        }
-                        Err(_) => return,
+
+    // P: serve the image, forward signals, wait for the container.
+    served.squash.start_readahead(l.tuning);
+    std::thread::spawn(move || {
+        let _ = session.run();
+    });
+    let forward = signals;
+    std::thread::spawn(move || {
+        loop {
+            match syscall::wait_signal(&forward) {
+                Ok((sig, sent_by_process)) => {
+                    if sig != libc::SIGCHLD
+                        && sent_by_process
+                        && let Ok(s) = Signal::try_from(sig)
+                    {
+                        let _ = kill(child, s);
                     }
                 }
-            });
-            loop {
-                match waitpid(child, None) {
-                    Ok(status @ (WaitStatus::Exited(..) | WaitStatus::Signaled(..))) => {
-                        return Ok(exit_code(status));
-                    }
-                    Ok(_) => continue,
-                    Err(nix::Error::EINTR) => continue,
-                    Err(e) => return Err(setup("waiting for the container")(nix_io(e))),
-                }
+                Err(_) => return,
             }
+        }
+    });
+    loop {
+        match waitpid(child, None) {
+            Ok(status @ (WaitStatus::Exited(..) | WaitStatus::Signaled(..))) => {
+                return Ok(exit_code(status));
+            }
+            Ok(_) => continue,
+            Err(nix::Error::EINTR) => continue,
+            Err(e) => return Err(setup("waiting for the container")(nix_io(e))),
         }
     }
 }

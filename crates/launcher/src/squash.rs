@@ -175,6 +175,8 @@ pub struct Squash {
     /// Last block read per inode, to detect sequential reads.
     last_block: Mutex<HashMap<u64, u64>>,
     in_flight: Mutex<HashSet<BlockKey>>,
+    /// Blocks decompressed ahead of a sequential reader.
+    readahead_blocks: AtomicU64,
 }
 
 struct PrefetchJob {
@@ -257,6 +259,7 @@ impl Squash {
             prefetch: Mutex::new(None),
             last_block: Mutex::new(HashMap::new()),
             in_flight: Mutex::new(HashSet::new()),
+            readahead_blocks: AtomicU64::new(tuning.readahead_blocks as u64),
         });
         if tuning.prefetch_threads > 0 && tuning.readahead_blocks > 0 {
             start_prefetchers(&squash, tuning);
@@ -432,7 +435,7 @@ impl Squash {
         }
         let guard = self.prefetch.lock().expect("lock");
         let Some(tx) = guard.as_ref() else { return };
-        let ahead = READAHEAD.load(Ordering::Relaxed) as usize;
+        let ahead = self.readahead_blocks.load(Ordering::Relaxed) as usize;
         for b in index + 1..(index + 1 + ahead).min(layout.blocks.len()) {
             let key = layout.offsets[b];
             if layout.blocks[b].0 == 0 || self.cache.get(key).is_some() {
@@ -497,10 +500,10 @@ pub fn decompress(compressor: Compressor, input: &[u8], limit: usize) -> io::Res
     Ok(out)
 }
 
-static READAHEAD: AtomicU64 = AtomicU64::new(8);
-
 fn start_prefetchers(squash: &Arc<Squash>, tuning: Tuning) {
-    READAHEAD.store(tuning.readahead_blocks as u64, Ordering::Relaxed);
+    squash
+        .readahead_blocks
+        .store(tuning.readahead_blocks as u64, Ordering::Relaxed);
     let (tx, rx): (Sender<PrefetchJob>, Receiver<PrefetchJob>) = channel();
     let rx = Arc::new(Mutex::new(rx));
     for i in 0..tuning.prefetch_threads {

@@ -48,6 +48,8 @@ fn to_io(e: nix::Error) -> io::Error {
 pub struct Linux {
     /// Where the served image is mounted (before pivot_root).
     root: RefCell<PathBuf>,
+    /// A descriptor of `root`, opened on first use.
+    root_fd: RefCell<Option<OwnedFd>>,
     /// Where generated files are.
     files: PathBuf,
     /// Scratch space for the overlay.
@@ -65,6 +67,7 @@ impl Linux {
     ) -> Linux {
         Linux {
             root: RefCell::new(root),
+            root_fd: RefCell::new(None),
             files,
             scratch,
             sources,
@@ -75,12 +78,17 @@ impl Linux {
     /// were `/`, magic links (such as /proc/PID/root) are refused, so a
     /// target can never reach a host path.
     fn open_target(&self, target: &Path) -> io::Result<OwnedFd> {
-        let root = nix::fcntl::open(
-            self.root.borrow().as_path(),
-            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(to_io)?;
+        if self.root_fd.borrow().is_none() {
+            let fd = nix::fcntl::open(
+                self.root.borrow().as_path(),
+                OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(to_io)?;
+            *self.root_fd.borrow_mut() = Some(fd);
+        }
+        let root = self.root_fd.borrow();
+        let root = root.as_ref().expect("opened above");
         let rel = target.strip_prefix("/").unwrap_or(target);
         let rel = if rel.as_os_str().is_empty() {
             Path::new(".")
@@ -90,7 +98,7 @@ impl Linux {
         let how = OpenHow::new()
             .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
             .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
-        openat2(&root, rel, how).map_err(to_io)
+        openat2(root, rel, how).map_err(to_io)
     }
 
     fn fd_path(fd: &OwnedFd) -> PathBuf {
@@ -204,6 +212,7 @@ impl Syscall for Linux {
         )
         .map_err(to_io)?;
         *self.root.borrow_mut() = merged;
+        *self.root_fd.borrow_mut() = None;
         Ok(())
     }
 
