@@ -292,7 +292,7 @@ fn binds_home_cwd_and_readonly() {
         .env("SIFRUN_BIND", &rw)
         .output()
         .unwrap();
-    assert!(stdout(&out).contains("new"));
+    assert!(stdout(&out).contains("new"), "{out:?}");
 
     let out = sh(&f, &["--contain", "--pwd", "/tmp"], "pwd; ls /tmp | wc -l");
     assert_eq!(stdout(&out), "/tmp\n0\n");
@@ -501,27 +501,35 @@ fn back_to_back_runs_leak_nothing() {
         assert_eq!(stdout(&out), format!("run-{i}\n"));
     }
     assert!(wait_gone(s(&f.image)).is_empty());
-    // No process of ours still holds the image or a FUSE device open.
+    // No process of ours still runs for this image or holds it (or a FUSE
+    // device) open. Other tests' launchers hold their own images, and
+    // /dev/fuse too, so only processes tied to this image count.
     let me = uid();
+    let image = s(&f.image);
     for p in fs::read_dir("/proc").unwrap().flatten() {
         use std::os::unix::fs::MetadataExt;
         if fs::metadata(p.path()).map(|m| m.uid()).ok() != Some(me) {
             continue;
         }
-        for fd in fs::read_dir(p.path().join("fd"))
+        let cmdline = fs::read(p.path().join("cmdline")).unwrap_or_default();
+        let ours = String::from_utf8_lossy(&cmdline).contains(image);
+        let fds: Vec<PathBuf> = fs::read_dir(p.path().join("fd"))
             .into_iter()
             .flatten()
             .flatten()
-        {
-            if let Ok(target) = fs::read_link(fd.path()) {
-                assert!(
-                    target != f.image && target != Path::new("/dev/fuse"),
-                    "{} still holds {}",
-                    p.path().display(),
-                    target.display()
-                );
-            }
-        }
+            .filter_map(|fd| fs::read_link(fd.path()).ok())
+            .collect();
+        assert!(
+            !fds.iter().any(|t| t == &f.image),
+            "{} still holds the image",
+            p.path().display()
+        );
+        assert!(
+            !(ours && fds.iter().any(|t| t == Path::new("/dev/fuse"))),
+            "{} ({}) still holds /dev/fuse",
+            p.path().display(),
+            String::from_utf8_lossy(&cmdline)
+        );
     }
     let tmp_after = tmp_entries();
     let new: Vec<&String> = tmp_after.difference(&tmp_before).collect();

@@ -392,7 +392,10 @@ pub fn plan(
             });
         }
     }
-    let cwd_covered = wants.iter().any(|w| is_under(&host.cwd, &w.target));
+    // A cwd under one of the user's bind targets is whatever that bind shows
+    // there (mounting it would need a target inside the bound host directory).
+    let cwd_covered = wants.iter().any(|w| is_under(&host.cwd, &w.target))
+        || opts.binds.iter().any(|b| is_under(&host.cwd, &b.target));
     if !opts.contain
         && !cwd_covered
         && !is_system_dir(&host.cwd)
@@ -838,5 +841,23 @@ cwd: /work (required)
         assert!(!r.contains("/home/alice on"), "{r}");
         assert!(!r.contains("bind /usr/bin"), "{r}");
         assert!(r.contains("cwd: /usr/bin\n"), "{r}");
+    }
+
+    #[test]
+    fn cwd_under_a_bind_target_is_left_to_that_bind() {
+        let (mut facts, fs) = host();
+        facts.cwd = "/work/main".into();
+        let opts = RunOptions {
+            binds: vec![crate::bind::parse_one("/data:/work", Path::new("/")).unwrap()],
+            ..RunOptions::default()
+        };
+        let plan = plan(&opts, &facts, &fs, &debian_like()).unwrap();
+        let r = plan.render();
+        assert!(
+            r.contains("mount rbind /data on /work [rw,nosuid,nodev]\n"),
+            "{r}"
+        );
+        assert!(!r.contains("on /work/main"), "{r}");
+        assert!(r.contains("cwd: /work/main\n"), "{r}");
     }
 }

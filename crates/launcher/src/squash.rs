@@ -1,24 +1,23 @@
 //! A read-only squashfs served straight from its offset inside a SIF image.
 //!
-//! backhand parses the superblock, inode and directory tables once; this
-//! module turns them into an inode-number index and reads file data itself:
-//! one positional read per block (no lock around a shared file handle), a
+//! [`index`] reads the superblock, inode, directory, fragment and id tables
+//! once into an inode-number index (with limits that keep a hostile image
+//! from making it allocate without bound); this module reads file data: one
+//! positional read per block (no lock around a shared file handle), a
 //! sharded cache of decompressed blocks, and sequential readahead that
 //! decompresses the next blocks on a small worker pool.
+
+mod index;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
-use std::io::{self, BufReader};
-use std::os::unix::ffi::OsStrExt;
+use std::io;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex};
-
-use backhand::traits::Compressor;
-use backhand::{FilesystemReader, InnerNode, SquashfsFileReader};
 
 /// The inode number of the root directory (FUSE's root ID).
 pub const ROOT_INO: u64 = 1;
@@ -46,15 +45,75 @@ pub enum FileKind {
     Socket,
 }
 
+/// The compression of an image's blocks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compression {
+    Gzip,
+    Xz,
+    Lz4,
+    Zstd,
+}
+
 /// Where a regular file's data lies.
 #[derive(Debug)]
 pub struct Layout {
-    /// Stored length and "stored uncompressed" flag of each whole block.
-    blocks: Vec<(u32, bool)>,
-    /// Image-relative offset of each block (prefix sums of `blocks`).
-    offsets: Vec<u64>,
+    /// Image-relative offset of the first block.
+    start: u64,
+    /// Stored size of each whole block as the image has it (bit 24: stored
+    /// uncompressed; 0: a sparse block of zeros).
+    sizes: Vec<u32>,
+    /// Offset of every [`CHECKPOINT`]th block, so a block's offset is found
+    /// with a few additions and the index stays near 4 bytes per block.
+    checkpoints: Vec<u64>,
     /// Fragment index and offset of the tail, if the tail is in a fragment.
     fragment: Option<(u32, u32)>,
+}
+
+const CHECKPOINT: usize = 64;
+
+impl Layout {
+    fn new(start: u64, sizes: Vec<u32>, fragment: Option<(u32, u32)>) -> Layout {
+        let mut checkpoints = Vec::with_capacity(sizes.len() / CHECKPOINT + 1);
+        let mut at = start;
+        for (i, s) in sizes.iter().enumerate() {
+            if i % CHECKPOINT == 0 {
+                checkpoints.push(at);
+            }
+            at = at.saturating_add(u64::from(s & (index::BLOCK_UNCOMPRESSED - 1)));
+        }
+        Layout {
+            start,
+            sizes,
+            checkpoints,
+            fragment,
+        }
+    }
+
+    /// Number of whole blocks (the tail may be in a fragment).
+    pub fn block_count(&self) -> usize {
+        self.sizes.len()
+    }
+
+    /// Offset, stored length and "stored uncompressed" of block `i`.
+    fn block(&self, i: usize) -> (u64, u32, bool) {
+        let first = i - i % CHECKPOINT;
+        let offset = self.sizes[first..i]
+            .iter()
+            .fold(self.checkpoints[i / CHECKPOINT], |at, s| {
+                at.saturating_add(u64::from(s & (index::BLOCK_UNCOMPRESSED - 1)))
+            });
+        let s = self.sizes[i];
+        (
+            offset,
+            s & (index::BLOCK_UNCOMPRESSED - 1),
+            s & index::BLOCK_UNCOMPRESSED != 0,
+        )
+    }
+
+    /// Image-relative offset of the first block.
+    pub fn start(&self) -> u64 {
+        self.start
+    }
 }
 
 /// Contents of a directory or a link target.
@@ -165,7 +224,7 @@ pub struct Squash {
     file: Arc<File>,
     /// Offset of the squashfs inside `file`.
     base: u64,
-    compressor: Compressor,
+    compression: Compression,
     block_size: u32,
     fragments: Vec<(u64, u32, bool)>,
     inodes: Vec<Inode>,
@@ -206,52 +265,27 @@ impl Default for Tuning {
     }
 }
 
-fn file_kind(inner: &InnerNode<SquashfsFileReader>) -> FileKind {
-    match inner {
-        InnerNode::Dir(_) => FileKind::Dir,
-        InnerNode::File(_) => FileKind::File,
-        InnerNode::Symlink(_) => FileKind::Symlink,
-        InnerNode::CharacterDevice(_) => FileKind::CharDevice,
-        InnerNode::BlockDevice(_) => FileKind::BlockDevice,
-        InnerNode::NamedPipe => FileKind::Fifo,
-        InnerNode::Socket => FileKind::Socket,
-    }
-}
-
 impl Squash {
     /// Loads the squashfs that starts `base` bytes into `file`.
     pub fn open(file: Arc<File>, base: u64, tuning: Tuning) -> Result<Arc<Squash>, SquashError> {
-        let reader = BufReader::with_capacity(128 * 1024, OffsetReader::new(file.clone(), base));
-        let fs = FilesystemReader::from_reader_with_offset(reader, 0)
-            .map_err(|e| SquashError::Corrupt(e.to_string()))?;
-        let compressor = match fs.compressor {
-            Some(
-                c @ (Compressor::Gzip
-                | Compressor::Zstd
-                | Compressor::Xz
-                | Compressor::Lz4
-                | Compressor::Uncompressed),
-            ) => c,
-            Some(other) => {
-                return Err(SquashError::Compression(
-                    format!("{other:?}").to_lowercase(),
-                ));
-            }
-            None => return Err(SquashError::Compression("(none recorded)".into())),
+        let len = file.metadata()?.len().checked_sub(base).ok_or_else(|| {
+            SquashError::Corrupt(format!(
+                "the filesystem offset {base} is past the end of the file"
+            ))
+        })?;
+        let src = index::Source {
+            file: &file,
+            base,
+            len,
         };
-        let fragments = fs
-            .fragments
-            .as_deref()
-            .unwrap_or_default()
-            .iter()
-            .map(|f| (f.start, f.size.size(), f.size.uncompressed()))
-            .collect();
-        let inodes = build_index(&fs)?;
+        let sb = index::superblock(&src)?;
+        let fragments = index::fragments(&src, &sb)?;
+        let inodes = index::build(&src, &sb)?;
         let squash = Arc::new(Squash {
             file,
             base,
-            compressor,
-            block_size: fs.block_size,
+            compression: sb.compression,
+            block_size: sb.block_size,
             fragments,
             inodes,
             cache: BlockCache::new(tuning.cache_bytes),
@@ -335,7 +369,7 @@ impl Squash {
         if stored_uncompressed {
             return Ok(raw);
         }
-        let out = decompress(self.compressor, &raw, limit)?;
+        let out = decompress(self.compression, &raw, limit)?;
         self.stats
             .blocks_decompressed
             .fetch_add(1, Ordering::Relaxed);
@@ -344,8 +378,7 @@ impl Squash {
 
     /// Whole block `index` of a file, decompressed (from the cache when possible).
     fn block(&self, layout: &Layout, index: usize) -> io::Result<Arc<Vec<u8>>> {
-        let (stored, uncompressed) = layout.blocks[index];
-        let key = layout.offsets[index];
+        let (key, stored, uncompressed) = layout.block(index);
         if stored == 0 {
             // A sparse block: all zeros.
             return Ok(Arc::new(vec![0u8; self.block_size as usize]));
@@ -392,7 +425,7 @@ impl Squash {
         while pos < end {
             let index = (pos / bs) as usize;
             let within = (pos % bs) as usize;
-            let data = if index < layout.blocks.len() {
+            let data = if index < layout.block_count() {
                 last_index = Some(index);
                 self.block(layout, index)?
             } else {
@@ -436,9 +469,9 @@ impl Squash {
         let guard = self.prefetch.lock().expect("lock");
         let Some(tx) = guard.as_ref() else { return };
         let ahead = self.readahead_blocks.load(Ordering::Relaxed) as usize;
-        for b in index + 1..(index + 1 + ahead).min(layout.blocks.len()) {
-            let key = layout.offsets[b];
-            if layout.blocks[b].0 == 0 || self.cache.get(key).is_some() {
+        for b in index + 1..(index + 1 + ahead).min(layout.block_count()) {
+            let (key, stored, _) = layout.block(b);
+            if stored == 0 || self.cache.get(key).is_some() {
                 continue;
             }
             if !self.in_flight.lock().expect("lock").insert(key) {
@@ -460,39 +493,37 @@ impl Squash {
             self.in_flight
                 .lock()
                 .expect("lock")
-                .remove(&layout.offsets[job.block]);
+                .remove(&layout.block(job.block).0);
         }
     }
 }
 
 /// Decompresses one block, refusing output larger than `limit` (so a
 /// hostile image cannot make the server allocate without bound).
-pub fn decompress(compressor: Compressor, input: &[u8], limit: usize) -> io::Result<Vec<u8>> {
+pub fn decompress(compression: Compression, input: &[u8], limit: usize) -> io::Result<Vec<u8>> {
     use std::io::Read;
     let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_owned());
     let mut out = Vec::with_capacity(limit);
-    match compressor {
-        Compressor::Gzip => {
+    match compression {
+        Compression::Gzip => {
             flate2::read::ZlibDecoder::new(input)
                 .take(limit as u64 + 1)
                 .read_to_end(&mut out)?;
         }
-        Compressor::Xz => {
+        Compression::Xz => {
             liblzma::read::XzDecoder::new(input)
                 .take(limit as u64 + 1)
                 .read_to_end(&mut out)?;
         }
-        Compressor::Zstd => {
+        Compression::Zstd => {
             out = zstd::bulk::decompress(input, limit).map_err(|_| bad("corrupt zstd block"))?;
         }
-        Compressor::Lz4 => {
+        Compression::Lz4 => {
             out.resize(limit, 0);
             let n = lz4_flex::block::decompress_into(input, &mut out)
                 .map_err(|_| bad("corrupt lz4 block"))?;
             out.truncate(n);
         }
-        Compressor::Uncompressed => out.extend_from_slice(input),
-        _ => return Err(bad("unsupported compression")),
     }
     if out.len() > limit {
         return Err(bad("block inflates past the block size"));
@@ -533,158 +564,6 @@ impl Drop for Squash {
         if let Ok(mut p) = self.prefetch.lock() {
             p.take();
         }
-    }
-}
-
-fn build_index(fs: &FilesystemReader) -> Result<Vec<Inode>, SquashError> {
-    let mut inodes: Vec<Inode> = Vec::new();
-    let mut by_path: HashMap<PathBuf, u64> = HashMap::new();
-    let mut children: Vec<Vec<(OsString, u64)>> = Vec::new();
-    for node in fs.files() {
-        let ino = inodes.len() as u64 + 1;
-        let path = node.fullpath.clone();
-        let parent = if ino == ROOT_INO {
-            ROOT_INO
-        } else {
-            let parent_path = path.parent().unwrap_or(Path::new("/"));
-            *by_path.get(parent_path).ok_or_else(|| {
-                SquashError::Corrupt(format!("{} has no parent directory", path.display()))
-            })?
-        };
-        let h = node.header;
-        let kind = file_kind(&node.inner);
-        let (data, size) = match &node.inner {
-            InnerNode::Dir(_) => (Data::Dir(Vec::new()), 0),
-            InnerNode::File(f) => {
-                let (start, sizes, frag_index, block_offset, file_size) = match f {
-                    SquashfsFileReader::Basic(b) => (
-                        u64::from(b.blocks_start),
-                        &b.block_sizes,
-                        b.frag_index,
-                        b.block_offset,
-                        u64::from(b.file_size),
-                    ),
-                    SquashfsFileReader::Extended(e) => (
-                        e.blocks_start,
-                        &e.block_sizes,
-                        e.frag_index,
-                        e.block_offset,
-                        e.file_size,
-                    ),
-                };
-                let blocks: Vec<(u32, bool)> =
-                    sizes.iter().map(|d| (d.size(), d.uncompressed())).collect();
-                let mut offsets = Vec::with_capacity(blocks.len());
-                let mut at = start;
-                for (len, _) in &blocks {
-                    offsets.push(at);
-                    at = at.saturating_add(u64::from(*len));
-                }
-                let fragment = (frag_index != u32::MAX).then_some((frag_index, block_offset));
-                (
-                    Data::File(Layout {
-                        blocks,
-                        offsets,
-                        fragment,
-                    }),
-                    file_size,
-                )
-            }
-            InnerNode::Symlink(l) => {
-                let target = l.link.as_os_str().to_owned();
-                let len = target.as_bytes().len() as u64;
-                (Data::Symlink(target), len)
-            }
-            InnerNode::CharacterDevice(d) => (Data::Device(d.device_number), 0),
-            InnerNode::BlockDevice(d) => (Data::Device(d.device_number), 0),
-            InnerNode::NamedPipe | InnerNode::Socket => (Data::None, 0),
-        };
-        if ino != ROOT_INO {
-            let name = path
-                .file_name()
-                .ok_or_else(|| SquashError::Corrupt(format!("{} has no name", path.display())))?
-                .to_owned();
-            children[(parent - 1) as usize].push((name, ino));
-        }
-        inodes.push(Inode {
-            kind,
-            perm: h.permissions & 0o7777,
-            uid: h.uid,
-            gid: h.gid,
-            mtime: h.mtime,
-            size,
-            nlink: 1,
-            parent,
-            data,
-        });
-        children.push(Vec::new());
-        by_path.insert(path, ino);
-    }
-    if inodes.is_empty() || inodes[0].kind != FileKind::Dir {
-        return Err(SquashError::Corrupt("the root is not a directory".into()));
-    }
-    for (i, mut entries) in children.into_iter().enumerate() {
-        if let Data::Dir(slot) = &mut inodes[i].data {
-            entries.sort_by(|a, b| a.0.cmp(&b.0));
-            entries.dedup_by(|a, b| a.0 == b.0);
-            *slot = entries;
-        }
-    }
-    // Directory link counts: 2 plus one per subdirectory.
-    let mut nlinks = vec![0u32; inodes.len()];
-    for (i, inode) in inodes.iter().enumerate() {
-        if let Data::Dir(entries) = &inode.data {
-            nlinks[i] = 2 + entries
-                .iter()
-                .filter(|(_, c)| inodes[(*c - 1) as usize].kind == FileKind::Dir)
-                .count() as u32;
-        }
-    }
-    for (inode, n) in inodes.iter_mut().zip(nlinks) {
-        if inode.kind == FileKind::Dir {
-            inode.nlink = n;
-        }
-    }
-    Ok(inodes)
-}
-
-/// Presents `file` from byte `base` on as a seekable stream starting at 0.
-struct OffsetReader {
-    file: Arc<File>,
-    base: u64,
-    pos: u64,
-}
-
-impl OffsetReader {
-    fn new(file: Arc<File>, base: u64) -> OffsetReader {
-        OffsetReader { file, base, pos: 0 }
-    }
-}
-
-impl io::Read for OffsetReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let at = self
-            .base
-            .checked_add(self.pos)
-            .ok_or(io::ErrorKind::InvalidData)?;
-        let n = self.file.read_at(buf, at)?;
-        self.pos += n as u64;
-        Ok(n)
-    }
-}
-
-impl io::Seek for OffsetReader {
-    fn seek(&mut self, pos: io::SeekFrom) -> io::Result<u64> {
-        let new = match pos {
-            io::SeekFrom::Start(p) => Some(p),
-            io::SeekFrom::Current(d) => self.pos.checked_add_signed(d),
-            io::SeekFrom::End(d) => {
-                let len = self.file.metadata()?.len().saturating_sub(self.base);
-                len.checked_add_signed(d)
-            }
-        };
-        self.pos = new.ok_or(io::ErrorKind::InvalidInput)?;
-        Ok(self.pos)
     }
 }
 
