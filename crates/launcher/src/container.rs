@@ -50,10 +50,12 @@ pub enum Action {
     Run(Vec<OsString>),
     /// The image's shell.
     Shell(Vec<OsString>),
-    /// No command: set the container up, print `ready` on standard output and
+    /// No command: set the container up, print the tasks' environment
+    /// changes and `ready` on standard output (see `slurm_conf::holder`), and
     /// hold the user and mount namespaces until SIGTERM, for Slurm tasks to
-    /// join (`sifrun slurm-hold`).
-    Hold,
+    /// join (`sifrun slurm-hold`). Carries the job's environment, which the
+    /// container's is computed from.
+    Hold(Vec<(String, String)>),
 }
 
 /// A whole launch.
@@ -208,7 +210,7 @@ pub fn argv(action: &Action, tree: &dyn ImageTree) -> Result<(Vec<OsString>, boo
                 (None, false) => (vec![OsString::from("/bin/sh")], false),
             }
         }
-        Action::Hold => (Vec::new(), false),
+        Action::Hold(_) => (Vec::new(), has_sh),
         Action::Shell(args) => {
             let shell = if exists("/bin/bash")? {
                 "/bin/bash --norc"
@@ -278,9 +280,12 @@ pub fn launch(l: &Launch) -> Result<i32, LaunchError> {
         }
     }
     let mut plan = plan(&l.run, &facts, &RealHost, served.squash.as_ref())?;
-    let host_env: Vec<(String, String)> = std::env::vars_os()
-        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-        .collect();
+    let host_env: Vec<(String, String)> = match &l.action {
+        Action::Hold(job_env) => job_env.clone(),
+        _ => std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+            .collect(),
+    };
     let cenv = container_env(&host_env, &l.env, &plan.home.to_string_lossy())?;
     for w in &cenv.warnings {
         eprintln!("sifrun: warning: {w}");
@@ -366,14 +371,14 @@ pub fn launch(l: &Launch) -> Result<i32, LaunchError> {
 
     let linux = std::cell::RefCell::new(Some(Linux::new(root, files, scratch, sources)));
     let session = std::cell::RefCell::new(Some(session));
-    let hold = matches!(l.action, Action::Hold);
+    let hold = matches!(l.action, Action::Hold(_));
     let init = || {
         // The session belongs to P: dropping it here would unmount the
         // image in the namespace P still serves.
         std::mem::forget(session.borrow_mut().take());
         let sys = linux.borrow_mut().take().expect("runs once");
         if hold {
-            container_hold(&plan, sys, &signals)
+            container_hold(&plan, sys, &signals, &cenv, wrapped, &host_env)
         } else {
             container_init(&plan, sys, &argv, wrapped, &cenv, &signals)
         }
@@ -424,18 +429,58 @@ pub fn launch(l: &Launch) -> Result<i32, LaunchError> {
     }
 }
 
-/// The holder of a Slurm step's container: set up the root, report ready,
-/// wait for SIGTERM. Tasks join its namespaces with setns.
-fn container_hold(plan: &Plan, sys: Linux, signals: &SigSet) -> i32 {
+/// The holder of a Slurm step's container: set up the root, report the
+/// tasks' environment and ready, wait for SIGTERM. Tasks join its
+/// namespaces with setns.
+fn container_hold(
+    plan: &Plan,
+    sys: Linux,
+    signals: &SigSet,
+    env: &ContainerEnv,
+    has_sh: bool,
+    job_env: &[(String, String)],
+) -> i32 {
+    // The holder's server is our parent: never outlive it.
+    let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
     if let Err(e) = apply(plan, &sys) {
         let _ = writeln!(io::stderr(), "sifrun: setting up the container: {e}");
         return 255;
     }
     drop(sys);
+    let task_env = if has_sh {
+        match image_env(env) {
+            Ok(e) => e,
+            Err(e) => {
+                let _ = writeln!(
+                    io::stderr(),
+                    "sifrun: reading the image's environment scripts: {e}"
+                );
+                return 255;
+            }
+        }
+    } else {
+        let mut e: Vec<(String, String)> = env.base.clone().into_iter().collect();
+        for (k, v) in &env.user {
+            e.retain(|(ek, _)| ek != k);
+            e.push((k.clone(), v.clone()));
+        }
+        e
+    };
     // Tasks (same user) open /proc/PID/ns/*: that needs a dumpable target.
     let _ = nix::sys::prctl::set_dumpable(true);
     let mut out = io::stdout();
-    if writeln!(out, "ready").and_then(|_| out.flush()).is_err() {
+    let mut report = String::new();
+    for change in slurm_conf::holder::delta(job_env, &task_env) {
+        report.push_str(&change.encode());
+        report.push('\n');
+    }
+    report.push_str(slurm_conf::holder::READY);
+    report.push('\n');
+    if out
+        .write_all(report.as_bytes())
+        .and_then(|_| out.flush())
+        .is_err()
+    {
         return 255;
     }
     loop {
@@ -445,6 +490,49 @@ fn container_hold(plan: &Plan, sys: Linux, signals: &SigSet) -> i32 {
             Err(_) => return 255,
         }
     }
+}
+
+/// The environment the image's `/.singularity.d/env` scripts and the user's
+/// settings make from `env.base`: the image's shell sources them, then
+/// execs a shell that waits, whose /proc environ is read.
+fn image_env(env: &ContainerEnv) -> io::Result<Vec<(String, String)>> {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    const MARK: &str = "sifrun-environment-ready";
+    let script = format!("{ENV_PRELUDE}exec /bin/sh -c 'echo {MARK}; read x'\n");
+    let mut child = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(script)
+        .env_clear()
+        .envs(env.base.iter())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let stdout = child.stdout.take().expect("piped");
+    let mut marked = false;
+    for line in BufReader::new(stdout).lines() {
+        if line?.trim() == MARK {
+            marked = true;
+            break;
+        }
+    }
+    let environ = if marked {
+        fs::read(format!("/proc/{}/environ", child.id()))
+    } else {
+        Err(io::Error::other("the image's shell ended early"))
+    };
+    drop(child.stdin.take());
+    let _ = child.kill();
+    let _ = child.wait();
+    Ok(environ?
+        .split(|&b| b == 0)
+        .filter_map(|kv| {
+            let kv = std::str::from_utf8(kv).ok()?;
+            let (k, v) = kv.split_once('=')?;
+            Some((k.to_owned(), v.to_owned()))
+        })
+        .collect())
 }
 
 /// PID 1 of the container: set up the root, start the command, reap, return its status.

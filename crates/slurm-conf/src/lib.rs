@@ -2,8 +2,12 @@
 //! admin puts after the plugin in plugstack.conf, the admin config file, and
 //! the execution control list (ECL) that decides which signed images may run.
 //!
-//! Status: the ECL and option parsing arrive with the plugin and signing
-//! work; today this crate parses plugstack arguments.
+//! Modules: plugstack arguments (here), [`admin`] (the admin TOML file),
+//! [`holder`] (what the step's container holder reports to the plugin). The
+//! ECL arrives with the signing work.
+
+pub mod admin;
+pub mod holder;
 
 use std::collections::BTreeMap;
 

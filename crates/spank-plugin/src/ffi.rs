@@ -206,6 +206,89 @@ impl Spank for Handle {
         plugstack_args(argc, argv)
     }
 
+    fn job_id(&self) -> Option<u32> {
+        let f = api()?.spank_get_item.as_ref().ok()?;
+        let mut id: u32 = 0;
+        // SAFETY: S_JOB_ID takes one `uint32_t *`, which points at a live local.
+        let rc = unsafe { f(self.0, sys::spank_item::S_JOB_ID, &mut id as *mut u32) };
+        (rc == 0).then_some(id)
+    }
+
+    fn job_uid(&self) -> Option<u32> {
+        let f = api()?.spank_get_item.as_ref().ok()?;
+        let mut uid: libc::uid_t = 0;
+        // SAFETY: S_JOB_UID takes one `uid_t *`, which points at a live local.
+        let rc = unsafe {
+            f(
+                self.0,
+                sys::spank_item::S_JOB_UID,
+                &mut uid as *mut libc::uid_t,
+            )
+        };
+        (rc == 0).then_some(uid)
+    }
+
+    fn job_env(&self) -> Vec<(String, String)> {
+        let Some(f) = api().and_then(|a| a.spank_get_item.as_ref().ok()) else {
+            return Vec::new();
+        };
+        let mut env: *mut *mut c_char = std::ptr::null_mut();
+        // SAFETY: S_JOB_ENV takes one `char ***`, which points at a live local;
+        // Slurm stores a pointer to its NULL-terminated array there.
+        let rc = unsafe {
+            f(
+                self.0,
+                sys::spank_item::S_JOB_ENV,
+                &mut env as *mut *mut *mut c_char,
+            )
+        };
+        let mut out = Vec::new();
+        if rc != 0 || env.is_null() {
+            return out;
+        }
+        for i in 0.. {
+            // SAFETY: the array is NULL-terminated; we stop at the NULL.
+            let p = unsafe { *env.add(i) };
+            if p.is_null() {
+                break;
+            }
+            // SAFETY: each entry is a NUL-terminated string owned by Slurm
+            // for the duration of the callback; it is copied at once.
+            let kv = unsafe { CStr::from_ptr(p) }.to_string_lossy();
+            if let Some((k, v)) = kv.split_once('=') {
+                out.push((k.to_owned(), v.to_owned()));
+            }
+        }
+        out
+    }
+
+    fn setenv(&self, name: &str, value: &str) -> Result<(), String> {
+        let api = api().ok_or("Slurm's SPANK functions are not available")?;
+        let (k, v) = (
+            CString::new(name).map_err(|_| format!("{name:?}: NUL in the name"))?,
+            CString::new(value).map_err(|_| format!("{name}: NUL in the value"))?,
+        );
+        // SAFETY: both pointers are NUL-terminated strings that outlive the call.
+        let rc = unsafe { api.spank_setenv(self.0, k.as_ptr(), v.as_ptr(), 1) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(format!("{name}: SPANK error {rc}"))
+        }
+    }
+
+    fn unsetenv(&self, name: &str) -> Result<(), String> {
+        let api = api().ok_or("Slurm's SPANK functions are not available")?;
+        let k = CString::new(name).map_err(|_| format!("{name:?}: NUL in the name"))?;
+        // SAFETY: a NUL-terminated string that outlives the call.
+        let rc = unsafe { api.spank_unsetenv(self.0, k.as_ptr()) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(format!("{name}: SPANK error {rc}"))
+        }
+    }
+
     fn error(&self, msg: &str) {
         log_error(msg);
     }
@@ -341,4 +424,27 @@ pub extern "C" fn slurm_spank_user_init(
 #[unsafe(no_mangle)]
 pub extern "C" fn slurm_spank_exit(sp: sys::spank_t, _ac: c_int, _av: *mut *mut c_char) -> c_int {
     guard(sp, crate::plugin::exit)
+}
+
+/// Records the step's holder for the epilog's sweep (slurmstepd, root).
+#[unsafe(no_mangle)]
+pub extern "C" fn slurm_spank_task_post_fork(
+    sp: sys::spank_t,
+    _ac: c_int,
+    _av: *mut *mut c_char,
+) -> c_int {
+    // A failed record must not fail the task: the exit callback still stops
+    // the holder; the record only serves the epilog.
+    let _ = guard(sp, crate::plugin::task_post_fork);
+    ESPANK_SUCCESS
+}
+
+/// Kills what a failed step left of the job's containers (slurmd, root).
+#[unsafe(no_mangle)]
+pub extern "C" fn slurm_spank_job_epilog(
+    sp: sys::spank_t,
+    _ac: c_int,
+    _av: *mut *mut c_char,
+) -> c_int {
+    guard(sp, crate::plugin::job_epilog)
 }

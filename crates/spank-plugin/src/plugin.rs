@@ -8,10 +8,17 @@
 //! * task_init (each task, as the user): join the holder's user, then mount
 //!   namespace, restore the working directory, set no-new-privileges. Any
 //!   failure ends the task before it runs (see `ffi`).
-//! * exit (slurmstepd): stop the holder.
+//! * task_post_fork (slurmstepd, root): record the holder in the runtime
+//!   directory, for the job epilog's sweep.
+//! * exit (slurmstepd): stop the holder, drop the record.
+//! * job_epilog (slurmd, root): kill whatever holder of the job is left
+//!   (a killed slurmstepd, a node fault) and drop its records.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+
+use slurm_conf::admin::AdminConfig;
+use slurm_conf::holder::EnvChange;
 
 use crate::options::{Args, OPTIONS};
 use crate::spank::{Context, Spank};
@@ -38,11 +45,24 @@ pub const DEFAULT_LAUNCHER: &str = "/usr/local/bin/sifrun";
 /// The `launcher=` setting from plugstack.conf.
 pub static LAUNCHER: Mutex<Option<String>> = Mutex::new(None);
 
+/// Where per-step records live unless `runtime_dir=` says otherwise.
+pub const DEFAULT_RUNTIME_DIR: &str = "/run/sifrun";
+
+/// The `runtime_dir=` setting from plugstack.conf.
+pub static RUNTIME_DIR: Mutex<Option<String>> = Mutex::new(None);
+
+/// The admin configuration (`config=` in plugstack.conf), or the defaults.
+pub static CONFIG: Mutex<Option<AdminConfig>> = Mutex::new(None);
+
 /// The step's holder, as user_init left it for the tasks (forked later, they
 /// inherit this memory) and for exit.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Holder {
-    Ready(i32),
+    /// Running; the changes the image makes to each task's environment.
+    Ready {
+        pid: i32,
+        env: Vec<EnvChange>,
+    },
     Failed(String),
 }
 
@@ -61,6 +81,13 @@ pub fn init(sp: &dyn Spank, plugstack_args: &[String]) -> Result<(), String> {
     )
     .map_err(|e| format!("plugstack.conf: {e}"))?;
     *lock(&LAUNCHER) = conf.get("launcher").cloned();
+    *lock(&RUNTIME_DIR) = conf.get("runtime_dir").cloned();
+    if let Some(path) = conf.get("config") {
+        let names: Vec<&str> = OPTIONS.iter().map(|o| o.name).collect();
+        let c = AdminConfig::load(Path::new(path), config_owner(), &names)
+            .map_err(|e| format!("config: {e}"))?;
+        *lock(&CONFIG) = Some(c);
+    }
     match sp.context() {
         Context::Local | Context::Remote | Context::Allocator => {
             for opt in OPTIONS {
@@ -72,9 +99,63 @@ pub fn init(sp: &dyn Spank, plugstack_args: &[String]) -> Result<(), String> {
     }
 }
 
+/// The owner the admin file must have: root, except in unit tests.
+fn config_owner() -> u32 {
+    #[cfg(test)]
+    {
+        nix::unistd::getuid().as_raw()
+    }
+    #[cfg(not(test))]
+    {
+        0
+    }
+}
+
+fn config() -> AdminConfig {
+    lock(&CONFIG).clone().unwrap_or_default()
+}
+
 /// An option callback.
 pub fn option(val: i32, value: Option<&str>) -> Result<(), String> {
+    if let Some(def) = OPTIONS.iter().find(|o| o.val == val)
+        && config().forbids(def.name)
+    {
+        return Err(format!(
+            "--{}: disabled on this cluster by the administrator",
+            def.name
+        ));
+    }
     args().apply(val, value).map_err(|e| e.to_string())
+}
+
+/// The admin's limits on what a step asks for.
+pub fn check_policy(a: &Args, c: &AdminConfig) -> Result<(), String> {
+    let used = [
+        ("sif-image", a.image.is_some()),
+        ("sif-bind", !a.binds.is_empty()),
+        ("sif-workdir", a.workdir.is_some()),
+        ("sif-env", !a.env.is_empty()),
+        ("sif-writable-tmpfs", a.writable_tmpfs),
+        ("sif-no-home", a.no_home),
+        ("sif-gpu", a.gpu.is_some()),
+        ("sif-run", a.run),
+    ];
+    for (name, given) in used {
+        if given && c.forbids(name) {
+            return Err(format!(
+                "sifrun: --{name} (or its SIFRUN_ variable): disabled on this cluster by the administrator"
+            ));
+        }
+    }
+    if let Some(max) = c.users.max_binds
+        && a.binds.len() > max
+    {
+        return Err(format!(
+            "sifrun: --sif-bind: {} bind specs given, this cluster allows {max}",
+            a.binds.len()
+        ));
+    }
+    Ok(())
 }
 
 /// `slurm_spank_init_post_opt`: `SIFRUN_*` defaults, from the command's
@@ -89,6 +170,14 @@ pub fn init_post_opt(sp: &dyn Spank) -> Result<(), String> {
         args()
             .apply_env(|k| sp.getenv(k))
             .map_err(|e| format!("sifrun: {e}"))?;
+        let policy = check_policy(&args(), &config());
+        if let Err(msg) = policy {
+            if sp.context() != Context::Remote {
+                return Err(msg);
+            }
+            // Remotely the step goes on regardless: fail its tasks instead.
+            *lock(&HOLDER) = Some(Holder::Failed(msg));
+        }
     }
     if sp.context() == Context::Remote
         && let Some(value) = sp.getenv("SLURM_CONTAINER")
@@ -133,12 +222,18 @@ pub const BATCH_STEP: u32 = 0xffff_fffb;
 
 /// The launcher's command line for this step. A batch step's script lives in
 /// slurmd's spool directory: it is bound read-only at the same path.
-pub fn holder_args(a: &Args, cwd: &str, batch_script: Option<&str>) -> Vec<String> {
-    let mut v = vec!["slurm-hold".to_owned()];
+pub fn holder_args(
+    a: &Args,
+    c: &AdminConfig,
+    cwd: &str,
+    batch_script: Option<&str>,
+    step: &str,
+) -> Vec<String> {
+    let mut v = vec!["slurm-hold".to_owned(), format!("--slurm-step={step}")];
     if let Some(script) = batch_script {
         v.push(format!("--bind={script}:{script}:ro"));
     }
-    for b in &a.binds {
+    for b in c.container.binds.iter().chain(&a.binds) {
         v.push(format!("--bind={b}"));
     }
     for e in &a.env {
@@ -153,13 +248,28 @@ pub fn holder_args(a: &Args, cwd: &str, batch_script: Option<&str>) -> Vec<Strin
     if a.no_home {
         v.push("--no-home".into());
     }
+    v.push(image_path(a, cwd));
+    v
+}
+
+/// The image as an absolute path (relative ones are relative to the task's cwd).
+fn image_path(a: &Args, cwd: &str) -> String {
     let image = a.image.clone().unwrap_or_default();
-    v.push(if image.starts_with('/') {
+    if image.starts_with('/') {
         image
     } else {
         format!("{}/{image}", cwd.trim_end_matches('/'))
-    });
-    v
+    }
+}
+
+/// The step's name in holder command lines and runtime records: `JOB.STEP`.
+fn step_name(sp: &dyn Spank) -> String {
+    let job = sp.job_id().map_or("unknown".into(), |j| j.to_string());
+    match sp.step_id() {
+        Some(BATCH_STEP) => format!("{job}.batch"),
+        Some(s) => format!("{job}.{s}"),
+        None => format!("{job}.unknown"),
+    }
 }
 
 /// `slurm_spank_user_init`: starts the step's container holder.
@@ -175,6 +285,24 @@ pub fn user_init(sp: &dyn Spank) -> Result<(), String> {
     let launcher = lock(&LAUNCHER)
         .clone()
         .unwrap_or_else(|| DEFAULT_LAUNCHER.into());
+    let c = config();
+    if !c.users.image_dirs.is_empty() {
+        let image = image_path(&a, &cwd);
+        let allowed = std::fs::canonicalize(&image).is_ok_and(|p| c.image_allowed(&p));
+        if !allowed {
+            let dirs: Vec<String> = c
+                .users
+                .image_dirs
+                .iter()
+                .map(|d| d.display().to_string())
+                .collect();
+            *lock(&HOLDER) = Some(Holder::Failed(format!(
+                "sifrun: {image}: images must lie below {} on this cluster",
+                dirs.join(" or ")
+            )));
+            return Ok(());
+        }
+    }
     let started = std::time::Instant::now();
     let argv = sp.job_argv();
     let batch_script = (sp.step_id() == Some(BATCH_STEP))
@@ -183,10 +311,12 @@ pub fn user_init(sp: &dyn Spank) -> Result<(), String> {
         .filter(|s| s.starts_with('/') && !s.contains([',', ':']));
     let holder = start_holder(
         &launcher,
-        &holder_args(&a, &cwd, batch_script.as_deref()),
+        &holder_args(&a, &c, &cwd, batch_script.as_deref(), &step_name(sp)),
         &cwd,
+        &sp.job_env(),
+        std::time::Duration::from_secs(c.container.setup_timeout),
     );
-    if let Holder::Ready(pid) = &holder {
+    if let Holder::Ready { pid, .. } = &holder {
         sp.info(&format!(
             "sifrun: container ready in {} ms (holder pid {pid})",
             started.elapsed().as_millis()
@@ -196,15 +326,29 @@ pub fn user_init(sp: &dyn Spank) -> Result<(), String> {
     Ok(())
 }
 
-fn start_holder(launcher: &str, args: &[String], cwd: &str) -> Holder {
+/// Starts the holder, hands it the job's environment on its standard input
+/// (a socket, written with MSG_NOSIGNAL: a holder that dies early must not
+/// SIGPIPE slurmstepd) and waits for its report.
+fn start_holder(
+    launcher: &str,
+    args: &[String],
+    cwd: &str,
+    job_env: &[(String, String)],
+    timeout: std::time::Duration,
+) -> Holder {
     use std::io::{BufRead, BufReader, Read};
+    use std::os::fd::{AsRawFd, OwnedFd};
     use std::process::{Command, Stdio};
+    let (ours, theirs) = match std::os::unix::net::UnixStream::pair() {
+        Ok(p) => p,
+        Err(e) => return Holder::Failed(format!("sifrun: creating a socket pair: {e}")),
+    };
     let spawned = Command::new(launcher)
         .args(args)
         .current_dir(cwd)
         .env_clear()
         .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-        .stdin(Stdio::null())
+        .stdin(Stdio::from(OwnedFd::from(theirs)))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn();
@@ -215,18 +359,51 @@ fn start_holder(launcher: &str, args: &[String], cwd: &str) -> Holder {
         }
     };
     let pid = child.id() as i32;
+    let mut env_bytes = Vec::new();
+    for (k, v) in job_env {
+        env_bytes.extend_from_slice(k.as_bytes());
+        env_bytes.push(b'=');
+        env_bytes.extend_from_slice(v.as_bytes());
+        env_bytes.push(0);
+    }
+    std::thread::spawn(move || {
+        use nix::sys::socket::{MsgFlags, send};
+        let mut rest = &env_bytes[..];
+        while !rest.is_empty() {
+            match send(ours.as_raw_fd(), rest, MsgFlags::MSG_NOSIGNAL) {
+                Ok(n) => rest = &rest[n..],
+                Err(nix::Error::EINTR) => {}
+                Err(_) => break,
+            }
+        }
+        let _ = ours.shutdown(std::net::Shutdown::Write);
+    });
     let stdout = child.stdout.take().expect("piped");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
+        let mut env = Vec::new();
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if line.trim() == slurm_conf::holder::READY {
+                let _ = tx.send(Some(env));
+                return;
+            }
+            if let Some(change) = EnvChange::decode(&line) {
+                env.push(change);
+            }
+        }
+        let _ = tx.send(None);
     });
-    match rx.recv_timeout(std::time::Duration::from_secs(120)) {
-        Ok(line) if line.trim() == "ready" => Holder::Ready(pid),
+    match rx.recv_timeout(timeout) {
+        Ok(Some(env)) => Holder::Ready { pid, env },
         other => {
             if other.is_err() {
                 let _ = child.kill();
+                let _ = child.wait();
+                return Holder::Failed(format!(
+                    "sifrun: the container was not ready within {} s (container.setup_timeout)",
+                    timeout.as_secs()
+                ));
             }
             let _ = child.wait();
             let mut err = String::new();
@@ -259,8 +436,21 @@ pub fn task_init(sp: &dyn Spank) -> Result<(), String> {
         Err(msg)
     };
     match lock(&HOLDER).clone() {
-        Some(Holder::Ready(pid)) => match join(pid) {
-            Ok(()) => Ok(()),
+        Some(Holder::Ready { pid, env }) => match join(pid) {
+            Ok(()) => {
+                for change in &env {
+                    let applied = match change {
+                        EnvChange::Set(k, v) => sp.setenv(k, v),
+                        EnvChange::Unset(k) => sp.unsetenv(k),
+                    };
+                    if let Err(e) = applied {
+                        return fail(format!(
+                            "sifrun: setting the task's environment: {e}; the task was not started"
+                        ));
+                    }
+                }
+                Ok(())
+            }
             Err(e) => fail(format!(
                 "sifrun: joining the container: {e}; the task was not started"
             )),
@@ -294,7 +484,8 @@ pub fn exit(sp: &dyn Spank) -> Result<(), String> {
     if sp.context() != Context::Remote {
         return Ok(());
     }
-    if let Some(Holder::Ready(pid)) = lock(&HOLDER).take() {
+    if let Some(Holder::Ready { pid, .. }) = lock(&HOLDER).take() {
+        remove_record(&step_name(sp));
         use nix::sys::signal::{Signal, kill};
         use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
         let pid = nix::unistd::Pid::from_raw(pid);
@@ -311,6 +502,133 @@ pub fn exit(sp: &dyn Spank) -> Result<(), String> {
         let _ = waitpid(pid, None);
     }
     Ok(())
+}
+
+fn runtime_dir() -> PathBuf {
+    PathBuf::from(
+        lock(&RUNTIME_DIR)
+            .clone()
+            .unwrap_or_else(|| DEFAULT_RUNTIME_DIR.into()),
+    )
+}
+
+/// The start time of a process (field 22 of /proc/PID/stat), which tells a
+/// process from a later one with a reused PID.
+fn start_time(proc_root: &Path, pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(proc_root.join(pid.to_string()).join("stat")).ok()?;
+    // The command name may contain spaces and parentheses: skip past the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split(' ').nth(19)?.parse().ok()
+}
+
+/// `slurm_spank_task_post_fork` (slurmstepd, as root): records the step's
+/// holder in the runtime directory once, for the job epilog's sweep.
+pub fn task_post_fork(sp: &dyn Spank) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    if sp.context() != Context::Remote {
+        return Ok(());
+    }
+    let Some(Holder::Ready { pid, .. }) = lock(&HOLDER).clone() else {
+        return Ok(());
+    };
+    let dir = runtime_dir();
+    let _ = std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(&dir);
+    let path = dir.join(format!("{}.holder", step_name(sp)));
+    // create_new: the first task of the step writes it.
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+    {
+        let start = start_time(Path::new("/proc"), pid).unwrap_or(0);
+        let _ = writeln!(f, "{pid} {start}");
+    }
+    Ok(())
+}
+
+fn remove_record(step: &str) {
+    let _ = std::fs::remove_file(runtime_dir().join(format!("{step}.holder")));
+}
+
+/// `slurm_spank_job_epilog` (slurmd, as root, when the job ends on this
+/// node): kills every holder of the job that is still there and drops the
+/// job's records.
+pub fn job_epilog(sp: &dyn Spank) -> Result<(), String> {
+    let (Some(job), Some(uid)) = (sp.job_id(), sp.job_uid()) else {
+        return Ok(());
+    };
+    let killed = sweep(&runtime_dir(), Path::new("/proc"), job, uid, |pid| {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    });
+    if !killed.is_empty() {
+        sp.info(&format!(
+            "sifrun: job {job} epilog: killed leftover container holders {killed:?}"
+        ));
+    }
+    Ok(())
+}
+
+/// The sweep behind [`job_epilog`], over an injectable /proc and kill: the
+/// job's records (PID and start time must both match), then any process of
+/// the job's user whose command line is a holder of this job. Returns the
+/// PIDs killed.
+pub fn sweep(
+    runtime_dir: &Path,
+    proc_root: &Path,
+    job: u32,
+    uid: u32,
+    kill: impl Fn(i32),
+) -> Vec<i32> {
+    use std::os::unix::fs::MetadataExt;
+    let prefix = format!("{job}.");
+    let mut killed = Vec::new();
+    for entry in std::fs::read_dir(runtime_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !(name.starts_with(&prefix) && name.ends_with(".holder")) {
+            continue;
+        }
+        let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        let mut words = text.split_whitespace().map(str::parse::<u64>);
+        if let (Some(Ok(pid)), Some(Ok(start))) = (words.next(), words.next())
+            && let Ok(pid) = i32::try_from(pid)
+            && start_time(proc_root, pid) == Some(start)
+        {
+            kill(pid);
+            killed.push(pid);
+        }
+        let _ = std::fs::remove_file(entry.path());
+    }
+    let marker = format!("--slurm-step={prefix}");
+    for entry in std::fs::read_dir(proc_root).into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if killed.contains(&pid) || entry.metadata().map(|m| m.uid()).ok() != Some(uid) {
+            continue;
+        }
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let argv: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+        let holder = argv.get(1) == Some(&&b"slurm-hold"[..])
+            && argv.iter().any(|a| a.starts_with(marker.as_bytes()));
+        if holder {
+            kill(pid);
+            killed.push(pid);
+        }
+    }
+    killed
 }
 
 #[cfg(test)]
@@ -346,10 +664,12 @@ mod tests {
             no_home: true,
             ..Args::default()
         };
+        let mut admin = AdminConfig::default();
         assert_eq!(
-            holder_args(&a, "/home/u/run/", None),
+            holder_args(&a, &admin, "/home/u/run/", None, "7.0"),
             [
                 "slurm-hold",
+                "--slurm-step=7.0",
                 "--bind=/data:/d:ro",
                 "--env=A=1",
                 "--pwd=/w",
@@ -358,28 +678,153 @@ mod tests {
             ]
         );
         assert_eq!(
-            holder_args(&a, "/", Some("/var/spool/slurmd/job00007/slurm_script"))[1],
+            holder_args(
+                &a,
+                &admin,
+                "/",
+                Some("/var/spool/slurmd/job00007/slurm_script"),
+                "7.batch"
+            )[2],
             "--bind=/var/spool/slurmd/job00007/slurm_script:/var/spool/slurmd/job00007/slurm_script:ro"
         );
-        let missing = start_holder("/nonexistent/sifrun", &["slurm-hold".into()], "/");
+        // The admin's binds come first: a user's bind on the same target wins.
+        admin.container.binds = vec!["/scratch".into()];
+        assert_eq!(
+            holder_args(&a, &admin, "/", None, "7.0")[2..4],
+            ["--bind=/scratch", "--bind=/data:/d:ro"]
+        );
+    }
+
+    #[test]
+    fn holder_start_report_and_failures() {
+        let t = std::time::Duration::from_secs(10);
+        let sh = |script: &str, env: &[(String, String)], t| {
+            start_holder("/bin/sh", &["-c".into(), script.into()], "/", env, t)
+        };
+        let missing = start_holder("/nonexistent/sifrun", &["slurm-hold".into()], "/", &[], t);
         assert!(matches!(missing, Holder::Failed(m) if m.contains("cannot start the launcher")));
-        let quiet = start_holder("/bin/false", &[], "/");
+        let quiet = start_holder("/bin/false", &[], "/", &[], t);
         assert!(matches!(quiet, Holder::Failed(m) if m.contains("without a message")));
-        let talks = start_holder(
-            "/bin/sh",
-            &[
-                "-c".into(),
-                "echo 'sifrun: exec: x: broken' >&2; exit 3".into(),
-            ],
-            "/",
-        );
+        let talks = sh("echo 'sifrun: exec: x: broken' >&2; exit 3", &[], t);
         assert_eq!(talks, Holder::Failed("sifrun: exec: x: broken".into()));
-        let ready = start_holder(
-            "/bin/sh",
-            &["-c".into(), "echo ready; sleep 0.1".into()],
-            "/",
+        let slow = sh("sleep 5", &[], std::time::Duration::from_millis(200));
+        assert!(matches!(slow, Holder::Failed(m) if m.contains("not ready within")));
+        // The job's environment arrives on stdin, NUL-separated; the report's
+        // environment lines come back decoded.
+        let job = vec![
+            ("A".to_owned(), "1".to_owned()),
+            ("B".to_owned(), "two words\nand a line".to_owned()),
+        ];
+        let set = EnvChange::Set("X".into(), "y z".into()).encode();
+        let script = format!(
+            "test \"$(tr '\\0' '|')\" = 'A=1|B=two words\nand a line|' || exit 9; echo '{set}'; echo unset 41; echo ready; sleep 0.1"
         );
-        assert!(matches!(ready, Holder::Ready(_)));
+        let ready = sh(&script, &job, t);
+        match ready {
+            Holder::Ready { env, .. } => assert_eq!(
+                env,
+                [
+                    EnvChange::Set("X".into(), "y z".into()),
+                    EnvChange::Unset("A".into())
+                ]
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn admin_policy() {
+        let c = AdminConfig::parse(
+            "[users]\nforbid = [\"sif-writable-tmpfs\"]\nmax_binds = 1",
+            &OPTIONS.iter().map(|o| o.name).collect::<Vec<_>>(),
+        )
+        .unwrap();
+        let mut a = Args {
+            image: Some("/i.sif".into()),
+            binds: vec!["/a".into()],
+            ..Args::default()
+        };
+        check_policy(&a, &c).unwrap();
+        a.binds.push("/b".into());
+        let e = check_policy(&a, &c).unwrap_err();
+        assert!(
+            e.contains("--sif-bind: 2 bind specs given, this cluster allows 1"),
+            "{e}"
+        );
+        a.binds.pop();
+        a.writable_tmpfs = true;
+        let e = check_policy(&a, &c).unwrap_err();
+        assert!(e.contains("--sif-writable-tmpfs"), "{e}");
+    }
+
+    #[test]
+    fn the_epilog_sweep_kills_only_this_jobs_holders() {
+        let dir = tempfile::tempdir().unwrap();
+        let (run, proc) = (dir.path().join("run"), dir.path().join("proc"));
+        std::fs::create_dir_all(&run).unwrap();
+        let me = nix::unistd::getuid().as_raw();
+        let stat = |start: u64| format!("1 (sifrun (x)) S {}{start} 0", "0 ".repeat(18));
+        let fake = |pid: i32, argv: &[&str], start: u64| {
+            let d = proc.join(pid.to_string());
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("cmdline"), argv.join("\0") + "\0").unwrap();
+            std::fs::write(d.join("stat"), stat(start)).unwrap();
+        };
+        assert_eq!(start_time(&proc, 1), None);
+        fake(
+            10,
+            &[
+                "/usr/local/bin/sifrun",
+                "slurm-hold",
+                "--slurm-step=42.0",
+                "/i.sif",
+            ],
+            500,
+        );
+        fake(
+            11,
+            &[
+                "/usr/local/bin/sifrun",
+                "slurm-hold",
+                "--slurm-step=42.batch",
+                "/i.sif",
+            ],
+            600,
+        );
+        fake(
+            12,
+            &[
+                "/usr/local/bin/sifrun",
+                "slurm-hold",
+                "--slurm-step=420.0",
+                "/i.sif",
+            ],
+            700,
+        );
+        fake(13, &["sleep", "--slurm-step=42.0"], 800);
+        fake(
+            14,
+            &["/usr/local/bin/sifrun", "slurm-hold", "--slurm-step=42.1"],
+            900,
+        );
+        assert_eq!(start_time(&proc, 10), Some(500));
+        // Records: 42.0 matches; 42.1's PID was reused (other start time).
+        std::fs::write(run.join("42.0.holder"), "10 500\n").unwrap();
+        std::fs::write(run.join("42.1.holder"), "14 1\n").unwrap();
+        std::fs::write(run.join("43.0.holder"), "12 700\n").unwrap();
+        let killed = std::cell::RefCell::new(Vec::new());
+        let got = sweep(&run, &proc, 42, me, |p| killed.borrow_mut().push(p));
+        let mut got_sorted = got.clone();
+        got_sorted.sort();
+        assert_eq!(got_sorted, [10, 11, 14], "by record, then by command line");
+        assert_eq!(*killed.borrow(), got);
+        assert!(!run.join("42.0.holder").exists() && !run.join("42.1.holder").exists());
+        assert!(
+            run.join("43.0.holder").exists(),
+            "another job's record stays"
+        );
+        // Another user's processes are never touched.
+        assert!(sweep(&run, &proc, 42, me + 1, |_| {}).is_empty());
     }
 
     /// The plugin keeps per-process state; tests that touch it take turns.

@@ -28,6 +28,16 @@ pub trait Spank {
     fn step_id(&self) -> Option<u32>;
     /// The step's command line (remote context).
     fn job_argv(&self) -> Vec<String>;
+    /// The job ID.
+    fn job_id(&self) -> Option<u32>;
+    /// The job owner's uid.
+    fn job_uid(&self) -> Option<u32>;
+    /// The job's whole environment (remote context).
+    fn job_env(&self) -> Vec<(String, String)>;
+    /// Sets a variable in the task's environment (task_init).
+    fn setenv(&self, name: &str, value: &str) -> Result<(), String>;
+    /// Removes a variable from the task's environment (task_init).
+    fn unsetenv(&self, name: &str) -> Result<(), String>;
     /// Logs an error where the user sees it (srun's stderr locally).
     fn error(&self, msg: &str);
     /// Logs at info level (slurmd's log remotely).
@@ -43,7 +53,11 @@ pub struct Fake {
     pub log: std::cell::RefCell<Vec<String>>,
     pub refuse_registration: bool,
     pub step_id: Option<u32>,
+    pub job_id: Option<u32>,
+    pub job_uid: Option<u32>,
     pub argv: Vec<String>,
+    /// The task's environment as changed by setenv/unsetenv.
+    pub task_env: std::cell::RefCell<std::collections::BTreeMap<String, String>>,
 }
 
 impl Spank for Fake {
@@ -65,6 +79,28 @@ impl Spank for Fake {
     }
     fn job_argv(&self) -> Vec<String> {
         self.argv.clone()
+    }
+    fn job_id(&self) -> Option<u32> {
+        self.job_id
+    }
+    fn job_uid(&self) -> Option<u32> {
+        self.job_uid
+    }
+    fn job_env(&self) -> Vec<(String, String)> {
+        self.env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+    fn setenv(&self, name: &str, value: &str) -> Result<(), String> {
+        self.task_env
+            .borrow_mut()
+            .insert(name.to_owned(), value.to_owned());
+        Ok(())
+    }
+    fn unsetenv(&self, name: &str) -> Result<(), String> {
+        self.task_env.borrow_mut().remove(name);
+        Ok(())
     }
     fn error(&self, msg: &str) {
         self.log.borrow_mut().push(format!("error: {msg}"));

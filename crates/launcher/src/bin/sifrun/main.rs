@@ -95,6 +95,9 @@ image reproducible (nil ID, that time)."
     /// (For the SPANK plugin) set up a step's container and hold it for tasks to join
     #[command(hide = true)]
     SlurmHold {
+        /// The step served (JOB.STEP); it marks the process for the job epilog's sweep
+        #[arg(long)]
+        slurm_step: Option<String>,
         #[command(flatten)]
         opts: run_cmd::ContainerArgs,
         /// The image
@@ -183,9 +186,23 @@ fn run(cli: Cli) -> Result<()> {
             let code = run_cmd::run(&opts, image, Action::Run(run_cmd::os(&args)), "run")?;
             std::process::exit(code)
         }
-        Command::SlurmHold { opts, image } => {
+        Command::SlurmHold { opts, image, .. } => {
             launcher::privilege::drop_to_effective_user().context("slurm-hold")?;
-            let code = run_cmd::run(&opts, image, Action::Hold, "slurm-hold")?;
+            // The plugin writes the job's environment (NUL-separated) on stdin.
+            let mut raw = Vec::new();
+            std::io::Read::read_to_end(
+                &mut std::io::Read::take(std::io::stdin(), 64 << 20),
+                &mut raw,
+            )
+            .context("slurm-hold: reading the job environment")?;
+            let job_env = raw
+                .split(|&b| b == 0)
+                .filter_map(|kv| {
+                    let (k, v) = std::str::from_utf8(kv).ok()?.split_once('=')?;
+                    Some((k.to_owned(), v.to_owned()))
+                })
+                .collect();
+            let code = run_cmd::run(&opts, image, Action::Hold(job_env), "slurm-hold")?;
             std::process::exit(code)
         }
         Command::Shell { opts, image } => {

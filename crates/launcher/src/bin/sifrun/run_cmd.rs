@@ -51,7 +51,7 @@ pub struct ContainerArgs {
 
 impl ContainerArgs {
     fn launch(&self, image: PathBuf, action: Action) -> Result<Launch> {
-        let pid_namespace = !matches!(action, Action::Hold);
+        let pid_namespace = !matches!(action, Action::Hold(_));
         let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
         let mut binds = Vec::new();
         for var in ["APPTAINER_BIND", "SINGULARITY_BIND", "SIFRUN_BIND"] {

@@ -1,0 +1,279 @@
+//! The admin configuration file (`config=` in plugstack.conf), TOML:
+//!
+//! ```toml
+//! [container]
+//! binds = ["/scratch", "/apps:/apps:ro"]  # bound into every container, before the user's
+//! setup_timeout = 120                      # seconds a node waits for its container
+//!
+//! [users]
+//! forbid = ["sif-writable-tmpfs"]  # options users may not give
+//! image_dirs = ["/shared/images"]  # images must lie below one of these
+//! max_binds = 16                   # most --sif-bind specs per step
+//! ```
+//!
+//! Unknown keys and bad values are errors naming the key. The file steers
+//! code that runs as root, so it must be a regular file owned by root and
+//! writable by nobody else; it is opened without following a symlink.
+
+use std::io::Read;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Component, Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The parsed file.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    #[serde(default)]
+    pub container: ContainerSection,
+    #[serde(default)]
+    pub users: UsersSection,
+}
+
+/// `[container]`: what every container gets.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerSection {
+    /// Bind specs (`SRC[:DST[:ro|rw]]`) added before the user's.
+    #[serde(default)]
+    pub binds: Vec<String>,
+    /// Seconds a node waits for its container to be ready.
+    #[serde(default = "default_timeout")]
+    pub setup_timeout: u64,
+}
+
+impl Default for ContainerSection {
+    fn default() -> Self {
+        ContainerSection {
+            binds: Vec::new(),
+            setup_timeout: default_timeout(),
+        }
+    }
+}
+
+fn default_timeout() -> u64 {
+    120
+}
+
+/// `[users]`: limits on what users may ask for.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsersSection {
+    /// Option names (`sif-bind`) users may not give.
+    #[serde(default)]
+    pub forbid: Vec<String>,
+    /// When not empty, images must lie below one of these directories.
+    #[serde(default)]
+    pub image_dirs: Vec<PathBuf>,
+    /// The most `--sif-bind` specs one step may give.
+    #[serde(default)]
+    pub max_binds: Option<usize>,
+}
+
+/// Why the file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("{path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {reason}")]
+    Unsafe { path: PathBuf, reason: String },
+    #[error("{path}: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+}
+
+impl AdminConfig {
+    /// Reads and checks the file; it must belong to `owner` (root, except in tests).
+    pub fn load(path: &Path, owner: u32, options: &[&str]) -> Result<AdminConfig, AdminError> {
+        let open = |source| AdminError::Open {
+            path: path.to_owned(),
+            source,
+        };
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(path)
+            .map_err(open)?;
+        let meta = file.metadata().map_err(open)?;
+        let unsafe_file = |reason: String| AdminError::Unsafe {
+            path: path.to_owned(),
+            reason,
+        };
+        if !meta.is_file() {
+            return Err(unsafe_file("not a regular file".into()));
+        }
+        if meta.uid() != owner {
+            return Err(unsafe_file(format!(
+                "owned by uid {}, must be owned by uid {owner}",
+                meta.uid()
+            )));
+        }
+        if meta.mode() & 0o022 != 0 {
+            return Err(unsafe_file(format!(
+                "mode {:04o} lets others write it; make it 0644",
+                meta.mode() & 0o7777
+            )));
+        }
+        let mut text = String::new();
+        file.read_to_string(&mut text).map_err(open)?;
+        AdminConfig::parse(&text, options).map_err(|reason| AdminError::Invalid {
+            path: path.to_owned(),
+            reason,
+        })
+    }
+
+    /// Parses and checks the text; `options` are the option names users have.
+    pub fn parse(text: &str, options: &[&str]) -> Result<AdminConfig, String> {
+        let c: AdminConfig = toml::from_str(text).map_err(|e| {
+            let msg = e.message().to_owned();
+            match e.span() {
+                Some(span) => {
+                    let line = text[..span.start.min(text.len())].lines().count().max(1);
+                    format!("line {line}: {msg}")
+                }
+                None => msg,
+            }
+        })?;
+        for b in &c.container.binds {
+            let source = b.split(':').next().unwrap_or("");
+            if !source.starts_with('/') {
+                return Err(format!(
+                    "container.binds: {b:?}: the source must be an absolute path"
+                ));
+            }
+        }
+        if !(1..=3600).contains(&c.container.setup_timeout) {
+            return Err(format!(
+                "container.setup_timeout: {} is not between 1 and 3600 seconds",
+                c.container.setup_timeout
+            ));
+        }
+        for f in &c.users.forbid {
+            let name = f.trim_start_matches("--");
+            if !options.contains(&name) {
+                return Err(format!(
+                    "users.forbid: {f:?} is not an option (options: {})",
+                    options.join(", ")
+                ));
+            }
+        }
+        for d in &c.users.image_dirs {
+            if !d.is_absolute() || d.components().any(|c| c == Component::ParentDir) {
+                return Err(format!(
+                    "users.image_dirs: {}: must be an absolute path without ..",
+                    d.display()
+                ));
+            }
+        }
+        Ok(c)
+    }
+
+    /// Whether users may give the option `name` (without `--`).
+    pub fn forbids(&self, name: &str) -> bool {
+        self.users
+            .forbid
+            .iter()
+            .any(|f| f.trim_start_matches("--") == name)
+    }
+
+    /// Whether an image at `path` (canonical) is allowed: whole path
+    /// components are compared, never string prefixes.
+    pub fn image_allowed(&self, path: &Path) -> bool {
+        self.users.image_dirs.is_empty()
+            || self.users.image_dirs.iter().any(|d| path.starts_with(d))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OPTS: &[&str] = &["sif-image", "sif-bind", "sif-writable-tmpfs"];
+
+    #[test]
+    fn a_full_file_parses() {
+        let c = AdminConfig::parse(
+            r#"
+[container]
+binds = ["/scratch", "/apps:/apps:ro"]
+setup_timeout = 30
+[users]
+forbid = ["sif-writable-tmpfs", "--sif-bind"]
+image_dirs = ["/shared/images"]
+max_binds = 4
+"#,
+            OPTS,
+        )
+        .unwrap();
+        assert_eq!(c.container.binds, ["/scratch", "/apps:/apps:ro"]);
+        assert_eq!(c.container.setup_timeout, 30);
+        assert!(c.forbids("sif-bind") && c.forbids("sif-writable-tmpfs"));
+        assert!(!c.forbids("sif-image"));
+        assert_eq!(c.users.max_binds, Some(4));
+        assert!(c.image_allowed(Path::new("/shared/images/a.sif")));
+        assert!(!c.image_allowed(Path::new("/shared/images-evil/a.sif")));
+        assert!(!c.image_allowed(Path::new("/home/u/a.sif")));
+        assert_eq!(
+            AdminConfig::parse("", OPTS).unwrap(),
+            AdminConfig::default()
+        );
+        assert!(AdminConfig::default().image_allowed(Path::new("/anywhere.sif")));
+    }
+
+    #[test]
+    fn mistakes_name_the_key() {
+        for (text, want) in [
+            ("[container]\nbindz = []", "bindz"),
+            (
+                "[users]\nforbid = [\"sif-nope\"]",
+                "users.forbid: \"sif-nope\"",
+            ),
+            (
+                "[users]\nimage_dirs = [\"images\"]",
+                "users.image_dirs: images",
+            ),
+            ("[container]\nsetup_timeout = 0", "container.setup_timeout"),
+            ("[container]\nbinds = [\"scratch\"]", "container.binds"),
+            ("[users]\nmax_binds = \"x\"", "line 2"),
+        ] {
+            let e = AdminConfig::parse(text, OPTS).unwrap_err();
+            assert!(e.contains(want), "{text:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_file_must_be_owned_and_not_writable_by_others() {
+        use std::os::unix::fs::PermissionsExt;
+        let me = my_uid();
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("sifrun.toml");
+        std::fs::write(&p, "[users]\nmax_binds = 2\n").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(
+            AdminConfig::load(&p, me, OPTS).unwrap().users.max_binds,
+            Some(2)
+        );
+        let e = AdminConfig::load(&p, me + 1, OPTS).unwrap_err().to_string();
+        assert!(e.contains("must be owned by uid"), "{e}");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o664)).unwrap();
+        let e = AdminConfig::load(&p, me, OPTS).unwrap_err().to_string();
+        assert!(e.contains("lets others write it"), "{e}");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let link = dir.path().join("link.toml");
+        std::os::unix::fs::symlink(&p, &link).unwrap();
+        assert!(
+            AdminConfig::load(&link, me, OPTS).is_err(),
+            "symlinks are not followed"
+        );
+        let e = AdminConfig::load(&dir.path().join("none"), me, OPTS).unwrap_err();
+        assert!(e.to_string().contains("none: No such file"), "{e}");
+    }
+
+    fn my_uid() -> u32 {
+        std::fs::metadata("/proc/self").unwrap().uid()
+    }
+}
