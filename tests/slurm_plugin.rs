@@ -253,6 +253,62 @@ fn a_batch_script_runs_inside_the_image() {
     );
     let text = std::fs::read_to_string(dir.path().join("batch.out")).unwrap();
     assert_eq!(text, "inside-the-image\n");
+
+    // The script starts steps with srun from inside the image (the host's
+    // Slurm client is made available); they inherit the image, or take
+    // another one when asked.
+    let other_dir = dir.path().join("other");
+    std::fs::create_dir(&other_dir).unwrap();
+    let other = image(&other_dir);
+    std::fs::write(other_dir.join("rootfs/etc/image-marker"), "unused").unwrap();
+    let script = format!(
+        "#!/bin/sh\n\
+echo batch $(cat /etc/image-marker) $(readlink /proc/self/ns/user)\n\
+srun -n2 sh -c 'echo step $(cat /etc/image-marker) $(readlink /proc/self/ns/user)'\n\
+srun -n1 --sif-image={} sh -c 'echo other $(cat /etc/hostname-not-there 2>/dev/null || echo ok)'\n",
+        other.display()
+    );
+    std::fs::write(dir.path().join("job.sh"), script).unwrap();
+    let out = Command::new("sbatch")
+        .args([
+            "--wait",
+            "-n2",
+            "-o",
+            "nested.out",
+            &format!("--sif-image={}", img.display()),
+            "job.sh",
+        ])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let text = std::fs::read_to_string(dir.path().join("nested.out")).unwrap_or_default();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let host_ns = std::fs::read_link("/proc/self/ns/user").unwrap();
+    let host_ns = host_ns.to_string_lossy();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 4, "{text}");
+    assert!(
+        lines[0].starts_with("batch inside-the-image user:["),
+        "{text}"
+    );
+    let steps: Vec<&&str> = lines.iter().filter(|l| l.starts_with("step ")).collect();
+    assert_eq!(steps.len(), 2, "{text}");
+    for l in &steps {
+        assert!(l.starts_with("step inside-the-image user:["), "{text}");
+        assert!(
+            !l.contains(&*host_ns),
+            "a step ran in the host namespace: {text}"
+        );
+    }
+    assert_eq!(
+        steps[0], steps[1],
+        "the step's tasks share a namespace: {text}"
+    );
+    assert!(lines.contains(&"other ok"), "{text}");
 }
 
 #[test]
@@ -322,4 +378,285 @@ fn slurms_own_container_option_runs_the_image_and_never_a_stale_one() {
     let out = run(&["-n1", &opt, "--sif-image=/tmp/other.sif", "true"], None);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("name different images"));
+}
+
+/// An image whose environment script sets variables, one of them Slurm's.
+fn image_with_env(dir: &std::path::Path) -> std::path::PathBuf {
+    let root = dir.join("rootfs");
+    std::fs::create_dir_all(root.join(".singularity.d/env")).unwrap();
+    std::fs::write(
+        root.join(".singularity.d/env/90-environment.sh"),
+        "export PATH=/opt/app/bin:$PATH\nexport APP_HOME=/opt/app\nexport SLURM_PROCID=99\n",
+    )
+    .unwrap();
+    image(dir)
+}
+
+#[test]
+fn tasks_get_the_images_environment_and_keep_slurms() {
+    if !cluster_up() || !std::path::Path::new("/bin/busybox").exists() {
+        return;
+    }
+    let dir = tempfile::tempdir_in("/tmp").unwrap();
+    let img = image_with_env(dir.path());
+    let out = Command::new("srun")
+        .args([
+            "-n2",
+            &format!("--sif-image={}", img.display()),
+            "--sif-env=GREETING=hello world",
+            "sh",
+            "-c",
+            "echo \"$SLURM_PROCID|$GREETING|$APP_HOME|$PATH|${LD_LIBRARY_PATH-unset}\"",
+        ])
+        .env("LD_LIBRARY_PATH", "/host/lib")
+        .env("SIFRUN_ENV_FROM_PREFIX", "yes")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    lines.sort();
+    let path = "/opt/app/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+    assert_eq!(
+        lines,
+        [
+            format!("0|hello world|/opt/app|{path}|unset"),
+            format!("1|hello world|/opt/app|{path}|unset"),
+        ]
+    );
+    let out = Command::new("srun")
+        .args([
+            "-n1",
+            &format!("--sif-image={}", img.display()),
+            "sh",
+            "-c",
+            "echo $FROM_PREFIX",
+        ])
+        .env("SIFRUN_ENV_FROM_PREFIX", "yes")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "yes\n");
+}
+
+#[test]
+fn salloc_steps_run_in_the_image() {
+    if !cluster_up() || !std::path::Path::new("/bin/busybox").exists() {
+        return;
+    }
+    let dir = tempfile::tempdir_in("/tmp").unwrap();
+    let img = image(dir.path());
+    let out = Command::new("salloc")
+        .args([
+            "-n1",
+            &format!("--sif-image={}", img.display()),
+            "srun",
+            "cat",
+            "/etc/image-marker",
+        ])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "inside-the-image\n");
+}
+
+/// Processes of ours that belong to containers or tasks of these tests.
+fn leftovers(marker: &str) -> Vec<String> {
+    let out = Command::new("ps")
+        .args(["-u", &whoami(), "-o", "pid=,args="])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("slurm-hold") || l.contains(marker))
+        .filter(|l| !l.contains(" ps -u"))
+        .map(str::to_owned)
+        .collect()
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let t = std::time::Instant::now();
+    while !done() {
+        assert!(t.elapsed().as_secs() < 30, "timed out waiting for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn scancel_and_kill_9_leave_no_process_and_no_mount() {
+    if !cluster_up() || !std::path::Path::new("/bin/busybox").exists() {
+        return;
+    }
+    let dir = tempfile::tempdir_in("/tmp").unwrap();
+    let img = image(dir.path());
+    let opt = format!("--sif-image={}", img.display());
+    let marker = format!("sleep {}", 300 + std::process::id() % 97);
+
+    // scancel mid-step.
+    let name = format!("sifrun-scancel-{}", std::process::id());
+    let mut step = Command::new("srun")
+        .args(["-n2", "-J", &name, &opt, "sh", "-c", &marker])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("the tasks", || {
+        leftovers(&marker)
+            .iter()
+            .filter(|l| l.contains(&marker))
+            .count()
+            >= 2
+    });
+    ok(Command::new("scancel")
+        .args(["-n", &name])
+        .output()
+        .unwrap());
+    let _ = step.wait();
+    wait_until("the step's processes to go", || {
+        leftovers(&marker).is_empty()
+    });
+
+    // kill -9 of one task: the step ends when the other does; nothing stays.
+    let script = format!("if [ $SLURM_PROCID = 0 ]; then {marker}; else sleep 3; fi");
+    let mut step = Command::new("srun")
+        .args(["-n2", &opt, "sh", "-c", &script])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut victim = String::new();
+    wait_until("task 0", || {
+        victim = leftovers(&marker)
+            .iter()
+            .find(|l| {
+                l.trim_start()
+                    .split_once(' ')
+                    .is_some_and(|(_, a)| a == marker)
+            })
+            .map(|l| l.split_whitespace().next().unwrap().to_owned())
+            .unwrap_or_default();
+        !victim.is_empty()
+    });
+    ok(Command::new("kill").args(["-9", &victim]).output().unwrap());
+    let status = step.wait().unwrap();
+    assert!(!status.success(), "a killed task fails the step");
+    wait_until("the step's processes to go", || {
+        leftovers(&marker).is_empty()
+    });
+    assert!(
+        !std::fs::read_to_string("/proc/mounts")
+            .unwrap()
+            .contains("sifrun:")
+    );
+}
+
+/// Open descriptors of all our processes.
+fn our_fds() -> usize {
+    use std::os::unix::fs::MetadataExt;
+    let me: u32 = whoami().parse().unwrap();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|p| p.file_name().to_string_lossy().parse::<u32>().is_ok())
+        .filter(|p| p.metadata().map(|m| m.uid()).ok() == Some(me))
+        .map(|p| {
+            std::fs::read_dir(p.path().join("fd"))
+                .map(|d| d.count())
+                .unwrap_or(0)
+        })
+        .sum()
+}
+
+#[test]
+fn fifty_back_to_back_steps_leak_nothing() {
+    if !cluster_up() || !std::path::Path::new("/bin/busybox").exists() {
+        return;
+    }
+    let dir = tempfile::tempdir_in("/tmp").unwrap();
+    let img = image(dir.path());
+    let opt = format!("--sif-image={}", img.display());
+    let image_holders = || {
+        leftovers("slurm-hold")
+            .into_iter()
+            .filter(|l| l.contains(img.to_str().unwrap()))
+            .count()
+    };
+    let fds_before = our_fds();
+    for i in 0..50 {
+        let out = Command::new("srun")
+            .args(["-n1", &opt, "sh", "-c", &format!("echo step-{i}")])
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            format!("step-{i}\n"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    wait_until("the last holder to go", || image_holders() == 0);
+    // Other tests run concurrently: allow their processes' descriptors, but
+    // not one per step.
+    let fds_after = our_fds();
+    assert!(
+        fds_after < fds_before + 40,
+        "descriptors grew from {fds_before} to {fds_after} over 50 steps"
+    );
+}
+
+/// What tests/run-all configures through `config=` (an admin file): a bind
+/// into every container and a forbidden option.
+#[test]
+fn the_admin_config_binds_and_forbids() {
+    let marker = std::path::Path::new("/etc/sifrun-test-admin/marker");
+    if !cluster_up() || !std::path::Path::new("/bin/busybox").exists() {
+        return;
+    }
+    if !marker.exists() {
+        assert!(
+            std::env::var_os("SIFRUN_REQUIRE_CLUSTER").is_none(),
+            "tests/run-all configures an admin file with a bind of /etc/sifrun-test-admin"
+        );
+        return;
+    }
+    let dir = tempfile::tempdir_in("/tmp").unwrap();
+    let img = image(dir.path());
+    let opt = format!("--sif-image={}", img.display());
+    let out = Command::new("srun")
+        .args(["-n1", &opt, "cat", "/admin/marker"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        std::fs::read_to_string(marker).unwrap(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new("srun")
+        .args(["-n1", &opt, "--sif-writable-tmpfs", "true"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--sif-writable-tmpfs") && err.contains("disabled on this cluster"),
+        "{err}"
+    );
 }

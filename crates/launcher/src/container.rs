@@ -53,9 +53,18 @@ pub enum Action {
     /// No command: set the container up, print the tasks' environment
     /// changes and `ready` on standard output (see `slurm_conf::holder`), and
     /// hold the user and mount namespaces until SIGTERM, for Slurm tasks to
-    /// join (`sifrun slurm-hold`). Carries the job's environment, which the
-    /// container's is computed from.
-    Hold(Vec<(String, String)>),
+    /// join (`sifrun slurm-hold`).
+    Hold(Hold),
+}
+
+/// What a Slurm step's holder needs beyond the options.
+#[derive(Clone, Debug, Default)]
+pub struct Hold {
+    /// The job's environment, which the tasks' is computed from.
+    pub job_env: Vec<(String, String)>,
+    /// Make the host's Slurm client usable inside (a batch step's script
+    /// starts steps with srun): see [`crate::slurm_client`].
+    pub slurm_client: bool,
 }
 
 /// A whole launch.
@@ -279,9 +288,71 @@ pub fn launch(l: &Launch) -> Result<i32, LaunchError> {
                 .map_err(setup(format!("--workdir: creating {}", d.display())))?;
         }
     }
-    let mut plan = plan(&l.run, &facts, &RealHost, served.squash.as_ref())?;
+    let client = match &l.action {
+        Action::Hold(h) if h.slurm_client => {
+            crate::slurm_client::plan(&crate::slurm_client::real_host)
+        }
+        _ => None,
+    };
+    let mut run = l.run.clone();
+    if let Some(c) = &client {
+        let mut binds = c.binds.clone();
+        // srun loads the SPANK plugins of plugstack.conf too.
+        let plugstack = crate::slurm_client::plugstack_plugins(
+            Path::new("/etc/slurm/plugstack.conf"),
+            &|p| fs::read_to_string(p).ok(),
+            &|d| {
+                fs::read_dir(d)
+                    .map(|r| r.flatten().map(|e| e.path()).collect())
+                    .unwrap_or_default()
+            },
+        );
+        for p in plugstack.into_iter().filter(|p| p.is_file()) {
+            binds.push(crate::bind::BindSpec {
+                source: p.clone(),
+                target: p,
+                readonly: true,
+            });
+        }
+        binds.append(&mut run.binds);
+        run.binds = binds;
+    }
+    let mut plan = plan(&run, &facts, &RealHost, served.squash.as_ref())?;
+    if client.is_some() {
+        let conf = std::env::var("SLURM_CONF").unwrap_or_else(|_| "/etc/slurm/slurm.conf".into());
+        let accounts = crate::slurm_client::service_accounts(
+            &fs::read_to_string(conf).unwrap_or_default(),
+            &fs::read_to_string("/etc/passwd").unwrap_or_default(),
+        );
+        if let Some((_, passwd)) = plan.files.iter_mut().find(|(n, _)| n == "passwd") {
+            let text = String::from_utf8_lossy(passwd).into_owned();
+            for line in accounts {
+                let name = line.split(':').next().unwrap_or("");
+                if !text.lines().any(|l| l.split(':').next() == Some(name)) {
+                    passwd.extend_from_slice(line.as_bytes());
+                    passwd.push(b'\n');
+                }
+            }
+        }
+    }
+    for (cmd, script) in client.iter().flat_map(|c| &c.scripts) {
+        // Generated files named exec-* are made executable below.
+        let name = format!("exec-slurm-{cmd}");
+        let target = Path::new(crate::slurm_client::BIN_DIR).join(cmd);
+        plan.synth.push((target.clone(), TargetKind::File));
+        plan.mounts.push(MountOp {
+            source: Source::Generated(name.clone()),
+            target: target.clone(),
+            resolved: target,
+            kind: TargetKind::File,
+            readonly: true,
+            allow_devices: false,
+            in_host_dir: false,
+        });
+        plan.files.push((name, script.clone().into_bytes()));
+    }
     let host_env: Vec<(String, String)> = match &l.action {
-        Action::Hold(job_env) => job_env.clone(),
+        Action::Hold(h) => h.job_env.clone(),
         _ => std::env::vars_os()
             .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
             .collect(),
@@ -366,19 +437,25 @@ pub fn launch(l: &Launch) -> Result<i32, LaunchError> {
     for (name, bytes) in &plan.files {
         fs::write(files.join(name), bytes)
             .map_err(setup(format!("writing the generated {name}")))?;
+        if name.starts_with("exec-") {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(files.join(name), fs::Permissions::from_mode(0o755))
+                .map_err(setup(format!("making the generated {name} executable")))?;
+        }
     }
     let session = serve::mount(&served, synth, &root, l.threads)?;
 
     let linux = std::cell::RefCell::new(Some(Linux::new(root, files, scratch, sources)));
     let session = std::cell::RefCell::new(Some(session));
     let hold = matches!(l.action, Action::Hold(_));
+    let client_path = client.is_some();
     let init = || {
         // The session belongs to P: dropping it here would unmount the
         // image in the namespace P still serves.
         std::mem::forget(session.borrow_mut().take());
         let sys = linux.borrow_mut().take().expect("runs once");
         if hold {
-            container_hold(&plan, sys, &signals, &cenv, wrapped, &host_env)
+            container_hold(&plan, sys, &signals, &cenv, wrapped, &host_env, client_path)
         } else {
             container_init(&plan, sys, &argv, wrapped, &cenv, &signals)
         }
@@ -439,6 +516,7 @@ fn container_hold(
     env: &ContainerEnv,
     has_sh: bool,
     job_env: &[(String, String)],
+    slurm_client: bool,
 ) -> i32 {
     // The holder's server is our parent: never outlive it.
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
@@ -466,6 +544,14 @@ fn container_hold(
         }
         e
     };
+    let mut task_env = task_env;
+    if slurm_client {
+        let bin = crate::slurm_client::BIN_DIR;
+        match task_env.iter_mut().find(|(k, _)| k == "PATH") {
+            Some((_, v)) => *v = format!("{bin}:{v}"),
+            None => task_env.push(("PATH".into(), format!("{bin}:{}", crate::env::DEFAULT_PATH))),
+        }
+    }
     // Tasks (same user) open /proc/PID/ns/*: that needs a dumpable target.
     let _ = nix::sys::prctl::set_dumpable(true);
     let mut out = io::stdout();

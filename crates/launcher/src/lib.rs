@@ -18,5 +18,6 @@ pub mod plan;
 pub mod privilege;
 pub mod sanitize;
 pub mod serve;
+pub mod slurm_client;
 pub mod squash;
 pub mod syscall;

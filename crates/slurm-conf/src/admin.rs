@@ -87,8 +87,16 @@ pub enum AdminError {
 }
 
 impl AdminConfig {
-    /// Reads and checks the file; it must belong to `owner` (root, except in tests).
-    pub fn load(path: &Path, owner: u32, options: &[&str]) -> Result<AdminConfig, AdminError> {
+    /// Reads and checks the file; it must belong to `owner` (root, except in
+    /// tests) and be writable by nobody else. `None` skips that check: for
+    /// the user's own srun, sbatch and salloc, where the file only gives
+    /// early errors (inside a container, root's files show as nobody's) and
+    /// slurmstepd enforces it again with the check.
+    pub fn load(
+        path: &Path,
+        owner: Option<u32>,
+        options: &[&str],
+    ) -> Result<AdminConfig, AdminError> {
         let open = |source| AdminError::Open {
             path: path.to_owned(),
             source,
@@ -106,13 +114,15 @@ impl AdminConfig {
         if !meta.is_file() {
             return Err(unsafe_file("not a regular file".into()));
         }
-        if meta.uid() != owner {
+        if let Some(owner) = owner
+            && meta.uid() != owner
+        {
             return Err(unsafe_file(format!(
                 "owned by uid {}, must be owned by uid {owner}",
                 meta.uid()
             )));
         }
-        if meta.mode() & 0o022 != 0 {
+        if owner.is_some() && meta.mode() & 0o022 != 0 {
             return Err(unsafe_file(format!(
                 "mode {:04o} lets others write it; make it 0644",
                 meta.mode() & 0o7777
@@ -254,22 +264,33 @@ max_binds = 4
         std::fs::write(&p, "[users]\nmax_binds = 2\n").unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
         assert_eq!(
-            AdminConfig::load(&p, me, OPTS).unwrap().users.max_binds,
+            AdminConfig::load(&p, Some(me), OPTS)
+                .unwrap()
+                .users
+                .max_binds,
             Some(2)
         );
-        let e = AdminConfig::load(&p, me + 1, OPTS).unwrap_err().to_string();
+        let e = AdminConfig::load(&p, Some(me + 1), OPTS)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("must be owned by uid"), "{e}");
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o664)).unwrap();
-        let e = AdminConfig::load(&p, me, OPTS).unwrap_err().to_string();
+        let e = AdminConfig::load(&p, Some(me), OPTS)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("lets others write it"), "{e}");
+        assert!(
+            AdminConfig::load(&p, None, OPTS).is_ok(),
+            "advisory loads skip it"
+        );
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
         let link = dir.path().join("link.toml");
         std::os::unix::fs::symlink(&p, &link).unwrap();
         assert!(
-            AdminConfig::load(&link, me, OPTS).is_err(),
+            AdminConfig::load(&link, Some(me), OPTS).is_err(),
             "symlinks are not followed"
         );
-        let e = AdminConfig::load(&dir.path().join("none"), me, OPTS).unwrap_err();
+        let e = AdminConfig::load(&dir.path().join("none"), Some(me), OPTS).unwrap_err();
         assert!(e.to_string().contains("none: No such file"), "{e}");
     }
 

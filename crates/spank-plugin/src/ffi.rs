@@ -443,8 +443,17 @@ pub extern "C" fn slurm_spank_task_post_fork(
 #[unsafe(no_mangle)]
 pub extern "C" fn slurm_spank_job_epilog(
     sp: sys::spank_t,
-    _ac: c_int,
-    _av: *mut *mut c_char,
+    ac: c_int,
+    av: *mut *mut c_char,
 ) -> c_int {
-    guard(sp, crate::plugin::job_epilog)
+    // slurmd's epilog does not run slurm_spank_init: take runtime_dir= here.
+    let args = plugstack_args(ac, av);
+    match catch_unwind(|| crate::plugin::take_plugstack_args(&args)) {
+        Ok(Ok(())) => guard(sp, crate::plugin::job_epilog),
+        Ok(Err(msg)) => {
+            log_error(&format!("sifrun: {msg}"));
+            ESPANK_ERROR
+        }
+        Err(_) => ESPANK_ERROR,
+    }
 }

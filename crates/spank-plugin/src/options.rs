@@ -91,6 +91,14 @@ pub struct Args {
     pub run: bool,
 }
 
+/// The variable in which sbatch and salloc pass option `name` to the job.
+pub fn allocation_var(name: &str) -> String {
+    format!(
+        "SLURM_SPANK__SLURM_SPANK_OPTION_sifrun_{}",
+        name.replace('-', "_")
+    )
+}
+
 /// A refused option value.
 #[derive(Debug, PartialEq, Eq)]
 pub struct OptionError(pub String);
@@ -187,14 +195,26 @@ impl Args {
         Ok(())
     }
 
-    /// Applies `SIFRUN_*` defaults for options not given on the command line.
+    /// Applies defaults for options not given on the command line: the
+    /// `SIFRUN_*` variables, then the options of the allocation the step runs
+    /// in (`SLURM_SPANK__SLURM_SPANK_OPTION_sifrun_*`, which sbatch and salloc
+    /// leave in the job's environment). The latter makes a step inherit the
+    /// batch job's image even when the srun that started it could not load
+    /// the plugin: it never silently runs on the host.
     pub fn apply_env(
         &mut self,
         getenv: impl Fn(&str) -> Option<String>,
     ) -> Result<(), OptionError> {
         let given = self.clone();
         for def in OPTIONS {
-            let Some(v) = getenv(def.env) else { continue };
+            let allocation = allocation_var(def.name);
+            let (v, origin) = match getenv(def.env) {
+                Some(v) => (v, def.env),
+                None => match getenv(&allocation) {
+                    Some(v) => (v, allocation.as_str()),
+                    None => continue,
+                },
+            };
             let unset = match def.val {
                 1 => given.image.is_none(),
                 2 => given.binds.is_empty(),
@@ -214,11 +234,26 @@ impl Args {
                 };
                 for value in values {
                     self.apply(def.val, Some(value))
-                        .map_err(|e| OptionError(format!("{} (from {})", e.0, def.env)))?;
+                        .map_err(|e| OptionError(format!("{} (from {origin})", e.0)))?;
                 }
             }
         }
         Ok(())
+    }
+
+    /// Forgets option `val`'s value.
+    pub fn clear(&mut self, val: i32) {
+        match val {
+            1 => self.image = None,
+            2 => self.binds.clear(),
+            3 => self.workdir = None,
+            4 => self.env.clear(),
+            5 => self.writable_tmpfs = false,
+            6 => self.no_home = false,
+            7 => self.gpu = None,
+            8 => self.run = false,
+            _ => {}
+        }
     }
 
     /// Whether a container was asked for at all.
@@ -291,5 +326,33 @@ mod tests {
             "the command line wins"
         );
         assert_eq!(a.binds, vec!["/a", "/b:/c"]);
+    }
+
+    #[test]
+    fn the_allocations_options_are_the_last_default() {
+        let env = |k: &str| match k {
+            "SLURM_SPANK__SLURM_SPANK_OPTION_sifrun_sif_image" => Some("/batch.sif".to_owned()),
+            "SLURM_SPANK__SLURM_SPANK_OPTION_sifrun_sif_writable_tmpfs" => Some(String::new()),
+            "SIFRUN_BIND" => Some("/a".to_owned()),
+            "SLURM_SPANK__SLURM_SPANK_OPTION_sifrun_sif_bind" => Some("/ignored".to_owned()),
+            _ => None,
+        };
+        let mut a = Args::default();
+        a.apply_env(env).unwrap();
+        assert_eq!(a.image.as_deref(), Some("/batch.sif"));
+        assert!(a.writable_tmpfs);
+        assert_eq!(a.binds, vec!["/a"], "SIFRUN_BIND wins over the allocation");
+        let mut b = Args::default();
+        b.apply(1, Some("/step.sif")).unwrap();
+        b.apply_env(env).unwrap();
+        assert_eq!(
+            b.image.as_deref(),
+            Some("/step.sif"),
+            "the step's own option wins"
+        );
+        assert_eq!(
+            allocation_var("sif-no-home"),
+            "SLURM_SPANK__SLURM_SPANK_OPTION_sifrun_sif_no_home"
+        );
     }
 }

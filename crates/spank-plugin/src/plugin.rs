@@ -72,9 +72,45 @@ fn lock<T>(m: &'static Mutex<T>) -> std::sync::MutexGuard<'static, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// An option value srun or salloc inherited from the allocation it runs in
+/// (sbatch and salloc leave them in the environment, and Slurm replays them
+/// through the option callbacks before the command line's).
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Inherited {
+    /// Not yet contradicted.
+    Value(i32, String),
+    /// The command line gave another value, which replaced this one.
+    Replaced(i32, String),
+}
+
+static INHERITED: Mutex<Vec<Inherited>> = Mutex::new(Vec::new());
+
 /// `slurm_spank_init`: checks the plugstack.conf arguments, then registers
 /// the options where users can give them.
 pub fn init(sp: &dyn Spank, plugstack_args: &[String]) -> Result<(), String> {
+    take_plugstack_args(plugstack_args)?;
+    if sp.context() == Context::Local {
+        *lock(&INHERITED) = OPTIONS
+            .iter()
+            .filter_map(|o| {
+                let v = sp.getenv(&crate::options::allocation_var(o.name))?;
+                Some(Inherited::Value(o.val, v))
+            })
+            .collect();
+    }
+    match sp.context() {
+        Context::Local | Context::Remote | Context::Allocator => {
+            for opt in OPTIONS {
+                sp.register(opt)?;
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Checks and keeps the plugstack.conf arguments (and loads `config=`).
+pub fn take_plugstack_args(plugstack_args: &[String]) -> Result<(), String> {
     let conf = slurm_conf::parse_plugstack_args(
         plugstack_args.iter().map(String::as_str),
         crate::PLUGSTACK_KEYS,
@@ -88,27 +124,17 @@ pub fn init(sp: &dyn Spank, plugstack_args: &[String]) -> Result<(), String> {
             .map_err(|e| format!("config: {e}"))?;
         *lock(&CONFIG) = Some(c);
     }
-    match sp.context() {
-        Context::Local | Context::Remote | Context::Allocator => {
-            for opt in OPTIONS {
-                sp.register(opt)?;
-            }
-            Ok(())
-        }
-        _ => Ok(()),
-    }
+    Ok(())
 }
 
-/// The owner the admin file must have: root, except in unit tests.
-fn config_owner() -> u32 {
-    #[cfg(test)]
-    {
-        nix::unistd::getuid().as_raw()
+/// The owner the admin file must have: root, where root runs us (slurmd,
+/// slurmstepd); unchecked in the user's own srun, sbatch and salloc (see
+/// `AdminConfig::load`); in unit tests, the tester.
+fn config_owner() -> Option<u32> {
+    if cfg!(test) {
+        return Some(nix::unistd::getuid().as_raw());
     }
-    #[cfg(not(test))]
-    {
-        0
-    }
+    nix::unistd::getuid().is_root().then_some(0)
 }
 
 fn config() -> AdminConfig {
@@ -125,7 +151,21 @@ pub fn option(val: i32, value: Option<&str>) -> Result<(), String> {
             def.name
         ));
     }
-    args().apply(val, value).map_err(|e| e.to_string())
+    let value_str = value.unwrap_or("");
+    let mut inherited = lock(&INHERITED);
+    let mut a = args();
+    for entry in inherited.iter_mut() {
+        match entry {
+            Inherited::Value(v, x) if *v == val && x != value_str => {
+                // The step asks for something else than the allocation.
+                a.clear(val);
+                *entry = Inherited::Replaced(val, x.clone());
+            }
+            Inherited::Replaced(v, x) if *v == val && x == value_str => return Ok(()),
+            _ => {}
+        }
+    }
+    a.apply(val, value).map_err(|e| e.to_string())
 }
 
 /// The admin's limits on what a step asks for.
@@ -231,6 +271,8 @@ pub fn holder_args(
 ) -> Vec<String> {
     let mut v = vec!["slurm-hold".to_owned(), format!("--slurm-step={step}")];
     if let Some(script) = batch_script {
+        // The script runs in the image and may start steps: it needs srun.
+        v.push("--slurm-client".into());
         v.push(format!("--bind={script}:{script}:ro"));
     }
     for b in c.container.binds.iter().chain(&a.binds) {
@@ -684,8 +726,11 @@ mod tests {
                 "/",
                 Some("/var/spool/slurmd/job00007/slurm_script"),
                 "7.batch"
-            )[2],
-            "--bind=/var/spool/slurmd/job00007/slurm_script:/var/spool/slurmd/job00007/slurm_script:ro"
+            )[2..4],
+            [
+                "--slurm-client",
+                "--bind=/var/spool/slurmd/job00007/slurm_script:/var/spool/slurmd/job00007/slurm_script:ro"
+            ]
         );
         // The admin's binds come first: a user's bind on the same target wins.
         admin.container.binds = vec!["/scratch".into()];
@@ -825,6 +870,32 @@ mod tests {
         );
         // Another user's processes are never touched.
         assert!(sweep(&run, &proc, 42, me + 1, |_| {}).is_empty());
+    }
+
+    #[test]
+    fn a_steps_own_options_replace_the_allocations() {
+        let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+        reset();
+        let mut local = Fake::default();
+        local.env.insert(
+            crate::options::allocation_var("sif-image"),
+            "/batch.sif".into(),
+        );
+        init(&local, &[]).unwrap();
+        option(1, Some("/batch.sif")).unwrap();
+        assert_eq!(args().image.as_deref(), Some("/batch.sif"));
+        option(1, Some("/step.sif")).unwrap();
+        assert_eq!(args().image.as_deref(), Some("/step.sif"));
+        option(1, Some("/batch.sif")).unwrap();
+        assert_eq!(
+            args().image.as_deref(),
+            Some("/step.sif"),
+            "replayed late, still replaced"
+        );
+        let e = option(1, Some("/third.sif")).unwrap_err();
+        assert!(e.contains("given twice"), "{e}");
+        *lock(&INHERITED) = Vec::new();
+        reset();
     }
 
     /// The plugin keeps per-process state; tests that touch it take turns.

@@ -98,6 +98,9 @@ image reproducible (nil ID, that time)."
         /// The step served (JOB.STEP); it marks the process for the job epilog's sweep
         #[arg(long)]
         slurm_step: Option<String>,
+        /// Make the host's Slurm client (srun, sbatch, …) usable inside: for batch scripts
+        #[arg(long)]
+        slurm_client: bool,
         #[command(flatten)]
         opts: run_cmd::ContainerArgs,
         /// The image
@@ -186,7 +189,12 @@ fn run(cli: Cli) -> Result<()> {
             let code = run_cmd::run(&opts, image, Action::Run(run_cmd::os(&args)), "run")?;
             std::process::exit(code)
         }
-        Command::SlurmHold { opts, image, .. } => {
+        Command::SlurmHold {
+            opts,
+            image,
+            slurm_client,
+            ..
+        } => {
             launcher::privilege::drop_to_effective_user().context("slurm-hold")?;
             // The plugin writes the job's environment (NUL-separated) on stdin.
             let mut raw = Vec::new();
@@ -202,7 +210,11 @@ fn run(cli: Cli) -> Result<()> {
                     Some((k.to_owned(), v.to_owned()))
                 })
                 .collect();
-            let code = run_cmd::run(&opts, image, Action::Hold(job_env), "slurm-hold")?;
+            let hold = launcher::container::Hold {
+                job_env,
+                slurm_client,
+            };
+            let code = run_cmd::run(&opts, image, Action::Hold(hold), "slurm-hold")?;
             std::process::exit(code)
         }
         Command::Shell { opts, image } => {

@@ -1,0 +1,394 @@
+//! The host's Slurm client inside a batch step's container, so that a batch
+//! script running in the image can start steps (`srun …`), which then run in
+//! the image too.
+//!
+//! The host's client programs need the host's C library, whatever the image
+//! has, so they are not run as they are: `/usr` (and any other top-level
+//! directory that holds the dynamic loader, the libraries or the programs)
+//! is bound read-only below [`HOST_ROOT`], and a small script per program in
+//! [`BIN_DIR`] (put first on the batch script's PATH) starts it with the
+//! host's dynamic loader and library path. Slurm's configuration directory,
+//! its plugin directory (plugins are opened by absolute path) and munge's
+//! socket directory are bound at their own paths.
+//!
+//! [`plan`] is pure: it asks a lookup for the canonical form of host paths.
+
+use std::path::{Component, Path, PathBuf};
+
+use crate::bind::BindSpec;
+
+/// Where host directories appear inside the container.
+pub const HOST_ROOT: &str = "/.sifrun/host";
+/// Where the client scripts appear inside the container.
+pub const BIN_DIR: &str = "/.sifrun/slurm/bin";
+
+/// The client programs made available.
+pub const COMMANDS: &[&str] = &[
+    "srun", "sbatch", "salloc", "scancel", "scontrol", "squeue", "sinfo", "sacct", "sstat",
+    "sattach",
+];
+
+const LOADERS: &[&str] = &["/lib64/ld-linux-x86-64.so.2", "/lib/ld-linux-aarch64.so.1"];
+const LIBRARY_DIRS: &[&str] = &[
+    "/usr/lib/x86_64-linux-gnu",
+    "/lib/x86_64-linux-gnu",
+    "/usr/lib/aarch64-linux-gnu",
+    "/lib/aarch64-linux-gnu",
+    "/usr/lib64",
+    "/lib64",
+    "/usr/lib",
+    "/lib",
+];
+const PLUGIN_DIRS: &[&str] = &[
+    "/usr/lib/x86_64-linux-gnu/slurm-wlm",
+    "/usr/lib/aarch64-linux-gnu/slurm-wlm",
+    "/usr/lib64/slurm",
+    "/usr/lib/slurm",
+    "/usr/local/lib/slurm",
+];
+const SAME_PATH_DIRS: &[&str] = &["/etc/slurm", "/run/munge"];
+const COMMAND_DIRS: &[&str] = &["/usr/local/bin", "/usr/bin", "/bin"];
+
+/// What the batch step's container gets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientPlan {
+    /// Read-only binds (host top-level directories, configuration, plugins, munge).
+    pub binds: Vec<BindSpec>,
+    /// (program name, script) for each program found.
+    pub scripts: Vec<(String, String)>,
+}
+
+/// The top-level directory of an absolute path (`/usr/bin/srun` -> `/usr`,
+/// `/opt/slurm/bin/srun` -> `/opt/slurm`: two components below /opt and /srv).
+fn top(path: &Path) -> Option<PathBuf> {
+    let mut parts = path.components().filter_map(|c| match c {
+        Component::Normal(n) => Some(n),
+        _ => None,
+    });
+    let first = parts.next()?;
+    let mut t = PathBuf::from("/").join(first);
+    if (first == "opt" || first == "srv")
+        && let Some(second) = parts.next()
+    {
+        t.push(second);
+    }
+    Some(t)
+}
+
+fn inside(host: &Path) -> PathBuf {
+    Path::new(HOST_ROOT).join(host.strip_prefix("/").unwrap_or(host))
+}
+
+/// Plans the client for a host where `canonical` resolves an existing path
+/// (symlinks followed) and answers `None` for a missing one. `None` when the
+/// host has no dynamic loader or no `srun`.
+pub fn plan(canonical: &dyn Fn(&Path) -> Option<PathBuf>) -> Option<ClientPlan> {
+    let loader = LOADERS.iter().find_map(|l| canonical(Path::new(l)))?;
+    let mut programs = Vec::new();
+    for cmd in COMMANDS {
+        if let Some(p) = COMMAND_DIRS
+            .iter()
+            .find_map(|d| canonical(&Path::new(d).join(cmd)))
+        {
+            programs.push((cmd.to_string(), p));
+        }
+    }
+    if !programs.iter().any(|(c, _)| c == "srun") {
+        return None;
+    }
+    let mut libs: Vec<PathBuf> = Vec::new();
+    for d in LIBRARY_DIRS {
+        if let Some(c) = canonical(Path::new(d))
+            && !libs.contains(&c)
+        {
+            libs.push(c);
+        }
+    }
+    let mut tops: Vec<PathBuf> = Vec::new();
+    let needed = std::iter::once(&loader)
+        .chain(programs.iter().map(|(_, p)| p))
+        .chain(libs.iter());
+    for p in needed {
+        if let Some(t) = top(p)
+            && !tops.contains(&t)
+        {
+            tops.push(t);
+        }
+    }
+    let mut binds: Vec<BindSpec> = tops
+        .iter()
+        .map(|t| BindSpec {
+            source: t.clone(),
+            target: inside(t),
+            readonly: true,
+        })
+        .collect();
+    let same: Vec<PathBuf> = PLUGIN_DIRS
+        .iter()
+        .chain(SAME_PATH_DIRS)
+        .filter_map(|d| canonical(Path::new(d)).map(|_| PathBuf::from(d)))
+        .collect();
+    for d in same {
+        binds.push(BindSpec {
+            source: d.clone(),
+            target: d,
+            readonly: true,
+        });
+    }
+    let library_path: Vec<String> = libs
+        .iter()
+        .map(|l| inside(l).display().to_string())
+        .collect();
+    let scripts = programs
+        .into_iter()
+        .map(|(cmd, p)| {
+            let script = format!(
+                "#!/bin/sh\n# The host's {cmd}, with the host's loader and libraries (sifrun).\nexec {} --library-path {} {} \"$@\"\n",
+                inside(&loader).display(),
+                library_path.join(":"),
+                inside(&p).display()
+            );
+            (cmd, script)
+        })
+        .collect();
+    Some(ClientPlan { binds, scripts })
+}
+
+/// The host passwd lines of the accounts Slurm's configuration names
+/// (SlurmUser, SlurmdUser; `slurm` by default): the client refuses a
+/// configuration whose SlurmUser it cannot resolve.
+pub fn service_accounts(slurm_conf: &str, host_passwd: &str) -> Vec<String> {
+    let mut names = vec!["slurm".to_owned()];
+    for line in slurm_conf.lines() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if let Some((k, v)) = line.split_once('=')
+            && (k.trim().eq_ignore_ascii_case("SlurmUser")
+                || k.trim().eq_ignore_ascii_case("SlurmdUser"))
+        {
+            let v = v.split_whitespace().next().unwrap_or("").to_owned();
+            if !v.is_empty() && !names.contains(&v) {
+                names.push(v);
+            }
+        }
+    }
+    host_passwd
+        .lines()
+        .filter(|l| {
+            names
+                .iter()
+                .any(|n| l.split(':').next() == Some(n.as_str()))
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The SPANK plugins (absolute paths) that `plugstack` and the files it
+/// includes load, and the absolute paths their `key=PATH` arguments name
+/// (an admin config file, say): srun loads the plugins too, so all of them
+/// must exist inside at their paths. `read` gives a file's text; an include's pattern may have one `*`
+/// in its last component. Includes nest at most 8 deep.
+pub fn plugstack_plugins(
+    plugstack: &Path,
+    read: &dyn Fn(&Path) -> Option<String>,
+    list: &dyn Fn(&Path) -> Vec<PathBuf>,
+) -> Vec<PathBuf> {
+    fn walk(
+        file: &Path,
+        depth: usize,
+        read: &dyn Fn(&Path) -> Option<String>,
+        list: &dyn Fn(&Path) -> Vec<PathBuf>,
+        out: &mut Vec<PathBuf>,
+    ) {
+        let Some(text) = read(file).filter(|_| depth < 8) else {
+            return;
+        };
+        for line in text.lines() {
+            let mut words = line.split('#').next().unwrap_or("").split_whitespace();
+            match (words.next(), words.next()) {
+                (Some("include"), Some(pattern)) => {
+                    let pattern = Path::new(pattern);
+                    let (Some(dir), Some(name)) = (pattern.parent(), pattern.file_name()) else {
+                        continue;
+                    };
+                    let name = name.to_string_lossy();
+                    let (head, tail) = name.split_once('*').unwrap_or((&name, ""));
+                    let mut files: Vec<PathBuf> = list(dir)
+                        .into_iter()
+                        .filter(|f| {
+                            let n = f
+                                .file_name()
+                                .map(|n| n.to_string_lossy().into_owned())
+                                .unwrap_or_default();
+                            if name.contains('*') {
+                                n.len() >= head.len() + tail.len()
+                                    && n.starts_with(head)
+                                    && n.ends_with(tail)
+                            } else {
+                                n == name
+                            }
+                        })
+                        .collect();
+                    files.sort();
+                    for f in files {
+                        walk(&f, depth + 1, read, list, out);
+                    }
+                }
+                (Some("required" | "optional"), Some(plugin)) => {
+                    let args = words.filter_map(|w| w.split_once('=').map(|(_, v)| v));
+                    for p in std::iter::once(plugin).chain(args) {
+                        let p = PathBuf::from(p);
+                        if p.is_absolute() && !out.contains(&p) {
+                            out.push(p);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(plugstack, 0, read, list, &mut out);
+    out
+}
+
+/// Looks paths up on the real host.
+pub fn real_host(path: &Path) -> Option<PathBuf> {
+    std::fs::canonicalize(path).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    /// A merged-/usr Debian host: /lib, /bin and /lib64 lead into /usr.
+    fn debian(extra: &[(&str, &str)]) -> impl Fn(&Path) -> Option<PathBuf> {
+        let mut m: BTreeMap<PathBuf, PathBuf> = BTreeMap::new();
+        let mut add = |k: &str, v: &str| {
+            m.insert(k.into(), v.into());
+        };
+        add(
+            "/lib64/ld-linux-x86-64.so.2",
+            "/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
+        );
+        add("/usr/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu");
+        add("/lib/x86_64-linux-gnu", "/usr/lib/x86_64-linux-gnu");
+        add("/usr/lib", "/usr/lib");
+        add("/lib", "/usr/lib");
+        add("/usr/lib64", "/usr/lib64");
+        add("/lib64", "/usr/lib64");
+        add(
+            "/usr/lib/x86_64-linux-gnu/slurm-wlm",
+            "/usr/lib/x86_64-linux-gnu/slurm-wlm",
+        );
+        add("/etc/slurm", "/etc/slurm");
+        add("/run/munge", "/run/munge");
+        for c in ["srun", "sbatch", "scontrol"] {
+            add(&format!("/usr/bin/{c}"), &format!("/usr/bin/{c}"));
+            add(&format!("/bin/{c}"), &format!("/usr/bin/{c}"));
+        }
+        for (k, v) in extra {
+            add(k, v);
+        }
+        move |p: &Path| m.get(p).cloned()
+    }
+
+    #[test]
+    fn debian_host_golden() {
+        let plan = plan(&debian(&[])).unwrap();
+        let binds: Vec<String> = plan
+            .binds
+            .iter()
+            .map(|b| format!("{} -> {}", b.source.display(), b.target.display()))
+            .collect();
+        assert_eq!(
+            binds,
+            [
+                "/usr -> /.sifrun/host/usr",
+                "/usr/lib/x86_64-linux-gnu/slurm-wlm -> /usr/lib/x86_64-linux-gnu/slurm-wlm",
+                "/etc/slurm -> /etc/slurm",
+                "/run/munge -> /run/munge",
+            ]
+        );
+        assert!(plan.binds.iter().all(|b| b.readonly));
+        let names: Vec<&str> = plan.scripts.iter().map(|(c, _)| c.as_str()).collect();
+        assert_eq!(names, ["srun", "sbatch", "scontrol"]);
+        assert_eq!(
+            plan.scripts[0].1,
+            "#!/bin/sh\n# The host's srun, with the host's loader and libraries (sifrun).\n\
+exec /.sifrun/host/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2 \
+--library-path /.sifrun/host/usr/lib/x86_64-linux-gnu:/.sifrun/host/usr/lib64:/.sifrun/host/usr/lib \
+/.sifrun/host/usr/bin/srun \"$@\"\n"
+        );
+    }
+
+    #[test]
+    fn plugins_from_plugstack_and_its_includes() {
+        let files: BTreeMap<&str, &str> = [
+            ("/etc/slurm/plugstack.conf", "# c\ninclude /etc/slurm/plugstack.conf.d/*.conf\noptional relative.so\n"),
+            ("/etc/slurm/plugstack.conf.d/a.conf", "required /usr/local/lib/libspank_sifrun.so config=/etc/sifrun.toml x=rel\n"),
+            ("/etc/slurm/plugstack.conf.d/b.conf", "optional /opt/pyxis/spank_pyxis.so # c\ninclude /etc/slurm/plugstack.conf.d/a.conf\n"),
+            ("/etc/slurm/plugstack.conf.d/b.conf.bak", "required /nope.so\n"),
+        ]
+        .into_iter()
+        .collect();
+        let read = |p: &Path| files.get(p.to_str().unwrap()).map(|s| s.to_string());
+        let list = |d: &Path| {
+            files
+                .keys()
+                .map(PathBuf::from)
+                .filter(|f| f.parent() == Some(d))
+                .collect()
+        };
+        assert_eq!(
+            plugstack_plugins(Path::new("/etc/slurm/plugstack.conf"), &read, &list),
+            [
+                PathBuf::from("/usr/local/lib/libspank_sifrun.so"),
+                PathBuf::from("/etc/sifrun.toml"),
+                PathBuf::from("/opt/pyxis/spank_pyxis.so")
+            ]
+        );
+        // A file that includes itself stops at the depth limit.
+        let looping = |_: &Path| Some("include /l.conf\nrequired /p.so\n".to_owned());
+        let one = |_: &Path| vec![PathBuf::from("/l.conf")];
+        assert_eq!(
+            plugstack_plugins(Path::new("/l.conf"), &looping, &one),
+            [PathBuf::from("/p.so")]
+        );
+    }
+
+    #[test]
+    fn service_accounts_from_slurm_conf() {
+        let conf = "# c\nSlurmUser=slurmsvc # the controller\nSlurmdUser=root\n";
+        let passwd = "root:x:0:0::/root:/bin/bash\nslurmsvc:x:64030:64030::/nonexistent:/usr/sbin/nologin\nalice:x:1001:1001::/home/alice:/bin/sh\n";
+        assert_eq!(
+            service_accounts(conf, passwd),
+            [
+                "root:x:0:0::/root:/bin/bash",
+                "slurmsvc:x:64030:64030::/nonexistent:/usr/sbin/nologin"
+            ]
+        );
+        assert!(service_accounts("", "alice:x:1:1::/:/bin/sh").is_empty());
+    }
+
+    #[test]
+    fn slurm_under_opt_and_hosts_without_srun() {
+        let host = debian(&[("/usr/local/bin/srun", "/opt/slurm/23.02/bin/srun")]);
+        let plan = plan(&host).unwrap();
+        assert!(
+            plan.binds
+                .iter()
+                .any(|b| b.source == Path::new("/opt/slurm")
+                    && b.target == Path::new("/.sifrun/host/opt/slurm")),
+            "{plan:?}"
+        );
+        assert!(
+            plan.scripts[0]
+                .1
+                .contains(" /.sifrun/host/opt/slurm/23.02/bin/srun ")
+        );
+        let bare =
+            |p: &Path| (p == Path::new("/lib64/ld-linux-x86-64.so.2")).then(|| p.to_path_buf());
+        assert_eq!(super::plan(&bare), None);
+    }
+}
