@@ -184,6 +184,15 @@ const EXEC_SCRIPT: &str = "case \"$1\" in\n\
 esac\n\
 exec \"$@\"\n";
 
+/// Whether the image has `/.singularity.d/env/*.sh` scripts.
+fn has_env_scripts(tree: &dyn ImageTree) -> bool {
+    let Ok(dir) = crate::plan::resolve_in_image(tree, Path::new("/.singularity.d/env")) else {
+        return false;
+    };
+    tree.list(&dir)
+        .is_some_and(|names| names.iter().any(|n| n.as_bytes().ends_with(b".sh")))
+}
+
 /// The argument vector the container runs, and whether it uses the image's shell.
 pub fn argv(action: &Action, tree: &dyn ImageTree) -> Result<(Vec<OsString>, bool), PlanError> {
     let exists = |p: &str| -> Result<bool, PlanError> {
@@ -219,7 +228,9 @@ pub fn argv(action: &Action, tree: &dyn ImageTree) -> Result<(Vec<OsString>, boo
                 (None, false) => (vec![OsString::from("/bin/sh")], false),
             }
         }
-        Action::Hold(_) => (Vec::new(), has_sh),
+        // The image's shell computes the tasks' environment only when the
+        // image has environment scripts (it costs a process start).
+        Action::Hold(_) => (Vec::new(), has_sh && has_env_scripts(tree)),
         Action::Shell(args) => {
             let shell = if exists("/bin/bash")? {
                 "/bin/bash --norc"

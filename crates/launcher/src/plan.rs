@@ -16,6 +16,8 @@ pub trait ImageTree {
     fn entry(&self, path: &Path) -> Option<Entry>;
     /// The contents of a small regular file, if it exists.
     fn read_small(&self, path: &Path) -> Option<Vec<u8>>;
+    /// The names in a directory (not following a final symlink).
+    fn list(&self, path: &Path) -> Option<Vec<std::ffi::OsString>>;
 }
 
 /// An entry of the image tree.
@@ -589,6 +591,15 @@ pub(crate) mod tests {
         }
         fn read_small(&self, path: &Path) -> Option<Vec<u8>> {
             self.1.get(path).cloned()
+        }
+        fn list(&self, path: &Path) -> Option<Vec<std::ffi::OsString>> {
+            matches!(self.0.get(path), Some(Entry::Dir)).then(|| {
+                self.0
+                    .keys()
+                    .filter(|p| p.parent() == Some(path))
+                    .filter_map(|p| p.file_name().map(|n| n.to_owned()))
+                    .collect()
+            })
         }
     }
 

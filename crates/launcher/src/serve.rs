@@ -147,6 +147,15 @@ impl crate::plan::ImageTree for Squash {
         })
     }
 
+    fn list(&self, path: &Path) -> Option<Vec<std::ffi::OsString>> {
+        match &self.inode(self.lookup_path(path)?)?.data {
+            crate::squash::Data::Dir(entries) => {
+                Some(entries.iter().map(|(n, _)| n.clone()).collect())
+            }
+            _ => None,
+        }
+    }
+
     fn read_small(&self, path: &Path) -> Option<Vec<u8>> {
         let ino = self.lookup_path(path)?;
         let inode = self.inode(ino)?;
