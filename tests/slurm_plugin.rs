@@ -28,6 +28,14 @@ fn srun(args: &[&str]) -> std::process::Output {
     Command::new("srun").args(args).output().unwrap()
 }
 
+fn srun_in(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    Command::new("srun")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn options_are_listed_and_plain_steps_still_run() {
     if !cluster_up() {
@@ -107,6 +115,17 @@ fn bad_option_values_are_refused_with_the_option_named() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--sif-workdir"));
 }
 
+/// A scratch directory in /tmp with the busybox image in it, or `None` when
+/// there is no cluster (or no busybox) to test with.
+fn setup() -> Option<(tempfile::TempDir, std::path::PathBuf)> {
+    if !cluster_up() || !std::path::Path::new("/bin/busybox").exists() {
+        return None;
+    }
+    let dir = tempfile::tempdir_in("/tmp").unwrap();
+    let img = image(dir.path());
+    Some((dir, img))
+}
+
 /// A busybox image with a marker file, built as the test user in /tmp.
 fn image(dir: &std::path::Path) -> std::path::PathBuf {
     use std::fs;
@@ -150,23 +169,18 @@ fn whoami() -> String {
 
 #[test]
 fn every_task_runs_in_the_image_in_one_shared_namespace() {
-    if !cluster_up() || !std::path::Path::new("/bin/busybox").exists() {
-        return;
-    }
-    let dir = tempfile::tempdir_in("/tmp").unwrap();
-    let img = image(dir.path());
+    let Some((dir, img)) = setup() else { return };
     let opt = format!("--sif-image={}", img.display());
-    let out = Command::new("srun")
-        .args([
+    let out = srun_in(
+        dir.path(),
+        &[
             "-n2",
             &opt,
             "sh",
             "-c",
             "echo $(id -u) $(readlink /proc/self/ns/user) $(cat /etc/image-marker)",
-        ])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
+        ],
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -229,11 +243,7 @@ fn every_task_runs_in_the_image_in_one_shared_namespace() {
 
 #[test]
 fn a_batch_script_runs_inside_the_image() {
-    if !cluster_up() || !std::path::Path::new("/bin/busybox").exists() {
-        return;
-    }
-    let dir = tempfile::tempdir_in("/tmp").unwrap();
-    let img = image(dir.path());
+    let Some((dir, img)) = setup() else { return };
     let out = Command::new("sbatch")
         .args([
             "--wait",
@@ -313,11 +323,7 @@ srun -n1 --sif-image={} sh -c 'echo other $(cat /etc/hostname-not-there 2>/dev/n
 
 #[test]
 fn slurms_own_container_option_runs_the_image_and_never_a_stale_one() {
-    if !cluster_up() || !std::path::Path::new("/bin/busybox").exists() {
-        return;
-    }
-    let dir = tempfile::tempdir_in("/tmp").unwrap();
-    let img = image(dir.path());
+    let Some((dir, img)) = setup() else { return };
     let run = |args: &[&str], inherited: Option<&str>| {
         let mut c = Command::new("srun");
         c.args(args).current_dir(dir.path());
@@ -394,11 +400,8 @@ fn image_with_env(dir: &std::path::Path) -> std::path::PathBuf {
 
 #[test]
 fn tasks_get_the_images_environment_and_keep_slurms() {
-    if !cluster_up() || !std::path::Path::new("/bin/busybox").exists() {
-        return;
-    }
-    let dir = tempfile::tempdir_in("/tmp").unwrap();
-    let img = image_with_env(dir.path());
+    let Some((dir, _)) = setup() else { return };
+    let img = image_with_env(&dir.path().join("env"));
     let out = Command::new("srun")
         .args([
             "-n2",
@@ -448,11 +451,7 @@ fn tasks_get_the_images_environment_and_keep_slurms() {
 
 #[test]
 fn salloc_steps_run_in_the_image() {
-    if !cluster_up() || !std::path::Path::new("/bin/busybox").exists() {
-        return;
-    }
-    let dir = tempfile::tempdir_in("/tmp").unwrap();
-    let img = image(dir.path());
+    let Some((dir, img)) = setup() else { return };
     let out = Command::new("salloc")
         .args([
             "-n1",
@@ -496,11 +495,7 @@ fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
 
 #[test]
 fn scancel_and_kill_9_leave_no_process_and_no_mount() {
-    if !cluster_up() || !std::path::Path::new("/bin/busybox").exists() {
-        return;
-    }
-    let dir = tempfile::tempdir_in("/tmp").unwrap();
-    let img = image(dir.path());
+    let Some((dir, img)) = setup() else { return };
     let opt = format!("--sif-image={}", img.display());
     let marker = format!("sleep {}", 300 + std::process::id() % 97);
 
@@ -583,11 +578,7 @@ fn our_fds() -> usize {
 
 #[test]
 fn fifty_back_to_back_steps_leak_nothing() {
-    if !cluster_up() || !std::path::Path::new("/bin/busybox").exists() {
-        return;
-    }
-    let dir = tempfile::tempdir_in("/tmp").unwrap();
-    let img = image(dir.path());
+    let Some((dir, img)) = setup() else { return };
     let opt = format!("--sif-image={}", img.display());
     let image_holders = || {
         leftovers("slurm-hold")
@@ -597,11 +588,10 @@ fn fifty_back_to_back_steps_leak_nothing() {
     };
     let fds_before = our_fds();
     for i in 0..50 {
-        let out = Command::new("srun")
-            .args(["-n1", &opt, "sh", "-c", &format!("echo step-{i}")])
-            .current_dir(dir.path())
-            .output()
-            .unwrap();
+        let out = srun_in(
+            dir.path(),
+            &["-n1", &opt, "sh", "-c", &format!("echo step-{i}")],
+        );
         assert_eq!(
             String::from_utf8_lossy(&out.stdout),
             format!("step-{i}\n"),
@@ -637,26 +627,42 @@ fn the_admin_config_binds_and_forbids() {
     let dir = tempfile::tempdir_in("/tmp").unwrap();
     let img = image(dir.path());
     let opt = format!("--sif-image={}", img.display());
-    let out = Command::new("srun")
-        .args(["-n1", &opt, "cat", "/admin/marker"])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
+    let out = srun_in(dir.path(), &["-n1", &opt, "cat", "/admin/marker"]);
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
         std::fs::read_to_string(marker).unwrap(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let out = Command::new("srun")
-        .args(["-n1", &opt, "--sif-writable-tmpfs", "true"])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
+    let out = srun_in(dir.path(), &["-n1", &opt, "--sif-writable-tmpfs", "true"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("--sif-writable-tmpfs") && err.contains("disabled on this cluster"),
         "{err}"
     );
+}
+
+/// A command the image lacks fails the task with Slurm's line, even when the
+/// host has it: the task never falls back to the host.
+#[test]
+fn a_command_missing_from_the_image_fails_and_never_runs_on_the_host() {
+    let Some((dir, img)) = setup() else { return };
+    let marker = dir.path().join("ran-on-host");
+    let out = srun_in(
+        dir.path(),
+        &[
+            "-n2",
+            &format!("--sif-image={}", img.display()),
+            "/usr/bin/touch",
+            marker.to_str().unwrap(),
+        ],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("/usr/bin/touch: No such file or directory"),
+        "{err}"
+    );
+    assert!(!marker.exists(), "the task ran on the host");
 }
