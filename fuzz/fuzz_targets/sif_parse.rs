@@ -5,7 +5,6 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sha2::Sha256;
 use sif::{Image, integrity, siftool};
 
 fuzz_target!(|data: &[u8]| {
@@ -23,6 +22,21 @@ fuzz_target!(|data: &[u8]| {
         let _ = d.oci_digest();
         let bytes = image.read_object(d).expect("objects lie inside the file");
         assert_eq!(bytes.len() as u64, d.size());
-        let _ = integrity::digest_object::<Sha256, _>(&image, d).expect("digest reads succeed");
+        let _ = integrity::digest_object(&image, d, integrity::metadata::DigestAlg::Sha256)
+            .expect("digest reads succeed");
+    }
+    // The verifier's walk over a hostile image: every path must end in an
+    // error or a verdict, never a panic.
+    let ring = integrity::clearsign::Keyring::default();
+    let verifier = integrity::verify::Verifier::new(&image, &ring);
+    for opts in [
+        integrity::verify::VerifyOptions::default(),
+        integrity::verify::VerifyOptions {
+            legacy: true,
+            legacy_all: true,
+            ..Default::default()
+        },
+    ] {
+        let _ = verifier.verify(&opts, |_, _| true);
     }
 });

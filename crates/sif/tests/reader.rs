@@ -39,7 +39,11 @@ fn integrity_bytes_match_sylabs_digests() {
         assert_eq!(o["relativeId"], d.relative_id());
         let dd = hex(&Sha256::digest(integrity::descriptor_bytes(d)));
         assert_eq!(o["descriptorDigest"], format!("sha256:{dd}"));
-        let od = hex(&integrity::digest_object::<Sha256, _>(&img, d).unwrap());
+        let od = hex(
+            &integrity::digest_object(&img, d, integrity::metadata::DigestAlg::Sha256)
+                .unwrap()
+                .value,
+        );
         assert_eq!(o["objectDigest"], format!("sha256:{od}"));
     }
 }

@@ -3,6 +3,7 @@
 mod mount_cmd;
 mod run_cmd;
 mod sif_cmd;
+mod sign_cmd;
 
 use std::io::{self, Write};
 use std::path::PathBuf;
@@ -59,6 +60,13 @@ image reproducible (nil ID, that time)."
         #[arg(long)]
         force: bool,
     },
+    /// Sign an image's object groups with an OpenPGP key (SIF v2 signatures, as Apptainer)
+    Sign(sign_cmd::SignArgs),
+    /// Verify an image's signatures: every object group by default
+    #[command(
+        after_help = "Checks each signature cryptographically (SHA-2 hashes only), binds it to the key its descriptor names, and checks the header, every descriptor and every object against the signed digests. Exit status 0 only when everything verified."
+    )]
+    Verify(sign_cmd::VerifyArgs),
     /// Run a command inside an image
     #[command(
         after_help = "The command is looked up on the container's PATH; its exit status is sifrun's \
@@ -222,6 +230,8 @@ fn run(cli: Cli) -> Result<()> {
             std::process::exit(code)
         }
         Command::Sif(cmd) => sif_cmd::run(cmd),
+        Command::Sign(a) => sign_cmd::run_sign(&a),
+        Command::Verify(a) => sign_cmd::run_verify(&a),
         Command::Build {
             image,
             source_dir,

@@ -1,0 +1,169 @@
+//! `sifrun sign` and `sifrun verify`.
+
+use std::fs::{File, OpenOptions};
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+
+use sif::Image;
+use sif::integrity::clearsign::{Keyring, SigningKey};
+use sif::integrity::sign::{SignOptions, sign};
+use sif::integrity::verify::{Verifier, VerifyOptions, fingerprint_hex};
+
+#[derive(Args)]
+pub struct SignArgs {
+    /// The OpenPGP secret key (armored or binary); a passphrase is asked on
+    /// the terminal or read from SIFRUN_KEY_PASSPHRASE
+    #[arg(long, value_name = "KEY.asc")]
+    key: PathBuf,
+    /// Sign only this object group (repeatable)
+    #[arg(long = "group-id", short = 'g', value_name = "N")]
+    groups: Vec<u32>,
+    /// Sign only this object (repeatable); one signature per group touched
+    #[arg(long = "sif-id", short = 'i', value_name = "N")]
+    objects: Vec<u32>,
+    /// The image to sign (changed in place)
+    image: PathBuf,
+}
+
+#[derive(Args)]
+pub struct VerifyArgs {
+    /// Public keys to verify against (armored or binary OpenPGP keyring);
+    /// default: ~/.config/sifrun/keyring.asc
+    #[arg(long, value_name = "FILE")]
+    keyring: Option<PathBuf>,
+    /// Verify only this object group (repeatable)
+    #[arg(long = "group-id", short = 'g', value_name = "N")]
+    groups: Vec<u32>,
+    /// Verify only this object (repeatable)
+    #[arg(long = "sif-id", short = 'i', value_name = "N")]
+    objects: Vec<u32>,
+    /// Verify legacy (SIFHASH, pre-SIF-v2) signatures; they do not cover the
+    /// image header or descriptors
+    #[arg(long)]
+    legacy_insecure: bool,
+    /// With --legacy-insecure: every object, not only the primary partition
+    #[arg(long, requires = "legacy_insecure")]
+    all: bool,
+    /// The image to verify
+    image: PathBuf,
+}
+
+fn passphrase(key: &SigningKey) -> Result<Option<String>> {
+    if !key.is_encrypted() {
+        return Ok(None);
+    }
+    if let Ok(p) = std::env::var("SIFRUN_KEY_PASSPHRASE") {
+        return Ok(Some(p));
+    }
+    if !std::io::stdin().is_terminal() {
+        bail!(
+            "the key is protected by a passphrase: set SIFRUN_KEY_PASSPHRASE or run on a terminal"
+        );
+    }
+    eprint!("Passphrase for the signing key: ");
+    std::io::stderr().flush().ok();
+    let line = read_hidden_line().context("reading the passphrase")?;
+    eprintln!();
+    Ok(Some(line))
+}
+
+/// Reads a line from the terminal with echo off.
+fn read_hidden_line() -> std::io::Result<String> {
+    use nix::sys::termios::{LocalFlags, SetArg, tcgetattr, tcsetattr};
+    let stdin = std::io::stdin();
+    let saved = tcgetattr(&stdin).map_err(std::io::Error::from)?;
+    let mut quiet = saved.clone();
+    quiet.local_flags.remove(LocalFlags::ECHO);
+    tcsetattr(&stdin, SetArg::TCSANOW, &quiet).map_err(std::io::Error::from)?;
+    let mut line = String::new();
+    let read = stdin.read_line(&mut line);
+    let _ = tcsetattr(&stdin, SetArg::TCSANOW, &saved);
+    read?;
+    Ok(line.trim_end_matches(['\n', '\r']).to_owned())
+}
+
+pub fn run_sign(a: &SignArgs) -> Result<()> {
+    let key_bytes = std::fs::read(&a.key).with_context(|| format!("--key: {}", a.key.display()))?;
+    let key = SigningKey::from_bytes(&key_bytes)
+        .with_context(|| format!("--key: {}", a.key.display()))?;
+    let pass = passphrase(&key)?;
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&a.image)
+        .with_context(|| a.image.display().to_string())?;
+    let mut image = Image::open(file).with_context(|| a.image.display().to_string())?;
+    let opts = SignOptions {
+        groups: a.groups.clone(),
+        objects: a.objects.clone(),
+        time: None,
+    };
+    let ids = sign(&mut image, &key, pass.as_deref(), &opts)
+        .with_context(|| format!("signing {}", a.image.display()))?;
+    let fp = key
+        .fingerprint()
+        .map(|f| fingerprint_hex(&f))
+        .unwrap_or_default();
+    for id in ids {
+        let d = image.descriptor(id)?;
+        println!(
+            "sifrun: signed {} with key {fp}: signature object {id} for {}",
+            a.image.display(),
+            match d.link() {
+                sif::Link::Group(g) => format!("object group {g}"),
+                other => format!("{other:?}"),
+            }
+        );
+    }
+    Ok(())
+}
+
+fn default_keyring() -> Option<PathBuf> {
+    std::env::var_os("HOME").map(|h| Path::new(&h).join(".config/sifrun/keyring.asc"))
+}
+
+pub fn run_verify(a: &VerifyArgs) -> Result<()> {
+    let ring_path = a.keyring.clone().or_else(default_keyring);
+    let ring = match &ring_path {
+        Some(p) if p.exists() || a.keyring.is_some() => {
+            let bytes = std::fs::read(p).with_context(|| format!("--keyring: {}", p.display()))?;
+            Keyring::from_bytes(&bytes).with_context(|| format!("--keyring: {}", p.display()))?
+        }
+        _ => Keyring::default(),
+    };
+    let file = File::open(&a.image).with_context(|| a.image.display().to_string())?;
+    let image = Image::open(file).with_context(|| a.image.display().to_string())?;
+    let opts = VerifyOptions {
+        groups: a.groups.clone(),
+        objects: a.objects.clone(),
+        legacy: a.legacy_insecure,
+        legacy_all: a.all,
+    };
+    if a.legacy_insecure {
+        eprintln!(
+            "sifrun: warning: legacy signatures cover object data only, not the image header or descriptors"
+        );
+    }
+    let checks = Verifier::new(&image, &ring)
+        .verify(&opts, |_, _| false)
+        .with_context(|| format!("verifying {}", a.image.display()))?;
+    for c in &checks {
+        println!(
+            "signature object {}: signed by {} ({}){}; objects {:?} verified",
+            c.signature,
+            if c.signer.is_empty() {
+                "(no user ID)"
+            } else {
+                &c.signer
+            },
+            fingerprint_hex(&c.fingerprint),
+            if c.legacy { ", legacy" } else { "" },
+            c.objects
+        );
+    }
+    println!("sifrun: {}: verified", a.image.display());
+    Ok(())
+}

@@ -1,0 +1,112 @@
+//! Signing an image in the SIF v2 format, as Apptainer does: per object
+//! group, the image metadata JSON over the canonical header, descriptor and
+//! object bytes, cleartext-signed, stored as a signature object outside any
+//! group, linked to the signed group, with the hash type and the signer's
+//! primary key fingerprint in its descriptor.
+
+use std::fs::File;
+
+use sequoia_openpgp::types::HashAlgorithm;
+
+use crate::descriptor::{Descriptor, Link};
+use crate::image::Image;
+use crate::integrity::clearsign::{ClearsignError, SigningKey};
+use crate::integrity::metadata::{DigestAlg, ImageMetadata};
+use crate::types::{DataType, HashType};
+use crate::write::{Metadata, ObjectInput};
+
+/// What to sign.
+#[derive(Clone, Debug, Default)]
+pub struct SignOptions {
+    /// Groups to sign; with `objects` empty too, every group.
+    pub groups: Vec<u32>,
+    /// Objects to sign: one signature per group they belong to, covering
+    /// only them.
+    pub objects: Vec<u32>,
+    /// Creation time of the signature objects; `None` for now.
+    pub time: Option<i64>,
+}
+
+/// Why an image could not be signed.
+#[derive(Debug, thiserror::Error)]
+pub enum SignError {
+    #[error(transparent)]
+    Sif(#[from] crate::Error),
+    #[error("{0}")]
+    Key(#[from] ClearsignError),
+    #[error("object {0} is in no object group; only grouped objects can be signed")]
+    NotGrouped(u32),
+    #[error("no object group {0}")]
+    NoSuchGroup(u32),
+    #[error("the image has no object groups to sign")]
+    NothingToSign,
+    #[error("the key is not an OpenPGP v4 key (SIF descriptors hold 20-byte fingerprints)")]
+    NotV4,
+}
+
+/// Signs `image` (opened for writing); returns the new signature object IDs.
+pub fn sign(
+    image: &mut Image<File>,
+    key: &SigningKey,
+    passphrase: Option<&str>,
+    opts: &SignOptions,
+) -> Result<Vec<u32>, SignError> {
+    let fingerprint = key.fingerprint().ok_or(SignError::NotV4)?;
+    // (group, objects covered)
+    let mut tasks: Vec<(u32, Vec<u32>)> = Vec::new();
+    for g in &opts.groups {
+        if !image.group_ids().contains(g) {
+            return Err(SignError::NoSuchGroup(*g));
+        }
+        tasks.push((*g, members(image, *g)));
+    }
+    for id in &opts.objects {
+        let g = image.descriptor(*id)?.group_id();
+        if g == 0 {
+            return Err(SignError::NotGrouped(*id));
+        }
+        match tasks.iter_mut().find(|(tg, _)| *tg == g) {
+            Some((_, ids)) if !ids.contains(id) => ids.push(*id),
+            Some(_) => {}
+            None => tasks.push((g, vec![*id])),
+        }
+    }
+    if tasks.is_empty() {
+        tasks = image
+            .group_ids()
+            .into_iter()
+            .map(|g| (g, members(image, g)))
+            .collect();
+    }
+    if tasks.is_empty() {
+        return Err(SignError::NothingToSign);
+    }
+    let mut signatures = Vec::new();
+    for (group, ids) in tasks {
+        let objects: Vec<&Descriptor> = ids
+            .iter()
+            .map(|id| image.descriptor(*id))
+            .collect::<crate::Result<_>>()?;
+        let json = ImageMetadata::compute(image, &objects, DigestAlg::Sha256)?.to_json();
+        let signed = key.sign(json.as_bytes(), HashAlgorithm::SHA256, passphrase)?;
+        let mut data: &[u8] = &signed;
+        let mut input =
+            ObjectInput::new(DataType::SIGNATURE, &mut data).with_metadata(Metadata::Signature {
+                hash_type: HashType::SHA256,
+                fingerprint: fingerprint.to_vec(),
+            });
+        input.group = None;
+        input.link = Link::Group(group);
+        signatures.push(image.add_object(input, opts.time)?);
+    }
+    Ok(signatures)
+}
+
+fn members(image: &Image<File>, group: u32) -> Vec<u32> {
+    image
+        .descriptors()
+        .iter()
+        .filter(|d| d.group_id() == group)
+        .map(|d| d.id())
+        .collect()
+}

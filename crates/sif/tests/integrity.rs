@@ -1,0 +1,254 @@
+//! Signing and verification against sylabs/sif's signed test images and
+//! their expected verdicts, round trips through our signer, and a tampered
+//! variant for every check.
+
+use std::fs::{self, File, OpenOptions};
+use std::path::{Path, PathBuf};
+
+use sif::integrity::clearsign::{Keyring, SigningKey};
+use sif::integrity::sign::{SignOptions, sign};
+use sif::integrity::verify::{
+    SignatureCheck, Verifier, VerifyError, VerifyOptions, fingerprint_hex,
+};
+use sif::{Image, Link};
+
+const TEST_FP: &str = "12045C8C0B1004D058DE4BEDA20C27EE7FF7BA84";
+
+fn corpus(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/corpus/sylabs-sif")
+        .join(rel)
+}
+
+fn keyring() -> Keyring {
+    Keyring::from_bytes(&fs::read(corpus("test/keys/private.asc")).unwrap()).unwrap()
+}
+
+fn key() -> SigningKey {
+    SigningKey::from_bytes(&fs::read(corpus("test/keys/private.asc")).unwrap()).unwrap()
+}
+
+fn verify_path(
+    path: &Path,
+    ring: &Keyring,
+    opts: &VerifyOptions,
+) -> Result<Vec<SignatureCheck>, VerifyError> {
+    let img = Image::open(File::open(path).unwrap()).unwrap();
+    Verifier::new(&img, ring).verify(opts, |_, _| false)
+}
+
+fn verify(
+    name: &str,
+    ring: &Keyring,
+    opts: &VerifyOptions,
+) -> Result<Vec<SignatureCheck>, VerifyError> {
+    verify_path(&corpus(&format!("test/images/{name}")), ring, opts)
+}
+
+fn legacy() -> VerifyOptions {
+    VerifyOptions {
+        legacy: true,
+        ..VerifyOptions::default()
+    }
+}
+
+#[test]
+fn corpus_verdicts_match_sylabs() {
+    let ring = keyring();
+    let all = VerifyOptions::default();
+    let ok = verify("one-group-signed-pgp.sif", &ring, &all).unwrap();
+    assert_eq!(ok.len(), 1);
+    assert_eq!((ok[0].signature, ok[0].objects.clone()), (3, vec![1, 2]));
+    assert_eq!(fingerprint_hex(&ok[0].fingerprint), TEST_FP);
+    assert_eq!(ok[0].signer, "Unit Test <unit@test.com>");
+
+    let two = verify("two-groups-signed-pgp.sif", &ring, &all).unwrap();
+    assert_eq!(two.iter().map(|c| c.signature).collect::<Vec<_>>(), [4, 5]);
+
+    // An empty keyring: the signature is not valid (unknown issuer).
+    let e = verify("one-group-signed-pgp.sif", &Keyring::default(), &all).unwrap_err();
+    assert!(matches!(e, VerifyError::NotValid { id: 3, .. }), "{e}");
+    assert!(e.to_string().contains("not in the keyring"), "{e}");
+
+    let e = verify("one-group.sif", &ring, &all).unwrap_err();
+    assert!(matches!(e, VerifyError::SignatureNotFound { .. }), "{e}");
+    assert_eq!(e.to_string(), "object group 1: no signature found");
+
+    // Legacy mode ignores current signatures; current mode ignores legacy ones.
+    let e = verify("one-group-signed-pgp.sif", &ring, &legacy()).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            VerifyError::SignatureNotFound {
+                kind: "legacy ",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    for name in [
+        "one-group-signed-legacy.sif",
+        "one-group-signed-legacy-group.sif",
+    ] {
+        let e = verify(name, &ring, &all).unwrap_err();
+        assert!(
+            matches!(e, VerifyError::SignatureNotFound { .. }),
+            "{name}: {e}"
+        );
+    }
+    let l = verify("one-group-signed-legacy.sif", &ring, &legacy()).unwrap();
+    assert_eq!((l[0].objects.clone(), l[0].legacy), (vec![2], true));
+    let group = VerifyOptions {
+        groups: vec![1],
+        ..legacy()
+    };
+    let l = verify("one-group-signed-legacy-group.sif", &ring, &group).unwrap();
+    assert_eq!(l[0].objects, [1, 2]);
+    let every = VerifyOptions {
+        legacy_all: true,
+        ..legacy()
+    };
+    let l = verify("one-group-signed-legacy-all.sif", &ring, &every).unwrap();
+    assert_eq!(l.iter().map(|c| c.objects[0]).collect::<Vec<_>>(), [1, 2]);
+    verify("two-groups-signed-legacy.sif", &ring, &legacy()).unwrap();
+
+    // DSSE envelopes need PEM keys.
+    let e = verify("one-group-signed-dsse.sif", &ring, &all).unwrap_err();
+    assert!(e.to_string().contains("DSSE"), "{e}");
+
+    // Selected objects: a subset of the group is enough.
+    let one = VerifyOptions {
+        objects: vec![2],
+        ..VerifyOptions::default()
+    };
+    let c = verify("one-group-signed-pgp.sif", &ring, &one).unwrap();
+    assert_eq!(c[0].objects, [2]);
+}
+
+/// A writable copy of a corpus image.
+fn copy(dir: &Path, name: &str) -> PathBuf {
+    let p = dir.join(name);
+    fs::copy(corpus(&format!("test/images/{name}")), &p).unwrap();
+    p
+}
+
+fn open_rw(p: &Path) -> Image<File> {
+    Image::open(OpenOptions::new().read(true).write(true).open(p).unwrap()).unwrap()
+}
+
+fn patch(p: &Path, at: u64, bytes: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    OpenOptions::new()
+        .write(true)
+        .open(p)
+        .unwrap()
+        .write_all_at(bytes, at)
+        .unwrap();
+}
+
+#[test]
+fn sign_then_verify_round_trips() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = copy(dir.path(), "two-groups.sif");
+    let mut img = open_rw(&p);
+    let ids = sign(&mut img, &key(), None, &SignOptions::default()).unwrap();
+    drop(img);
+    let img = Image::open(File::open(&p).unwrap()).unwrap();
+    for id in &ids {
+        let d = img.descriptor(*id).unwrap();
+        assert_eq!(d.group_id(), 0);
+        let info = d.signature().unwrap();
+        assert_eq!(fingerprint_hex(&info.fingerprint.unwrap()), TEST_FP);
+        assert!(matches!(d.link(), Link::Group(_)));
+    }
+    let checks = Verifier::new(&img, &keyring())
+        .verify(&VerifyOptions::default(), |_, _| false)
+        .unwrap();
+    assert_eq!(checks.len(), ids.len());
+    assert_eq!(ids.len(), img.group_ids().len());
+}
+
+#[test]
+fn every_tampered_variant_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let ring = keyring();
+    let all = VerifyOptions::default();
+    let fresh = |tag: &str| {
+        let p = dir.path().join(format!("{tag}.sif"));
+        fs::copy(corpus("test/images/one-group-signed-pgp.sif"), &p).unwrap();
+        p
+    };
+    let img =
+        Image::open(File::open(corpus("test/images/one-group-signed-pgp.sif")).unwrap()).unwrap();
+    let obj2 = img.descriptor(2).unwrap().offset();
+    let desc_off = |slot: u64| img.header().descriptors_offset as u64 + slot * 585;
+    let sig3 = img.descriptor(3).unwrap().clone();
+
+    // Data of object 2.
+    let p = fresh("data");
+    patch(&p, obj2 + 10, b"X");
+    let e = verify_path(&p, &ring, &all).unwrap_err();
+    assert!(
+        matches!(e, VerifyError::ObjectIntegrity { id: 3, object: 2 }),
+        "{e}"
+    );
+
+    // Header: the launch script.
+    let p = fresh("header");
+    patch(&p, 0, b"#!/bin/evil");
+    let e = verify_path(&p, &ring, &all).unwrap_err();
+    assert!(matches!(e, VerifyError::HeaderIntegrity { id: 3 }), "{e}");
+
+    // Descriptor of object 1: its name (descriptor bytes 73..201).
+    let p = fresh("descriptor");
+    patch(&p, desc_off(0) + 80, b"renamed");
+    let e = verify_path(&p, &ring, &all).unwrap_err();
+    assert!(
+        matches!(e, VerifyError::DescriptorIntegrity { id: 3, object: 1 }),
+        "{e}"
+    );
+
+    // The fingerprint recorded in the signature descriptor (Extra, after the hash type).
+    let p = fresh("fingerprint");
+    let extra = desc_off(sig3.slot() as u64) + 585 - 384;
+    patch(&p, extra + 4, &[0xAA; 20]);
+    let e = verify_path(&p, &ring, &all).unwrap_err();
+    assert!(
+        matches!(e, VerifyError::FingerprintMismatch { id: 3, .. }),
+        "{e}"
+    );
+
+    // The signature's armor.
+    let p = fresh("armor");
+    patch(&p, sig3.offset() + sig3.size() - 80, b"AAAAAAAA");
+    let e = verify_path(&p, &ring, &all).unwrap_err();
+    assert!(e.is_not_valid(), "{e}");
+
+    // An object added to the signed group after signing.
+    let p = fresh("extra-object");
+    let mut img_rw = open_rw(&p);
+    let mut data: &[u8] = b"added later";
+    img_rw
+        .add_object(
+            sif::ObjectInput::new(sif::DataType::GENERIC, &mut data),
+            None,
+        )
+        .unwrap();
+    drop(img_rw);
+    let e = verify_path(&p, &ring, &all).unwrap_err();
+    assert!(
+        matches!(e, VerifyError::ObjectNotSigned { id: 3, object: 4 }),
+        "{e}"
+    );
+
+    // An object outside every group.
+    let p = fresh("ungrouped");
+    let mut img_rw = open_rw(&p);
+    let mut data: &[u8] = b"loose";
+    let mut input = sif::ObjectInput::new(sif::DataType::GENERIC, &mut data);
+    input.group = None;
+    img_rw.add_object(input, None).unwrap();
+    drop(img_rw);
+    let e = verify_path(&p, &ring, &all).unwrap_err();
+    assert!(matches!(e, VerifyError::NotGrouped { id: 4 }), "{e}");
+}

@@ -1,0 +1,32 @@
+//! An untrusted signature object: the cleartext framing, the armored
+//! OpenPGP signature (verified against the sylabs test key) and the signed
+//! metadata JSON. Errors are fine; panics are findings.
+
+#![no_main]
+
+use std::sync::OnceLock;
+
+use libfuzzer_sys::fuzz_target;
+use sif::integrity::clearsign::{self, Keyring};
+use sif::integrity::metadata::ImageMetadata;
+
+fn keyring() -> &'static Keyring {
+    static RING: OnceLock<Keyring> = OnceLock::new();
+    RING.get_or_init(|| {
+        Keyring::from_bytes(include_bytes!(
+            "../../tests/corpus/sylabs-sif/test/keys/private.asc"
+        ))
+        .expect("the test key parses")
+    })
+}
+
+fuzz_target!(|data: &[u8]| {
+    if let Some(text) = clearsign::plaintext_unverified(data) {
+        let _ = ImageMetadata::from_json(&text);
+    }
+    if let Ok(v) = clearsign::verify(data, keyring()) {
+        let _ = ImageMetadata::from_json(&v.plaintext);
+    }
+    let _ = ImageMetadata::from_json(data);
+    let _ = Keyring::from_bytes(data);
+});
