@@ -65,6 +65,8 @@ pub struct Hold {
     /// Make the host's Slurm client usable inside (a batch step's script
     /// starts steps with srun): see [`crate::slurm_client`].
     pub slurm_client: bool,
+    /// The image, already open (and checked against the ECL).
+    pub image_file: Option<std::sync::Arc<std::fs::File>>,
 }
 
 /// A whole launch.
@@ -282,13 +284,17 @@ pub fn launch(l: &Launch) -> Result<i32, LaunchError> {
         .write(true)
         .open("/dev/fuse")
         .map_err(LaunchError::Fuse)?;
-    let served = serve::open_image(
-        &l.image,
-        Tuning {
-            prefetch_threads: 0,
-            ..l.tuning
-        },
-    )?;
+    let tuning = Tuning {
+        prefetch_threads: 0,
+        ..l.tuning
+    };
+    let served = match &l.action {
+        Action::Hold(Hold {
+            image_file: Some(f),
+            ..
+        }) => serve::open_image_file(f.clone(), &l.image, tuning)?,
+        _ => serve::open_image(&l.image, tuning)?,
+    };
     let facts = host_facts()?;
     if l.run.contain
         && let Some(w) = &l.run.workdir

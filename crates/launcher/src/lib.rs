@@ -11,6 +11,7 @@ pub mod apply;
 pub mod bind;
 pub mod build;
 pub mod container;
+pub mod ecl_check;
 pub mod env;
 pub mod fuse;
 pub mod inspect;

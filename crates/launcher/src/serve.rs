@@ -57,10 +57,6 @@ pub fn open_image(path: &Path, tuning: Tuning) -> Result<Served, ServeError> {
         path: path.to_owned(),
         source,
     })?;
-    let sif_err = |source| ServeError::Sif {
-        path: path.to_owned(),
-        source,
-    };
     if file.metadata().map(|m| m.is_dir()).unwrap_or(false) {
         return Err(ServeError::Open {
             path: path.to_owned(),
@@ -70,7 +66,16 @@ pub fn open_image(path: &Path, tuning: Tuning) -> Result<Served, ServeError> {
             ),
         });
     }
-    let image = Image::open(file).map_err(sif_err)?;
+    open_image_file(Arc::new(file), path, tuning)
+}
+
+/// Serves an image from a file already open (the one the ECL checked).
+pub fn open_image_file(file: Arc<File>, path: &Path, tuning: Tuning) -> Result<Served, ServeError> {
+    let sif_err = |source| ServeError::Sif {
+        path: path.to_owned(),
+        source,
+    };
+    let image = Image::open(&*file).map_err(sif_err)?;
     let prim = image.primary_partition().map_err(sif_err)?;
     let part = prim.partition().map_err(sif_err)?;
     if part.fs_type != FsType::SQUASHFS {
@@ -80,7 +85,7 @@ pub fn open_image(path: &Path, tuning: Tuning) -> Result<Served, ServeError> {
         });
     }
     let offset = prim.offset();
-    let file = Arc::new(image.into_source());
+    drop(image);
     let squash =
         Squash::open(file.clone(), offset, tuning).map_err(|source| ServeError::Squash {
             path: path.to_owned(),
@@ -93,7 +98,6 @@ pub fn open_image(path: &Path, tuning: Tuning) -> Result<Served, ServeError> {
     })
 }
 
-/// FUSE configuration: read-only, no setuid, no devices, kernel permission checks.
 pub fn fuse_config(image: &Path, threads: usize) -> Config {
     let mut c = Config::default();
     c.mount_options = vec![

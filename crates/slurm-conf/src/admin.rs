@@ -9,6 +9,14 @@
 //! forbid = ["sif-writable-tmpfs"]  # options users may not give
 //! image_dirs = ["/shared/images"]  # images must lie below one of these
 //! max_binds = 16                   # most --sif-bind specs per step
+//!
+//! [ecl]                            # see crate::ecl
+//! activated = true
+//! keyring = "/etc/sifrun/ecl-keyring.asc"
+//! [[ecl.execgroup]]
+//! tagname = "site"
+//! mode = "whitelist"
+//! keyfp = ["12045C8C0B1004D058DE4BEDA20C27EE7FF7BA84"]
 //! ```
 //!
 //! Unknown keys and bad values are errors naming the key. The file steers
@@ -29,6 +37,11 @@ pub struct AdminConfig {
     pub container: ContainerSection,
     #[serde(default)]
     pub users: UsersSection,
+    /// The execution control list (`[ecl]`, see [`crate::ecl`]).
+    #[serde(skip)]
+    pub ecl: crate::ecl::Ecl,
+    #[serde(default, rename = "ecl")]
+    raw_ecl: Option<crate::ecl::RawEcl>,
 }
 
 /// `[container]`: what every container gets.
@@ -97,39 +110,11 @@ impl AdminConfig {
         owner: Option<u32>,
         options: &[&str],
     ) -> Result<AdminConfig, AdminError> {
-        let open = |source| AdminError::Open {
-            path: path.to_owned(),
-            source,
-        };
-        let mut file = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(path)
-            .map_err(open)?;
-        let meta = file.metadata().map_err(open)?;
-        let unsafe_file = |reason: String| AdminError::Unsafe {
-            path: path.to_owned(),
-            reason,
-        };
-        if !meta.is_file() {
-            return Err(unsafe_file("not a regular file".into()));
-        }
-        if let Some(owner) = owner
-            && meta.uid() != owner
-        {
-            return Err(unsafe_file(format!(
-                "owned by uid {}, must be owned by uid {owner}",
-                meta.uid()
-            )));
-        }
-        if owner.is_some() && meta.mode() & 0o022 != 0 {
-            return Err(unsafe_file(format!(
-                "mode {:04o} lets others write it; make it 0644",
-                meta.mode() & 0o7777
-            )));
-        }
-        let mut text = String::new();
-        file.read_to_string(&mut text).map_err(open)?;
+        let text =
+            String::from_utf8(read_trusted(path, owner)?).map_err(|_| AdminError::Invalid {
+                path: path.to_owned(),
+                reason: "not UTF-8 text".into(),
+            })?;
         AdminConfig::parse(&text, options).map_err(|reason| AdminError::Invalid {
             path: path.to_owned(),
             reason,
@@ -138,7 +123,7 @@ impl AdminConfig {
 
     /// Parses and checks the text; `options` are the option names users have.
     pub fn parse(text: &str, options: &[&str]) -> Result<AdminConfig, String> {
-        let c: AdminConfig = toml::from_str(text).map_err(|e| {
+        let mut c: AdminConfig = toml::from_str(text).map_err(|e| {
             let msg = e.message().to_owned();
             match e.span() {
                 Some(span) => {
@@ -179,6 +164,10 @@ impl AdminConfig {
                 ));
             }
         }
+        c.ecl = crate::ecl::Ecl::from_raw(c.raw_ecl.take().unwrap_or_default(), &|p| {
+            std::fs::canonicalize(p).ok()
+        })
+        .map_err(|e| format!("ecl: {e}"))?;
         Ok(c)
     }
 
@@ -196,6 +185,46 @@ impl AdminConfig {
         self.users.image_dirs.is_empty()
             || self.users.image_dirs.iter().any(|d| path.starts_with(d))
     }
+}
+
+/// Reads a file that steers root code (the admin file, the ECL keyring):
+/// a regular file, opened without following a symlink, owned by `owner`
+/// and writable by nobody else (`None`: no ownership check).
+pub fn read_trusted(path: &Path, owner: Option<u32>) -> Result<Vec<u8>, AdminError> {
+    let open = |source| AdminError::Open {
+        path: path.to_owned(),
+        source,
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(open)?;
+    let meta = file.metadata().map_err(open)?;
+    let unsafe_file = |reason: String| AdminError::Unsafe {
+        path: path.to_owned(),
+        reason,
+    };
+    if !meta.is_file() {
+        return Err(unsafe_file("not a regular file".into()));
+    }
+    if let Some(owner) = owner
+        && meta.uid() != owner
+    {
+        return Err(unsafe_file(format!(
+            "owned by uid {}, must be owned by uid {owner}",
+            meta.uid()
+        )));
+    }
+    if owner.is_some() && meta.mode() & 0o022 != 0 {
+        return Err(unsafe_file(format!(
+            "mode {:04o} lets others write it; make it 0644",
+            meta.mode() & 0o7777
+        )));
+    }
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).map_err(open)?;
+    Ok(bytes)
 }
 
 #[cfg(test)]

@@ -3,10 +3,11 @@
 //! the execution control list (ECL) that decides which signed images may run.
 //!
 //! Modules: plugstack arguments (here), [`admin`] (the admin TOML file),
-//! [`holder`] (what the step's container holder reports to the plugin). The
-//! ECL arrives with the signing work.
+//! [`ecl`] (the execution control list, in the admin file's `[ecl]` table),
+//! [`holder`] (what the step's container holder reports to the plugin).
 
 pub mod admin;
+pub mod ecl;
 pub mod holder;
 
 use std::collections::BTreeMap;

@@ -54,6 +54,9 @@ pub static RUNTIME_DIR: Mutex<Option<String>> = Mutex::new(None);
 /// The admin configuration (`config=` in plugstack.conf), or the defaults.
 pub static CONFIG: Mutex<Option<AdminConfig>> = Mutex::new(None);
 
+/// The `config=` path, which the holder re-reads for the ECL.
+pub static CONFIG_PATH: Mutex<Option<String>> = Mutex::new(None);
+
 /// The step's holder, as user_init left it for the tasks (forked later, they
 /// inherit this memory) and for exit.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -118,6 +121,7 @@ pub fn take_plugstack_args(plugstack_args: &[String]) -> Result<(), String> {
     .map_err(|e| format!("plugstack.conf: {e}"))?;
     *lock(&LAUNCHER) = conf.get("launcher").cloned();
     *lock(&RUNTIME_DIR) = conf.get("runtime_dir").cloned();
+    *lock(&CONFIG_PATH) = conf.get("config").cloned();
     if let Some(path) = conf.get("config") {
         let names: Vec<&str> = OPTIONS.iter().map(|o| o.name).collect();
         let c = AdminConfig::load(Path::new(path), config_owner(), &names)
@@ -270,6 +274,13 @@ pub fn holder_args(
     step: &str,
 ) -> Vec<String> {
     let mut v = vec!["slurm-hold".to_owned(), format!("--slurm-step={step}")];
+    if c.ecl.activated
+        && let Some(path) = lock(&CONFIG_PATH).as_deref()
+    {
+        // The holder checks the image against the ECL before it drops
+        // root's real uid, on the file it then serves.
+        v.push(format!("--ecl-config={path}"));
+    }
     if let Some(script) = batch_script {
         // The script runs in the image and may start steps: it needs srun.
         v.push("--slurm-client".into());

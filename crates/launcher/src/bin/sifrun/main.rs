@@ -67,6 +67,9 @@ image reproducible (nil ID, that time)."
         after_help = "Checks each signature cryptographically (SHA-2 hashes only), binds it to the key its descriptor names, and checks the header, every descriptor and every object against the signed digests. Exit status 0 only when everything verified."
     )]
     Verify(sign_cmd::VerifyArgs),
+    /// The execution control list: which signed images may run
+    #[command(subcommand)]
+    Ecl(sign_cmd::EclCommand),
     /// Run a command inside an image
     #[command(
         after_help = "The command is looked up on the container's PATH; its exit status is sifrun's \
@@ -109,6 +112,9 @@ image reproducible (nil ID, that time)."
         /// Make the host's Slurm client (srun, sbatch, …) usable inside: for batch scripts
         #[arg(long)]
         slurm_client: bool,
+        /// Apply the ECL of this admin file (root-owned) before anything else
+        #[arg(long, value_name = "FILE")]
+        ecl_config: Option<PathBuf>,
         #[command(flatten)]
         opts: run_cmd::ContainerArgs,
         /// The image
@@ -201,8 +207,16 @@ fn run(cli: Cli) -> Result<()> {
             opts,
             image,
             slurm_client,
+            ecl_config,
             ..
         } => {
+            // The ECL check runs before root's real uid is dropped, so the
+            // user cannot attach to this process while it checks, and on the
+            // very file that is then served.
+            let image_file = match &ecl_config {
+                Some(path) => sign_cmd::slurm_ecl_gate(path, &image)?,
+                None => None,
+            };
             launcher::privilege::drop_to_effective_user().context("slurm-hold")?;
             // The plugin writes the job's environment (NUL-separated) on stdin.
             let mut raw = Vec::new();
@@ -221,6 +235,7 @@ fn run(cli: Cli) -> Result<()> {
             let hold = launcher::container::Hold {
                 job_env,
                 slurm_client,
+                image_file,
             };
             let code = run_cmd::run(&opts, image, Action::Hold(hold), "slurm-hold")?;
             std::process::exit(code)
@@ -232,6 +247,13 @@ fn run(cli: Cli) -> Result<()> {
         Command::Sif(cmd) => sif_cmd::run(cmd),
         Command::Sign(a) => sign_cmd::run_sign(&a),
         Command::Verify(a) => sign_cmd::run_verify(&a),
+        Command::Ecl(cmd) => {
+            let code = sign_cmd::run_ecl(&cmd)?;
+            if code != ExitCode::SUCCESS {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Command::Build {
             image,
             source_dir,

@@ -167,3 +167,71 @@ pub fn run_verify(a: &VerifyArgs) -> Result<()> {
     println!("sifrun: {}: verified", a.image.display());
     Ok(())
 }
+
+#[derive(clap::Subcommand)]
+pub enum EclCommand {
+    /// Print whether the ECL lets an image run, which execgroup decided, and why
+    Check {
+        /// The ECL: an admin file with an [ecl] table, or an Apptainer-style
+        /// ecl.toml with `keyring` added; it and its keyring must be owned by
+        /// root and writable by nobody else
+        #[arg(long, value_name = "FILE", default_value = "/etc/sifrun/sifrun.toml")]
+        ecl: PathBuf,
+        /// The image
+        image: PathBuf,
+    },
+}
+
+pub fn run_ecl(cmd: &EclCommand) -> Result<std::process::ExitCode> {
+    let EclCommand::Check { ecl, image } = cmd;
+    let bytes =
+        slurm_conf::admin::read_trusted(ecl, Some(0)).with_context(|| "--ecl".to_owned())?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| anyhow::anyhow!("--ecl: {}: not UTF-8", ecl.display()))?;
+    let parsed = slurm_conf::ecl::Ecl::parse_file_text(&text)
+        .map_err(|e| anyhow::anyhow!("--ecl: {}: {e}", ecl.display()))?;
+    let file = File::open(image).with_context(|| image.display().to_string())?;
+    let d = launcher::ecl_check::check(&file, image, &parsed, Some(0))
+        .with_context(|| format!("ecl check {}", image.display()))?;
+    println!(
+        "sifrun: ecl: {}: {}{}: {}",
+        image.display(),
+        if d.allowed { "allowed" } else { "denied" },
+        d.group
+            .map(|g| format!(" by execgroup {g:?}"))
+            .unwrap_or_default(),
+        d.reason
+    );
+    Ok(if d.allowed {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    })
+}
+
+/// The ECL gate of a Slurm step's holder: with an activated ECL in the admin
+/// file, opens the image and lets it through only when the ECL allows it;
+/// returns the open file to serve.
+pub fn slurm_ecl_gate(config: &Path, image: &Path) -> Result<Option<std::sync::Arc<File>>> {
+    let bytes = slurm_conf::admin::read_trusted(config, Some(0)).context("ECL")?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| anyhow::anyhow!("ECL: {}: not UTF-8", config.display()))?;
+    let ecl = slurm_conf::ecl::Ecl::parse_file_text(&text)
+        .map_err(|e| anyhow::anyhow!("ECL: {}: {e}", config.display()))?;
+    if !ecl.activated {
+        return Ok(None);
+    }
+    let file = File::open(image).with_context(|| image.display().to_string())?;
+    let d = launcher::ecl_check::check(&file, image, &ecl, Some(0)).context("ECL")?;
+    if !d.allowed {
+        bail!(
+            "ECL: {}: denied{}: {}",
+            image.display(),
+            d.group
+                .map(|g| format!(" by execgroup {g:?}"))
+                .unwrap_or_default(),
+            d.reason
+        );
+    }
+    Ok(Some(std::sync::Arc::new(file)))
+}
