@@ -65,6 +65,7 @@ pub fn evidence<R: sif::ReadAt>(image: &Image<R>, ring: &Keyring, legacy: bool) 
                                 .is_ok_and(|d| d.link() == sif::Link::Group(g))
                         })
                         .map(|c| c.fingerprint)
+                        .filter(|fp| *fp != [0; 20])
                         .collect();
                     (format!("object group {g}"), fps)
                 })

@@ -5,6 +5,7 @@
 //! object data, plus one digest of the 61-byte header view.
 
 pub mod clearsign;
+pub mod dsse;
 pub mod metadata;
 pub mod sign;
 pub mod verify;

@@ -252,3 +252,44 @@ fn every_tampered_variant_is_refused() {
     let e = verify_path(&p, &ring, &all).unwrap_err();
     assert!(matches!(e, VerifyError::NotGrouped { id: 4 }), "{e}");
 }
+
+#[test]
+fn dsse_envelopes_verify_with_pem_keys() {
+    use sif::integrity::dsse::PublicKey;
+    let pem = |name: &str| {
+        PublicKey::from_pem(&fs::read(corpus(&format!("test/keys/{name}"))).unwrap()).unwrap()
+    };
+    let ring = Keyring::default();
+    let all = VerifyOptions::default();
+    let run = |name: &str, keys: &[PublicKey]| {
+        let img = Image::open(File::open(corpus(&format!("test/images/{name}"))).unwrap()).unwrap();
+        Verifier::new(&img, &ring)
+            .with_dsse_keys(keys)
+            .verify(&all, |_, _| false)
+    };
+    for key in ["ed25519-public.pem", "rsa-public.pem"] {
+        let ok = run("one-group-signed-dsse.sif", &[pem(key)]).unwrap();
+        assert_eq!(ok[0].objects, [1, 2], "{key}");
+        run("two-groups-signed-dsse.sif", &[pem(key)]).unwrap();
+    }
+    // The envelope holds no ECDSA signature.
+    let e = run("one-group-signed-dsse.sif", &[pem("ecdsa-public.pem")]).unwrap_err();
+    assert!(e.is_not_valid(), "{e}");
+    assert!(PublicKey::from_pem(b"not a key").is_err());
+    // A tampered payload is caught by the signature; tampered data by the digests.
+    let dir = tempfile::tempdir().unwrap();
+    let p = copy(dir.path(), "one-group-signed-dsse.sif");
+    let img = Image::open(File::open(&p).unwrap()).unwrap();
+    let obj2 = img.descriptor(2).unwrap().offset();
+    drop(img);
+    patch(&p, obj2 + 3, b"Z");
+    let img = Image::open(File::open(&p).unwrap()).unwrap();
+    let e = Verifier::new(&img, &ring)
+        .with_dsse_keys(&[pem("ed25519-public.pem")])
+        .verify(&all, |_, _| false)
+        .unwrap_err();
+    assert!(
+        matches!(e, VerifyError::ObjectIntegrity { object: 2, .. }),
+        "{e}"
+    );
+}

@@ -4,9 +4,10 @@
 //! 1. every object except signatures is in an object group;
 //! 2. each task (a group, or selected objects) has a signature of the
 //!    current format linked to its group;
-//! 3. the signature is an OpenPGP cleartext message (DSSE envelopes are
-//!    refused with a clear message: no PEM keys were given);
-//! 4. it verifies against the keyring with an allowed hash;
+//! 3. the signature is an OpenPGP cleartext message, or a DSSE envelope
+//!    when PEM public keys were given;
+//! 4. it verifies against the keyring with an allowed hash (a DSSE
+//!    envelope: against one of the public keys);
 //! 5. its text is well-formed metadata with allowed digests;
 //! 6. the verifying certificate's primary fingerprint is the one the
 //!    signature descriptor records;
@@ -132,6 +133,7 @@ fn each_signature(
 pub struct Verifier<'a, R> {
     image: &'a Image<R>,
     keyring: &'a Keyring,
+    dsse_keys: &'a [crate::integrity::dsse::PublicKey],
 }
 
 enum Task {
@@ -141,7 +143,17 @@ enum Task {
 
 impl<'a, R: ReadAt> Verifier<'a, R> {
     pub fn new(image: &'a Image<R>, keyring: &'a Keyring) -> Self {
-        Verifier { image, keyring }
+        Verifier {
+            image,
+            keyring,
+            dsse_keys: &[],
+        }
+    }
+
+    /// Also verifies DSSE envelopes, against these public keys.
+    pub fn with_dsse_keys(mut self, keys: &'a [crate::integrity::dsse::PublicKey]) -> Self {
+        self.dsse_keys = keys;
+        self
     }
 
     /// Runs every check; `on_invalid` may excuse a signature that failed
@@ -226,10 +238,24 @@ impl<'a, R: ReadAt> Verifier<'a, R> {
     fn crypto(&self, sig: &Descriptor) -> Result<clearsign::Verified, VerifyError> {
         let id = sig.id();
         let data = self.image.read_object(sig)?;
-        if data.trim_ascii_start().starts_with(b"{") {
-            return Err(VerifyError::Malformed {
-                id,
-                reason: "a DSSE envelope; verify it with --key PUBLIC.pem".into(),
+        if crate::integrity::dsse::looks_like_envelope(&data) {
+            if self.dsse_keys.is_empty() {
+                return Err(VerifyError::Malformed {
+                    id,
+                    reason: "a DSSE envelope; verify it with --key PUBLIC.pem".into(),
+                });
+            }
+            let payload = crate::integrity::dsse::verify(&data, self.dsse_keys).map_err(|e| {
+                VerifyError::NotValid {
+                    id,
+                    source: ClearsignError::Invalid(format!("DSSE: {e}")),
+                }
+            })?;
+            // DSSE signature descriptors carry no fingerprint to bind.
+            return Ok(clearsign::Verified {
+                plaintext: payload,
+                fingerprint: [0; 20],
+                signer: "a DSSE key given with --key".into(),
             });
         }
         let v = clearsign::verify(&data, self.keyring)

@@ -47,6 +47,9 @@ pub struct VerifyArgs {
     /// With --legacy-insecure: every object, not only the primary partition
     #[arg(long, requires = "legacy_insecure")]
     all: bool,
+    /// A PEM public key (ed25519, RSA, ECDSA) for DSSE signatures (repeatable)
+    #[arg(long = "key", value_name = "PUB.pem")]
+    keys: Vec<PathBuf>,
     /// The image to verify
     image: PathBuf,
 }
@@ -147,19 +150,32 @@ pub fn run_verify(a: &VerifyArgs) -> Result<()> {
             "sifrun: warning: legacy signatures cover object data only, not the image header or descriptors"
         );
     }
+    let mut dsse_keys = Vec::new();
+    for k in &a.keys {
+        let pem = std::fs::read(k).with_context(|| format!("--key: {}", k.display()))?;
+        dsse_keys.push(
+            sif::integrity::dsse::PublicKey::from_pem(&pem)
+                .with_context(|| format!("--key: {}", k.display()))?,
+        );
+    }
     let checks = Verifier::new(&image, &ring)
+        .with_dsse_keys(&dsse_keys)
         .verify(&opts, |_, _| false)
         .with_context(|| format!("verifying {}", a.image.display()))?;
     for c in &checks {
+        let fp = if c.fingerprint == [0; 20] {
+            "no fingerprint".to_owned()
+        } else {
+            fingerprint_hex(&c.fingerprint)
+        };
         println!(
-            "signature object {}: signed by {} ({}){}; objects {:?} verified",
+            "signature object {}: signed by {} ({fp}){}; objects {:?} verified",
             c.signature,
             if c.signer.is_empty() {
                 "(no user ID)"
             } else {
                 &c.signer
             },
-            fingerprint_hex(&c.fingerprint),
             if c.legacy { ", legacy" } else { "" },
             c.objects
         );
