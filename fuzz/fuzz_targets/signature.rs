@@ -1,6 +1,6 @@
 //! An untrusted signature object: the cleartext framing, the armored
-//! OpenPGP signature (verified against the sylabs test key) and the signed
-//! metadata JSON. Errors are fine; panics are findings.
+//! OpenPGP signature (verified against the sylabs test key), a DSSE
+//! envelope, PEM keys and the signed metadata JSON. Errors are fine; panics are findings.
 
 #![no_main]
 
@@ -8,6 +8,7 @@ use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use sif::integrity::clearsign::{self, Keyring};
+use sif::integrity::dsse::{self, PublicKey};
 use sif::integrity::metadata::ImageMetadata;
 
 fn keyring() -> &'static Keyring {
@@ -20,7 +21,23 @@ fn keyring() -> &'static Keyring {
     })
 }
 
+fn dsse_keys() -> &'static [PublicKey] {
+    static KEYS: OnceLock<Vec<PublicKey>> = OnceLock::new();
+    KEYS.get_or_init(|| {
+        vec![
+            PublicKey::from_pem(include_bytes!(
+                "../../tests/corpus/sylabs-sif/test/keys/ed25519-public.pem"
+            ))
+            .expect("the test key parses"),
+        ]
+    })
+}
+
 fuzz_target!(|data: &[u8]| {
+    if let Ok(payload) = dsse::verify(data, dsse_keys()) {
+        let _ = ImageMetadata::from_json(&payload);
+    }
+    let _ = PublicKey::from_pem(data);
     if let Some(text) = clearsign::plaintext_unverified(data) {
         let _ = ImageMetadata::from_json(&text);
     }
