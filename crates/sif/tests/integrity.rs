@@ -293,3 +293,110 @@ fn dsse_envelopes_verify_with_pem_keys() {
         "{e}"
     );
 }
+
+/// Replaces signature object 3 of a copy of one-group-signed-pgp.sif with
+/// `data` (same descriptor metadata, link group 1).
+fn with_signature(dir: &Path, tag: &str, data: &[u8]) -> PathBuf {
+    let p = dir.join(format!("{tag}.sif"));
+    fs::copy(corpus("test/images/one-group-signed-pgp.sif"), &p).unwrap();
+    let mut img = open_rw(&p);
+    img.delete_object(3, sif::DeleteOptions::default()).unwrap();
+    let mut d: &[u8] = data;
+    let mut input = sif::ObjectInput::new(sif::DataType::SIGNATURE, &mut d).with_metadata(
+        sif::Metadata::Signature {
+            hash_type: sif::HashType::SHA256,
+            fingerprint: (0..20)
+                .map(|i| u8::from_str_radix(&TEST_FP[2 * i..2 * i + 2], 16).unwrap())
+                .collect(),
+        },
+    );
+    input.group = None;
+    input.link = Link::Group(1);
+    img.add_object(input, None).unwrap();
+    p
+}
+
+#[test]
+fn weak_hashes_odd_sizes_and_wrong_groups_are_refused() {
+    use sequoia_openpgp::types::HashAlgorithm;
+    let dir = tempfile::tempdir().unwrap();
+    let ring = keyring();
+    let all = VerifyOptions::default();
+    let img =
+        Image::open(File::open(corpus("test/images/one-group-signed-pgp.sif")).unwrap()).unwrap();
+    let good = img.read_object(img.descriptor(3).unwrap()).unwrap();
+    let json =
+        String::from_utf8(sif::integrity::clearsign::plaintext_unverified(&good).unwrap()).unwrap();
+    drop(img);
+
+    // The metadata signed with SHA-1: refused (CVE-2022-39237).
+    let sha1 = key()
+        .sign(json.as_bytes(), HashAlgorithm::SHA1, None)
+        .unwrap();
+    let p = with_signature(dir.path(), "sha1", &sha1);
+    let e = verify_path(&p, &ring, &all).unwrap_err();
+    assert!(
+        e.to_string().contains("SHA1") || e.to_string().contains("SHA-1"),
+        "{e}"
+    );
+    // Metadata whose digests are SHA-1, properly signed: refused.
+    let weak = json.replacen(
+        "sha256:635fa0a14a8ef0c0351ed3e985799ed1d4f75ce973dea3cc76c99710795cc3f1",
+        &format!("sha1:{}", "ab".repeat(20)),
+        1,
+    );
+    assert_ne!(weak, json);
+    let signed = key()
+        .sign(weak.as_bytes(), HashAlgorithm::SHA256, None)
+        .unwrap();
+    let p = with_signature(dir.path(), "sha1-digest", &signed);
+    let e = verify_path(&p, &ring, &all).unwrap_err();
+    assert!(e.to_string().contains("algorithm not allowed"), "{e}");
+
+    // A truncated signature object.
+    let p = with_signature(dir.path(), "truncated", &good[..good.len() / 2]);
+    let e = verify_path(&p, &ring, &all).unwrap_err();
+    assert!(e.is_not_valid(), "{e}");
+    // An oversized one is not even read.
+    let mut big = good.clone();
+    big.resize((17 << 20) as usize, b' ');
+    let p = with_signature(dir.path(), "oversized", &big);
+    let e = verify_path(&p, &ring, &all).unwrap_err();
+    assert!(
+        e.to_string().contains("more than a signature can need"),
+        "{e}"
+    );
+    // Malformed armor.
+    let p = with_signature(dir.path(), "armor", b"-----BEGIN PGP SIGNED MESSAGE-----\nHash: SHA256\n\n{}\n-----BEGIN PGP SIGNATURE-----\n\n!!!!\n-----END PGP SIGNATURE-----\n");
+    assert!(verify_path(&p, &ring, &all).unwrap_err().is_not_valid());
+
+    // A signature moved to another group: group 2's signature of
+    // two-groups-signed-pgp.sif relinked to group 1.
+    let p = copy(dir.path(), "two-groups-signed-pgp.sif");
+    let img = Image::open(File::open(&p).unwrap()).unwrap();
+    let slot5 = img.descriptor(5).unwrap().slot() as u64;
+    let at = img.header().descriptors_offset as u64 + slot5 * 585 + 13;
+    drop(img);
+    patch(&p, at, &(0xF000_0000u32 | 1).to_le_bytes());
+    let e = verify_path(&p, &ring, &all).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            VerifyError::ObjectNotSigned { id: 5, .. }
+                | VerifyError::SignedObjectMissing { id: 5, .. }
+        ),
+        "{e}"
+    );
+    // Legacy: every object needs its own signature with --all.
+    let every = VerifyOptions {
+        legacy_all: true,
+        ..legacy()
+    };
+    let e = verify("two-groups-signed-legacy-all.sif", &ring, &every).unwrap_err();
+    assert_eq!(e.to_string(), "object 3: no legacy signature found");
+    let group = VerifyOptions {
+        groups: vec![1],
+        ..legacy()
+    };
+    verify("two-groups-signed-legacy-group.sif", &ring, &group).unwrap();
+}

@@ -107,6 +107,10 @@ pub fn fingerprint_hex(fp: &[u8; 20]) -> String {
 
 const LEGACY_PREFIX: &[u8] = b"SIFHASH:\n";
 
+/// The largest signature object read: metadata for tens of thousands of
+/// objects plus several signatures fits easily.
+pub const MAX_SIGNATURE_SIZE: u64 = 16 << 20;
+
 /// Checks every signature of a task: all must pass, except that
 /// `on_invalid` may excuse one that did not verify cryptographically.
 fn each_signature(
@@ -227,6 +231,9 @@ impl<'a, R: ReadAt> Verifier<'a, R> {
     }
 
     fn is_legacy(&self, sig: &Descriptor) -> bool {
+        if sig.size() > MAX_SIGNATURE_SIZE {
+            return false;
+        }
         self.image
             .read_object(sig)
             .ok()
@@ -237,6 +244,15 @@ impl<'a, R: ReadAt> Verifier<'a, R> {
     /// Steps 3 and 4 and 6: the signature verifies, by the named key.
     fn crypto(&self, sig: &Descriptor) -> Result<clearsign::Verified, VerifyError> {
         let id = sig.id();
+        if sig.size() > MAX_SIGNATURE_SIZE {
+            return Err(VerifyError::Malformed {
+                id,
+                reason: format!(
+                    "{} bytes, more than a signature can need ({MAX_SIGNATURE_SIZE})",
+                    sig.size()
+                ),
+            });
+        }
         let data = self.image.read_object(sig)?;
         if crate::integrity::dsse::looks_like_envelope(&data) {
             if self.dsse_keys.is_empty() {
