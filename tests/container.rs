@@ -682,3 +682,34 @@ fn sifrun_mount_serves_and_unmounts_on_sigterm() {
     assert!(server.wait().unwrap().success());
     assert!(!mnt.join("bin").exists());
 }
+
+#[test]
+fn nv_without_a_driver_is_a_clear_error_and_auto_is_quiet() {
+    if !can_run() {
+        return;
+    }
+    if std::path::Path::new("/dev/nvidiactl").exists() {
+        eprintln!("skipping: this host has an NVIDIA driver");
+        return;
+    }
+    let f = fixture();
+    let out = exec(&f, &["--nv"], &["true"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--nv: this host has no NVIDIA driver (no /dev/nvidiactl)"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    let out = exec(
+        &f,
+        &["--gpu", "auto"],
+        &["sh", "-c", "echo ${LD_LIBRARY_PATH-unset}"],
+    );
+    assert_eq!(
+        stdout(&out),
+        "unset\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

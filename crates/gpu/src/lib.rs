@@ -5,8 +5,11 @@
 //! Every discovery reads from an injectable host root so that tests run
 //! against fake `/dev`, `/sys`, `/proc` and `ld.so.cache` trees.
 //!
-//! Status: the discovery arrives with the host-integration work; today this
-//! crate only defines the vendor policy the launcher and plugin share.
+//! Modules: [`ldcache`] reads glibc's ld.so.cache; [`nvidia`] finds an
+//! NVIDIA driver's libraries, tools and devices. AMD ROCm follows.
+
+pub mod ldcache;
+pub mod nvidia;
 
 use std::fmt;
 use std::str::FromStr;

@@ -81,7 +81,13 @@ pub struct Launch {
     /// Give the container its own PID namespace (not for Slurm: tasks that
     /// join from outside must see themselves in /proc).
     pub pid_namespace: bool,
+    /// Which host GPUs to integrate.
+    pub gpu: gpu::GpuPolicy,
 }
+
+/// Where the host's GPU driver libraries appear inside (first on
+/// LD_LIBRARY_PATH).
+pub const GPU_LIB_DIR: &str = "/.sifrun/gpu/lib";
 
 /// Why a container could not start.
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +116,8 @@ pub enum LaunchError {
     },
     #[error("who are you? uid {0} has no passwd entry")]
     NoUser(u32),
+    #[error("{0}")]
+    Gpu(String),
 }
 
 fn setup(what: impl Into<String>) -> impl FnOnce(io::Error) -> LaunchError {
@@ -305,6 +313,12 @@ pub fn launch(l: &Launch) -> Result<i32, LaunchError> {
                 .map_err(setup(format!("--workdir: creating {}", d.display())))?;
         }
     }
+    let host_env: Vec<(String, String)> = match &l.action {
+        Action::Hold(h) => h.job_env.clone(),
+        _ => std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+            .collect(),
+    };
     let client = match &l.action {
         Action::Hold(h) if h.slurm_client => {
             crate::slurm_client::plan(&crate::slurm_client::real_host)
@@ -312,6 +326,61 @@ pub fn launch(l: &Launch) -> Result<i32, LaunchError> {
         _ => None,
     };
     let mut run = l.run.clone();
+    let host_env_var = |k: &str| {
+        host_env
+            .iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.as_str())
+    };
+    let nvidia = match l.gpu {
+        gpu::GpuPolicy::None | gpu::GpuPolicy::Rocm => None,
+        policy => {
+            let caps = gpu::nvidia::capabilities(host_env_var("NVIDIA_DRIVER_CAPABILITIES"));
+            let found = gpu::nvidia::discover(
+                Path::new("/"),
+                &caps,
+                host_env_var("NVIDIA_VISIBLE_DEVICES"),
+            );
+            if found.is_none() && policy == gpu::GpuPolicy::Nvidia {
+                return Err(LaunchError::Gpu(
+                    "--nv: this host has no NVIDIA driver (no /dev/nvidiactl)".into(),
+                ));
+            }
+            found
+        }
+    };
+    if l.gpu == gpu::GpuPolicy::Rocm {
+        return Err(LaunchError::Gpu("--gpu rocm is not supported yet".into()));
+    }
+    if let Some(n) = &nvidia {
+        for w in &n.warnings {
+            eprintln!("sifrun: warning: --nv: {w}");
+        }
+        let mut binds: Vec<crate::bind::BindSpec> = Vec::new();
+        for (soname, path) in &n.libraries {
+            binds.push(crate::bind::BindSpec {
+                source: path.clone(),
+                target: Path::new(GPU_LIB_DIR).join(soname),
+                readonly: true,
+            });
+        }
+        for tool in &n.tools {
+            binds.push(crate::bind::BindSpec {
+                source: tool.clone(),
+                target: Path::new("/usr/bin").join(tool.file_name().unwrap_or_default()),
+                readonly: true,
+            });
+        }
+        for f in &n.files {
+            binds.push(crate::bind::BindSpec {
+                source: f.clone(),
+                target: f.clone(),
+                readonly: false,
+            });
+        }
+        binds.append(&mut run.binds);
+        run.binds = binds;
+    }
     if let Some(c) = &client {
         let mut binds = c.binds.clone();
         // srun loads the SPANK plugins of plugstack.conf too.
@@ -368,13 +437,11 @@ pub fn launch(l: &Launch) -> Result<i32, LaunchError> {
         });
         plan.files.push((name, script.clone().into_bytes()));
     }
-    let host_env: Vec<(String, String)> = match &l.action {
-        Action::Hold(h) => h.job_env.clone(),
-        _ => std::env::vars_os()
-            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-            .collect(),
-    };
-    let cenv = container_env(&host_env, &l.env, &plan.home.to_string_lossy())?;
+    let mut cenv = container_env(&host_env, &l.env, &plan.home.to_string_lossy())?;
+    if nvidia.as_ref().is_some_and(|n| !n.libraries.is_empty()) {
+        cenv.base
+            .insert("LD_LIBRARY_PATH".into(), GPU_LIB_DIR.to_owned());
+    }
     for w in &cenv.warnings {
         eprintln!("sifrun: warning: {w}");
     }

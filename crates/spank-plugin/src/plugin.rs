@@ -301,6 +301,8 @@ pub fn holder_args(
     if a.no_home {
         v.push("--no-home".into());
     }
+    // GPUs: auto unless the user chose (--sif-gpu).
+    v.push(format!("--gpu={}", a.gpu.unwrap_or_default()));
     v.push(image_path(a, cwd));
     v
 }
@@ -727,6 +729,7 @@ mod tests {
                 "--env=A=1",
                 "--pwd=/w",
                 "--no-home",
+                "--gpu=auto",
                 "/home/u/run/img.sif"
             ]
         );

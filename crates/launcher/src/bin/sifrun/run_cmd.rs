@@ -44,6 +44,12 @@ pub struct ContainerArgs {
     /// Read NAME=VALUE lines from FILE
     #[arg(long, value_name = "FILE")]
     env_file: Option<PathBuf>,
+    /// Bind the host's NVIDIA driver libraries and tools (as Apptainer's --nv)
+    #[arg(long)]
+    nv: bool,
+    /// GPU integration: auto (what the host has), nvidia, rocm or none [default: none, or nvidia with --nv]
+    #[arg(long, value_name = "POLICY", conflicts_with = "nv")]
+    gpu: Option<gpu::GpuPolicy>,
     /// FUSE worker threads
     #[arg(long, hide = true)]
     threads: Option<usize>,
@@ -91,6 +97,11 @@ impl ContainerArgs {
                 .threads
                 .unwrap_or_else(launcher::serve::default_threads),
             pid_namespace,
+            gpu: match (self.nv, self.gpu) {
+                (true, _) => gpu::GpuPolicy::Nvidia,
+                (false, Some(p)) => p,
+                (false, None) => gpu::GpuPolicy::None,
+            },
         })
     }
 }
