@@ -666,3 +666,30 @@ fn a_command_missing_from_the_image_fails_and_never_runs_on_the_host() {
     );
     assert!(!marker.exists(), "the task ran on the host");
 }
+
+/// A PMIx step's ranks find the step's PMIx server directory and munge's
+/// socket inside the container, at the host's paths.
+#[test]
+fn pmix_steps_see_their_server_directory_and_munge() {
+    let Some((dir, img)) = setup() else { return };
+    let out = srun_in(
+        dir.path(),
+        &[
+            "--mpi=pmix",
+            "-n2",
+            &format!("--sif-image={}", img.display()),
+            "sh",
+            "-c",
+            "test -d \"$PMIX_SERVER_TMPDIR\" && test -S /run/munge/munge.socket.2 && echo pmix-ok $PMIX_RANK",
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut lines: Vec<&str> = text.lines().collect();
+    lines.sort();
+    assert_eq!(lines, ["pmix-ok 0", "pmix-ok 1"]);
+}

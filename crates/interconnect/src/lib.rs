@@ -4,8 +4,11 @@
 //!
 //! Path rules match whole path components, never string prefixes.
 //!
-//! Status: discovery arrives with the host-integration work; today this crate
-//! holds the component-wise path matching the other pieces build on.
+//! Modules: [`netfs`] (network filesystems from mountinfo), [`pmix`] (what a
+//! step's ranks need for PMIx). InfiniBand, Slingshot and Omni-Path follow.
+
+pub mod netfs;
+pub mod pmix;
 
 use std::path::{Component, Path};
 

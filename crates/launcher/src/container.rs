@@ -83,6 +83,10 @@ pub struct Launch {
     pub pid_namespace: bool,
     /// Which host GPUs to integrate.
     pub gpu: gpu::GpuPolicy,
+    /// Bind the host's network filesystems at their paths.
+    pub netfs: bool,
+    /// Filesystem types to bind besides the default ones.
+    pub netfs_types: Vec<String>,
 }
 
 /// Where the host's GPU driver libraries appear inside (first on
@@ -378,6 +382,31 @@ pub fn launch(l: &Launch) -> Result<i32, LaunchError> {
                 readonly: false,
             });
         }
+        binds.append(&mut run.binds);
+        run.binds = binds;
+    }
+    // Integration over isolation: network filesystems and, for a Slurm
+    // step, what its MPI ranks need for PMIx, at the host's paths; the
+    // user's own binds come after (and win on the same target).
+    let mut host_paths: Vec<PathBuf> = Vec::new();
+    if l.netfs {
+        let mut types: Vec<&str> = interconnect::netfs::DEFAULT_TYPES.to_vec();
+        types.extend(l.netfs_types.iter().map(String::as_str));
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        host_paths.extend(interconnect::netfs::mounts(&mountinfo, &types));
+    }
+    if matches!(l.action, Action::Hold(_)) {
+        host_paths.extend(interconnect::pmix::binds(&host_env, &|p| p.exists()));
+    }
+    if !host_paths.is_empty() {
+        let mut binds: Vec<crate::bind::BindSpec> = host_paths
+            .into_iter()
+            .map(|p| crate::bind::BindSpec {
+                source: p.clone(),
+                target: p,
+                readonly: false,
+            })
+            .collect();
         binds.append(&mut run.binds);
         run.binds = binds;
     }

@@ -4,6 +4,8 @@
 //! [container]
 //! binds = ["/scratch", "/apps:/apps:ro"]  # bound into every container, before the user's
 //! setup_timeout = 120                      # seconds a node waits for its container
+//! network_filesystems = true               # bind Lustre, GPFS, NFS, … at their paths
+//! netfs_types = ["wekafs"]                 # and these filesystem types too
 //!
 //! [users]
 //! forbid = ["sif-writable-tmpfs"]  # options users may not give
@@ -54,6 +56,16 @@ pub struct ContainerSection {
     /// Seconds a node waits for its container to be ready.
     #[serde(default = "default_timeout")]
     pub setup_timeout: u64,
+    /// Bind the host's network filesystems at their paths (default yes).
+    #[serde(default = "yes")]
+    pub network_filesystems: bool,
+    /// Filesystem types bound besides Lustre, GPFS, NFS, BeeGFS, CephFS, CIFS.
+    #[serde(default)]
+    pub netfs_types: Vec<String>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Default for ContainerSection {
@@ -61,6 +73,8 @@ impl Default for ContainerSection {
         ContainerSection {
             binds: Vec::new(),
             setup_timeout: default_timeout(),
+            network_filesystems: true,
+            netfs_types: Vec::new(),
         }
     }
 }
@@ -138,6 +152,17 @@ impl AdminConfig {
             if !source.starts_with('/') {
                 return Err(format!(
                     "container.binds: {b:?}: the source must be an absolute path"
+                ));
+            }
+        }
+        for t in &c.container.netfs_types {
+            if t.is_empty()
+                || !t
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+            {
+                return Err(format!(
+                    "container.netfs_types: {t:?} is not a filesystem type name"
                 ));
             }
         }

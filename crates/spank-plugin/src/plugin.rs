@@ -303,6 +303,12 @@ pub fn holder_args(
     }
     // GPUs: auto unless the user chose (--sif-gpu).
     v.push(format!("--gpu={}", a.gpu.unwrap_or_default()));
+    if !c.container.network_filesystems {
+        v.push("--no-netfs".into());
+    }
+    for t in &c.container.netfs_types {
+        v.push(format!("--netfs-type={t}"));
+    }
     v.push(image_path(a, cwd));
     v
 }

@@ -50,6 +50,12 @@ pub struct ContainerArgs {
     /// GPU integration: auto (what the host has), nvidia, rocm or none [default: none, or nvidia with --nv]
     #[arg(long, value_name = "POLICY", conflicts_with = "nv")]
     gpu: Option<gpu::GpuPolicy>,
+    /// Do not bind the host's network filesystems (Lustre, GPFS, NFS, BeeGFS, CephFS, CIFS)
+    #[arg(long)]
+    no_netfs: bool,
+    /// Also bind network filesystems of this type (repeatable; set by the admin file)
+    #[arg(long = "netfs-type", value_name = "TYPE", hide = true)]
+    netfs_types: Vec<String>,
     /// FUSE worker threads
     #[arg(long, hide = true)]
     threads: Option<usize>,
@@ -97,6 +103,8 @@ impl ContainerArgs {
                 .threads
                 .unwrap_or_else(launcher::serve::default_threads),
             pid_namespace,
+            netfs: !self.no_netfs,
+            netfs_types: self.netfs_types.clone(),
             gpu: match (self.nv, self.gpu) {
                 (true, _) => gpu::GpuPolicy::Nvidia,
                 (false, Some(p)) => p,
