@@ -6,27 +6,47 @@
 
 use std::path::{Component, PathBuf};
 
-/// Host directories to bind at their own paths for the job environment
-/// `env`; `exists` says whether a host path exists.
-pub fn binds(env: &[(String, String)], exists: &dyn Fn(&std::path::Path) -> bool) -> Vec<PathBuf> {
+/// slurmd's spool directory as `slurm.conf` sets it (`SlurmdSpoolDir`,
+/// default `/var/spool/slurmd`); `%n`/`%h` forms are not expanded.
+pub fn spool_dir(slurm_conf: &str) -> PathBuf {
+    slurm_conf
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .filter_map(|l| l.split_once('='))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("SlurmdSpoolDir"))
+        .map(|(_, v)| PathBuf::from(v.trim()))
+        .filter(|p| p.is_absolute() && !p.to_string_lossy().contains('%'))
+        .unwrap_or_else(|| PathBuf::from("/var/spool/slurmd"))
+}
+
+/// Host directories to bind at their own paths for a step whose job
+/// environment is `env`: slurmd's spool directory (the step's
+/// `pmix.JOB.STEP` server directory is created there, possibly after the
+/// container is made, so the parent is bound) and munge's socket
+/// directory, when the step uses PMIx. `exists` says whether a host path
+/// exists.
+pub fn binds(
+    env: &[(String, String)],
+    spool: &std::path::Path,
+    exists: &dyn Fn(&std::path::Path) -> bool,
+) -> Vec<PathBuf> {
     let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
-    let mut out = Vec::new();
-    if let Some(dir) = get("PMIX_SERVER_TMPDIR") {
-        let p = PathBuf::from(dir.trim_end_matches('/'));
-        let clean = p.is_absolute()
-            && p.components()
-                .all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
-        if clean && exists(&p) {
-            out.push(p);
-        }
+    let pmix = get("PMIX_SERVER_TMPDIR").is_some()
+        || get("SLURM_MPI_TYPE").is_some_and(|t| t.starts_with("pmix"));
+    if !pmix {
+        return Vec::new();
     }
-    if get("PMIX_SERVER_TMPDIR").is_some()
-        || get("SLURM_MPI_TYPE").is_some_and(|t| t.starts_with("pmix"))
-    {
-        let munge = PathBuf::from("/run/munge");
-        if exists(&munge) {
-            out.push(munge);
-        }
+    let mut out = Vec::new();
+    let clean = spool.is_absolute()
+        && spool
+            .components()
+            .all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
+    if clean && exists(spool) {
+        out.push(spool.to_path_buf());
+    }
+    let munge = PathBuf::from("/run/munge");
+    if exists(&munge) {
+        out.push(munge);
     }
     out
 }
@@ -34,24 +54,27 @@ pub fn binds(env: &[(String, String)], exists: &dyn Fn(&std::path::Path) -> bool
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     #[test]
-    fn the_steps_server_directory_and_munge() {
-        let env = vec![
-            (
-                "PMIX_SERVER_TMPDIR".to_owned(),
-                "/var/lib/slurm/slurmd/pmix.18.0/".to_owned(),
-            ),
-            ("SLURM_MPI_TYPE".to_owned(), "pmix".to_owned()),
-        ];
-        let all = |_: &std::path::Path| true;
+    fn the_spool_directory_and_munge_for_pmix_steps() {
+        let env = vec![("SLURM_MPI_TYPE".to_owned(), "pmix".to_owned())];
+        let all = |_: &Path| true;
+        let spool = spool_dir("SlurmdSpoolDir=/var/lib/slurm/slurmd # here\nOther=1\n");
+        assert_eq!(spool, Path::new("/var/lib/slurm/slurmd"));
+        assert_eq!(spool_dir(""), Path::new("/var/spool/slurmd"));
         assert_eq!(
-            binds(&env, &all),
-            ["/var/lib/slurm/slurmd/pmix.18.0", "/run/munge"].map(PathBuf::from)
+            spool_dir("SlurmdSpoolDir=/var/spool/slurmd.%n"),
+            Path::new("/var/spool/slurmd")
         );
-        assert!(binds(&[], &all).is_empty(), "no PMIx step, nothing");
-        let hostile = vec![("PMIX_SERVER_TMPDIR".to_owned(), "/var/../etc".to_owned())];
-        assert!(binds(&hostile, &|_| false).is_empty());
-        assert_eq!(binds(&hostile, &all), [PathBuf::from("/run/munge")]);
+        assert_eq!(
+            binds(&env, &spool, &all),
+            ["/var/lib/slurm/slurmd", "/run/munge"].map(PathBuf::from)
+        );
+        assert!(binds(&[], &spool, &all).is_empty(), "no PMIx step, nothing");
+        assert_eq!(
+            binds(&env, Path::new("/var/../etc"), &all),
+            [PathBuf::from("/run/munge")]
+        );
     }
 }

@@ -396,7 +396,14 @@ pub fn launch(l: &Launch) -> Result<i32, LaunchError> {
         host_paths.extend(interconnect::netfs::mounts(&mountinfo, &types));
     }
     if matches!(l.action, Action::Hold(_)) {
-        host_paths.extend(interconnect::pmix::binds(&host_env, &|p| p.exists()));
+        let conf = fs::read_to_string(
+            std::env::var("SLURM_CONF").unwrap_or_else(|_| "/etc/slurm/slurm.conf".into()),
+        )
+        .unwrap_or_default();
+        let spool = interconnect::pmix::spool_dir(&conf);
+        host_paths.extend(interconnect::pmix::binds(&host_env, &spool, &|p| {
+            p.exists()
+        }));
     }
     if !host_paths.is_empty() {
         let mut binds: Vec<crate::bind::BindSpec> = host_paths
