@@ -89,6 +89,55 @@ pub struct Launch {
     pub netfs_types: Vec<String>,
 }
 
+/// The site's admin file; with an activated `[ecl]` it decides which images
+/// `sifrun exec|run|shell` run (a fixed path: the caller's environment must
+/// not choose it).
+pub const SITE_CONFIG: &str = "/etc/sifrun/sifrun.toml";
+
+/// With an activated ECL in [`SITE_CONFIG`], opens `image`, checks it and
+/// returns the file to serve; `None` when there is no ECL to apply.
+pub fn ecl_gate(image: &Path) -> Result<Option<std::sync::Arc<fs::File>>, LaunchError> {
+    ecl_gate_with(Path::new(SITE_CONFIG), image)
+}
+
+/// [`ecl_gate`] with another admin file (the Slurm holder's `config=`).
+pub fn ecl_gate_with(
+    config: &Path,
+    image: &Path,
+) -> Result<Option<std::sync::Arc<fs::File>>, LaunchError> {
+    if !config.exists() {
+        return Ok(None);
+    }
+    let bytes = slurm_conf::admin::read_trusted(config, Some(0))
+        .map_err(|e| LaunchError::Ecl(e.to_string()))?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| LaunchError::Ecl(format!("{}: not UTF-8", config.display())))?;
+    let ecl = slurm_conf::ecl::Ecl::parse_file_text(&text)
+        .map_err(|e| LaunchError::Ecl(format!("{}: {e}", config.display())))?;
+    if !ecl.activated {
+        return Ok(None);
+    }
+    let file = fs::File::open(image).map_err(|source| {
+        LaunchError::Serve(ServeError::Open {
+            path: image.to_owned(),
+            source,
+        })
+    })?;
+    let d = crate::ecl_check::check(&file, image, &ecl, Some(0))
+        .map_err(|e| LaunchError::Ecl(e.to_string()))?;
+    if !d.allowed {
+        return Err(LaunchError::Ecl(format!(
+            "{}: denied{}: {}",
+            image.display(),
+            d.group
+                .map(|g| format!(" by execgroup {g:?}"))
+                .unwrap_or_default(),
+            d.reason
+        )));
+    }
+    Ok(Some(std::sync::Arc::new(file)))
+}
+
 /// Where the host's GPU driver libraries appear inside (first on
 /// LD_LIBRARY_PATH).
 pub const GPU_LIB_DIR: &str = "/.sifrun/gpu/lib";
@@ -122,6 +171,8 @@ pub enum LaunchError {
     NoUser(u32),
     #[error("{0}")]
     Gpu(String),
+    #[error("ECL: {0}")]
+    Ecl(String),
 }
 
 fn setup(what: impl Into<String>) -> impl FnOnce(io::Error) -> LaunchError {
@@ -300,12 +351,13 @@ pub fn launch(l: &Launch) -> Result<i32, LaunchError> {
         prefetch_threads: 0,
         ..l.tuning
     };
-    let served = match &l.action {
-        Action::Hold(Hold {
-            image_file: Some(f),
-            ..
-        }) => serve::open_image_file(f.clone(), &l.image, tuning)?,
-        _ => serve::open_image(&l.image, tuning)?,
+    let checked = match &l.action {
+        Action::Hold(h) => h.image_file.clone(),
+        _ => ecl_gate(&l.image)?,
+    };
+    let served = match checked {
+        Some(f) => serve::open_image_file(f, &l.image, tuning)?,
+        None => serve::open_image(&l.image, tuning)?,
     };
     let facts = host_facts()?;
     if l.run.contain

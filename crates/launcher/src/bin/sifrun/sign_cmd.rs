@@ -229,25 +229,5 @@ pub fn run_ecl(cmd: &EclCommand) -> Result<std::process::ExitCode> {
 /// file, opens the image and lets it through only when the ECL allows it;
 /// returns the open file to serve.
 pub fn slurm_ecl_gate(config: &Path, image: &Path) -> Result<Option<std::sync::Arc<File>>> {
-    let bytes = slurm_conf::admin::read_trusted(config, Some(0)).context("ECL")?;
-    let text = String::from_utf8(bytes)
-        .map_err(|_| anyhow::anyhow!("ECL: {}: not UTF-8", config.display()))?;
-    let ecl = slurm_conf::ecl::Ecl::parse_file_text(&text)
-        .map_err(|e| anyhow::anyhow!("ECL: {}: {e}", config.display()))?;
-    if !ecl.activated {
-        return Ok(None);
-    }
-    let file = File::open(image).with_context(|| image.display().to_string())?;
-    let d = launcher::ecl_check::check(&file, image, &ecl, Some(0)).context("ECL")?;
-    if !d.allowed {
-        bail!(
-            "ECL: {}: denied{}: {}",
-            image.display(),
-            d.group
-                .map(|g| format!(" by execgroup {g:?}"))
-                .unwrap_or_default(),
-            d.reason
-        );
-    }
-    Ok(Some(std::sync::Arc::new(file)))
+    Ok(launcher::container::ecl_gate_with(config, image)?)
 }
