@@ -6,10 +6,11 @@
 //! against fake `/dev`, `/sys`, `/proc` and `ld.so.cache` trees.
 //!
 //! Modules: [`ldcache`] reads glibc's ld.so.cache; [`nvidia`] finds an
-//! NVIDIA driver's libraries, tools and devices. AMD ROCm follows.
+//! NVIDIA driver's libraries, tools and devices; [`rocm`] the same for AMD ROCm.
 
 pub mod ldcache;
 pub mod nvidia;
+pub mod rocm;
 
 use std::fmt;
 use std::str::FromStr;

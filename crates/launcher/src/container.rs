@@ -138,6 +138,91 @@ pub fn ecl_gate_with(
     Ok(Some(std::sync::Arc::new(file)))
 }
 
+/// The binds that integrate the host's GPUs under `policy` (driver
+/// libraries into [`GPU_LIB_DIR`], tools into /usr/bin, the persistenced
+/// socket), and whether any library was bound. Warnings go to stderr.
+fn gpu_binds(
+    policy: gpu::GpuPolicy,
+    host_env: &[(String, String)],
+) -> Result<(Vec<crate::bind::BindSpec>, bool), LaunchError> {
+    use crate::bind::BindSpec;
+    use gpu::GpuPolicy;
+    let var = |k: &str| {
+        host_env
+            .iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.as_str())
+    };
+    let root = Path::new("/");
+    let (mut libraries, mut tools, mut files, mut warnings) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    if matches!(policy, GpuPolicy::Nvidia | GpuPolicy::Auto) {
+        let caps = gpu::nvidia::capabilities(var("NVIDIA_DRIVER_CAPABILITIES"));
+        match gpu::nvidia::discover(root, &caps, var("NVIDIA_VISIBLE_DEVICES")) {
+            Some(n) => {
+                libraries.extend(n.libraries);
+                tools.extend(n.tools);
+                files.extend(n.files);
+                warnings.extend(n.warnings.into_iter().map(|w| format!("--nv: {w}")));
+            }
+            None if policy == GpuPolicy::Nvidia => {
+                return Err(LaunchError::Gpu(
+                    "--nv: this host has no NVIDIA driver (no /dev/nvidiactl)".into(),
+                ));
+            }
+            None => {}
+        }
+    }
+    if matches!(policy, GpuPolicy::Rocm | GpuPolicy::Auto) {
+        match gpu::rocm::discover(root) {
+            Some(r) => {
+                for lib in r.libraries {
+                    if !libraries
+                        .iter()
+                        .any(|(s, _): &(String, PathBuf)| *s == lib.0)
+                    {
+                        libraries.push(lib);
+                    }
+                }
+                tools.extend(r.tools);
+                warnings.extend(r.warnings.into_iter().map(|w| format!("--rocm: {w}")));
+            }
+            None if policy == GpuPolicy::Rocm => {
+                return Err(LaunchError::Gpu(
+                    "--rocm: this host has no AMD GPU driver (no /dev/kfd)".into(),
+                ));
+            }
+            None => {}
+        }
+    }
+    for w in &warnings {
+        eprintln!("sifrun: warning: {w}");
+    }
+    let mut binds = Vec::new();
+    for (soname, path) in &libraries {
+        binds.push(BindSpec {
+            source: path.clone(),
+            target: Path::new(GPU_LIB_DIR).join(soname),
+            readonly: true,
+        });
+    }
+    for tool in &tools {
+        binds.push(BindSpec {
+            source: tool.clone(),
+            target: Path::new("/usr/bin").join(tool.file_name().unwrap_or_default()),
+            readonly: true,
+        });
+    }
+    for f in &files {
+        binds.push(BindSpec {
+            source: f.clone(),
+            target: f.clone(),
+            readonly: false,
+        });
+    }
+    Ok((binds, !libraries.is_empty()))
+}
+
 /// Where the host's GPU driver libraries appear inside (first on
 /// LD_LIBRARY_PATH).
 pub const GPU_LIB_DIR: &str = "/.sifrun/gpu/lib";
@@ -382,61 +467,9 @@ pub fn launch(l: &Launch) -> Result<i32, LaunchError> {
         _ => None,
     };
     let mut run = l.run.clone();
-    let host_env_var = |k: &str| {
-        host_env
-            .iter()
-            .find(|(n, _)| n == k)
-            .map(|(_, v)| v.as_str())
-    };
-    let nvidia = match l.gpu {
-        gpu::GpuPolicy::None | gpu::GpuPolicy::Rocm => None,
-        policy => {
-            let caps = gpu::nvidia::capabilities(host_env_var("NVIDIA_DRIVER_CAPABILITIES"));
-            let found = gpu::nvidia::discover(
-                Path::new("/"),
-                &caps,
-                host_env_var("NVIDIA_VISIBLE_DEVICES"),
-            );
-            if found.is_none() && policy == gpu::GpuPolicy::Nvidia {
-                return Err(LaunchError::Gpu(
-                    "--nv: this host has no NVIDIA driver (no /dev/nvidiactl)".into(),
-                ));
-            }
-            found
-        }
-    };
-    if l.gpu == gpu::GpuPolicy::Rocm {
-        return Err(LaunchError::Gpu("--gpu rocm is not supported yet".into()));
-    }
-    if let Some(n) = &nvidia {
-        for w in &n.warnings {
-            eprintln!("sifrun: warning: --nv: {w}");
-        }
-        let mut binds: Vec<crate::bind::BindSpec> = Vec::new();
-        for (soname, path) in &n.libraries {
-            binds.push(crate::bind::BindSpec {
-                source: path.clone(),
-                target: Path::new(GPU_LIB_DIR).join(soname),
-                readonly: true,
-            });
-        }
-        for tool in &n.tools {
-            binds.push(crate::bind::BindSpec {
-                source: tool.clone(),
-                target: Path::new("/usr/bin").join(tool.file_name().unwrap_or_default()),
-                readonly: true,
-            });
-        }
-        for f in &n.files {
-            binds.push(crate::bind::BindSpec {
-                source: f.clone(),
-                target: f.clone(),
-                readonly: false,
-            });
-        }
-        binds.append(&mut run.binds);
-        run.binds = binds;
-    }
+    let (mut gpu_binds, gpu_libs) = gpu_binds(l.gpu, &host_env)?;
+    gpu_binds.append(&mut run.binds);
+    run.binds = gpu_binds;
     // Integration over isolation: network filesystems and, for a Slurm
     // step, what its MPI ranks need for PMIx, at the host's paths; the
     // user's own binds come after (and win on the same target).
@@ -526,7 +559,7 @@ pub fn launch(l: &Launch) -> Result<i32, LaunchError> {
         plan.files.push((name, script.clone().into_bytes()));
     }
     let mut cenv = container_env(&host_env, &l.env, &plan.home.to_string_lossy())?;
-    if nvidia.as_ref().is_some_and(|n| !n.libraries.is_empty()) {
+    if gpu_libs {
         cenv.base
             .insert("LD_LIBRARY_PATH".into(), GPU_LIB_DIR.to_owned());
     }

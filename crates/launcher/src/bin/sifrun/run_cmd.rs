@@ -47,8 +47,11 @@ pub struct ContainerArgs {
     /// Bind the host's NVIDIA driver libraries and tools (as Apptainer's --nv)
     #[arg(long)]
     nv: bool,
-    /// GPU integration: auto (what the host has), nvidia, rocm or none [default: none, or nvidia with --nv]
-    #[arg(long, value_name = "POLICY", conflicts_with = "nv")]
+    /// Bind the host's AMD ROCm libraries and tools (as Apptainer's --rocm)
+    #[arg(long, conflicts_with = "nv")]
+    rocm: bool,
+    /// GPU integration: auto (what the host has), nvidia, rocm or none [default: none; --nv, --rocm]
+    #[arg(long, value_name = "POLICY", conflicts_with_all = ["nv", "rocm"])]
     gpu: Option<gpu::GpuPolicy>,
     /// Do not bind the host's network filesystems (Lustre, GPFS, NFS, BeeGFS, CephFS, CIFS)
     #[arg(long)]
@@ -105,10 +108,11 @@ impl ContainerArgs {
             pid_namespace,
             netfs: !self.no_netfs,
             netfs_types: self.netfs_types.clone(),
-            gpu: match (self.nv, self.gpu) {
-                (true, _) => gpu::GpuPolicy::Nvidia,
-                (false, Some(p)) => p,
-                (false, None) => gpu::GpuPolicy::None,
+            gpu: match (self.nv, self.rocm, self.gpu) {
+                (true, _, _) => gpu::GpuPolicy::Nvidia,
+                (_, true, _) => gpu::GpuPolicy::Rocm,
+                (_, _, Some(p)) => p,
+                _ => gpu::GpuPolicy::None,
             },
         })
     }
