@@ -5,10 +5,12 @@
 //! Path rules match whole path components, never string prefixes.
 //!
 //! Modules: [`netfs`] (network filesystems from mountinfo), [`pmix`] (what a
-//! step's ranks need for PMIx). InfiniBand, Slingshot and Omni-Path follow.
+//! step's ranks need for PMIx), [`topology`] (per-task nearest GPUs and NICs).
+//! InfiniBand, Slingshot and Omni-Path libraries follow.
 
 pub mod netfs;
 pub mod pmix;
+pub mod topology;
 
 use std::path::{Component, Path};
 

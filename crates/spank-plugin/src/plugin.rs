@@ -499,6 +499,7 @@ pub fn task_init(sp: &dyn Spank) -> Result<(), String> {
     match lock(&HOLDER).clone() {
         Some(Holder::Ready { pid, env }) => match join(pid) {
             Ok(()) => {
+                let hints = placement_hints(sp);
                 for change in &env {
                     let applied = match change {
                         EnvChange::Set(k, v) => sp.setenv(k, v),
@@ -509,6 +510,10 @@ pub fn task_init(sp: &dyn Spank) -> Result<(), String> {
                             "sifrun: setting the task's environment: {e}; the task was not started"
                         ));
                     }
+                }
+                for (k, v) in hints {
+                    // Hints only: a failure to set one is not worth the task.
+                    let _ = sp.setenv(&k, &v);
                 }
                 Ok(())
             }
@@ -521,6 +526,19 @@ pub fn task_init(sp: &dyn Spank) -> Result<(), String> {
             fail("sifrun: no container was started for this step; the task was not started".into())
         }
     }
+}
+
+/// GPU and NIC placement hints for this task's CPUs (see
+/// `interconnect::topology`), read from the host's sysfs.
+fn placement_hints(sp: &dyn Spank) -> Vec<(String, String)> {
+    let Ok(set) = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)) else {
+        return Vec::new();
+    };
+    let cpus: Vec<u32> = (0..nix::sched::CpuSet::count())
+        .filter(|&c| set.is_set(c).unwrap_or(false))
+        .map(|c| c as u32)
+        .collect();
+    interconnect::topology::hints(Path::new("/"), &cpus, &|k| sp.getenv(k))
 }
 
 /// Joins the holder's user, then mount namespace; keeps the working directory.
