@@ -79,6 +79,37 @@ pub fn parse(bytes: &[u8]) -> Result<Vec<Entry>, LdCacheError> {
     Ok(out)
 }
 
+/// The host's libraries named `name.so*` for each of `names`, as
+/// (soname, path) in the cache's order, the first path per soname, native
+/// architecture only, and only paths that exist below `root`. Reads
+/// `root/etc/ld.so.cache`.
+pub fn find_libraries(
+    root: &std::path::Path,
+    names: &[&str],
+) -> Result<Vec<(String, std::path::PathBuf)>, LdCacheError> {
+    let bytes = std::fs::read(root.join("etc/ld.so.cache"))
+        .map_err(|e| LdCacheError(format!("cannot read the host's ld.so.cache: {e}")))?;
+    let entries = parse(&bytes)?;
+    let native = native_flags();
+    let mut out: Vec<(String, std::path::PathBuf)> = Vec::new();
+    for name in names {
+        let stem = format!("{name}.so");
+        for e in entries.iter().filter(|e| e.flags == native) {
+            let matches = e.soname == stem
+                || e.soname
+                    .strip_prefix(&stem)
+                    .is_some_and(|r| r.starts_with('.'));
+            if matches
+                && !out.iter().any(|(s, _)| *s == e.soname)
+                && root.join(e.path.trim_start_matches('/')).exists()
+            {
+                out.push((e.soname.clone(), std::path::PathBuf::from(&e.path)));
+            }
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -122,40 +122,24 @@ pub fn discover(root: &Path, caps: &[Capability], visible: Option<&str>) -> Opti
         return None;
     }
     let mut out = Nvidia::default();
-    let native = ldcache::native_flags();
-    match std::fs::read(at("/etc/ld.so.cache"))
-        .map_err(|e| e.to_string())
-        .and_then(|b| ldcache::parse(&b).map_err(|e| e.to_string()))
-    {
-        Ok(entries) => {
-            for cap in caps {
-                for name in cap.libraries() {
-                    let stem = format!("{name}.so");
-                    let mut found = false;
-                    for e in entries.iter().filter(|e| e.flags == native) {
-                        let matches = e.soname == stem
-                            || e.soname
-                                .strip_prefix(&stem)
-                                .is_some_and(|r| r.starts_with('.'));
-                        if !matches || out.libraries.iter().any(|(s, _)| *s == e.soname) {
-                            continue;
-                        }
-                        if at(&e.path).exists() {
-                            out.libraries
-                                .push((e.soname.clone(), PathBuf::from(&e.path)));
-                            found = true;
-                        }
-                    }
-                    if !found && (*name == "libcuda" || *name == "libnvidia-ml") {
-                        out.warnings
-                            .push(format!("{stem} is not in the host's ld.so.cache"));
-                    }
+    let names: Vec<&str> = caps
+        .iter()
+        .flat_map(|c| c.libraries().iter().copied())
+        .collect();
+    match ldcache::find_libraries(root, &names) {
+        Ok(libs) => {
+            for must in ["libcuda", "libnvidia-ml"] {
+                let stem = format!("{must}.so");
+                let wanted = names.contains(&must);
+                let found = libs.iter().any(|(s, _)| s.starts_with(&stem));
+                if wanted && !found {
+                    out.warnings
+                        .push(format!("{stem} is not in the host's ld.so.cache"));
                 }
             }
+            out.libraries = libs;
         }
-        Err(e) => out
-            .warnings
-            .push(format!("cannot read the host's ld.so.cache: {e}")),
+        Err(e) => out.warnings.push(e.0),
     }
     for cap in caps {
         for tool in cap.tools() {

@@ -62,40 +62,15 @@ pub fn discover(root: &Path) -> Option<Rocm> {
         out.warnings
             .push("/dev/kfd exists but there is no /dev/dri/renderD* node".into());
     }
-    let native = ldcache::native_flags();
-    match std::fs::read(at("/etc/ld.so.cache"))
-        .map_err(|e| e.to_string())
-        .and_then(|b| ldcache::parse(&b).map_err(|e| e.to_string()))
-    {
-        Ok(entries) => {
-            for name in LIBRARIES {
-                let stem = format!("{name}.so");
-                for e in entries.iter().filter(|e| e.flags == native) {
-                    let matches = e.soname == stem
-                        || e.soname
-                            .strip_prefix(&stem)
-                            .is_some_and(|r| r.starts_with('.'));
-                    if matches
-                        && !out.libraries.iter().any(|(s, _)| *s == e.soname)
-                        && at(&e.path).exists()
-                    {
-                        out.libraries
-                            .push((e.soname.clone(), PathBuf::from(&e.path)));
-                    }
-                }
-            }
-            if !out
-                .libraries
-                .iter()
-                .any(|(s, _)| s.starts_with("libhsa-runtime64"))
-            {
+    match ldcache::find_libraries(root, LIBRARIES) {
+        Ok(libs) => {
+            if !libs.iter().any(|(s, _)| s.starts_with("libhsa-runtime64")) {
                 out.warnings
                     .push("libhsa-runtime64.so is not in the host's ld.so.cache".into());
             }
+            out.libraries = libs;
         }
-        Err(e) => out
-            .warnings
-            .push(format!("cannot read the host's ld.so.cache: {e}")),
+        Err(e) => out.warnings.push(e.0),
     }
     for tool in TOOLS {
         if let Some(p) = ["/usr/bin", "/opt/rocm/bin", "/usr/local/bin"]

@@ -108,12 +108,7 @@ pub fn ecl_gate_with(
     if !config.exists() {
         return Ok(None);
     }
-    let bytes = slurm_conf::admin::read_trusted(config, Some(0))
-        .map_err(|e| LaunchError::Ecl(e.to_string()))?;
-    let text = String::from_utf8(bytes)
-        .map_err(|_| LaunchError::Ecl(format!("{}: not UTF-8", config.display())))?;
-    let ecl = slurm_conf::ecl::Ecl::parse_file_text(&text)
-        .map_err(|e| LaunchError::Ecl(format!("{}: {e}", config.display())))?;
+    let ecl = slurm_conf::ecl::Ecl::load(config).map_err(LaunchError::Ecl)?;
     if !ecl.activated {
         return Ok(None);
     }

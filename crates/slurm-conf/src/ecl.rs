@@ -171,6 +171,15 @@ impl Ecl {
         })
     }
 
+    /// Reads an ECL file that must be root-owned and writable by nobody else
+    /// (see [`crate::admin::read_trusted`]), then [`Ecl::parse_file_text`].
+    pub fn load(path: &Path) -> Result<Ecl, String> {
+        let bytes = crate::admin::read_trusted(path, Some(0)).map_err(|e| e.to_string())?;
+        let text =
+            String::from_utf8(bytes).map_err(|_| format!("{}: not UTF-8 text", path.display()))?;
+        Ecl::parse_file_text(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
     /// Parses an ECL file with the keys at the top level (Apptainer's
     /// ecl.toml plus `keyring`) or in an `[ecl]` table (the admin file).
     pub fn parse_file_text(text: &str) -> Result<Ecl, String> {

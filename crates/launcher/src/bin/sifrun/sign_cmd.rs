@@ -200,12 +200,7 @@ pub enum EclCommand {
 
 pub fn run_ecl(cmd: &EclCommand) -> Result<std::process::ExitCode> {
     let EclCommand::Check { ecl, image } = cmd;
-    let bytes =
-        slurm_conf::admin::read_trusted(ecl, Some(0)).with_context(|| "--ecl".to_owned())?;
-    let text = String::from_utf8(bytes)
-        .map_err(|_| anyhow::anyhow!("--ecl: {}: not UTF-8", ecl.display()))?;
-    let parsed = slurm_conf::ecl::Ecl::parse_file_text(&text)
-        .map_err(|e| anyhow::anyhow!("--ecl: {}: {e}", ecl.display()))?;
+    let parsed = slurm_conf::ecl::Ecl::load(ecl).map_err(|e| anyhow::anyhow!("--ecl: {e}"))?;
     let file = File::open(image).with_context(|| image.display().to_string())?;
     let d = launcher::ecl_check::check(&file, image, &parsed, Some(0))
         .with_context(|| format!("ecl check {}", image.display()))?;
