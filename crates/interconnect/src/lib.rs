@@ -4,10 +4,12 @@
 //!
 //! Path rules match whole path components, never string prefixes.
 //!
-//! Modules: [`netfs`] (network filesystems from mountinfo), [`pmix`] (what a
-//! step's ranks need for PMIx), [`topology`] (per-task nearest GPUs and NICs).
-//! InfiniBand, Slingshot and Omni-Path libraries follow.
+//! Modules: [`fabric`] (InfiniBand/RoCE, Slingshot and Omni-Path devices,
+//! libraries and configuration), [`netfs`] (network filesystems from
+//! mountinfo), [`pmix`] (what a step's ranks need for PMIx), [`topology`]
+//! (per-task nearest GPUs and NICs).
 
+pub mod fabric;
 pub mod netfs;
 pub mod pmix;
 pub mod topology;

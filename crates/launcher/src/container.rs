@@ -87,6 +87,8 @@ pub struct Launch {
     pub netfs: bool,
     /// Filesystem types to bind besides the default ones.
     pub netfs_types: Vec<String>,
+    /// What the host's InfiniBand, Slingshot and Omni-Path give.
+    pub fabric: interconnect::fabric::Policy,
 }
 
 /// The site's admin file; with an activated `[ecl]` it decides which images
@@ -221,6 +223,43 @@ fn gpu_binds(
 /// Where the host's GPU driver libraries appear inside (first on
 /// LD_LIBRARY_PATH).
 pub const GPU_LIB_DIR: &str = "/.sifrun/gpu/lib";
+
+/// Where the host's fabric libraries appear inside (on LD_LIBRARY_PATH
+/// after the GPU's).
+pub const FABRIC_LIB_DIR: &str = "/.sifrun/fabric/lib";
+
+/// The binds for the host's fabrics under `policy`: libraries into
+/// [`FABRIC_LIB_DIR`], provider and configuration directories read-only at
+/// their paths, and each masked device node bound over itself `nodev`
+/// (it stays visible; opening it fails). Warnings go to stderr.
+fn fabric_binds(
+    root: &Path,
+    policy: interconnect::fabric::Policy,
+) -> (Vec<crate::bind::BindSpec>, bool) {
+    use crate::bind::BindSpec;
+    let Some(f) = interconnect::fabric::discover(root, policy) else {
+        return (Vec::new(), false);
+    };
+    for w in &f.warnings {
+        eprintln!("sifrun: warning: fabric: {w}");
+    }
+    let mut binds = Vec::new();
+    for (soname, path) in &f.libraries {
+        binds.push(BindSpec {
+            source: path.clone(),
+            target: Path::new(FABRIC_LIB_DIR).join(soname),
+            readonly: true,
+        });
+    }
+    for p in f.dirs.iter().chain(&f.files).chain(&f.masked) {
+        binds.push(BindSpec {
+            source: p.clone(),
+            target: p.clone(),
+            readonly: true,
+        });
+    }
+    (binds, !f.libraries.is_empty())
+}
 
 /// Why a container could not start.
 #[derive(Debug, thiserror::Error)]
@@ -463,6 +502,8 @@ pub fn launch(l: &Launch) -> Result<i32, LaunchError> {
     };
     let mut run = l.run.clone();
     let (mut gpu_binds, gpu_libs) = gpu_binds(l.gpu, &host_env)?;
+    let (mut fabric_binds, fabric_libs) = fabric_binds(Path::new("/"), l.fabric);
+    gpu_binds.append(&mut fabric_binds);
     gpu_binds.append(&mut run.binds);
     run.binds = gpu_binds;
     // Integration over isolation: network filesystems and, for a Slurm
@@ -554,9 +595,14 @@ pub fn launch(l: &Launch) -> Result<i32, LaunchError> {
         plan.files.push((name, script.clone().into_bytes()));
     }
     let mut cenv = container_env(&host_env, &l.env, &plan.home.to_string_lossy())?;
-    if gpu_libs {
+    let lib_dirs: Vec<&str> = [(gpu_libs, GPU_LIB_DIR), (fabric_libs, FABRIC_LIB_DIR)]
+        .iter()
+        .filter(|(used, _)| *used)
+        .map(|(_, d)| *d)
+        .collect();
+    if !lib_dirs.is_empty() {
         cenv.base
-            .insert("LD_LIBRARY_PATH".into(), GPU_LIB_DIR.to_owned());
+            .insert("LD_LIBRARY_PATH".into(), lib_dirs.join(":"));
     }
     for w in &cenv.warnings {
         eprintln!("sifrun: warning: {w}");

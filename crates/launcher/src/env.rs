@@ -9,6 +9,10 @@
 //!   `PATH` and anything else), then the user's own settings win:
 //!   `SINGULARITYENV_X`, `APPTAINERENV_X`, `SIFRUN_ENV_X` (in rising
 //!   precedence), `--env-file`, then `--env`.
+//! * The host's fabric tuning (`UCX_*`, `FI_*`, `PSM2_*`, … see
+//!   [`interconnect::fabric::HOST_TUNING_PREFIXES`]) is exported again after
+//!   the image's scripts, so an image's defaults never replace what the site
+//!   set for its network; the user's own settings still win.
 
 use std::collections::BTreeMap;
 
@@ -177,6 +181,16 @@ pub fn container_env(
     }
     let mut ordered: Vec<(usize, String, String)> =
         user.into_iter().map(|(k, (o, v))| (o, k, v)).collect();
+    if !opts.cleanenv {
+        for (k, v) in host {
+            if interconnect::fabric::is_host_tuning(k)
+                && valid_name(k)
+                && !ordered.iter().any(|(_, n, _)| n == k)
+            {
+                ordered.push((0, k.clone(), v.clone()));
+            }
+        }
+    }
     ordered.sort();
     env.user = ordered.into_iter().map(|(_, k, v)| (k, v)).collect();
     Ok(env)
@@ -226,6 +240,27 @@ mod tests {
         assert!(!e.base.contains_key("SIFRUN_BIND"));
         assert!(!e.base.contains_key("APPTAINER_CACHEDIR"));
         assert!(e.user.is_empty());
+    }
+
+    #[test]
+    fn host_fabric_tuning_outlasts_the_image_but_not_the_user() {
+        let host = h(&[
+            ("UCX_TLS", "rc,sm"),
+            ("FI_PROVIDER", "cxi"),
+            ("SIFRUN_ENV_FI_PROVIDER", "tcp"),
+            ("OTHER", "x"),
+        ]);
+        let e = container_env(&host, &EnvOptions::default(), "/h").unwrap();
+        assert_eq!(e.base["UCX_TLS"], "rc,sm");
+        // Exported after the image's scripts: the host's UCX_TLS, the
+        // user's FI_PROVIDER.
+        assert_eq!(e.user, h(&[("UCX_TLS", "rc,sm"), ("FI_PROVIDER", "tcp")]));
+        let clean = EnvOptions {
+            cleanenv: true,
+            ..EnvOptions::default()
+        };
+        let e = container_env(&host, &clean, "/h").unwrap();
+        assert!(!e.user.iter().any(|(k, _)| k == "UCX_TLS"));
     }
 
     #[test]

@@ -6,6 +6,8 @@
 //! setup_timeout = 120                      # seconds a node waits for its container
 //! network_filesystems = true               # bind Lustre, GPFS, NFS, … at their paths
 //! netfs_types = ["wekafs"]                 # and these filesystem types too
+//! fabric_libraries = true                  # bind the host's libibverbs, libfabric, …
+//! allow_umad = false                       # leave /dev/infiniband/umad*, issm* usable
 //!
 //! [users]
 //! forbid = ["sif-writable-tmpfs"]  # options users may not give
@@ -62,6 +64,14 @@ pub struct ContainerSection {
     /// Filesystem types bound besides Lustre, GPFS, NFS, BeeGFS, CephFS, CIFS.
     #[serde(default)]
     pub netfs_types: Vec<String>,
+    /// Bind the host's fabric libraries, provider directories and
+    /// configuration (default yes).
+    #[serde(default = "yes")]
+    pub fabric_libraries: bool,
+    /// Leave the InfiniBand management nodes (`umad*`, `issm*`) usable
+    /// (default no: they are masked).
+    #[serde(default)]
+    pub allow_umad: bool,
 }
 
 fn yes() -> bool {
@@ -75,6 +85,8 @@ impl Default for ContainerSection {
             setup_timeout: default_timeout(),
             network_filesystems: true,
             netfs_types: Vec::new(),
+            fabric_libraries: true,
+            allow_umad: false,
         }
     }
 }
@@ -265,6 +277,8 @@ mod tests {
 [container]
 binds = ["/scratch", "/apps:/apps:ro"]
 setup_timeout = 30
+fabric_libraries = false
+allow_umad = true
 [users]
 forbid = ["sif-writable-tmpfs", "--sif-bind"]
 image_dirs = ["/shared/images"]
@@ -275,6 +289,9 @@ max_binds = 4
         .unwrap();
         assert_eq!(c.container.binds, ["/scratch", "/apps:/apps:ro"]);
         assert_eq!(c.container.setup_timeout, 30);
+        assert!(!c.container.fabric_libraries && c.container.allow_umad);
+        let d = AdminConfig::default().container;
+        assert!(d.fabric_libraries && !d.allow_umad);
         assert!(c.forbids("sif-bind") && c.forbids("sif-writable-tmpfs"));
         assert!(!c.forbids("sif-image"));
         assert_eq!(c.users.max_binds, Some(4));

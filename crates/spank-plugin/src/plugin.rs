@@ -306,6 +306,12 @@ pub fn holder_args(
     if !c.container.network_filesystems {
         v.push("--no-netfs".into());
     }
+    if !c.container.fabric_libraries {
+        v.push("--no-fabric-libs".into());
+    }
+    if c.container.allow_umad {
+        v.push("--allow-umad".into());
+    }
     for t in &c.container.netfs_types {
         v.push(format!("--netfs-type={t}"));
     }
@@ -776,6 +782,12 @@ mod tests {
             holder_args(&a, &admin, "/", None, "7.0")[2..4],
             ["--bind=/scratch", "--bind=/data:/d:ro"]
         );
+        // Fabric policy from the admin file.
+        admin.container.fabric_libraries = false;
+        admin.container.allow_umad = true;
+        let v = holder_args(&a, &admin, "/", None, "7.0");
+        assert!(v.contains(&"--no-fabric-libs".to_owned()), "{v:?}");
+        assert!(v.contains(&"--allow-umad".to_owned()), "{v:?}");
     }
 
     #[test]

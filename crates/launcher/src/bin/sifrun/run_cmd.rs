@@ -56,6 +56,12 @@ pub struct ContainerArgs {
     /// Do not bind the host's network filesystems (Lustre, GPFS, NFS, BeeGFS, CephFS, CIFS)
     #[arg(long)]
     no_netfs: bool,
+    /// Do not bind the host's fabric libraries (libibverbs and providers, librdmacm, libfabric, libcxi, libpsm2)
+    #[arg(long)]
+    no_fabric_libs: bool,
+    /// Leave InfiniBand umad/issm device nodes usable (set from the admin file)
+    #[arg(long, hide = true)]
+    allow_umad: bool,
     /// Also bind network filesystems of this type (repeatable; set by the admin file)
     #[arg(long = "netfs-type", value_name = "TYPE", hide = true)]
     netfs_types: Vec<String>,
@@ -108,6 +114,10 @@ impl ContainerArgs {
             pid_namespace,
             netfs: !self.no_netfs,
             netfs_types: self.netfs_types.clone(),
+            fabric: interconnect::fabric::Policy {
+                libraries: !self.no_fabric_libs,
+                allow_umad: self.allow_umad,
+            },
             gpu: match (self.nv, self.rocm, self.gpu) {
                 (true, _, _) => gpu::GpuPolicy::Nvidia,
                 (_, true, _) => gpu::GpuPolicy::Rocm,
