@@ -11,10 +11,12 @@ use crate::syscall::Syscall;
 /// A failed step, naming what it was doing.
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
-    #[error("mounting {what} on {}: {source}", target.display())]
+    #[error("mounting {what} on {}{via}: {source}", target.display())]
     Mount {
         what: String,
         target: PathBuf,
+        /// Where the image's links led the target, when elsewhere.
+        via: String,
         #[source]
         source: io::Error,
     },
@@ -69,6 +71,16 @@ pub fn apply(plan: &Plan, sys: &dyn Syscall) -> Result<Applied, ApplyError> {
         let mount_err = |source| ApplyError::Mount {
             what: what.clone(),
             target: m.target.clone(),
+            via: if m.resolved == m.target {
+                String::new()
+            } else if m.in_host_dir {
+                format!(
+                    " (the image links it to {}, in a directory bound from the host, which is not changed)",
+                    m.resolved.display()
+                )
+            } else {
+                format!(" (the image links it to {})", m.resolved.display())
+            },
             source,
         };
         result.map_err(mount_err)?;
