@@ -695,3 +695,133 @@ fn pmix_steps_see_their_server_directory_and_munge() {
     lines.sort();
     assert_eq!(lines, ["pmix-ok 0", "pmix-ok 1"]);
 }
+
+#[test]
+fn tasks_have_no_privilege_and_the_job_environment_never_steers_root_code() {
+    use std::fs;
+    let Some((dir, img)) = setup() else { return };
+    let d = dir.path();
+    fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    // A library that records who loaded it, and a fake `sifrun` and `sh`
+    // first on PATH that record who ran them.
+    let src = d.join("evil.c");
+    fs::write(
+        &src,
+        format!(
+            "#include <stdio.h>\n#include <unistd.h>\n\
+             __attribute__((constructor)) static void mark(void) {{\n\
+             char p[512]; snprintf(p, sizeof p, \"{}/loaded-%d-%d\", (int)geteuid(), (int)getpid());\n\
+             FILE *f = fopen(p, \"w\"); if (f) fclose(f); }}\n",
+            d.display()
+        ),
+    )
+    .unwrap();
+    let evil = d.join("libevil.so");
+    ok(Command::new("gcc")
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(&evil)
+        .arg(&src)
+        .output()
+        .unwrap());
+    let bin = d.join("bin");
+    fs::create_dir(&bin).unwrap();
+    for fake in ["sifrun", "sh", "mount", "fusermount3"] {
+        let p = bin.join(fake);
+        fs::write(
+            &p,
+            format!("#!/bin/sh\ntouch {}/ran-{fake}-$(id -u)\n", d.display()),
+        )
+        .unwrap();
+        fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    }
+    let opt = format!("--sif-image={}", img.display());
+    let out = Command::new("srun")
+        .args([
+            "-n2",
+            &opt,
+            "/bin/sh",
+            "-c",
+            "grep -E '^(Uid|Gid|CapInh|CapPrm|CapEff|CapAmb|NoNewPrivs)' /proc/self/status; \
+             cat /shadow >/dev/null 2>&1 && echo SHADOW-READ; \
+             ls /rootdir >/dev/null 2>&1 && echo ROOT-LISTED; true",
+        ])
+        .current_dir(d)
+        .env("LD_PRELOAD", &evil)
+        .env("LD_LIBRARY_PATH", d)
+        .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
+        // SIFRUN_BIND is --sif-bind's variable: a bind is made with the
+        // user's rights only, never root's.
+        .env("SIFRUN_BIND", "/etc/shadow:/shadow,/root:/rootdir")
+        .env("SIFRUN_LOG", "trace")
+        .env("SIFRUN_TOPOLOGY", "../../etc")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let me = whoami();
+    assert_eq!(text.matches("NoNewPrivs:\t1").count(), 2, "{text}");
+    for cap in ["CapInh", "CapPrm", "CapEff", "CapAmb"] {
+        assert_eq!(
+            text.matches(&format!("{cap}:\t0000000000000000")).count(),
+            2,
+            "{cap}: {text}"
+        );
+    }
+    for line in text.lines().filter(|l| l.starts_with("Uid:")) {
+        assert!(line.split_whitespace().skip(1).all(|u| u == me), "{line}");
+    }
+    assert!(
+        !text.contains("SHADOW-READ") && !text.contains("ROOT-LISTED"),
+        "a bind lent root's rights: {text}"
+    );
+    let marks: Vec<String> = fs::read_dir(d)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("loaded-") || n.starts_with("ran-"))
+        .collect();
+    // The preload works for the user's own processes (srun, the tasks),
+    // which shows it was in force; root never loaded or ran anything.
+    assert!(
+        marks
+            .iter()
+            .any(|m| m.starts_with(&format!("loaded-{me}-"))),
+        "{marks:?}"
+    );
+    assert!(
+        marks
+            .iter()
+            .all(|m| !m.starts_with("loaded-0-") && !m.starts_with("ran-")),
+        "root code followed the job's environment: {marks:?}"
+    );
+}
+
+#[test]
+fn hostile_option_strings_fail_the_step_and_never_run_on_the_host() {
+    let Some((dir, img)) = setup() else { return };
+    let marker = dir.path().join("ran-on-host");
+    let script = format!("touch {}", marker.display());
+    let image = format!("--sif-image={}", img.display());
+    for bad in [
+        "--sif-bind=/tmp\n/etc:/x",
+        "--sif-bind=/tmp:/x:suid",
+        "--sif-bind=/tmp:/x:rw,dev",
+        "--sif-bind=/tmp:/x:ro:exec",
+        "--sif-bind=/tmp:../../etc",
+        "--sif-bind=/tmp:/x/../../../etc",
+        "--sif-env=A",
+        "--sif-env=X=1\nY=2",
+        "--sif-workdir=/tmp\n/x",
+    ] {
+        let out = srun_in(dir.path(), &["-n1", &image, bad, "sh", "-c", &script]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{bad:?} ran: {err}");
+        assert!(!err.contains("panicked"), "{bad:?}: {err}");
+        assert!(err.contains("sif"), "{bad:?}: no reason given: {err}");
+        assert!(!marker.exists(), "{bad:?}: the task ran on the host");
+    }
+}
