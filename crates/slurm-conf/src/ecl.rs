@@ -174,7 +174,14 @@ impl Ecl {
     /// Reads an ECL file that must be root-owned and writable by nobody else
     /// (see [`crate::admin::read_trusted`]), then [`Ecl::parse_file_text`].
     pub fn load(path: &Path) -> Result<Ecl, String> {
-        let bytes = crate::admin::read_trusted(path, Some(0)).map_err(|e| e.to_string())?;
+        Ecl::load_owned_by(path, 0)
+    }
+
+    /// [`Ecl::load`] for a file that must be owned by `owner` (for
+    /// `sifrun ecl check` trying out a user's own draft; what gates a
+    /// container is always root's).
+    pub fn load_owned_by(path: &Path, owner: u32) -> Result<Ecl, String> {
+        let bytes = crate::admin::read_trusted(path, Some(owner)).map_err(|e| e.to_string())?;
         let text =
             String::from_utf8(bytes).map_err(|_| format!("{}: not UTF-8 text", path.display()))?;
         Ecl::parse_file_text(&text).map_err(|e| format!("{}: {e}", path.display()))

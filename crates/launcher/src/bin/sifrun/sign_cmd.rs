@@ -190,7 +190,7 @@ pub enum EclCommand {
     Check {
         /// The ECL: an admin file with an [ecl] table, or an Apptainer-style
         /// ecl.toml with `keyring` added; it and its keyring must be owned by
-        /// root and writable by nobody else
+        /// root (or, to try out a draft, by you) and writable by nobody else
         #[arg(long, value_name = "FILE", default_value = "/etc/sifrun/sifrun.toml")]
         ecl: PathBuf,
         /// The image
@@ -200,9 +200,21 @@ pub enum EclCommand {
 
 pub fn run_ecl(cmd: &EclCommand) -> Result<std::process::ExitCode> {
     let EclCommand::Check { ecl, image } = cmd;
-    let parsed = slurm_conf::ecl::Ecl::load(ecl).map_err(|e| anyhow::anyhow!("--ecl: {e}"))?;
+    // A draft of the caller's own is judged the same way; only root's
+    // files ever gate a container (exec and the Slurm holder load those).
+    let me = nix::unistd::getuid().as_raw();
+    let owner = |p: &std::path::Path| {
+        use std::os::unix::fs::MetadataExt;
+        match std::fs::symlink_metadata(p) {
+            Ok(m) if m.uid() == me => me,
+            _ => 0,
+        }
+    };
+    let parsed = slurm_conf::ecl::Ecl::load_owned_by(ecl, owner(ecl))
+        .map_err(|e| anyhow::anyhow!("--ecl: {e}"))?;
+    let ring_owner = parsed.keyring.as_deref().map(owner).unwrap_or(0);
     let file = File::open(image).with_context(|| image.display().to_string())?;
-    let d = launcher::ecl_check::check(&file, image, &parsed, Some(0))
+    let d = launcher::ecl_check::check(&file, image, &parsed, Some(ring_owner))
         .with_context(|| format!("ecl check {}", image.display()))?;
     println!(
         "sifrun: ecl: {}: {}{}: {}",
