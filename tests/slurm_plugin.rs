@@ -588,15 +588,25 @@ fn fifty_back_to_back_steps_leak_nothing() {
             .filter(|l| l.contains(img.to_str().unwrap()))
             .count()
     };
+    // As many tasks as the node has CPUs, 50 steps in a row.
+    let cpus: usize = String::from_utf8(ok(Command::new("sinfo")
+        .args(["-h", "-o", "%c"])
+        .output()
+        .unwrap()))
+    .unwrap()
+    .trim()
+    .parse()
+    .unwrap();
+    let tasks = format!("-n{cpus}");
     let fds_before = our_fds();
     for i in 0..50 {
         let out = srun_in(
             dir.path(),
-            &["-n1", &opt, "sh", "-c", &format!("echo step-{i}")],
+            &[&tasks, &opt, "sh", "-c", &format!("echo step-{i}")],
         );
         assert_eq!(
             String::from_utf8_lossy(&out.stdout),
-            format!("step-{i}\n"),
+            format!("step-{i}\n").repeat(cpus),
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
@@ -823,5 +833,118 @@ fn hostile_option_strings_fail_the_step_and_never_run_on_the_host() {
         assert!(!err.contains("panicked"), "{bad:?}: {err}");
         assert!(err.contains("sif"), "{bad:?}: no reason given: {err}");
         assert!(!marker.exists(), "{bad:?}: the task ran on the host");
+    }
+}
+
+#[test]
+fn killing_the_holder_mid_read_ends_the_step_and_leaves_nothing() {
+    let Some((dir, _)) = setup() else { return };
+    let (img, _) = payload_image(dir.path(), "reader", 1);
+    let opt = format!("--sif-image={}", img.display());
+    let holders = || {
+        leftovers("slurm-hold")
+            .into_iter()
+            .filter(|l| l.contains(img.to_str().unwrap()))
+            .map(|l| l.split_whitespace().next().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    for round in 0..2 {
+        let marker = format!("reader-{}-{round}", std::process::id());
+        let script =
+            format!("while cat /payload >/dev/null; do :; done; echo {marker} failed; exit 7");
+        let step = Command::new("srun")
+            .args(["-n2", &opt, "sh", "-c", &script])
+            .current_dir(dir.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_until("the readers", || {
+            leftovers(&marker)
+                .iter()
+                .filter(|l| l.contains("while cat"))
+                .count()
+                >= 2
+        });
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let pids = holders();
+        assert!(!pids.is_empty());
+        let mut kill = Command::new("kill");
+        kill.arg("-9").args(&pids);
+        ok(kill.output().unwrap());
+        // wait_until bounds the wait: a reader hung on the dead server
+        // would fail here.
+        let t = std::time::Instant::now();
+        let out = step.wait_with_output().unwrap();
+        assert!(t.elapsed().as_secs() < 30, "the step hung");
+        assert!(!out.status.success(), "the step survived its server");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout)
+                .matches("failed")
+                .count(),
+            2,
+            "every reader saw the error"
+        );
+        wait_until("the step's processes to go", || {
+            leftovers(&marker).is_empty() && holders().is_empty()
+        });
+        assert!(
+            !std::fs::read_to_string("/proc/mounts")
+                .unwrap()
+                .contains("sifrun:")
+        );
+    }
+}
+
+#[test]
+fn an_image_replaced_during_a_step_keeps_serving_the_checked_bytes() {
+    use std::fs;
+    let Some((dir, _)) = setup() else { return };
+    let d = dir.path();
+    let (a, sum_a) = payload_image(d, "a", 1);
+    let (b, sum_b) = payload_image(d, "b", 2);
+    assert_ne!(sum_a, sum_b);
+    for how in ["replaced", "deleted"] {
+        let target = d.join("running.sif");
+        fs::copy(&a, &target).unwrap();
+        let flag = d.join("go");
+        let _ = fs::remove_file(&flag);
+        let script = format!(
+            "while [ ! -e {} ]; do sleep 0.05; done; md5sum /payload",
+            flag.display()
+        );
+        let step = Command::new("srun")
+            .args(["-n2", &format!("--sif-image={}", target.display())])
+            .args(["sh", "-c", &script])
+            .current_dir(d)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_until("the tasks", || {
+            leftovers(&flag.display().to_string())
+                .iter()
+                .filter(|l| l.contains("while"))
+                .count()
+                >= 2
+        });
+        fs::remove_file(&target).unwrap();
+        if how == "replaced" {
+            fs::copy(&b, &target).unwrap();
+        }
+        fs::write(&flag, "").unwrap();
+        let out = step.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{how}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            text.matches(&sum_a).count(),
+            2,
+            "{how}: the tasks read other bytes: {text} (the new file is {sum_b})"
+        );
+        let _ = fs::remove_file(&target);
     }
 }

@@ -151,3 +151,39 @@ pub fn require(tool: &str) -> bool {
     eprintln!("skipping: {tool} not installed");
     false
 }
+
+/// A busybox image at `dir/NAME.sif` (built by `sifrun build`) with an
+/// 8 MiB `/payload` whose bytes follow from `seed`; returns the image and
+/// the payload's md5 as md5sum prints it.
+pub fn payload_image(dir: &Path, name: &str, seed: u32) -> (PathBuf, String) {
+    use std::fs;
+    let root = dir.join(format!("{name}-root"));
+    fs::create_dir_all(root.join("bin")).unwrap();
+    fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+    for c in ["sh", "cat", "sleep", "md5sum", "echo", "head"] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(c)).unwrap();
+    }
+    // xorshift: incompressible, different per seed.
+    let mut x: u32 = 0x9e37_79b9 ^ seed;
+    let payload: Vec<u8> = (0..8 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect();
+    fs::write(root.join("payload"), &payload).unwrap();
+    let sum = ok(Command::new("md5sum")
+        .arg(root.join("payload"))
+        .output()
+        .unwrap());
+    let img = dir.join(format!("{name}.sif"));
+    ok(sifrun(&[
+        "build",
+        img.to_str().unwrap(),
+        root.to_str().unwrap(),
+    ]));
+    fs::remove_dir_all(&root).unwrap();
+    (img, String::from_utf8(sum).unwrap()[..32].to_owned())
+}
