@@ -862,7 +862,11 @@ fn killing_the_holder_mid_read_ends_the_step_and_leaves_nothing() {
         wait_until("the readers", || {
             leftovers(&marker)
                 .iter()
-                .filter(|l| l.contains("while cat"))
+                .filter(|l| {
+                    l.trim_start().split_once(' ').is_some_and(|(_, args)| {
+                        args.contains("sh -c while cat") && !args.starts_with("srun")
+                    })
+                })
                 .count()
                 >= 2
         });
@@ -921,10 +925,16 @@ fn an_image_replaced_during_a_step_keeps_serving_the_checked_bytes() {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
+        // The tasks themselves (srun's own command line has the script
+        // too): only then has the holder opened the image.
         wait_until("the tasks", || {
             leftovers(&flag.display().to_string())
                 .iter()
-                .filter(|l| l.contains("while"))
+                .filter(|l| {
+                    l.trim_start().split_once(' ').is_some_and(|(_, args)| {
+                        args.contains("sh -c while") && !args.starts_with("srun")
+                    })
+                })
                 .count()
                 >= 2
         });
