@@ -314,6 +314,17 @@ impl HostFs for RealHost {
             TargetKind::File
         })
     }
+
+    fn why_missing(&self, path: &Path) -> String {
+        match fs::metadata(path) {
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                "permission denied (you cannot reach it on the host)".into()
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => "no such file or directory".into(),
+            Err(e) => e.to_string(),
+            Ok(_) => "no such file or directory".into(),
+        }
+    }
 }
 
 /// Facts about the calling user.

@@ -33,6 +33,10 @@ pub enum Entry {
 pub trait HostFs {
     /// Whether `path` exists on the host, and as what.
     fn kind(&self, path: &Path) -> Option<TargetKind>;
+    /// Why [`HostFs::kind`] found nothing at `path`, for the message.
+    fn why_missing(&self, _path: &Path) -> String {
+        "no such file or directory".into()
+    }
 }
 
 /// Facts about the user and the host.
@@ -113,8 +117,8 @@ pub struct Plan {
 /// Why no plan can be made.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum PlanError {
-    #[error("--bind: {}: no such file or directory", .0.display())]
-    MissingSource(PathBuf),
+    #[error("--bind: {}: {}", .0.display(), .1)]
+    MissingSource(PathBuf, String),
     #[error("{}: too many levels of symbolic links in the image", .0.display())]
     SymlinkLoop(PathBuf),
     #[error("{}: {} in the image is not a directory", path.display(), component.display())]
@@ -440,9 +444,9 @@ pub fn plan(
         });
     }
     for b in &opts.binds {
-        let kind = host_fs
-            .kind(&b.source)
-            .ok_or_else(|| PlanError::MissingSource(b.source.clone()))?;
+        let kind = host_fs.kind(&b.source).ok_or_else(|| {
+            PlanError::MissingSource(b.source.clone(), host_fs.why_missing(&b.source))
+        })?;
         wants.push(Want {
             source: Source::Host {
                 path: b.source.clone(),
