@@ -373,14 +373,16 @@ fn capabilities_setuid_and_fakeroot_gain_nothing_outside() {
         ] {
             assert!(text.contains(want), "{binary}: no {want:?} in {text}");
         }
-        let uid_line = text.lines().find(|l| l.starts_with("Uid:")).unwrap();
-        assert!(
-            uid_line
-                .split_whitespace()
-                .skip(1)
-                .all(|u| u == me.to_string()),
-            "{binary}: {uid_line}"
-        );
+        let my_gid = fs::metadata("/proc/self").unwrap().gid();
+        for (field, want) in [("Uid:", me), ("Gid:", my_gid)] {
+            let line = text.lines().find(|l| l.starts_with(field)).unwrap();
+            assert!(
+                line.split_whitespace()
+                    .skip(1)
+                    .all(|u| u == want.to_string()),
+                "{binary}: {line}"
+            );
+        }
     }
 
     // --fakeroot is root inside a namespace that owns nothing outside: a

@@ -499,66 +499,69 @@ fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
 fn scancel_and_kill_9_leave_no_process_and_no_mount() {
     let Some((dir, img)) = setup() else { return };
     let opt = format!("--sif-image={}", img.display());
-    let marker = format!("sleep {}", 300 + std::process::id() % 97);
+    // Each fault twice.
+    for round in 0..2 {
+        let marker = format!("sleep {}", 300 + std::process::id() % 97 + round * 100);
 
-    // scancel mid-step.
-    let name = format!("sifrun-scancel-{}", std::process::id());
-    let mut step = Command::new("srun")
-        .args(["-n2", "-J", &name, &opt, "sh", "-c", &marker])
-        .current_dir(dir.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_until("the tasks", || {
-        leftovers(&marker)
-            .iter()
-            .filter(|l| l.contains(&marker))
-            .count()
-            >= 2
-    });
-    ok(Command::new("scancel")
-        .args(["-n", &name])
-        .output()
-        .unwrap());
-    let _ = step.wait();
-    wait_until("the step's processes to go", || {
-        leftovers(&marker).is_empty()
-    });
+        // scancel mid-step.
+        let name = format!("sifrun-scancel-{}-{round}", std::process::id());
+        let mut step = Command::new("srun")
+            .args(["-n2", "-J", &name, &opt, "sh", "-c", &marker])
+            .current_dir(dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_until("the tasks", || {
+            leftovers(&marker)
+                .iter()
+                .filter(|l| l.contains(&marker))
+                .count()
+                >= 2
+        });
+        ok(Command::new("scancel")
+            .args(["-n", &name])
+            .output()
+            .unwrap());
+        let _ = step.wait();
+        wait_until("the step's processes to go", || {
+            leftovers(&marker).is_empty()
+        });
 
-    // kill -9 of one task: the step ends when the other does; nothing stays.
-    let script = format!("if [ $SLURM_PROCID = 0 ]; then {marker}; else sleep 3; fi");
-    let mut step = Command::new("srun")
-        .args(["-n2", &opt, "sh", "-c", &script])
-        .current_dir(dir.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut victim = String::new();
-    wait_until("task 0", || {
-        victim = leftovers(&marker)
-            .iter()
-            .find(|l| {
-                l.trim_start()
-                    .split_once(' ')
-                    .is_some_and(|(_, a)| a == marker)
-            })
-            .map(|l| l.split_whitespace().next().unwrap().to_owned())
-            .unwrap_or_default();
-        !victim.is_empty()
-    });
-    ok(Command::new("kill").args(["-9", &victim]).output().unwrap());
-    let status = step.wait().unwrap();
-    assert!(!status.success(), "a killed task fails the step");
-    wait_until("the step's processes to go", || {
-        leftovers(&marker).is_empty()
-    });
-    assert!(
-        !std::fs::read_to_string("/proc/mounts")
-            .unwrap()
-            .contains("sifrun:")
-    );
+        // kill -9 of one task: the step ends when the other does; nothing stays.
+        let script = format!("if [ $SLURM_PROCID = 0 ]; then {marker}; else sleep 3; fi");
+        let mut step = Command::new("srun")
+            .args(["-n2", &opt, "sh", "-c", &script])
+            .current_dir(dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut victim = String::new();
+        wait_until("task 0", || {
+            victim = leftovers(&marker)
+                .iter()
+                .find(|l| {
+                    l.trim_start()
+                        .split_once(' ')
+                        .is_some_and(|(_, a)| a == marker)
+                })
+                .map(|l| l.split_whitespace().next().unwrap().to_owned())
+                .unwrap_or_default();
+            !victim.is_empty()
+        });
+        ok(Command::new("kill").args(["-9", &victim]).output().unwrap());
+        let status = step.wait().unwrap();
+        assert!(!status.success(), "a killed task fails the step");
+        wait_until("the step's processes to go", || {
+            leftovers(&marker).is_empty()
+        });
+        assert!(
+            !std::fs::read_to_string("/proc/mounts")
+                .unwrap()
+                .contains("sifrun:")
+        );
+    }
 }
 
 /// Open descriptors of all our processes.
@@ -781,8 +784,13 @@ fn tasks_have_no_privilege_and_the_job_environment_never_steers_root_code() {
             "{cap}: {text}"
         );
     }
-    for line in text.lines().filter(|l| l.starts_with("Uid:")) {
-        assert!(line.split_whitespace().skip(1).all(|u| u == me), "{line}");
+    let my_gid = String::from_utf8(ok(Command::new("id").arg("-g").output().unwrap())).unwrap();
+    for (field, want) in [("Uid:", me.as_str()), ("Gid:", my_gid.trim())] {
+        let lines: Vec<&str> = text.lines().filter(|l| l.starts_with(field)).collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        for line in lines {
+            assert!(line.split_whitespace().skip(1).all(|u| u == want), "{line}");
+        }
     }
     assert!(
         !text.contains("SHADOW-READ") && !text.contains("ROOT-LISTED"),

@@ -149,6 +149,8 @@ mod tests {
             ("/a:/b:ro:x", "too many"),
             (":/b", "empty"),
             ("/a\n:/b", "newline"),
+            ("/a\0/etc:/b", "NUL"),
+            ("/a:/b\0", "NUL"),
             ("", "empty"),
         ] {
             let e = parse_one(spec, cwd).unwrap_err();

@@ -292,6 +292,15 @@ mod tests {
         a.apply(5, None).unwrap();
         assert!(a.writable_tmpfs);
         assert!(a.apply(3, Some("rel")).unwrap_err().0.contains("absolute"));
+        for (val, v) in [
+            (1, "/i\0.sif"),
+            (2, "/a:/b\n/etc"),
+            (4, "A=1\0B=2"),
+            (3, "/w\n"),
+        ] {
+            let e = a.apply(val, Some(v)).unwrap_err();
+            assert!(e.0.contains("newline or NUL"), "{v:?}: {e}");
+        }
         assert!(
             a.apply(4, Some("NOEQ"))
                 .unwrap_err()
