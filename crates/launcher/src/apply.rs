@@ -42,6 +42,24 @@ pub struct Applied {
     pub cwd_fallback: bool,
 }
 
+/// Runs `op`, again up to twice more when the kernel answers EINVAL. A
+/// recursive bind copies whatever the host has mounted below the source at
+/// that instant; CI once saw EINVAL binding /tmp while another test's FUSE
+/// mount below /tmp was going away, and the same call succeeds a moment
+/// later. Any other error, or a third EINVAL, is final.
+fn transient(mut op: impl FnMut() -> io::Result<()>) -> io::Result<()> {
+    let mut tries = 0;
+    loop {
+        match op() {
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) && tries < 2 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            r => return r,
+        }
+    }
+}
+
 /// Applies `plan` with `sys`.
 pub fn apply(plan: &Plan, sys: &dyn Syscall) -> Result<Applied, ApplyError> {
     if plan.writable_tmpfs {
@@ -52,7 +70,7 @@ pub fn apply(plan: &Plan, sys: &dyn Syscall) -> Result<Applied, ApplyError> {
         let (what, result) = match &m.source {
             Source::Host { path, recursive } => (
                 path.display().to_string(),
-                sys.bind(path, target, *recursive),
+                transient(|| sys.bind(path, target, *recursive)),
             ),
             Source::Generated(name) => (
                 format!("the generated /etc/{name}"),
@@ -84,8 +102,7 @@ pub fn apply(plan: &Plan, sys: &dyn Syscall) -> Result<Applied, ApplyError> {
             source,
         };
         result.map_err(mount_err)?;
-        sys.remount(target, m.readonly, !m.allow_devices)
-            .map_err(mount_err)?;
+        transient(|| sys.remount(target, m.readonly, !m.allow_devices)).map_err(mount_err)?;
     }
     sys.pivot_root().map_err(ApplyError::PivotRoot)?;
     match sys.chdir(&plan.cwd) {
@@ -204,6 +221,43 @@ chdir /scratch/run
             let msg = e.to_string();
             assert!(!msg.is_empty());
         }
+    }
+
+    #[test]
+    fn a_transient_einval_is_tried_again_and_a_lasting_one_fails() {
+        let p = small_plan(RunOptions::default());
+        let clean = Fake::default();
+        apply(&p, &clean).unwrap();
+        let n = clean
+            .calls
+            .borrow()
+            .iter()
+            .position(|c| c.starts_with("rbind /sys"))
+            .unwrap();
+        let fake = Fake {
+            fail_at: Some(n + 1),
+            fail_errno: Some(libc::EINVAL),
+            ..Fake::default()
+        };
+        apply(&p, &fake).unwrap();
+        let calls = fake.calls.borrow();
+        assert_eq!(calls[n], calls[n + 1], "the failed call is made again");
+        assert_eq!(calls.len(), clean.calls.borrow().len() + 1);
+        drop(calls);
+        let fake = Fake {
+            fail_targets: vec!["/tmp".into()],
+            fail_errno: Some(libc::EINVAL),
+            ..Fake::default()
+        };
+        let e = apply(&p, &fake).unwrap_err();
+        assert!(e.to_string().contains("Invalid argument"), "{e}");
+        let tries = fake
+            .calls
+            .borrow()
+            .iter()
+            .filter(|c| c.ends_with(" /tmp"))
+            .count();
+        assert_eq!(tries, 3);
     }
 
     #[test]

@@ -229,12 +229,14 @@ impl Syscall for Linux {
 }
 
 /// A recording fake: every call is logged; call number `fail_at` (1-based)
-/// fails with `EPERM`, as do all calls on targets in `fail_targets`.
+/// fails with `fail_errno` (default `EPERM`), as do all calls on targets in
+/// `fail_targets`.
 #[derive(Default)]
 pub struct Fake {
     pub calls: RefCell<Vec<String>>,
     pub fail_at: Option<usize>,
     pub fail_targets: Vec<PathBuf>,
+    pub fail_errno: Option<i32>,
     pub proc_fails: bool,
 }
 
@@ -246,7 +248,9 @@ impl Fake {
         if Some(n) == self.fail_at
             || target.is_some_and(|t| self.fail_targets.iter().any(|f| f == t))
         {
-            return Err(io::Error::from_raw_os_error(libc::EPERM));
+            return Err(io::Error::from_raw_os_error(
+                self.fail_errno.unwrap_or(libc::EPERM),
+            ));
         }
         Ok(())
     }
