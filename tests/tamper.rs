@@ -244,6 +244,10 @@ fn no_tampered_image_is_accepted_by_verify_or_any_ecl_mode() {
         variants.push(("two-signers-then-data", p));
     }
     drop(img);
+    // gpg started an agent for this home; it is not needed any more.
+    let _ = Command::new("gpgconf")
+        .args(["--homedir", s(&home), "--kill", "all"])
+        .output();
 
     // The ECL configurations, each allowing the untampered image.
     let ring = d.join("keyring.asc");
