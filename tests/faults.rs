@@ -70,8 +70,13 @@ fn killing_the_server_mid_read_ends_the_container_without_a_hang() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
+        // The reader itself, inside the container (the launcher's own
+        // command line carries the script too).
         wait_until("the reader", Duration::from_secs(20), || {
-            ours(&marker).len() >= 2
+            ours(&marker).iter().any(|l| {
+                l.split_once(' ')
+                    .is_some_and(|(_, args)| args.starts_with("sh -c while"))
+            })
         });
         std::thread::sleep(Duration::from_millis(300));
         // SIGKILL the launcher, which serves the image, mid-read.
