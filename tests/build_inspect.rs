@@ -22,10 +22,6 @@ fn rootfs(dir: &Path) -> PathBuf {
     root
 }
 
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
 fn failed(out: &Output) -> String {
     assert!(
         !out.status.success(),

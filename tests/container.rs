@@ -10,35 +10,6 @@ use std::time::{Duration, Instant};
 
 use sifrun_tests::*;
 
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-/// Whether this machine can run containers here; CI must, so it asserts.
-fn can_run() -> bool {
-    let mut missing: Vec<&str> = ["mksquashfs", "pgrep"]
-        .into_iter()
-        .filter(|t| !have(t))
-        .collect();
-    if !Path::new("/bin/busybox").exists() {
-        missing.push("busybox-static");
-    }
-    let fuse_ok = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/fuse")
-        .is_ok();
-    if missing.is_empty() && fuse_ok {
-        return true;
-    }
-    assert!(
-        std::env::var_os("SIFRUN_REQUIRE_PEERS").is_none(),
-        "container tests need {missing:?} and a usable /dev/fuse ({fuse_ok})"
-    );
-    eprintln!("skipping: missing {missing:?} or /dev/fuse");
-    false
-}
-
 fn uid() -> u32 {
     use std::os::unix::fs::MetadataExt;
     fs::metadata("/proc/self").unwrap().uid()
@@ -151,7 +122,7 @@ fn stdout(o: &Output) -> String {
 
 #[test]
 fn identity_privileges_and_exit_status() {
-    if !can_run() {
+    if !containers_can_run() {
         return;
     }
     let f = fixture();
@@ -208,7 +179,7 @@ fn identity_privileges_and_exit_status() {
 
 #[test]
 fn device_nodes_in_the_image_are_unusable() {
-    if !can_run() {
+    if !containers_can_run() {
         return;
     }
     let f = fixture();
@@ -227,7 +198,7 @@ fn device_nodes_in_the_image_are_unusable() {
 
 #[test]
 fn mount_targets_stay_inside_the_container() {
-    if !can_run() {
+    if !containers_can_run() {
         return;
     }
     let f = fixture();
@@ -260,7 +231,7 @@ fn mount_targets_stay_inside_the_container() {
 
 #[test]
 fn binds_home_cwd_and_readonly() {
-    if !can_run() {
+    if !containers_can_run() {
         return;
     }
     let f = fixture();
@@ -328,7 +299,7 @@ fn binds_home_cwd_and_readonly() {
 
 #[test]
 fn environment_follows_apptainer() {
-    if !can_run() {
+    if !containers_can_run() {
         return;
     }
     let f = fixture();
@@ -418,7 +389,7 @@ fn wait_gone(needle: &str) -> Vec<String> {
 
 #[test]
 fn killing_the_launcher_or_the_command_leaves_nothing() {
-    if !can_run() {
+    if !containers_can_run() {
         return;
     }
     let f = fixture();
@@ -479,7 +450,7 @@ fn killing_the_launcher_or_the_command_leaves_nothing() {
 
 #[test]
 fn back_to_back_runs_leak_nothing() {
-    if !can_run() {
+    if !containers_can_run() {
         return;
     }
     let f = fixture();
@@ -538,7 +509,7 @@ fn back_to_back_runs_leak_nothing() {
 
 #[test]
 fn bad_input_gets_one_clear_line_and_changes_nothing() {
-    if !can_run() {
+    if !containers_can_run() {
         return;
     }
     let f = fixture();
@@ -640,7 +611,7 @@ fn wait_for(path: &Path) {
 
 #[test]
 fn sifrun_mount_serves_and_unmounts_on_sigterm() {
-    if !can_run() || !have("fusermount3") {
+    if !containers_can_run() || !have("fusermount3") {
         return;
     }
     let f = fixture();
@@ -685,7 +656,7 @@ fn sifrun_mount_serves_and_unmounts_on_sigterm() {
 
 #[test]
 fn nv_without_a_driver_is_a_clear_error_and_auto_is_quiet() {
-    if !can_run() {
+    if !containers_can_run() {
         return;
     }
     if std::path::Path::new("/dev/nvidiactl").exists() {

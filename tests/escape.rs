@@ -11,24 +11,6 @@ use std::process::{Command, Output};
 
 use sifrun_tests::*;
 
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn can_run() -> bool {
-    let fuse_ok = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/fuse")
-        .is_ok();
-    let ok = have("mksquashfs") && Path::new("/bin/busybox").exists() && fuse_ok;
-    assert!(
-        ok || std::env::var_os("SIFRUN_REQUIRE_PEERS").is_none(),
-        "the escape suite needs mksquashfs, busybox-static and /dev/fuse"
-    );
-    ok
-}
-
 /// A minimal busybox root filesystem at `dir/rootfs`.
 fn rootfs(dir: &Path) -> PathBuf {
     let root = dir.join("rootfs");
@@ -117,12 +99,11 @@ fn mount_points(text: &str) -> Vec<String> {
 
 #[test]
 fn links_at_every_default_mount_target_stay_inside() {
-    if !can_run() {
+    if !containers_can_run() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
+    let dir = scratch();
     let d = dir.path();
-    fs::set_permissions(d, fs::Permissions::from_mode(0o755)).unwrap();
     let base = rootfs(d);
     // What the links aim at: a host directory the user owns, with files
     // named like the targets; it must be the same after every run.
@@ -224,12 +205,11 @@ fn links_at_every_default_mount_target_stay_inside() {
 
 #[test]
 fn bind_specs_cannot_climb_or_smuggle_options() {
-    if !can_run() {
+    if !containers_can_run() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
+    let dir = scratch();
     let d = dir.path();
-    fs::set_permissions(d, fs::Permissions::from_mode(0o755)).unwrap();
     let root = rootfs(d);
     // A link in the image that points out of it, used as a bind parent.
     symlink("/proc/self/root/etc", root.join("mnt/magic")).unwrap();
@@ -316,12 +296,11 @@ fn bind_specs_cannot_climb_or_smuggle_options() {
 
 #[test]
 fn capabilities_setuid_and_fakeroot_gain_nothing_outside() {
-    if !can_run() {
+    if !containers_can_run() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
+    let dir = scratch();
     let d = dir.path();
-    fs::set_permissions(d, fs::Permissions::from_mode(0o755)).unwrap();
     let root = rootfs(d);
     // Busybox picks its applet by the name it runs as: the copies keep
     // the name in directories of their own.
@@ -407,12 +386,11 @@ fn capabilities_setuid_and_fakeroot_gain_nothing_outside() {
 
 #[test]
 fn hard_links_and_device_nodes_in_the_image_open_nothing_on_the_host() {
-    if !can_run() {
+    if !containers_can_run() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
+    let dir = scratch();
     let d = dir.path();
-    fs::set_permissions(d, fs::Permissions::from_mode(0o755)).unwrap();
     let root = rootfs(d);
     fs::write(root.join("etc/orig"), "in the image\n").unwrap();
     fs::hard_link(root.join("etc/orig"), root.join("mnt/hard")).unwrap();

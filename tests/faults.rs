@@ -5,29 +5,10 @@
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use sifrun_tests::*;
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn can_run() -> bool {
-    let fuse_ok = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/fuse")
-        .is_ok();
-    let ok = have("mksquashfs") && have("pgrep") && Path::new("/bin/busybox").exists() && fuse_ok;
-    assert!(
-        ok || std::env::var_os("SIFRUN_REQUIRE_PEERS").is_none(),
-        "the fault suite needs mksquashfs, pgrep, busybox-static and /dev/fuse"
-    );
-    ok
-}
 
 /// Our processes whose command line contains `marker`.
 fn ours(marker: &str) -> Vec<String> {
@@ -42,20 +23,9 @@ fn ours(marker: &str) -> Vec<String> {
         .collect()
 }
 
-fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !done() {
-        assert!(
-            t.elapsed() < limit,
-            "timed out ({limit:?}) waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn killing_the_server_mid_read_ends_the_container_without_a_hang() {
-    if !can_run() {
+    if !containers_can_run() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -72,7 +42,7 @@ fn killing_the_server_mid_read_ends_the_container_without_a_hang() {
             .unwrap();
         // The reader itself, inside the container (the launcher's own
         // command line carries the script too).
-        wait_until("the reader", Duration::from_secs(20), || {
+        poll_until("the reader", Duration::from_secs(20), || {
             ours(&marker).iter().any(|l| {
                 l.split_once(' ')
                     .is_some_and(|(_, args)| args.starts_with("sh -c while"))
@@ -87,7 +57,7 @@ fn killing_the_server_mid_read_ends_the_container_without_a_hang() {
         let t = Instant::now();
         let status = child.wait().unwrap();
         assert!(!status.success());
-        wait_until(
+        poll_until(
             "the container's processes to go",
             Duration::from_secs(10),
             || ours(&marker).is_empty(),
@@ -101,7 +71,7 @@ fn killing_the_server_mid_read_ends_the_container_without_a_hang() {
 
 #[test]
 fn a_deleted_or_replaced_image_keeps_serving_the_bytes_opened() {
-    if !can_run() {
+    if !containers_can_run() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -3,40 +3,10 @@
 //! after are this test's only.
 
 use std::fs;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use sifrun_tests::*;
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn can_run() -> bool {
-    let fuse_ok = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/fuse")
-        .is_ok();
-    let ok = have("mksquashfs") && Path::new("/bin/busybox").exists() && fuse_ok;
-    assert!(
-        ok || std::env::var_os("SIFRUN_REQUIRE_PEERS").is_none(),
-        "the load test needs mksquashfs, busybox-static and /dev/fuse"
-    );
-    ok
-}
-
-fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !done() {
-        assert!(
-            t.elapsed() < limit,
-            "timed out ({limit:?}) waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 /// Our processes and their open descriptors.
 fn processes_and_fds() -> (usize, usize) {
@@ -60,7 +30,7 @@ fn processes_and_fds() -> (usize, usize) {
 
 #[test]
 fn fifty_parallel_runs_all_succeed_and_leave_nothing() {
-    if !can_run() {
+    if !containers_can_run() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -92,7 +62,7 @@ fn fifty_parallel_runs_all_succeed_and_leave_nothing() {
         "{} failed: {failures:?}",
         failures.len()
     );
-    wait_until("the containers to go", Duration::from_secs(10), || {
+    poll_until("the containers to go", Duration::from_secs(10), || {
         processes_and_fds().0 <= procs_before
     });
     let (procs_after, fds_after) = processes_and_fds();

@@ -21,10 +21,6 @@ fn text(o: &Output) -> String {
     )
 }
 
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
 /// A GnuPG home with the sylabs test key imported.
 fn gnupg(dir: &Path) -> PathBuf {
     let home = dir.join("gnupg");

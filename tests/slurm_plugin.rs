@@ -486,12 +486,8 @@ fn leftovers(marker: &str) -> Vec<String> {
         .collect()
 }
 
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let t = std::time::Instant::now();
-    while !done() {
-        assert!(t.elapsed().as_secs() < 30, "timed out waiting for {what}");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+fn wait_until(what: &str, done: impl FnMut() -> bool) {
+    poll_until(what, std::time::Duration::from_secs(30), done);
 }
 
 #[test]

@@ -15,10 +15,6 @@ use sifrun_tests::*;
 
 const TEST_FP: &str = "12045C8C0B1004D058DE4BEDA20C27EE7FF7BA84";
 
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
 fn gpg(home: &Path, args: &[&str], stdin: Option<&[u8]>) -> Output {
     use std::io::Write;
     let mut child = Command::new("gpg")
@@ -100,9 +96,8 @@ fn no_tampered_image_is_accepted_by_verify_or_any_ecl_mode() {
     if !require("gpg") || !require("mksquashfs") || !Path::new("/bin/busybox").exists() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
+    let dir = scratch();
     let d = dir.path();
-    fs::set_permissions(d, fs::Permissions::from_mode(0o755)).unwrap();
     let key = corpus().join("test/keys/private.asc");
 
     // The signed, runnable image.

@@ -187,3 +187,57 @@ pub fn payload_image(dir: &Path, name: &str, seed: u32) -> (PathBuf, String) {
     fs::remove_dir_all(&root).unwrap();
     (img, String::from_utf8(sum).unwrap()[..32].to_owned())
 }
+
+/// A path as text (test paths are UTF-8).
+pub fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Whether containers can run here as this user (mksquashfs, pgrep,
+/// busybox-static and a usable /dev/fuse); CI must, so with
+/// `SIFRUN_REQUIRE_PEERS` their absence is a failure.
+pub fn containers_can_run() -> bool {
+    let mut missing: Vec<&str> = ["mksquashfs", "pgrep"]
+        .into_iter()
+        .filter(|t| !have(t))
+        .collect();
+    if !Path::new("/bin/busybox").exists() {
+        missing.push("busybox-static");
+    }
+    let fuse_ok = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+        .is_ok();
+    if missing.is_empty() && fuse_ok {
+        return true;
+    }
+    assert!(
+        std::env::var_os("SIFRUN_REQUIRE_PEERS").is_none(),
+        "container tests need {missing:?} and a usable /dev/fuse ({fuse_ok})"
+    );
+    eprintln!("skipping: missing {missing:?} or /dev/fuse");
+    false
+}
+
+/// A scratch directory others may enter (images and binds below it are
+/// used from inside containers and by Slurm's daemons).
+pub fn scratch() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+/// Polls `done` every 50 ms; fails the test after `limit` (so a hang is a
+/// failure, not a stalled CI run).
+pub fn poll_until(what: &str, limit: std::time::Duration, mut done: impl FnMut() -> bool) {
+    let t = std::time::Instant::now();
+    while !done() {
+        assert!(
+            t.elapsed() < limit,
+            "timed out ({limit:?}) waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

@@ -196,13 +196,7 @@ fn gpu_binds(
         eprintln!("sifrun: warning: {w}");
     }
     let mut binds = Vec::new();
-    for (soname, path) in &libraries {
-        binds.push(BindSpec {
-            source: path.clone(),
-            target: Path::new(GPU_LIB_DIR).join(soname),
-            readonly: true,
-        });
-    }
+    binds.extend(library_binds(&libraries, GPU_LIB_DIR));
     for tool in &tools {
         binds.push(BindSpec {
             source: tool.clone(),
@@ -224,6 +218,20 @@ fn gpu_binds(
 /// LD_LIBRARY_PATH).
 pub const GPU_LIB_DIR: &str = "/.sifrun/gpu/lib";
 
+/// Read-only binds of host libraries, (soname, host path), as `dir/soname`.
+fn library_binds<'a>(
+    libraries: &'a [(String, PathBuf)],
+    dir: &'a str,
+) -> impl Iterator<Item = crate::bind::BindSpec> + 'a {
+    libraries
+        .iter()
+        .map(move |(soname, path)| crate::bind::BindSpec {
+            source: path.clone(),
+            target: Path::new(dir).join(soname),
+            readonly: true,
+        })
+}
+
 /// Where the host's fabric libraries appear inside (on LD_LIBRARY_PATH
 /// after the GPU's).
 pub const FABRIC_LIB_DIR: &str = "/.sifrun/fabric/lib";
@@ -244,13 +252,7 @@ fn fabric_binds(
         eprintln!("sifrun: warning: fabric: {w}");
     }
     let mut binds = Vec::new();
-    for (soname, path) in &f.libraries {
-        binds.push(BindSpec {
-            source: path.clone(),
-            target: Path::new(FABRIC_LIB_DIR).join(soname),
-            readonly: true,
-        });
-    }
+    binds.extend(library_binds(&f.libraries, FABRIC_LIB_DIR));
     for p in f.dirs.iter().chain(&f.files).chain(&f.masked) {
         binds.push(BindSpec {
             source: p.clone(),
