@@ -16,7 +16,7 @@ const TEST_FP: &str = "12045C8C0B1004D058DE4BEDA20C27EE7FF7BA84";
 
 fn corpus(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/corpus/sylabs-sif")
+        .join("../tests/corpus/sylabs-sif")
         .join(rel)
 }
 

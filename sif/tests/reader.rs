@@ -9,7 +9,7 @@ use sif::{DataType, Error, Header, Image, Link, PartType, integrity};
 
 fn corpus(rel: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/corpus/sylabs-sif")
+        .join("../tests/corpus/sylabs-sif")
         .join(rel)
 }
 

@@ -17,7 +17,7 @@ const ID: &str = "de170c43-36ab-44a8-bca9-1ea1a070a274";
 
 fn golden(name: &str) -> Vec<u8> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/corpus/sylabs-sif/golden/pkg/sif/testdata")
+        .join("../tests/corpus/sylabs-sif/golden/pkg/sif/testdata")
         .join(format!("{name}.golden"));
     fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
