@@ -105,6 +105,19 @@ fn make_workdir(l: &Launch) -> Result<(), LaunchError> {
     Ok(())
 }
 
+/// A Slurm step's slurm.conf, its path and text: slurmstepd's, handed
+/// over in [`Hold::slurm_conf`](crate::hold::Hold::slurm_conf), never the
+/// holder's own environment; `None` outside Slurm.
+fn step_slurm_conf(action: &Action) -> Option<(&Path, String)> {
+    match action {
+        Action::Hold(h) => Some((
+            h.slurm_conf.as_path(),
+            fs::read_to_string(&h.slurm_conf).unwrap_or_default(),
+        )),
+        _ => None,
+    }
+}
+
 /// Gathers the host's side of the launch (below `/`).
 pub(crate) fn gather(l: &Launch) -> Result<HostSide, LaunchError> {
     let facts = host_facts()?;
@@ -116,14 +129,7 @@ pub(crate) fn gather(l: &Launch) -> Result<HostSide, LaunchError> {
             .collect(),
     };
     let root = Path::new("/");
-    // A Slurm step's slurm.conf is slurmstepd's, handed over explicitly.
-    let slurm_conf = match &l.action {
-        Action::Hold(h) => Some((
-            h.slurm_conf.as_path(),
-            fs::read_to_string(&h.slurm_conf).unwrap_or_default(),
-        )),
-        _ => None,
-    };
+    let slurm_conf = step_slurm_conf(&l.action);
     let mut types: Vec<&str> = Vec::new();
     if l.netfs {
         types.extend(interconnect::netfs::DEFAULT_TYPES);
@@ -154,4 +160,28 @@ pub(crate) fn gather(l: &Launch) -> Result<HostSide, LaunchError> {
         binds,
         client,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hold::Hold;
+
+    #[test]
+    fn a_steps_slurm_conf_is_the_one_it_was_given() {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("slurm.conf");
+        fs::write(&conf, "SlurmdSpoolDir=/var/spool/elsewhere\n").unwrap();
+        let hold = Action::Hold(Hold {
+            slurm_conf: conf.clone(),
+            ..Hold::default()
+        });
+        let (path, text) = step_slurm_conf(&hold).unwrap();
+        assert_eq!(path, conf);
+        assert_eq!(
+            interconnect::pmix::spool_dir(&text),
+            Path::new("/var/spool/elsewhere")
+        );
+        assert!(step_slurm_conf(&Action::Exec(vec![])).is_none());
+    }
 }
