@@ -130,8 +130,10 @@ impl Syscall for Linux {
         // A recursive bind of a host path above or at `dir` (`-B /tmp:/x`)
         // copies the mounts below it; unbindable ones are left out, so the
         // staging area (and the image root and files inside it) never
-        // shows in the container. The generated files get a tmpfs of their
-        // own, which can be bound from.
+        // shows in the container. Nothing can be bound from an unbindable
+        // mount, and overlayfs refuses layers on one (EINVAL): the
+        // generated files and the overlay's scratch space get tmpfs mounts
+        // of their own.
         mount(
             None::<&str>,
             dir,
@@ -149,6 +151,7 @@ impl Syscall for Linux {
             fs::create_dir(d)?;
         }
         tmpfs(&staging.files, "mode=0700,size=16m")?;
+        tmpfs(&staging.scratch, "mode=0700,size=64m")?;
         let root = staging.root.clone();
         *self.staging.borrow_mut() = staging;
         *self.root_fd.borrow_mut() = None;
