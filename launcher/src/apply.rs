@@ -131,7 +131,7 @@ pub fn apply(plan: &Plan, sys: &dyn Syscall) -> Result<Applied, ApplyError> {
 mod tests {
     use super::*;
     use crate::plan::tests::{FakeTree, host};
-    use crate::plan::{RunOptions, plan};
+    use crate::plan::{PlanInput, RunOptions, plan};
     use crate::syscall::Fake;
 
     fn small_plan(opts: RunOptions) -> Plan {
@@ -145,7 +145,7 @@ mod tests {
             "/var/",
             "/var/tmp/",
         ]);
-        plan(&opts, &facts, &fs, &tree).unwrap()
+        plan(&PlanInput::new(&opts, &facts), &fs, &tree).unwrap()
     }
 
     #[test]

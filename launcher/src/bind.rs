@@ -10,6 +10,7 @@ pub struct BindSpec {
     pub source: PathBuf,
     /// Container path (absolute, without `..`).
     pub target: PathBuf,
+    /// Mounted read-only (`:ro`).
     pub readonly: bool,
 }
 
@@ -17,7 +18,9 @@ pub struct BindSpec {
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{spec:?}: {reason}")]
 pub struct BindError {
+    /// The specification as given.
     pub spec: String,
+    /// What is wrong with it.
     pub reason: String,
 }
 

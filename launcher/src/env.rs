@@ -48,6 +48,7 @@ const RESERVED: &[&str] = &["HOME"];
 /// The user's environment choices.
 #[derive(Clone, Debug, Default)]
 pub struct EnvOptions {
+    /// `--cleanenv`: only TERM and the proxy variables from the host.
     pub cleanenv: bool,
     /// `--env-file` contents.
     pub env_file: Option<String>,
@@ -58,12 +59,25 @@ pub struct EnvOptions {
 /// What is wrong with an environment setting.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum EnvError {
+    /// An `--env` value without `=`.
     #[error("--env: {0:?}: expected NAME=VALUE")]
     NotAssignment(String),
+    /// A variable name that is not one.
     #[error("{origin}: {name:?} is not a valid variable name")]
-    BadName { origin: String, name: String },
+    BadName {
+        /// Where the setting came from.
+        origin: String,
+        /// The name.
+        name: String,
+    },
+    /// An `--env-file` line that is not an assignment.
     #[error("--env-file: line {line}: {text:?}: expected NAME=VALUE")]
-    FileLine { line: usize, text: String },
+    FileLine {
+        /// The line number (1-based).
+        line: usize,
+        /// The line.
+        text: String,
+    },
 }
 
 /// The environment of the container.

@@ -251,9 +251,53 @@ pub fn plugstack_plugins(
     out
 }
 
-/// Looks paths up on the real host.
-pub fn real_host(path: &Path) -> Option<PathBuf> {
-    std::fs::canonicalize(path).ok()
+/// Where `plugstack.conf` is for the slurm.conf at `slurm_conf` (text
+/// `conf`): its `PlugStackConfig`, or the file next to it, as Slurm does.
+pub fn plugstack_path(slurm_conf: &Path, conf: &str) -> PathBuf {
+    conf.lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .filter_map(|l| l.split_once('='))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("PlugStackConfig"))
+        .map(|(_, v)| PathBuf::from(v.trim()))
+        .filter(|p| p.is_absolute())
+        .unwrap_or_else(|| {
+            slurm_conf
+                .parent()
+                .unwrap_or(Path::new("/"))
+                .join("plugstack.conf")
+        })
+}
+
+/// The host's Slurm client below `root` (`/` in production) for a step
+/// whose slurm.conf is `slurm_conf`, with text `conf`: the client's plan,
+/// its binds extended by the SPANK plugins plugstack.conf loads (srun
+/// loads them too), and the host passwd lines of Slurm's service accounts.
+/// `None` when the host has no client.
+pub fn gather(root: &Path, slurm_conf: &Path, conf: &str) -> Option<(ClientPlan, Vec<String>)> {
+    let at = |p: &Path| root.join(p.strip_prefix("/").unwrap_or(p));
+    let canonical = |p: &Path| {
+        let c = std::fs::canonicalize(at(p)).ok()?;
+        Some(Path::new("/").join(c.strip_prefix(root).ok()?))
+    };
+    let mut client = plan(&canonical)?;
+    let plugins = plugstack_plugins(
+        &plugstack_path(slurm_conf, conf),
+        &|p| std::fs::read_to_string(at(p)).ok(),
+        &|d| {
+            std::fs::read_dir(at(d))
+                .map(|r| r.flatten().map(|e| d.join(e.file_name())).collect())
+                .unwrap_or_default()
+        },
+    );
+    for p in plugins.into_iter().filter(|p| at(p).is_file()) {
+        client.binds.push(BindSpec {
+            source: p.clone(),
+            target: p,
+            readonly: true,
+        });
+    }
+    let passwd = std::fs::read_to_string(at(Path::new("/etc/passwd"))).unwrap_or_default();
+    Some((client, service_accounts(conf, &passwd)))
 }
 
 #[cfg(test)]
@@ -390,5 +434,61 @@ exec /.sifrun/host/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2 \
         let bare =
             |p: &Path| (p == Path::new("/lib64/ld-linux-x86-64.so.2")).then(|| p.to_path_buf());
         assert_eq!(super::plan(&bare), None);
+    }
+
+    /// slurm.conf outside /etc/slurm: its service accounts and the
+    /// plugstack.conf next to it are the ones used.
+    #[test]
+    fn gather_reads_the_given_slurm_conf_and_its_plugstack() {
+        use std::fs;
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        let put = |p: &str, text: &str| {
+            let p = r.join(p.trim_start_matches('/'));
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(p, text).unwrap();
+        };
+        put("/lib64/ld-linux-x86-64.so.2", "");
+        put("/usr/bin/srun", "");
+        put(
+            "/etc/passwd",
+            "svc:x:900:900::/:/bin/false\nslurm:x:64030:64030::/:/bin/false\n",
+        );
+        put("/run/slurm/conf/slurm.conf", "SlurmUser=svc\n");
+        put(
+            "/run/slurm/conf/plugstack.conf",
+            "required /opt/p/spank.so\n",
+        );
+        put("/etc/slurm/plugstack.conf", "required /opt/wrong.so\n");
+        put("/opt/p/spank.so", "");
+        put("/opt/wrong.so", "");
+        let conf_path = Path::new("/run/slurm/conf/slurm.conf");
+        let (client, accounts) = gather(r, conf_path, "SlurmUser=svc\n").unwrap();
+        assert!(
+            client
+                .binds
+                .iter()
+                .any(|b| b.source == Path::new("/opt/p/spank.so")),
+            "{client:?}"
+        );
+        assert!(
+            !client
+                .binds
+                .iter()
+                .any(|b| b.source == Path::new("/opt/wrong.so")),
+            "{client:?}"
+        );
+        assert_eq!(
+            accounts,
+            [
+                "svc:x:900:900::/:/bin/false",
+                "slurm:x:64030:64030::/:/bin/false"
+            ]
+        );
+        assert_eq!(
+            plugstack_path(conf_path, "PlugStackConfig=/x/p.conf # c\n"),
+            Path::new("/x/p.conf")
+        );
+        assert_eq!(client.scripts[0].0, "srun");
     }
 }

@@ -1,6 +1,9 @@
 //! `sifrun`: run, build and inspect SIF container images.
 
+#[warn(clippy::too_many_lines)]
+mod logging;
 mod mount_cmd;
+#[warn(clippy::too_many_lines)]
 mod run_cmd;
 mod sif_cmd;
 mod sign_cmd;
@@ -23,6 +26,9 @@ use launcher::build::{self, BuildOptions, Compression, Source};
 ordinary user, builds them, and reads and edits them like siftool."
 )]
 struct Cli {
+    /// Show the set-up phases with their durations (-vv: more; SIFRUN_LOG overrides)
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
     #[command(subcommand)]
     command: Command,
 }
@@ -146,16 +152,10 @@ As an ordinary user outside a user namespace the mount goes through the setuid f
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SIFRUN_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(io::stderr)
-        .without_time()
-        .init();
     let cli = Cli::parse();
-    match run(cli) {
+    logging::init(cli.verbose);
+    let verbose = cli.verbose;
+    match run(cli, verbose) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // A closed pipe (`sifrun sif dump … | head`) is not an error.
@@ -188,8 +188,8 @@ fn one_line(e: &anyhow::Error) -> String {
     msg
 }
 
-fn run(cli: Cli) -> Result<()> {
-    use launcher::container::Action;
+fn run(cli: Cli, cli_verbose: u8) -> Result<()> {
+    use launcher::launch::Action;
     match cli.command {
         Command::Exec {
             opts,
@@ -232,10 +232,13 @@ fn run(cli: Cli) -> Result<()> {
                     Some((k.to_owned(), v.to_owned()))
                 })
                 .collect();
-            let hold = launcher::container::Hold {
+            let hold = launcher::launch::Hold {
                 job_env,
                 slurm_client,
                 image_file,
+                slurm_conf: std::env::var_os("SLURM_CONF")
+                    .map_or_else(|| launcher::launch::DEFAULT_SLURM_CONF.into(), Into::into),
+                verbose: cli_verbose > 0,
             };
             let code = run_cmd::run(&opts, image, Action::Hold(hold), "slurm-hold")?;
             std::process::exit(code)

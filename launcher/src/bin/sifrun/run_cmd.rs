@@ -7,8 +7,8 @@ use anyhow::{Context, Result};
 use clap::Args;
 
 use launcher::bind;
-use launcher::container::{Action, Launch, launch};
 use launcher::env::EnvOptions;
+use launcher::launch::{Action, Launch, launch};
 use launcher::plan::RunOptions;
 use launcher::squash::Tuning;
 
@@ -130,6 +130,11 @@ impl ContainerArgs {
 
 /// Runs a container command; returns its exit status.
 pub fn run(args: &ContainerArgs, image: PathBuf, action: Action, what: &str) -> Result<i32> {
+    if let Action::Hold(h) = &action
+        && h.verbose
+    {
+        crate::logging::at_least(1);
+    }
     let l = args
         .launch(image, action)
         .with_context(|| what.to_owned())?;

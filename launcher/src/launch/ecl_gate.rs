@@ -1,0 +1,50 @@
+//! The ECL gate: with an activated execution control list in the admin
+//! file, only the images it allows run, from the very file it checked.
+
+use std::fs;
+use std::path::Path;
+use std::sync::Arc;
+
+use super::LaunchError;
+use crate::serve::ServeError;
+
+/// The site's admin file; with an activated `[ecl]` it decides which images
+/// `sifrun exec|run|shell` run (a fixed path: the caller's environment must
+/// not choose it).
+pub const SITE_CONFIG: &str = "/etc/sifrun/sifrun.toml";
+
+/// With an activated ECL in [`SITE_CONFIG`], opens `image`, checks it and
+/// returns the file to serve; `None` when there is no ECL to apply.
+pub fn ecl_gate(image: &Path) -> Result<Option<Arc<fs::File>>, LaunchError> {
+    ecl_gate_with(Path::new(SITE_CONFIG), image)
+}
+
+/// [`ecl_gate`] with another admin file (the Slurm holder's `config=`).
+pub fn ecl_gate_with(config: &Path, image: &Path) -> Result<Option<Arc<fs::File>>, LaunchError> {
+    if !config.exists() {
+        return Ok(None);
+    }
+    let ecl = slurm_conf::ecl::Ecl::load(config).map_err(LaunchError::Ecl)?;
+    if !ecl.activated {
+        return Ok(None);
+    }
+    let file = fs::File::open(image).map_err(|source| {
+        LaunchError::Serve(ServeError::Open {
+            path: image.to_owned(),
+            source,
+        })
+    })?;
+    let d = crate::ecl_check::check(&file, image, &ecl, Some(0))
+        .map_err(|e| LaunchError::Ecl(e.to_string()))?;
+    if !d.allowed {
+        return Err(LaunchError::Ecl(format!(
+            "{}: denied{}: {}",
+            image.display(),
+            d.group
+                .map(|g| format!(" by execgroup {g:?}"))
+                .unwrap_or_default(),
+            d.reason
+        )));
+    }
+    Ok(Some(Arc::new(file)))
+}

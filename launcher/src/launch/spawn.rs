@@ -1,0 +1,107 @@
+//! Starting the container's first process, then serving the image and
+//! waiting for the container in the launcher.
+
+use std::cell::RefCell;
+
+use fuser::Session;
+use nix::sys::signal::{SigSet, Signal, kill};
+use nix::sys::wait::{WaitStatus, waitpid};
+use nix::unistd::Pid;
+
+use super::{Action, Launch, LaunchError, Prepared, setup};
+use crate::fuse::SquashFs;
+use crate::hold::{Holding, hold};
+use crate::init::{Init, exit_code, init};
+use crate::serve::Served;
+use crate::syscall::{self, Forked, Linux};
+
+/// Forks the container's first process (in a new PID namespace unless the
+/// launch is a Slurm step's): PID 1 ([`init`]) or the holder ([`hold`]).
+/// Returns its PID and the FUSE session, which stays with the launcher.
+pub(super) fn spawn(
+    l: &Launch,
+    p: &Prepared,
+    job_env: &[(String, String)],
+    sys: Linux,
+    session: Session<SquashFs>,
+    signals: &SigSet,
+) -> Result<(Pid, Session<SquashFs>), LaunchError> {
+    let linux = RefCell::new(Some(sys));
+    let session = RefCell::new(Some(session));
+    let run = || {
+        // The session belongs to the launcher: dropping it here would
+        // unmount the image in the namespace the launcher still serves.
+        std::mem::forget(session.borrow_mut().take());
+        let sys = linux.borrow_mut().take().expect("runs once");
+        match &l.action {
+            Action::Hold(h) => hold(
+                &Holding {
+                    plan: &p.plan,
+                    env: &p.env,
+                    through_shell: p.wrapped,
+                    job_env,
+                    slurm_client: h.slurm_client && p.client,
+                },
+                sys,
+                signals,
+            ),
+            _ => init(
+                &Init {
+                    plan: &p.plan,
+                    argv: &p.argv,
+                    wrapped: p.wrapped,
+                    env: &p.env,
+                },
+                sys,
+                signals,
+            ),
+        }
+    };
+    let child = if l.pid_namespace {
+        syscall::spawn_pid_namespace(run)
+    } else {
+        match syscall::fork_single_threaded() {
+            Ok(Forked::Child) => std::process::exit(run()),
+            Ok(Forked::Parent(pid)) => Ok(pid),
+            Err(e) => Err(e),
+        }
+    }
+    .map_err(setup("starting the container"))?;
+    let session = session.into_inner().expect("still here in the parent");
+    Ok((child, session))
+}
+
+/// The launcher after the fork: serves the image, forwards the signals it
+/// is sent to the container, and returns the container's exit status.
+pub(super) fn serve_and_wait(
+    l: &Launch,
+    served: &Served,
+    session: Session<SquashFs>,
+    child: Pid,
+    signals: SigSet,
+) -> Result<i32, LaunchError> {
+    served.squash.start_readahead(l.tuning);
+    std::thread::spawn(move || {
+        let _ = session.run();
+    });
+    std::thread::spawn(move || {
+        while let Ok((sig, sent_by_process)) = syscall::wait_signal(&signals) {
+            if sig != libc::SIGCHLD
+                && sent_by_process
+                && let Ok(s) = Signal::try_from(sig)
+            {
+                let _ = kill(child, s);
+            }
+        }
+    });
+    loop {
+        match waitpid(child, None) {
+            Ok(status @ (WaitStatus::Exited(..) | WaitStatus::Signaled(..))) => {
+                tracing::debug!(status = ?status, "the container ended");
+                return Ok(exit_code(status));
+            }
+            Ok(_) | Err(nix::Error::EINTR) => continue,
+            Err(e) => return Err(setup("waiting for the container")(syscall::to_io(e))),
+        }
+    }
+}

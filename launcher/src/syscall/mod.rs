@@ -1,0 +1,145 @@
+//! The syscall seam: every operation that changes the process's
+//! namespaces, mounts or root goes through [`Syscall`], with a real
+//! implementation ([`Linux`]) and, in tests, a complete recording fake
+//! (`Fake`) passed in explicitly.
+//!
+//! Two groups of operations: staging ([`crate::stage`], in the launcher
+//! before it forks: namespaces, identity maps, the private staging area, the
+//! generated files) and the container root ([`crate::apply`], in the
+//! container's first process: mounts, `pivot_root`, working directory).
+//!
+//! This module holds the launcher's only `unsafe` code (`fork`, `clone` and
+//! `sigwaitinfo`), each block with its SAFETY note.
+#![allow(unsafe_code)]
+
+use std::ffi::CString;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use nix::unistd::Pid;
+
+#[cfg(test)]
+mod fake;
+mod linux;
+
+#[cfg(test)]
+pub(crate) use fake::Fake;
+pub(crate) use linux::Linux;
+
+/// Namespace, staging and container-root operations (container paths for
+/// the root operations, host paths for the staging ones).
+pub(crate) trait Syscall {
+    /// Enters new user and mount namespaces.
+    fn unshare_user_mount(&self) -> io::Result<()>;
+    /// Writes `text` to `/proc/self/<file>` (`setgroups`, `uid_map`, `gid_map`).
+    fn write_self_proc(&self, file: &str, text: &str) -> io::Result<()>;
+    /// Makes every mount of the (new) mount namespace private.
+    fn make_mounts_private(&self) -> io::Result<()>;
+    /// Opens host `path` now, while it is still visible, for a later
+    /// [`Syscall::bind`] from it.
+    fn open_source(&self, path: &Path) -> io::Result<()>;
+    /// Mounts the private staging area on host directory `dir`: a tmpfs
+    /// that recursive binds of host paths leave out (unbindable), holding
+    /// the image root's mount point, the generated files and scratch space;
+    /// returns the mount point of the image root.
+    fn mount_staging(&self, dir: &Path) -> io::Result<PathBuf>;
+    /// Writes generated file `name` into the staging area.
+    fn write_generated(&self, name: &str, bytes: &[u8], executable: bool) -> io::Result<()>;
+    /// Binds host `source` onto container `target`.
+    fn bind(&self, source: &Path, target: &Path, recursive: bool) -> io::Result<()>;
+    /// Binds the generated file `name` onto `target`.
+    fn bind_generated(&self, name: &str, target: &Path) -> io::Result<()>;
+    /// Mounts a new procfs on `target`.
+    fn mount_proc(&self, target: &Path) -> io::Result<()>;
+    /// Mounts an empty tmpfs on `target`.
+    fn mount_tmpfs(&self, target: &Path) -> io::Result<()>;
+    /// Remounts the mount on `target` nosuid, and nodev / read-only as asked,
+    /// keeping every flag the kernel has locked.
+    fn remount(&self, target: &Path, readonly: bool, nodev: bool) -> io::Result<()>;
+    /// Puts a writable tmpfs overlay on top of the root.
+    fn overlay_root(&self) -> io::Result<()>;
+    /// Makes the root the process's `/`, detaching the old root.
+    fn pivot_root(&self) -> io::Result<()>;
+    /// Changes directory inside the container.
+    fn chdir(&self, path: &Path) -> io::Result<()>;
+}
+
+pub(crate) fn to_io(e: nix::Error) -> io::Error {
+    io::Error::from_raw_os_error(e as i32)
+}
+
+/// Result of [`fork`].
+pub(crate) enum Forked {
+    Parent(Pid),
+    Child,
+}
+
+/// `fork(2)`, for a process that has not started any thread.
+///
+/// Callers guarantee the process is single-threaded at this point (the
+/// launcher forks before any server or readahead thread starts).
+pub(crate) fn fork_single_threaded() -> io::Result<Forked> {
+    // SAFETY: the caller guarantees no other thread exists, so the child
+    // inherits no lock held by another thread and may run ordinary Rust
+    // code (allocate, format) before it execs.
+    match unsafe { nix::unistd::fork() }.map_err(to_io)? {
+        nix::unistd::ForkResult::Parent { child } => Ok(Forked::Parent(child)),
+        nix::unistd::ForkResult::Child => Ok(Forked::Child),
+    }
+}
+
+/// Starts `f` as the first process of a new PID namespace (sharing the
+/// caller's mount namespace, so descriptors of host sources stay usable for
+/// binds); returns its PID as seen from the caller.
+///
+/// Like [`fork_single_threaded`], only for a process without other threads.
+/// Unlike `unshare(CLONE_NEWPID)`, the caller itself is left able to start
+/// threads afterwards (the FUSE server needs them).
+pub(crate) fn spawn_pid_namespace(mut f: impl FnMut() -> i32) -> io::Result<Pid> {
+    let mut stack = vec![0u8; 16 << 20];
+    let cb: Box<dyn FnMut() -> isize + '_> = Box::new(move || {
+        let code = f();
+        std::process::exit(code)
+    });
+    // SAFETY: without CLONE_VM the child runs on its own copy-on-write copy
+    // of `stack` (16 MiB, more than the container setup uses) and of the
+    // whole address space, exactly as after fork(2); the caller guarantees
+    // no other thread exists, so no lock is held in the copy. The child
+    // never returns into the caller's frames: `cb` ends with process::exit.
+    let pid = unsafe {
+        nix::sched::clone(
+            cb,
+            &mut stack,
+            nix::sched::CloneFlags::CLONE_NEWPID,
+            Some(libc::SIGCHLD),
+        )
+    }
+    .map_err(to_io)?;
+    Ok(pid)
+}
+
+/// A signal taken from the blocked set, and whether another process sent it
+/// (as opposed to the kernel, for example on behalf of the terminal).
+pub(crate) fn wait_signal(set: &nix::sys::signal::SigSet) -> io::Result<(i32, bool)> {
+    let mut info = std::mem::MaybeUninit::<libc::siginfo_t>::zeroed();
+    // SAFETY: `set` is a valid, initialised signal set and `info` points to
+    // writable memory of the right type; sigwaitinfo writes it on success.
+    let sig = unsafe { libc::sigwaitinfo(set.as_ref(), info.as_mut_ptr()) };
+    if sig < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: sigwaitinfo succeeded, so `info` is initialised.
+    let info = unsafe { info.assume_init() };
+    Ok((sig, info.si_code <= 0))
+}
+
+/// A C string for exec, refusing interior NULs with a clear error.
+pub(crate) fn cstring(s: &std::ffi::OsStr) -> io::Result<CString> {
+    use std::os::unix::ffi::OsStrExt;
+    CString::new(s.as_bytes()).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{s:?} contains a NUL byte"),
+        )
+    })
+}
