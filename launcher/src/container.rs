@@ -40,6 +40,7 @@ use crate::plan::{
 use crate::serve::{self, ServeError};
 use crate::squash::Tuning;
 use crate::syscall::{self, Forked, Linux};
+use slurm_conf::protocol::{Report, Stage};
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -50,8 +51,8 @@ pub enum Action {
     Run(Vec<OsString>),
     /// The image's shell.
     Shell(Vec<OsString>),
-    /// No command: set the container up, print the tasks' environment
-    /// changes and `ready` on standard output (see `slurm_conf::holder`), and
+    /// No command: set the container up, print the report (the tasks'
+    /// environment changes, see `slurm_conf::protocol`) on standard output, and
     /// hold the user and mount namespaces until SIGTERM, for Slurm tasks to
     /// join (`sifrun slurm-hold`).
     Hold(Hold),
@@ -67,6 +68,9 @@ pub struct Hold {
     pub slurm_client: bool,
     /// The image, already open (and checked against the ECL).
     pub image_file: Option<std::sync::Arc<std::fs::File>>,
+    /// slurm.conf as slurmstepd sees it (spool directory, service accounts,
+    /// plugstack.conf): the holder's own environment is cleared.
+    pub slurm_conf: PathBuf,
 }
 
 /// A whole launch.
@@ -529,12 +533,12 @@ pub fn launch(l: &Launch) -> Result<i32, LaunchError> {
         let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         host_paths.extend(interconnect::netfs::mounts(&mountinfo, &types));
     }
-    if matches!(l.action, Action::Hold(_)) {
-        let conf = fs::read_to_string(
-            std::env::var("SLURM_CONF").unwrap_or_else(|_| "/etc/slurm/slurm.conf".into()),
-        )
-        .unwrap_or_default();
-        let spool = interconnect::pmix::spool_dir(&conf);
+    let slurm = match &l.action {
+        Action::Hold(h) => Some(slurm_conf::slurm::SlurmConf::load(&h.slurm_conf)),
+        _ => None,
+    };
+    if let Some(conf) = &slurm {
+        let spool = conf.spool_dir();
         host_paths.extend(interconnect::pmix::binds(&host_env, &spool, &|p| {
             p.exists()
         }));
@@ -554,15 +558,12 @@ pub fn launch(l: &Launch) -> Result<i32, LaunchError> {
     if let Some(c) = &client {
         let mut binds = c.binds.clone();
         // srun loads the SPANK plugins of plugstack.conf too.
-        let plugstack = crate::slurm_client::plugstack_plugins(
-            Path::new("/etc/slurm/plugstack.conf"),
-            &|p| fs::read_to_string(p).ok(),
-            &|d| {
-                fs::read_dir(d)
-                    .map(|r| r.flatten().map(|e| e.path()).collect())
-                    .unwrap_or_default()
-            },
-        );
+        let plugstack = match (&slurm, &l.action) {
+            (Some(conf), Action::Hold(h)) => {
+                slurm_conf::slurm::host_plugstack_plugins(&conf.plugstack_path(&h.slurm_conf))
+            }
+            _ => Vec::new(),
+        };
         for p in plugstack.into_iter().filter(|p| p.is_file()) {
             binds.push(crate::bind::BindSpec {
                 source: p.clone(),
@@ -574,12 +575,11 @@ pub fn launch(l: &Launch) -> Result<i32, LaunchError> {
         run.binds = binds;
     }
     let mut plan = plan(&run, &facts, &RealHost, served.squash.as_ref())?;
-    if client.is_some() {
-        let conf = std::env::var("SLURM_CONF").unwrap_or_else(|_| "/etc/slurm/slurm.conf".into());
-        let accounts = crate::slurm_client::service_accounts(
-            &fs::read_to_string(conf).unwrap_or_default(),
-            &fs::read_to_string("/etc/passwd").unwrap_or_default(),
-        );
+    if client.is_some()
+        && let Some(conf) = &slurm
+    {
+        let accounts =
+            conf.service_accounts(&fs::read_to_string("/etc/passwd").unwrap_or_default());
         if let Some((_, passwd)) = plan.files.iter_mut().find(|(n, _)| n == "passwd") {
             let text = String::from_utf8_lossy(passwd).into_owned();
             for line in accounts {
@@ -765,6 +765,12 @@ pub fn launch(l: &Launch) -> Result<i32, LaunchError> {
     }
 }
 
+/// A holder's failure, reported to the plugin (see `slurm_conf::protocol`).
+fn hold_failed(stage: Stage, message: String) -> i32 {
+    let _ = Report::failed(stage, message).write_to(&mut io::stdout());
+    255
+}
+
 /// The holder of a Slurm step's container: set up the root, report the
 /// tasks' environment and ready, wait for SIGTERM. Tasks join its
 /// namespaces with setns.
@@ -780,19 +786,20 @@ fn container_hold(
     // The holder's server is our parent: never outlive it.
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
     if let Err(e) = apply(plan, &sys) {
-        let _ = writeln!(io::stderr(), "sifrun: setting up the container: {e}");
-        return 255;
+        return hold_failed(
+            Stage::Setup,
+            format!("sifrun: setting up the container: {e}"),
+        );
     }
     drop(sys);
     let task_env = if has_sh {
         match image_env(env) {
             Ok(e) => e,
             Err(e) => {
-                let _ = writeln!(
-                    io::stderr(),
-                    "sifrun: reading the image's environment scripts: {e}"
+                return hold_failed(
+                    Stage::Environment,
+                    format!("sifrun: reading the image's environment scripts: {e}"),
                 );
-                return 255;
             }
         }
     } else {
@@ -813,19 +820,8 @@ fn container_hold(
     }
     // Tasks (same user) open /proc/PID/ns/*: that needs a dumpable target.
     let _ = nix::sys::prctl::set_dumpable(true);
-    let mut out = io::stdout();
-    let mut report = String::new();
-    for change in slurm_conf::holder::delta(job_env, &task_env) {
-        report.push_str(&change.encode());
-        report.push('\n');
-    }
-    report.push_str(slurm_conf::holder::READY);
-    report.push('\n');
-    if out
-        .write_all(report.as_bytes())
-        .and_then(|_| out.flush())
-        .is_err()
-    {
+    let ready = Report::ready(slurm_conf::task_env::delta(job_env, &task_env));
+    if ready.write_to(&mut io::stdout()).is_err() {
         return 255;
     }
     loop {

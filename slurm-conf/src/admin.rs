@@ -37,8 +37,10 @@ use serde::Deserialize;
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
+    /// `[container]`: what every container gets.
     #[serde(default)]
     pub container: ContainerSection,
+    /// `[users]`: limits on what users ask for.
     #[serde(default)]
     pub users: UsersSection,
     /// The execution control list (`[ecl]`, see [`crate::ecl`]).
@@ -113,16 +115,31 @@ pub struct UsersSection {
 /// Why the file cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
+    /// The file cannot be opened or read.
     #[error("{path}: {source}")]
     Open {
+        /// The admin file.
         path: PathBuf,
+        /// Why.
         #[source]
         source: std::io::Error,
     },
+    /// The file could be changed by someone other than its trusted owner.
     #[error("{path}: {reason}")]
-    Unsafe { path: PathBuf, reason: String },
+    Unsafe {
+        /// The admin file.
+        path: PathBuf,
+        /// What is wrong with its owner, mode or type.
+        reason: String,
+    },
+    /// The file's content is wrong.
     #[error("{path}: {reason}")]
-    Invalid { path: PathBuf, reason: String },
+    Invalid {
+        /// The admin file.
+        path: PathBuf,
+        /// The key and what is wrong with it.
+        reason: String,
+    },
 }
 
 impl AdminConfig {

@@ -1,5 +1,6 @@
 //! `sifrun`: run, build and inspect SIF container images.
 
+mod hold_cmd;
 mod mount_cmd;
 mod run_cmd;
 mod sif_cmd;
@@ -103,23 +104,10 @@ image reproducible (nil ID, that time)."
         /// The image
         image: PathBuf,
     },
-    /// (For the SPANK plugin) set up a step's container and hold it for tasks to join
+    /// (For the SPANK plugin) set up a step's container and hold it for tasks to join;
+    /// reads the plugin's request on standard input, answers on standard output
     #[command(hide = true)]
-    SlurmHold {
-        /// The step served (JOB.STEP); it marks the process for the job epilog's sweep
-        #[arg(long)]
-        slurm_step: Option<String>,
-        /// Make the host's Slurm client (srun, sbatch, …) usable inside: for batch scripts
-        #[arg(long)]
-        slurm_client: bool,
-        /// Apply the ECL of this admin file (root-owned) before anything else
-        #[arg(long, value_name = "FILE")]
-        ecl_config: Option<PathBuf>,
-        #[command(flatten)]
-        opts: run_cmd::ContainerArgs,
-        /// The image
-        image: PathBuf,
-    },
+    SlurmHold(hold_cmd::HoldArgs),
     /// Serve an image's root filesystem read-only on a directory (foreground)
     #[command(
         after_help = "Unmounts on SIGINT or SIGTERM, or when `fusermount3 -u DIR` is run. \
@@ -146,15 +134,18 @@ As an ordinary user outside a user namespace the mount goes through the setuid f
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SIFRUN_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(io::stderr)
-        .without_time()
-        .init();
     let cli = Cli::parse();
+    // The holder sets up its diagnostics from the plugin's request.
+    if !matches!(cli.command, Command::SlurmHold(_)) {
+        tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_env("SIFRUN_LOG")
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            )
+            .with_writer(io::stderr)
+            .without_time()
+            .init();
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -203,43 +194,7 @@ fn run(cli: Cli) -> Result<()> {
             let code = run_cmd::run(&opts, image, Action::Run(run_cmd::os(&args)), "run")?;
             std::process::exit(code)
         }
-        Command::SlurmHold {
-            opts,
-            image,
-            slurm_client,
-            ecl_config,
-            ..
-        } => {
-            // The ECL check runs before root's real uid is dropped, so the
-            // user cannot attach to this process while it checks, and on the
-            // very file that is then served.
-            let image_file = match &ecl_config {
-                Some(path) => sign_cmd::slurm_ecl_gate(path, &image)?,
-                None => None,
-            };
-            launcher::privilege::drop_to_effective_user().context("slurm-hold")?;
-            // The plugin writes the job's environment (NUL-separated) on stdin.
-            let mut raw = Vec::new();
-            std::io::Read::read_to_end(
-                &mut std::io::Read::take(std::io::stdin(), 64 << 20),
-                &mut raw,
-            )
-            .context("slurm-hold: reading the job environment")?;
-            let job_env = raw
-                .split(|&b| b == 0)
-                .filter_map(|kv| {
-                    let (k, v) = std::str::from_utf8(kv).ok()?.split_once('=')?;
-                    Some((k.to_owned(), v.to_owned()))
-                })
-                .collect();
-            let hold = launcher::container::Hold {
-                job_env,
-                slurm_client,
-                image_file,
-            };
-            let code = run_cmd::run(&opts, image, Action::Hold(hold), "slurm-hold")?;
-            std::process::exit(code)
-        }
+        Command::SlurmHold(args) => std::process::exit(hold_cmd::run(&args)),
         Command::Shell { opts, image } => {
             let code = run_cmd::run(&opts, image, Action::Shell(vec![]), "shell")?;
             std::process::exit(code)

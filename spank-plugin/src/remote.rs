@@ -1,0 +1,244 @@
+//! The remote context (slurmstepd): the step's container.
+//!
+//! * user_init (slurmstepd, real uid root, effective uid the user): start
+//!   the holder ([`crate::holder`]) with the step's request; keep its
+//!   report for the tasks.
+//! * task_init (each task, as the user, just before exec): join the
+//!   holder's user, then mount namespace, restore the working directory,
+//!   set no-new-privileges, apply the image's environment. Any failure ends
+//!   the task before it runs (see `ffi`).
+//! * task_post_fork (slurmstepd, root): record the holder in the runtime
+//!   directory, for the job epilog's sweep.
+//! * exit (slurmstepd): stop the holder, drop the record.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use slurm_conf::protocol::EnvChange;
+
+use crate::error::PluginError;
+use crate::holder::{self, Started};
+use crate::plugin::Plugin;
+use crate::request::{self, Step};
+use crate::spank::{Context, Spank};
+
+/// The step's holder, as user_init left it.
+#[derive(Debug)]
+pub enum HolderState {
+    /// Running.
+    Ready(Ready),
+    /// No container for this step: every task fails with this.
+    Failed(PluginError),
+}
+
+/// A running holder.
+#[derive(Debug)]
+pub struct Ready {
+    /// The holder process (the plugin's child).
+    pub child: std::process::Child,
+    /// The changes the image makes to each task's environment.
+    pub env: Vec<EnvChange>,
+    /// The holder's diagnostics and the plugin's own timings, shown with
+    /// `--sif-verbose`.
+    pub log: Vec<String>,
+}
+
+impl Ready {
+    /// The holder's PID.
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+}
+
+impl Plugin {
+    /// `slurm_spank_user_init`: starts the step's container holder.
+    pub fn user_init(&mut self, sp: &dyn Spank) -> Result<(), PluginError> {
+        if sp.context() != Context::Remote || !self.args.wants_container() || self.holder.is_some()
+        {
+            return Ok(());
+        }
+        let step = Step::of(sp);
+        if let Err(e) = self.check_image_dirs(&step.cwd) {
+            self.holder = Some(HolderState::Failed(e));
+            return Ok(());
+        }
+        let started = Instant::now();
+        let cwd = step.cwd.clone();
+        let request = request::build(&self.args, &self.settings, step);
+        let timeout = Duration::from_secs(self.settings.config.container.setup_timeout);
+        let state = match holder::start(&self.settings.launcher(), &request, &cwd, timeout) {
+            Ok(Started {
+                child,
+                env,
+                mut log,
+            }) => {
+                let ms = started.elapsed().as_secs_f64() * 1e3;
+                sp.info(&format!(
+                    "sifrun: container ready in {ms:.0} ms (holder pid {})",
+                    child.id()
+                ));
+                log.push(format!("sifrun: container ready in {ms:.1} ms"));
+                HolderState::Ready(Ready { child, env, log })
+            }
+            Err(e) => HolderState::Failed(e),
+        };
+        self.holder = Some(state);
+        Ok(())
+    }
+
+    /// With `users.image_dirs`, the image must lie below one of them.
+    fn check_image_dirs(&self, cwd: &str) -> Result<(), PluginError> {
+        let c = &self.settings.config;
+        if c.users.image_dirs.is_empty() {
+            return Ok(());
+        }
+        let image = request::image_path(&self.args, cwd);
+        if std::fs::canonicalize(&image).is_ok_and(|p| c.image_allowed(&p)) {
+            return Ok(());
+        }
+        let dirs: Vec<String> = c
+            .users
+            .image_dirs
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect();
+        Err(PluginError::ImageOutsideDirs {
+            image,
+            dirs: dirs.join(" or "),
+        })
+    }
+
+    /// `slurm_spank_task_init`: runs in the task, as the user, just before exec.
+    pub fn task_init(&self, sp: &dyn Spank) -> Result<(), PluginError> {
+        if sp.context() != Context::Remote || !self.args.wants_container() {
+            return Ok(());
+        }
+        let entered = match &self.holder {
+            Some(HolderState::Ready(r)) => self.enter(sp, r),
+            Some(HolderState::Failed(e)) => Err(PluginError::Task(e.to_string())),
+            None => Err(PluginError::NotStarted),
+        };
+        if let Err(e) = &entered {
+            sp.error(&format!("sifrun: {e} (the task was not started)"));
+        }
+        entered
+    }
+
+    /// Puts this task into the holder's container.
+    fn enter(&self, sp: &dyn Spank, r: &Ready) -> Result<(), PluginError> {
+        let started = Instant::now();
+        join(r.pid()).map_err(PluginError::Join)?;
+        let hints = placement_hints(sp);
+        for change in &r.env {
+            match change {
+                EnvChange::Set(k, v) => sp.setenv(k, v),
+                EnvChange::Unset(k) => sp.unsetenv(k),
+            }
+            .map_err(|e| PluginError::Join(format!("setting the task's environment: {e}")))?;
+        }
+        for (k, v) in hints {
+            // Hints only: a failure to set one is not worth the task.
+            let _ = sp.setenv(&k, &v);
+        }
+        if self.args.verbose && sp.getenv("SLURM_LOCALID").as_deref() == Some("0") {
+            let node = sp.getenv("SLURMD_NODENAME").unwrap_or_default();
+            for line in &r.log {
+                sp.task_message(&format!("{node}: {line}"));
+            }
+            let ms = started.elapsed().as_secs_f64() * 1e3;
+            sp.task_message(&format!(
+                "{node}: sifrun: task joined the container in {ms:.1} ms"
+            ));
+        }
+        Ok(())
+    }
+
+    /// `slurm_spank_task_post_fork` (slurmstepd, as root): records the
+    /// step's holder in the runtime directory once, for the epilog's sweep.
+    pub fn task_post_fork(&self, sp: &dyn Spank) -> Result<(), PluginError> {
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        if sp.context() != Context::Remote {
+            return Ok(());
+        }
+        let Some(HolderState::Ready(r)) = &self.holder else {
+            return Ok(());
+        };
+        let dir = self.settings.runtime_dir();
+        let _ = std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(&dir);
+        let path = dir.join(format!("{}.holder", request::step_name(sp)));
+        // create_new: the first task of the step writes it.
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+        {
+            let start = crate::slurmd::start_time(Path::new("/proc"), r.pid()).unwrap_or(0);
+            let _ = writeln!(f, "{} {start}", r.pid());
+        }
+        Ok(())
+    }
+
+    /// `slurm_spank_exit`: stops the step's holder (slurmstepd, once per step).
+    pub fn exit(&mut self, sp: &dyn Spank) -> Result<(), PluginError> {
+        if sp.context() != Context::Remote {
+            return Ok(());
+        }
+        if let Some(HolderState::Ready(mut r)) = self.holder.take() {
+            let record = format!("{}.holder", request::step_name(sp));
+            let _ = std::fs::remove_file(self.settings.runtime_dir().join(record));
+            stop(&mut r.child);
+        }
+        Ok(())
+    }
+}
+
+/// SIGTERM, then SIGKILL after 5 s; reaps the holder.
+fn stop(child: &mut std::process::Child) {
+    use nix::sys::signal::{Signal, kill};
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let _ = kill(pid, Signal::SIGTERM);
+    for _ in 0..500 {
+        match child.try_wait() {
+            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+            _ => return,
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// GPU and NIC placement hints for this task's CPUs (see
+/// `interconnect::topology`), read from the host's sysfs.
+fn placement_hints(sp: &dyn Spank) -> Vec<(String, String)> {
+    let Ok(set) = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)) else {
+        return Vec::new();
+    };
+    let cpus: Vec<u32> = (0..nix::sched::CpuSet::count())
+        .filter(|&c| set.is_set(c).unwrap_or(false))
+        .map(|c| c as u32)
+        .collect();
+    interconnect::topology::hints(Path::new("/"), &cpus, &|k| sp.getenv(k))
+}
+
+/// Joins the holder's user, then mount namespace; keeps the working directory.
+fn join(pid: i32) -> Result<(), String> {
+    use nix::sched::{CloneFlags, setns};
+    let cwd = std::env::current_dir().map_err(|e| format!("current directory: {e}"))?;
+    let open = |ns: &str| {
+        std::fs::File::open(format!("/proc/{pid}/ns/{ns}"))
+            .map_err(|e| format!("the container is gone ({ns}: {e})"))
+    };
+    let (user, mnt) = (open("user")?, open("mnt")?);
+    setns(user, CloneFlags::CLONE_NEWUSER).map_err(|e| format!("user namespace: {e}"))?;
+    setns(mnt, CloneFlags::CLONE_NEWNS).map_err(|e| format!("mount namespace: {e}"))?;
+    std::env::set_current_dir(&cwd)
+        .map_err(|e| format!("{}: {e} inside the container", cwd.display()))?;
+    nix::sys::prctl::set_no_new_privs().map_err(|e| format!("no-new-privileges: {e}"))?;
+    Ok(())
+}
