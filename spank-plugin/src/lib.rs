@@ -9,7 +9,7 @@
 //! callbacks use, so they are unit-tested with a fake. One file per Slurm
 //! context: [`local`] (srun, sbatch, salloc), [`remote`] (slurmstepd: the
 //! step's container, started by [`holder`] with the [`request`] of
-//! `slurm_conf::protocol`, and `--sif-run`) and [`slurmd`] (the
+//! `slurm_conf::protocol`, and `--sif-run` in [`run`]) and [`slurmd`] (the
 //! job epilog). [`options`] parses the `--sif-*` options; [`sys`] is
 //! bindgen's output over the installed <slurm/spank.h>.
 #![warn(missing_docs)]
@@ -23,6 +23,7 @@ pub mod options;
 pub mod plugin;
 pub mod remote;
 pub mod request;
+pub mod run;
 pub mod slurmd;
 pub mod spank;
 #[allow(missing_docs)]

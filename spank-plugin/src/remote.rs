@@ -141,6 +141,10 @@ impl Plugin {
             // Hints only: a failure to set one is not worth the task.
             let _ = sp.setenv(&k, &v);
         }
+        // A batch script runs as itself; its steps inherit --sif-run.
+        if self.args.run && sp.step_id() != Some(request::BATCH_STEP) {
+            crate::run::use_runscript(sp)?;
+        }
         if self.args.verbose && sp.getenv("SLURM_LOCALID").as_deref() == Some("0") {
             let node = sp.getenv("SLURMD_NODENAME").unwrap_or_default();
             for line in &r.log {
