@@ -77,6 +77,9 @@ pub struct Plugin {
     /// Remote context: the step's holder, as user_init left it for the
     /// tasks (forked later, they inherit this memory) and for exit.
     pub holder: Option<HolderState>,
+    /// The image came from Slurm's `--container`; it may still turn out to
+    /// be an OCI bundle (a directory), which user_init checks as the user.
+    pub(crate) image_from_container: bool,
     /// The owner trusted files must have (root where root runs us; `None`
     /// in the user's own srun, sbatch and salloc, where nothing is trusted).
     trusted_owner: Option<u32>,
@@ -90,6 +93,7 @@ impl Plugin {
             args: Args::default(),
             inherited: Vec::new(),
             holder: None,
+            image_from_container: false,
             trusted_owner,
         }
     }
@@ -169,8 +173,7 @@ impl Plugin {
             return Ok(());
         }
         if let Some(value) = sp.getenv("SLURM_CONTAINER")
-            && let Err(e) =
-                self.honour_native_container(&value, Path::new(OCI_CONF), |p| Path::new(p).is_dir())
+            && let Err(e) = self.honour_native_container(&value, Path::new(OCI_CONF))
         {
             // slurmstepd neither stops the step nor shows this error to the
             // user: keep it for task_init, which fails every task with it.
@@ -180,16 +183,16 @@ impl Plugin {
     }
 
     /// Slurm's own `--container=VALUE` (seen remotely as SLURM_CONTAINER):
-    /// when Slurm would ignore it (no oci.conf) and it is not an OCI bundle
-    /// (a directory), it names our image, unless `--sif-image` already
-    /// named one.
+    /// when Slurm would ignore it (no oci.conf), it names our image, unless
+    /// `--sif-image` already named one. An OCI bundle (a directory) stays
+    /// Slurm's; that is decided in user_init, as the user: here slurmstepd
+    /// is root, and what root sees of the user's path must not show.
     pub fn honour_native_container(
         &mut self,
         value: &str,
         oci_conf: &Path,
-        is_dir: impl Fn(&str) -> bool,
     ) -> Result<(), PluginError> {
-        if value.is_empty() || oci_conf.exists() || is_dir(value) {
+        if value.is_empty() || oci_conf.exists() {
             return Ok(());
         }
         match &self.args.image {
@@ -198,7 +201,11 @@ impl Plugin {
                 image: image.clone(),
             }),
             Some(_) => Ok(()),
-            None => Ok(self.args.apply(Opt::Image, Some(value))?),
+            None => {
+                self.args.apply(Opt::Image, Some(value))?;
+                self.image_from_container = true;
+                Ok(())
+            }
         }
     }
 }
@@ -218,7 +225,12 @@ pub fn check_policy(a: &Args, c: &AdminConfig) -> Result<(), PluginError> {
         }
     }
     if let Some(max) = c.users.max_binds {
-        let given = a.binds.len();
+        // Each bind of a comma list counts, as the holder makes each one.
+        let given: usize = a
+            .binds
+            .iter()
+            .map(|b| b.split(',').filter(|s| !s.is_empty()).count())
+            .sum();
         if given > max {
             return Err(PluginError::TooManyBinds { given, max });
         }
@@ -235,23 +247,42 @@ mod tests {
     fn native_container_values() {
         let mut p = Plugin::new(None);
         let none = Path::new("/nonexistent/oci.conf");
-        p.honour_native_container("/data/img.sif", none, |_| false)
-            .unwrap();
+        p.honour_native_container("/data/img.sif", none).unwrap();
         assert_eq!(p.args.image.as_deref(), Some("/data/img.sif"));
-        p.honour_native_container("/data/img.sif", none, |_| false)
-            .unwrap();
+        p.honour_native_container("/data/img.sif", none).unwrap();
         let e = p
-            .honour_native_container("/data/other.sif", none, |_| false)
+            .honour_native_container("/data/other.sif", none)
             .unwrap_err();
         assert!(e.to_string().contains("name different images"), "{e}");
+        // A configured OCI runtime: Slurm's business.
         let mut p = Plugin::new(None);
-        // An OCI bundle (a directory), or a configured OCI runtime: Slurm's business.
-        p.honour_native_container("/bundles/app", none, |_| true)
-            .unwrap();
         let conf = std::env::current_exe().unwrap();
-        p.honour_native_container("/data/img.sif", &conf, |_| false)
-            .unwrap();
+        p.honour_native_container("/data/img.sif", &conf).unwrap();
         assert_eq!(p.args.image, None);
+    }
+
+    #[test]
+    fn an_oci_bundle_stays_slurms_as_the_user_sees_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let none = Path::new("/nonexistent/oci.conf");
+        // slurmstepd (root) does not look at the path: whether a root-only
+        // directory exists must not change what happens to the step.
+        let mut p = Plugin::new(None);
+        let bundle = dir.path().to_str().unwrap();
+        p.honour_native_container(bundle, none).unwrap();
+        assert_eq!(p.args.image.as_deref(), Some(bundle));
+        // user_init, as the user, finds a directory: Slurm's, no container.
+        let mut sp = Fake::remote();
+        sp.env.insert("PWD".into(), "/".into());
+        p.user_init(&sp).unwrap();
+        assert!(p.holder.is_none() && !p.args.wants_container());
+        p.task_init(&sp).unwrap();
+        // --sif-image naming a directory is still an image (and fails).
+        let mut q = Plugin::new(None);
+        q.option(Opt::Image, Some(bundle)).unwrap();
+        q.settings.launcher = Some("/nonexistent/sifrun".into());
+        q.user_init(&sp).unwrap();
+        assert!(matches!(q.holder, Some(HolderState::Failed(_))));
     }
 
     #[test]
@@ -274,7 +305,15 @@ mod tests {
             e.contains("--sif-bind: 2 bind specs given, this cluster allows 1"),
             "{e}"
         );
-        a.binds.pop();
+        // One --sif-bind with a comma list is as many binds.
+        a.binds = vec!["/a,/b,/c".into()];
+        let e = check_policy(&a, &c).unwrap_err().to_string();
+        assert!(
+            e.contains("--sif-bind: 3 bind specs given, this cluster allows 1"),
+            "{e}"
+        );
+        a.binds = vec!["/a,".into()];
+        check_policy(&a, &c).unwrap();
         a.writable_tmpfs = true;
         let e = check_policy(&a, &c).unwrap_err().to_string();
         assert!(e.contains("--sif-writable-tmpfs"), "{e}");

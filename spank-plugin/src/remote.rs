@@ -59,6 +59,14 @@ impl Plugin {
             return Ok(());
         }
         let step = Step::of(sp);
+        let image = request::image_path(&self.args, &step.cwd);
+        // Slurm's --container naming a directory is an OCI bundle, Slurm's
+        // business. Checked here, as the user (effective uid): what root
+        // alone can see stays hidden.
+        if self.image_from_container && Path::new(&image).is_dir() {
+            self.args.image = None;
+            return Ok(());
+        }
         if let Err(e) = self.check_image_dirs(&step.cwd) {
             self.holder = Some(HolderState::Failed(e));
             return Ok(());
