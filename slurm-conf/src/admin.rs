@@ -259,6 +259,10 @@ pub fn read_trusted(path: &Path, owner: Option<u32>) -> Result<Vec<u8>, AdminErr
         path: path.to_owned(),
         reason,
     };
+    if let Some(owner) = owner {
+        // Whoever may write a directory above it may replace the file.
+        crate::trusted::check_parents(path, owner).map_err(|e| unsafe_file(e.to_string()))?;
+    }
     if !meta.is_file() {
         return Err(unsafe_file("not a regular file".into()));
     }
@@ -283,6 +287,27 @@ pub fn read_trusted(path: &Path, owner: Option<u32>) -> Result<Vec<u8>, AdminErr
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_file_in_a_directory_others_may_write_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let chmod = |p: &Path, m: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+        };
+        let me = std::fs::metadata("/proc/self").unwrap().uid();
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("open");
+        std::fs::create_dir(&dir).unwrap();
+        let file = dir.join("sifrun.toml");
+        std::fs::write(&file, "").unwrap();
+        chmod(&file, 0o644);
+        chmod(&dir, 0o777);
+        let e = read_trusted(&file, Some(me)).unwrap_err().to_string();
+        assert!(e.contains("lets others write it"), "{e}");
+        read_trusted(&file, None).unwrap();
+        chmod(&dir, 0o755);
+        read_trusted(&file, Some(me)).unwrap();
+    }
+
     use super::*;
 
     const OPTS: &[&str] = &["sif-image", "sif-bind", "sif-writable-tmpfs"];

@@ -4,7 +4,8 @@
 //! ([`admin`]), the execution control list that decides which signed images
 //! may run ([`ecl`], the admin file's `[ecl]` table), Slurm's own files
 //! ([`slurm`]: slurm.conf, plugstack.conf), the plugin↔holder request and
-//! report ([`protocol`]) and the tasks' environment ([`task_env`]).
+//! report ([`protocol`]), the tasks' environment ([`task_env`]) and the
+//! checks on paths root trusts ([`trusted`]).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 #![warn(clippy::too_many_lines)]
@@ -14,6 +15,7 @@ pub mod ecl;
 pub mod protocol;
 pub mod slurm;
 pub mod task_env;
+pub mod trusted;
 
 use std::collections::BTreeMap;
 

@@ -18,14 +18,13 @@ pub enum PluginError {
     Config(#[from] slurm_conf::admin::AdminError),
     /// A trusted path (`launcher=`, `runtime_dir=`) could be changed by
     /// someone other than root.
-    #[error("plugstack.conf: {key}={}: {reason}", path.display())]
+    #[error("plugstack.conf: {key}: {source}")]
     Untrusted {
         /// The plugstack.conf key.
         key: &'static str,
-        /// The path it names.
-        path: PathBuf,
-        /// What is wrong with it or one of its parents.
-        reason: String,
+        /// The path (or the directory above it) and what is wrong.
+        #[source]
+        source: slurm_conf::trusted::Untrusted,
     },
     /// An option value is wrong.
     #[error(transparent)]

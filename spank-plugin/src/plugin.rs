@@ -139,6 +139,21 @@ impl Plugin {
         Ok(())
     }
 
+    /// The owner trusted paths must have, where root runs us.
+    pub fn trusted_owner(&self) -> Option<u32> {
+        self.trusted_owner
+    }
+
+    /// `path` (from plugstack.conf's `key`) may steer root: it and its
+    /// directories must be root's and writable by no one else.
+    pub fn check_trusted(&self, key: &'static str, path: &Path) -> Result<(), PluginError> {
+        match self.trusted_owner {
+            Some(owner) => slurm_conf::trusted::check_file(path, owner)
+                .map_err(|source| PluginError::Untrusted { key, source }),
+            None => Ok(()),
+        }
+    }
+
     /// An option callback.
     pub fn option(&mut self, opt: Opt, value: Option<&str>) -> Result<(), PluginError> {
         if self.settings.config.forbids(opt.name()) {

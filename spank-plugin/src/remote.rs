@@ -71,11 +71,17 @@ impl Plugin {
             self.holder = Some(HolderState::Failed(e));
             return Ok(());
         }
+        // slurmstepd runs the launcher with root's real uid.
+        let launcher = self.settings.launcher();
+        if let Err(e) = self.check_trusted("launcher", &launcher) {
+            self.holder = Some(HolderState::Failed(e));
+            return Ok(());
+        }
         let started = Instant::now();
         let cwd = step.cwd.clone();
         let request = request::build(&self.args, &self.settings, step);
         let timeout = Duration::from_secs(self.settings.config.container.setup_timeout);
-        let state = match holder::start(&self.settings.launcher(), &request, &cwd, timeout) {
+        let state = match holder::start(&launcher, &request, &cwd, timeout) {
             Ok(Started {
                 child,
                 env,
@@ -181,6 +187,8 @@ impl Plugin {
             .recursive(true)
             .mode(0o755)
             .create(&dir);
+        // Root writes here, and the epilog removes files here.
+        self.check_trusted("runtime_dir", &dir)?;
         let path = dir.join(format!("{}.holder", request::step_name(sp)));
         // create_new: the first task of the step writes it.
         if let Ok(mut f) = std::fs::OpenOptions::new()
@@ -253,4 +261,65 @@ fn join(pid: i32) -> Result<(), String> {
         .map_err(|e| format!("{}: {e} inside the container", cwd.display()))?;
     nix::sys::prctl::set_no_new_privs().map_err(|e| format!("no-new-privileges: {e}"))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fake::Fake;
+    use crate::options::Opt;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    fn chmod(p: &Path, mode: u32) {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    #[test]
+    fn a_launcher_or_runtime_dir_others_may_change_is_not_used() {
+        let me = std::fs::metadata("/proc/self").unwrap().uid();
+        let t = tempfile::tempdir().unwrap();
+        let stage = t.path().join("stage");
+        std::fs::create_dir(&stage).unwrap();
+        let launcher = stage.join("sifrun");
+        std::fs::write(&launcher, "#!/bin/sh\nexit 1\n").unwrap();
+        chmod(&launcher, 0o755);
+        // A directory anyone may write: the binary root runs could be swapped.
+        chmod(&stage, 0o777);
+        let mut p = Plugin::new(Some(me));
+        p.settings.launcher = Some(launcher.clone());
+        p.option(Opt::Image, Some("/i.sif")).unwrap();
+        let sp = Fake::remote();
+        p.user_init(&sp).unwrap();
+        let Some(HolderState::Failed(e)) = &p.holder else {
+            panic!("{:?}", p.holder)
+        };
+        let msg = e.to_string();
+        assert!(
+            msg.starts_with("plugstack.conf: launcher: ") && msg.contains("lets others write it"),
+            "{msg}"
+        );
+        p.task_init(&sp).unwrap_err();
+        assert!(
+            sp.log.borrow()[0].contains("launcher"),
+            "{:?}",
+            sp.log.borrow()
+        );
+
+        // The runtime directory: root writes records there.
+        let run = t.path().join("run");
+        std::fs::create_dir(&run).unwrap();
+        chmod(&run, 0o777);
+        p.settings.runtime_dir = Some(run.clone());
+        let e = p.check_trusted("runtime_dir", &run).unwrap_err();
+        assert!(
+            e.to_string().starts_with("plugstack.conf: runtime_dir: "),
+            "{e}"
+        );
+        chmod(&run, 0o755);
+        p.check_trusted("runtime_dir", &run).unwrap();
+        // Unchecked where nothing runs as root (the user's srun).
+        let user = Plugin::new(None);
+        chmod(&run, 0o777);
+        user.check_trusted("runtime_dir", &run).unwrap();
+    }
 }

@@ -22,18 +22,21 @@ impl Plugin {
         let (Some(job), Some(uid)) = (sp.job_id(), sp.job_uid()) else {
             return Ok(());
         };
-        let killed = sweep(
-            &self.settings.runtime_dir(),
-            Path::new("/proc"),
-            job,
-            uid,
-            |pid| {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            },
-        );
+        let dir = self.settings.runtime_dir();
+        // Root removes files there: not in a directory others may change.
+        let records = match self.check_trusted("runtime_dir", &dir) {
+            Ok(()) => Some(dir.as_path()),
+            Err(e) => {
+                sp.info(&format!("sifrun: job {job} epilog: {e}; records ignored"));
+                None
+            }
+        };
+        let killed = sweep(records, Path::new("/proc"), job, uid, |pid| {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        });
         if !killed.is_empty() {
             sp.info(&format!(
                 "sifrun: job {job} epilog: killed leftover container holders {killed:?}"
@@ -48,7 +51,7 @@ impl Plugin {
 /// the job's user whose command line is a holder of this job. Returns the
 /// PIDs killed.
 pub fn sweep(
-    runtime_dir: &Path,
+    runtime_dir: Option<&Path>,
     proc_root: &Path,
     job: u32,
     uid: u32,
@@ -57,7 +60,8 @@ pub fn sweep(
     use std::os::unix::fs::MetadataExt;
     let prefix = format!("{job}.");
     let mut killed = Vec::new();
-    for entry in std::fs::read_dir(runtime_dir)
+    for entry in runtime_dir
+        .and_then(|d| std::fs::read_dir(d).ok())
         .into_iter()
         .flatten()
         .flatten()
@@ -166,7 +170,7 @@ mod tests {
         std::fs::write(run.join("42.1.holder"), "14 1\n").unwrap();
         std::fs::write(run.join("43.0.holder"), "12 700\n").unwrap();
         let killed = std::cell::RefCell::new(Vec::new());
-        let got = sweep(&run, &proc, 42, me, |p| killed.borrow_mut().push(p));
+        let got = sweep(Some(&run), &proc, 42, me, |p| killed.borrow_mut().push(p));
         let mut got_sorted = got.clone();
         got_sorted.sort();
         assert_eq!(got_sorted, [10, 11, 14], "by record, then by command line");
@@ -176,7 +180,16 @@ mod tests {
             run.join("43.0.holder").exists(),
             "another job's record stays"
         );
+        // Without a trusted runtime directory, the command line still finds them.
+        fake(
+            15,
+            &["/usr/local/bin/sifrun", "slurm-hold", "--slurm-step=42.2"],
+            950,
+        );
+        let mut by_cmdline = sweep(None, &proc, 42, me, |_| {});
+        by_cmdline.sort();
+        assert_eq!(by_cmdline, [10, 11, 14, 15]);
         // Another user's processes are never touched.
-        assert!(sweep(&run, &proc, 42, me + 1, |_| {}).is_empty());
+        assert!(sweep(Some(&run), &proc, 42, me + 1, |_| {}).is_empty());
     }
 }
