@@ -26,6 +26,8 @@ const MAX_LOG_LINES: usize = 200;
 pub struct Started {
     /// The holder process.
     pub child: Child,
+    /// A descriptor for it, taken at once (`None` before Linux 5.3).
+    pub pidfd: Option<OwnedFd>,
     /// The changes the image makes to each task's environment.
     pub env: Vec<EnvChange>,
     /// What the holder wrote on standard error until then.
@@ -60,6 +62,7 @@ pub fn start(
             launcher: launcher.to_owned(),
             source,
         })?;
+    let pidfd = crate::ffi::pidfd::open(child.id()).ok();
     let bytes = request.encode();
     std::thread::spawn(move || send_all(&ours, &bytes));
     let stdout = child.stdout.take().expect("piped");
@@ -73,6 +76,7 @@ pub fn start(
             std::thread::spawn(move || discard(stdout, stderr));
             Ok(Started {
                 child,
+                pidfd,
                 env,
                 log: reader.log,
             })

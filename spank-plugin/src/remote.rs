@@ -37,6 +37,10 @@ pub enum HolderState {
 pub struct Ready {
     /// The holder process (the plugin's child).
     pub child: std::process::Child,
+    /// A descriptor for it taken at spawn: signals go through it.
+    pub pidfd: Option<std::os::fd::OwnedFd>,
+    /// Its start time (/proc), where there is no descriptor.
+    pub start_time: Option<u64>,
     /// The changes the image makes to each task's environment.
     pub env: Vec<EnvChange>,
     /// The holder's diagnostics and the plugin's own timings, shown with
@@ -84,6 +88,7 @@ impl Plugin {
         let state = match holder::start(&launcher, &request, &cwd, timeout) {
             Ok(Started {
                 child,
+                pidfd,
                 env,
                 mut log,
             }) => {
@@ -93,7 +98,14 @@ impl Plugin {
                     child.id()
                 ));
                 log.push(format!("sifrun: container ready in {ms:.1} ms"));
-                HolderState::Ready(Ready { child, env, log })
+                let start_time = crate::slurmd::start_time(Path::new("/proc"), child.id() as i32);
+                HolderState::Ready(Ready {
+                    child,
+                    pidfd,
+                    start_time,
+                    env,
+                    log,
+                })
             }
             Err(e) => HolderState::Failed(e),
         };
@@ -212,25 +224,66 @@ impl Plugin {
         if let Some(HolderState::Ready(mut r)) = self.holder.take() {
             let record = format!("{}.holder", request::step_name(sp));
             let _ = std::fs::remove_file(self.settings.runtime_dir().join(record));
-            stop(&mut r.child);
+            stop(&mut r);
         }
         Ok(())
     }
 }
 
-/// SIGTERM, then SIGKILL after 5 s; reaps the holder.
-fn stop(child: &mut std::process::Child) {
+/// SIGTERM, then SIGKILL after 5 s; reaps the holder. A holder that ended
+/// early may have been reaped by slurmstepd and its PID given to another
+/// process: signals go through the descriptor taken at spawn (or, without
+/// one, only while the PID still has the holder's start time).
+pub fn stop(r: &mut Ready) {
+    use nix::sys::signal::Signal;
+    use nix::sys::wait::{Id, WaitPidFlag, waitid};
+    use std::os::fd::AsFd;
+    let Some(fd) = &r.pidfd else {
+        stop_by_pid(r);
+        return;
+    };
+    let pidfd = crate::ffi::pidfd::send_signal;
+    if pidfd(fd, Signal::SIGTERM).is_ok() && !ended_within(fd, Duration::from_secs(5)) {
+        let _ = pidfd(fd, Signal::SIGKILL);
+        ended_within(fd, Duration::from_secs(5));
+    }
+    // Reaped through the descriptor: never another child with the same PID.
+    let _ = waitid(
+        Id::PIDFd(fd.as_fd()),
+        WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG,
+    );
+}
+
+/// Whether the process of `fd` ends within `timeout` (the descriptor
+/// becomes readable at once when it does).
+fn ended_within(fd: &std::os::fd::OwnedFd, timeout: Duration) -> bool {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::os::fd::AsFd;
+    let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
+    let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+    matches!(poll(&mut fds, PollTimeout::from(ms)), Ok(n) if n > 0)
+}
+
+/// [`stop`] on kernels without process descriptors.
+fn stop_by_pid(r: &mut Ready) {
     use nix::sys::signal::{Signal, kill};
-    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-    let _ = kill(pid, Signal::SIGTERM);
+    let pid = r.pid();
+    let start = r.start_time;
+    let same = || start.is_some() && crate::slurmd::start_time(Path::new("/proc"), pid) == start;
+    if !same() {
+        return;
+    }
+    let _ = kill(nix::unistd::Pid::from_raw(pid), Signal::SIGTERM);
     for _ in 0..500 {
-        match child.try_wait() {
+        match r.child.try_wait() {
             Ok(None) => std::thread::sleep(Duration::from_millis(10)),
             _ => return,
         }
     }
-    let _ = child.kill();
-    let _ = child.wait();
+    if same() {
+        let _ = r.child.kill();
+        let _ = r.child.wait();
+    }
 }
 
 /// GPU and NIC placement hints for this task's CPUs (see
@@ -272,6 +325,62 @@ mod tests {
 
     fn chmod(p: &Path, mode: u32) {
         std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    fn ready(child: std::process::Child, pidfd: Option<std::os::fd::OwnedFd>) -> Ready {
+        Ready {
+            child,
+            pidfd,
+            start_time: None,
+            env: Vec::new(),
+            log: Vec::new(),
+        }
+    }
+
+    fn sleeper() -> std::process::Child {
+        std::process::Command::new("sleep")
+            .arg("100")
+            .spawn()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_holder_that_ended_early_is_never_signalled_by_its_old_pid() {
+        use nix::sys::signal::Signal;
+        let mut child = sleeper();
+        let pidfd = crate::ffi::pidfd::open(child.id()).unwrap();
+        crate::ffi::pidfd::send_signal(&pidfd, Signal::SIGCONT).unwrap();
+        // The user kills their holder; slurmstepd reaps it: its PID is free.
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(
+            crate::ffi::pidfd::send_signal(&pidfd, Signal::SIGTERM),
+            Err(nix::errno::Errno::ESRCH),
+            "whatever process has the PID now is not signalled"
+        );
+        let mut r = ready(child, Some(pidfd));
+        let t = Instant::now();
+        stop(&mut r);
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "no waiting for the dead"
+        );
+        // A live holder ends on SIGTERM.
+        let child = sleeper();
+        let pidfd = crate::ffi::pidfd::open(child.id()).ok();
+        let mut r = ready(child, pidfd);
+        stop(&mut r);
+        assert!(!matches!(r.child.try_wait(), Ok(None)), "still running");
+        // No descriptor, and the PID's start time is not the holder's: no signal.
+        let mut r = ready(sleeper(), None);
+        r.start_time = Some(1);
+        stop(&mut r);
+        assert!(
+            matches!(r.child.try_wait(), Ok(None)),
+            "a stranger's PID is left alone"
+        );
+        r.child.kill().unwrap();
+        r.child.wait().unwrap();
     }
 
     #[test]

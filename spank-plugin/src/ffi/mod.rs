@@ -8,6 +8,7 @@
 #![allow(unsafe_code)]
 
 mod handle;
+pub mod pidfd;
 
 use std::ffi::{CStr, CString, c_char, c_int, c_uint};
 use std::panic::{AssertUnwindSafe, catch_unwind};
