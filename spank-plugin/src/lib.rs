@@ -4,12 +4,12 @@
 //! step.
 //!
 //! Layout: [`ffi`] is the only code with `unsafe` (the C interface Slurm
-//! loads; it owns the one [`plugin::Plugin`] state of the process, whose
+//! loads; it owns the one `plugin::Plugin` state of the process, whose
 //! methods are the callbacks); [`spank`] is the small SPANK surface the
 //! callbacks use, so they are unit-tested with a fake. One file per Slurm
-//! context: [`local`] (srun, sbatch, salloc), [`remote`] (slurmstepd: the
-//! step's container, started by [`holder`] with the [`request`] of
-//! `slurm_conf::protocol`, and `--sif-run` in [`run`]) and [`slurmd`] (the
+//! context: `local` (srun, sbatch, salloc), `remote` (slurmstepd: the
+//! step's container, started by `holder` with the `request` of
+//! `slurm_conf::protocol`, and `--sif-run` in `run`) and `slurmd` (the
 //! job epilog). [`options`] parses the `--sif-*` options; [`sys`] is
 //! bindgen's output over the installed <slurm/spank.h>.
 #![warn(missing_docs)]
@@ -17,14 +17,14 @@
 
 pub mod error;
 pub mod ffi;
-pub mod holder;
-pub mod local;
+mod holder;
+mod local;
 pub mod options;
-pub mod plugin;
-pub mod remote;
-pub mod request;
-pub mod run;
-pub mod slurmd;
+mod plugin;
+mod remote;
+mod request;
+mod run;
+mod slurmd;
 pub mod spank;
 #[allow(missing_docs)]
 pub mod sys;

@@ -139,11 +139,6 @@ impl Plugin {
         Ok(())
     }
 
-    /// The owner trusted paths must have, where root runs us.
-    pub fn trusted_owner(&self) -> Option<u32> {
-        self.trusted_owner
-    }
-
     /// `path` (from plugstack.conf's `key`) may steer root: it and its
     /// directories must be root's and writable by no one else.
     pub fn check_trusted(&self, key: &'static str, path: &Path) -> Result<(), PluginError> {

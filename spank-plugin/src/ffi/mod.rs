@@ -1,5 +1,5 @@
 //! The C interface Slurm loads: the plugin's identity symbols and the
-//! `slurm_spank_*` callbacks, over the one [`Plugin`] state of the process.
+//! `slurm_spank_*` callbacks, over the one `Plugin` state of the process.
 //! Every callback catches panics and turns them into an error return,
 //! never unwinding into Slurm. Slurm's functions are looked up in the
 //! loading process at run time (srun, sbatch, salloc and slurmstepd all
