@@ -29,7 +29,11 @@ pub enum PluginError {
     /// An option value is wrong.
     #[error(transparent)]
     Option(#[from] OptionError),
-    /// The admin forbids an option.
+    /// The admin forbids an option given on the command line.
+    #[error("--{0}: disabled on this cluster by the administrator")]
+    ForbiddenOption(&'static str),
+    /// The admin forbids an option the step asks for (on the command line
+    /// or through its variable).
     #[error("--{0} (or its SIFRUN_ variable): disabled on this cluster by the administrator")]
     Forbidden(&'static str),
     /// More binds than the admin allows.

@@ -152,7 +152,7 @@ impl Plugin {
     /// An option callback.
     pub fn option(&mut self, opt: Opt, value: Option<&str>) -> Result<(), PluginError> {
         if self.settings.config.forbids(opt.name()) {
-            return Err(PluginError::Forbidden(opt.name()));
+            return Err(PluginError::ForbiddenOption(opt.name()));
         }
         if self.replayed_inherited(opt, value.unwrap_or("")) {
             return Ok(());
