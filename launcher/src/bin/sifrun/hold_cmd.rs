@@ -85,7 +85,6 @@ fn hold(args: &HoldArgs) -> Result<i32, Failure> {
         .at(Stage::Privileges)?;
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
     let l = to_launch(request, image_file, &cwd).at(Stage::Request)?;
-    tracing::info!("sifrun: holder set-up starts");
     launch(&l).at(Stage::Image)
 }
 
