@@ -961,3 +961,103 @@ fn an_image_replaced_during_a_step_keeps_serving_the_checked_bytes() {
         let _ = fs::remove_file(&target);
     }
 }
+
+/// An image whose runscript marks its output.
+fn image_with_runscript(dir: &std::path::Path) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let root = dir.join("rootfs");
+    std::fs::create_dir_all(root.join(".singularity.d")).unwrap();
+    let script = root.join(".singularity.d/runscript");
+    std::fs::write(
+        &script,
+        "#!/bin/sh\necho \"runscript-ran rank=$SLURM_PROCID args=[$*] marker=$(cat /etc/image-marker)\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    image(dir)
+}
+
+#[test]
+fn sif_run_runs_the_runscript_with_the_tasks_arguments() {
+    let Some((dir, _)) = setup() else { return };
+    let img = image_with_runscript(&dir.path().join("run"));
+    // Words that name no host command, so srun leaves them as they are.
+    let out = srun_in(
+        dir.path(),
+        &[
+            "-n2",
+            &format!("--sif-image={}", img.display()),
+            "--sif-run",
+            "first-word",
+            "two words",
+            "it's",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    lines.sort();
+    assert_eq!(
+        lines,
+        [0, 1].map(|r| format!(
+            "runscript-ran rank={r} args=[first-word two words it's] marker=inside-the-image"
+        ))
+    );
+    // Without --sif-run the same words are the command.
+    let out = srun_in(
+        dir.path(),
+        &[&format!("--sif-image={}", img.display()), "echo", "plain"],
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "plain\n");
+    // The same through SIFRUN_RUN.
+    let out = Command::new("srun")
+        .args([&format!("--sif-image={}", img.display()), "from-env"])
+        .env("SIFRUN_RUN", "1")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("runscript-ran rank=0 args=[from-env]"),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn sif_verbose_shows_each_set_up_phase_on_sruns_stderr() {
+    let Some((dir, img)) = setup() else { return };
+    let args = ["-n2", &format!("--sif-image={}", img.display())];
+    let quiet = srun_in(dir.path(), &[&args[..], &["true"]].concat());
+    assert!(quiet.status.success());
+    assert!(
+        !String::from_utf8_lossy(&quiet.stderr).contains("sifrun:"),
+        "quiet by default: {}",
+        String::from_utf8_lossy(&quiet.stderr)
+    );
+    let out = srun_in(
+        dir.path(),
+        &[&args[..], &["--sif-verbose", "true"]].concat(),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let timed = |what: &str| {
+        err.lines()
+            .any(|l| l.contains(&format!("sifrun: {what} in ")) && l.trim_end().ends_with(" ms"))
+    };
+    for phase in [
+        "request read",
+        "container ready",
+        "task joined the container",
+    ] {
+        assert!(timed(phase), "no timing for {phase:?}: {err}");
+    }
+    // Once per node (the first task), not once per task.
+    assert_eq!(err.matches("container ready in").count(), 1, "{err}");
+}

@@ -6,19 +6,6 @@
 
 use std::path::{Component, PathBuf};
 
-/// slurmd's spool directory as `slurm.conf` sets it (`SlurmdSpoolDir`,
-/// default `/var/spool/slurmd`); `%n`/`%h` forms are not expanded.
-pub fn spool_dir(slurm_conf: &str) -> PathBuf {
-    slurm_conf
-        .lines()
-        .map(|l| l.split('#').next().unwrap_or("").trim())
-        .filter_map(|l| l.split_once('='))
-        .find(|(k, _)| k.trim().eq_ignore_ascii_case("SlurmdSpoolDir"))
-        .map(|(_, v)| PathBuf::from(v.trim()))
-        .filter(|p| p.is_absolute() && !p.to_string_lossy().contains('%'))
-        .unwrap_or_else(|| PathBuf::from("/var/spool/slurmd"))
-}
-
 /// Host directories to bind at their own paths for a step whose job
 /// environment is `env`: slurmd's spool directory (the step's
 /// `pmix.JOB.STEP` server directory is created there, possibly after the
@@ -60,13 +47,8 @@ mod tests {
     fn the_spool_directory_and_munge_for_pmix_steps() {
         let env = vec![("SLURM_MPI_TYPE".to_owned(), "pmix".to_owned())];
         let all = |_: &Path| true;
-        let spool = spool_dir("SlurmdSpoolDir=/var/lib/slurm/slurmd # here\nOther=1\n");
-        assert_eq!(spool, Path::new("/var/lib/slurm/slurmd"));
-        assert_eq!(spool_dir(""), Path::new("/var/spool/slurmd"));
-        assert_eq!(
-            spool_dir("SlurmdSpoolDir=/var/spool/slurmd.%n"),
-            Path::new("/var/spool/slurmd")
-        );
+        // slurm.conf's SlurmdSpoolDir (read by slurm_conf::slurm).
+        let spool = PathBuf::from("/var/lib/slurm/slurmd");
         assert_eq!(
             binds(&env, &spool, &all),
             ["/var/lib/slurm/slurmd", "/run/munge"].map(PathBuf::from)

@@ -3,11 +3,12 @@
 //! output, and waits for SIGTERM; the step's tasks join its namespaces.
 
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use nix::sys::signal::{SigSet, Signal};
+use slurm_conf::protocol::{Report, Stage};
 
 use crate::apply::apply;
 use crate::command::{ENV_PRELUDE, direct_env};
@@ -15,8 +16,7 @@ use crate::env::ContainerEnv;
 use crate::plan::Plan;
 use crate::syscall::{self, Linux};
 
-/// Where Slurm's configuration is unless `SLURM_CONF` says otherwise.
-pub const DEFAULT_SLURM_CONF: &str = "/etc/slurm/slurm.conf";
+pub use slurm_conf::slurm::DEFAULT_SLURM_CONF;
 
 /// What a Slurm step's holder needs beyond the options.
 #[derive(Clone, Debug)]
@@ -66,8 +66,10 @@ pub(crate) fn hold(h: &Holding<'_>, sys: Linux, signals: &SigSet) -> i32 {
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
     let started = std::time::Instant::now();
     if let Err(e) = apply(h.plan, &sys) {
-        let _ = writeln!(io::stderr(), "sifrun: setting up the container: {e}");
-        return 255;
+        return failed(
+            Stage::Setup,
+            format!("sifrun: setting up the container: {e}"),
+        );
     }
     drop(sys);
     crate::launch::phase_done("apply", started);
@@ -76,11 +78,10 @@ pub(crate) fn hold(h: &Holding<'_>, sys: Linux, signals: &SigSet) -> i32 {
         match image_env(h.env) {
             Ok(e) => e,
             Err(e) => {
-                let _ = writeln!(
-                    io::stderr(),
-                    "sifrun: reading the image's environment scripts: {e}"
+                return failed(
+                    Stage::Environment,
+                    format!("sifrun: reading the image's environment scripts: {e}"),
                 );
-                return 255;
             }
         }
     } else {
@@ -90,12 +91,8 @@ pub(crate) fn hold(h: &Holding<'_>, sys: Linux, signals: &SigSet) -> i32 {
     crate::launch::phase_done("task environment", started);
     // Tasks (same user) open /proc/PID/ns/*: that needs a dumpable target.
     let _ = nix::sys::prctl::set_dumpable(true);
-    let mut out = io::stdout();
-    if out
-        .write_all(report(h.job_env, &task_env).as_bytes())
-        .and_then(|_| out.flush())
-        .is_err()
-    {
+    let ready = Report::ready(slurm_conf::task_env::delta(h.job_env, &task_env));
+    if ready.write_to(&mut io::stdout()).is_err() {
         return 255;
     }
     tracing::info!("holding the container for the step's tasks");
@@ -120,17 +117,10 @@ fn with_client_path(mut env: Vec<(String, String)>, slurm_client: bool) -> Vec<(
     env
 }
 
-/// The report on standard output: the changes from the job's environment
-/// to the tasks', then `ready`.
-fn report(job_env: &[(String, String)], task_env: &[(String, String)]) -> String {
-    let mut report = String::new();
-    for change in slurm_conf::holder::delta(job_env, task_env) {
-        report.push_str(&change.encode());
-        report.push('\n');
-    }
-    report.push_str(slurm_conf::holder::READY);
-    report.push('\n');
-    report
+/// A failure at `stage`, reported to the plugin (see `slurm_conf::protocol`).
+fn failed(stage: Stage, message: String) -> i32 {
+    let _ = Report::failed(stage, message).write_to(&mut io::stdout());
+    255
 }
 
 /// The environment the image's `/.singularity.d/env` scripts and the user's
@@ -203,16 +193,7 @@ mod tests {
     }
 
     #[test]
-    fn the_report_is_the_delta_then_ready() {
-        let job = vec![kv("A", "1"), kv("GONE", "x")];
-        let task = vec![kv("A", "2"), kv("NEW", "y")];
-        let r = report(&job, &task);
-        assert!(
-            r.ends_with(&format!("{}\n", slurm_conf::holder::READY)),
-            "{r}"
-        );
-        let lines: Vec<&str> = r.lines().collect();
-        assert_eq!(lines.len(), 4, "{r}");
+    fn the_default_slurm_conf_is_slurms() {
         assert_eq!(
             Hold::default().slurm_conf,
             PathBuf::from(DEFAULT_SLURM_CONF)

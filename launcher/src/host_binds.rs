@@ -90,7 +90,7 @@ pub fn host_binds(root: &Path, req: &Request<'_>) -> Result<HostBinds, HostBindE
         same_path.extend(interconnect::netfs::mounts(&mountinfo, req.netfs_types));
     }
     if let Some(conf) = req.slurm_conf {
-        let spool = interconnect::pmix::spool_dir(conf);
+        let spool = slurm_conf::slurm::SlurmConf::parse(conf).spool_dir();
         same_path.extend(interconnect::pmix::binds(req.env, &spool, &|p| {
             at(p).exists()
         }));

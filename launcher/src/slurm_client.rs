@@ -16,6 +16,7 @@
 use std::path::{Component, Path, PathBuf};
 
 use crate::bind::BindSpec;
+use slurm_conf::slurm::SlurmConf;
 
 /// Where host directories appear inside the container.
 pub const HOST_ROOT: &str = "/.sifrun/host";
@@ -154,120 +155,6 @@ pub fn plan(canonical: &dyn Fn(&Path) -> Option<PathBuf>) -> Option<ClientPlan> 
     Some(ClientPlan { binds, scripts })
 }
 
-/// The host passwd lines of the accounts Slurm's configuration names
-/// (SlurmUser, SlurmdUser; `slurm` by default): the client refuses a
-/// configuration whose SlurmUser it cannot resolve.
-pub fn service_accounts(slurm_conf: &str, host_passwd: &str) -> Vec<String> {
-    let mut names = vec!["slurm".to_owned()];
-    for line in slurm_conf.lines() {
-        let line = line.split('#').next().unwrap_or("").trim();
-        if let Some((k, v)) = line.split_once('=')
-            && (k.trim().eq_ignore_ascii_case("SlurmUser")
-                || k.trim().eq_ignore_ascii_case("SlurmdUser"))
-        {
-            let v = v.split_whitespace().next().unwrap_or("").to_owned();
-            if !v.is_empty() && !names.contains(&v) {
-                names.push(v);
-            }
-        }
-    }
-    host_passwd
-        .lines()
-        .filter(|l| {
-            names
-                .iter()
-                .any(|n| l.split(':').next() == Some(n.as_str()))
-        })
-        .map(str::to_owned)
-        .collect()
-}
-
-/// The SPANK plugins (absolute paths) that `plugstack` and the files it
-/// includes load, and the absolute paths their `key=PATH` arguments name
-/// (an admin config file, say): srun loads the plugins too, so all of them
-/// must exist inside at their paths. `read` gives a file's text; an include's pattern may have one `*`
-/// in its last component. Includes nest at most 8 deep.
-pub fn plugstack_plugins(
-    plugstack: &Path,
-    read: &dyn Fn(&Path) -> Option<String>,
-    list: &dyn Fn(&Path) -> Vec<PathBuf>,
-) -> Vec<PathBuf> {
-    fn walk(
-        file: &Path,
-        depth: usize,
-        read: &dyn Fn(&Path) -> Option<String>,
-        list: &dyn Fn(&Path) -> Vec<PathBuf>,
-        out: &mut Vec<PathBuf>,
-    ) {
-        let Some(text) = read(file).filter(|_| depth < 8) else {
-            return;
-        };
-        for line in text.lines() {
-            let mut words = line.split('#').next().unwrap_or("").split_whitespace();
-            match (words.next(), words.next()) {
-                (Some("include"), Some(pattern)) => {
-                    let pattern = Path::new(pattern);
-                    let (Some(dir), Some(name)) = (pattern.parent(), pattern.file_name()) else {
-                        continue;
-                    };
-                    let name = name.to_string_lossy();
-                    let (head, tail) = name.split_once('*').unwrap_or((&name, ""));
-                    let mut files: Vec<PathBuf> = list(dir)
-                        .into_iter()
-                        .filter(|f| {
-                            let n = f
-                                .file_name()
-                                .map(|n| n.to_string_lossy().into_owned())
-                                .unwrap_or_default();
-                            if name.contains('*') {
-                                n.len() >= head.len() + tail.len()
-                                    && n.starts_with(head)
-                                    && n.ends_with(tail)
-                            } else {
-                                n == name
-                            }
-                        })
-                        .collect();
-                    files.sort();
-                    for f in files {
-                        walk(&f, depth + 1, read, list, out);
-                    }
-                }
-                (Some("required" | "optional"), Some(plugin)) => {
-                    let args = words.filter_map(|w| w.split_once('=').map(|(_, v)| v));
-                    for p in std::iter::once(plugin).chain(args) {
-                        let p = PathBuf::from(p);
-                        if p.is_absolute() && !out.contains(&p) {
-                            out.push(p);
-                        }
-                    }
-                }
-                _ => {}
-            }
-        }
-    }
-    let mut out = Vec::new();
-    walk(plugstack, 0, read, list, &mut out);
-    out
-}
-
-/// Where `plugstack.conf` is for the slurm.conf at `slurm_conf` (text
-/// `conf`): its `PlugStackConfig`, or the file next to it, as Slurm does.
-pub fn plugstack_path(slurm_conf: &Path, conf: &str) -> PathBuf {
-    conf.lines()
-        .map(|l| l.split('#').next().unwrap_or("").trim())
-        .filter_map(|l| l.split_once('='))
-        .find(|(k, _)| k.trim().eq_ignore_ascii_case("PlugStackConfig"))
-        .map(|(_, v)| PathBuf::from(v.trim()))
-        .filter(|p| p.is_absolute())
-        .unwrap_or_else(|| {
-            slurm_conf
-                .parent()
-                .unwrap_or(Path::new("/"))
-                .join("plugstack.conf")
-        })
-}
-
 /// The host's Slurm client below `root` (`/` in production) for a step
 /// whose slurm.conf is `slurm_conf`, with text `conf`: the client's plan,
 /// its binds extended by the SPANK plugins plugstack.conf loads (srun
@@ -280,8 +167,9 @@ pub fn gather(root: &Path, slurm_conf: &Path, conf: &str) -> Option<(ClientPlan,
         Some(Path::new("/").join(c.strip_prefix(root).ok()?))
     };
     let mut client = plan(&canonical)?;
-    let plugins = plugstack_plugins(
-        &plugstack_path(slurm_conf, conf),
+    let conf = SlurmConf::parse(conf);
+    let plugins = slurm_conf::slurm::plugstack_plugins(
+        &conf.plugstack_path(slurm_conf),
         &|p| std::fs::read_to_string(at(p)).ok(),
         &|d| {
             std::fs::read_dir(at(d))
@@ -297,7 +185,7 @@ pub fn gather(root: &Path, slurm_conf: &Path, conf: &str) -> Option<(ClientPlan,
         });
     }
     let passwd = std::fs::read_to_string(at(Path::new("/etc/passwd"))).unwrap_or_default();
-    Some((client, service_accounts(conf, &passwd)))
+    Some((client, conf.service_accounts(&passwd)))
 }
 
 #[cfg(test)]
@@ -364,55 +252,6 @@ exec /.sifrun/host/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2 \
 --library-path /.sifrun/host/usr/lib/x86_64-linux-gnu:/.sifrun/host/usr/lib64:/.sifrun/host/usr/lib \
 /.sifrun/host/usr/bin/srun \"$@\"\n"
         );
-    }
-
-    #[test]
-    fn plugins_from_plugstack_and_its_includes() {
-        let files: BTreeMap<&str, &str> = [
-            ("/etc/slurm/plugstack.conf", "# c\ninclude /etc/slurm/plugstack.conf.d/*.conf\noptional relative.so\n"),
-            ("/etc/slurm/plugstack.conf.d/a.conf", "required /usr/local/lib/libspank_sifrun.so config=/etc/sifrun.toml x=rel\n"),
-            ("/etc/slurm/plugstack.conf.d/b.conf", "optional /opt/pyxis/spank_pyxis.so # c\ninclude /etc/slurm/plugstack.conf.d/a.conf\n"),
-            ("/etc/slurm/plugstack.conf.d/b.conf.bak", "required /nope.so\n"),
-        ]
-        .into_iter()
-        .collect();
-        let read = |p: &Path| files.get(p.to_str().unwrap()).map(|s| s.to_string());
-        let list = |d: &Path| {
-            files
-                .keys()
-                .map(PathBuf::from)
-                .filter(|f| f.parent() == Some(d))
-                .collect()
-        };
-        assert_eq!(
-            plugstack_plugins(Path::new("/etc/slurm/plugstack.conf"), &read, &list),
-            [
-                PathBuf::from("/usr/local/lib/libspank_sifrun.so"),
-                PathBuf::from("/etc/sifrun.toml"),
-                PathBuf::from("/opt/pyxis/spank_pyxis.so")
-            ]
-        );
-        // A file that includes itself stops at the depth limit.
-        let looping = |_: &Path| Some("include /l.conf\nrequired /p.so\n".to_owned());
-        let one = |_: &Path| vec![PathBuf::from("/l.conf")];
-        assert_eq!(
-            plugstack_plugins(Path::new("/l.conf"), &looping, &one),
-            [PathBuf::from("/p.so")]
-        );
-    }
-
-    #[test]
-    fn service_accounts_from_slurm_conf() {
-        let conf = "# c\nSlurmUser=slurmsvc # the controller\nSlurmdUser=root\n";
-        let passwd = "root:x:0:0::/root:/bin/bash\nslurmsvc:x:64030:64030::/nonexistent:/usr/sbin/nologin\nalice:x:1001:1001::/home/alice:/bin/sh\n";
-        assert_eq!(
-            service_accounts(conf, passwd),
-            [
-                "root:x:0:0::/root:/bin/bash",
-                "slurmsvc:x:64030:64030::/nonexistent:/usr/sbin/nologin"
-            ]
-        );
-        assert!(service_accounts("", "alice:x:1:1::/:/bin/sh").is_empty());
     }
 
     #[test]
@@ -486,7 +325,7 @@ exec /.sifrun/host/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2 \
             ]
         );
         assert_eq!(
-            plugstack_path(conf_path, "PlugStackConfig=/x/p.conf # c\n"),
+            SlurmConf::parse("PlugStackConfig=/x/p.conf # c\n").plugstack_path(conf_path),
             Path::new("/x/p.conf")
         );
         assert_eq!(client.scripts[0].0, "srun");

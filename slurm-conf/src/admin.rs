@@ -37,8 +37,10 @@ use serde::Deserialize;
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
+    /// `[container]`: what every container gets.
     #[serde(default)]
     pub container: ContainerSection,
+    /// `[users]`: limits on what users ask for.
     #[serde(default)]
     pub users: UsersSection,
     /// The execution control list (`[ecl]`, see [`crate::ecl`]).
@@ -113,16 +115,31 @@ pub struct UsersSection {
 /// Why the file cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
+    /// The file cannot be opened or read.
     #[error("{path}: {source}")]
     Open {
+        /// The admin file.
         path: PathBuf,
+        /// Why.
         #[source]
         source: std::io::Error,
     },
+    /// The file could be changed by someone other than its trusted owner.
     #[error("{path}: {reason}")]
-    Unsafe { path: PathBuf, reason: String },
+    Unsafe {
+        /// The admin file.
+        path: PathBuf,
+        /// What is wrong with its owner, mode or type.
+        reason: String,
+    },
+    /// The file's content is wrong.
     #[error("{path}: {reason}")]
-    Invalid { path: PathBuf, reason: String },
+    Invalid {
+        /// The admin file.
+        path: PathBuf,
+        /// The key and what is wrong with it.
+        reason: String,
+    },
 }
 
 impl AdminConfig {
@@ -242,6 +259,10 @@ pub fn read_trusted(path: &Path, owner: Option<u32>) -> Result<Vec<u8>, AdminErr
         path: path.to_owned(),
         reason,
     };
+    if let Some(owner) = owner {
+        // Whoever may write a directory above it may replace the file.
+        crate::trusted::check_parents(path, owner).map_err(|e| unsafe_file(e.to_string()))?;
+    }
     if !meta.is_file() {
         return Err(unsafe_file("not a regular file".into()));
     }
@@ -266,6 +287,27 @@ pub fn read_trusted(path: &Path, owner: Option<u32>) -> Result<Vec<u8>, AdminErr
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_file_in_a_directory_others_may_write_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let chmod = |p: &Path, m: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+        };
+        let me = std::fs::metadata("/proc/self").unwrap().uid();
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("open");
+        std::fs::create_dir(&dir).unwrap();
+        let file = dir.join("sifrun.toml");
+        std::fs::write(&file, "").unwrap();
+        chmod(&file, 0o644);
+        chmod(&dir, 0o777);
+        let e = read_trusted(&file, Some(me)).unwrap_err().to_string();
+        assert!(e.contains("lets others write it"), "{e}");
+        read_trusted(&file, None).unwrap();
+        chmod(&dir, 0o755);
+        read_trusted(&file, Some(me)).unwrap();
+    }
+
     use super::*;
 
     const OPTS: &[&str] = &["sif-image", "sif-bind", "sif-writable-tmpfs"];

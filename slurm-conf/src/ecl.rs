@@ -75,20 +75,26 @@ pub(crate) struct RawEcl {
 /// One execgroup.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ExecGroup {
+    /// The group's name, in messages.
     pub tagname: String,
+    /// How its keys decide.
     pub mode: Mode,
     /// The images' exact directory; `None` for the fallback group.
     pub dirpath: Option<PathBuf>,
+    /// The fingerprints of the group's keys.
     pub keyfp: Vec<[u8; 20]>,
 }
 
 /// A checked ECL.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Ecl {
+    /// Whether the ECL applies at all.
     pub activated: bool,
+    /// Check legacy (SIF v1) signatures instead of current ones.
     pub legacy_insecure: bool,
     /// The public keyring signatures are verified against.
     pub keyring: Option<PathBuf>,
+    /// The execgroups, in file order.
     pub groups: Vec<ExecGroup>,
 }
 
@@ -221,9 +227,11 @@ pub struct Evidence {
 /// The ECL's verdict.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Decision {
+    /// Whether the image may run.
     pub allowed: bool,
     /// The execgroup that decided, if any.
     pub group: Option<String>,
+    /// Why, for the user.
     pub reason: String,
 }
 

@@ -1,33 +1,33 @@
-//! Configuration the Slurm side of sifrun reads: the `key=value` arguments an
-//! admin puts after the plugin in plugstack.conf, the admin config file, and
-//! the execution control list (ECL) that decides which signed images may run.
-//!
-//! Modules: plugstack arguments (here), [`admin`] (the admin TOML file),
-//! [`ecl`] (the execution control list, in the admin file's `[ecl]` table),
-//! [`holder`] (what the step's container holder reports to the plugin).
+//! Configuration the Slurm side of sifrun reads, and the protocol between
+//! the plugin and the step's holder: the `key=value` arguments an admin puts
+//! after the plugin in plugstack.conf (here), the admin config file
+//! ([`admin`]), the execution control list that decides which signed images
+//! may run ([`ecl`], the admin file's `[ecl]` table), Slurm's own files
+//! ([`slurm`]: slurm.conf, plugstack.conf), the plugin↔holder request and
+//! report ([`protocol`]), the tasks' environment ([`task_env`]) and the
+//! checks on paths root trusts ([`trusted`]).
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+#![warn(clippy::too_many_lines)]
 
 pub mod admin;
 pub mod ecl;
-pub mod holder;
+pub mod protocol;
+pub mod slurm;
+pub mod task_env;
+pub mod trusted;
 
 use std::collections::BTreeMap;
 
 /// An error in the plugstack.conf arguments.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("plugstack argument {arg:?}: {reason}")]
 pub struct ArgError {
     /// The offending argument as written.
     pub arg: String,
     /// What is wrong with it.
     pub reason: String,
 }
-
-impl std::fmt::Display for ArgError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "plugstack argument {:?}: {}", self.arg, self.reason)
-    }
-}
-
-impl std::error::Error for ArgError {}
 
 /// Splits plugstack arguments into `key=value` pairs, refusing keys outside
 /// `known`, keys given twice and arguments without `=`.

@@ -1,20 +1,36 @@
 //! The Slurm SPANK plugin (`libspank_sifrun.so`): `srun --sif-image=img.sif`
-//! (and, with the lifecycle work, Slurm's own `--container=img.sif`) runs
-//! every task of a step inside a SIF image, one container per node per step.
+//! (or Slurm's own `--container=img.sif` where Slurm has no OCI runtime)
+//! runs every task of a step inside a SIF image, one container per node per
+//! step.
 //!
-//! Layout: `ffi` is the only file with `unsafe` (the C interface Slurm
-//! loads); `plugin` holds what each callback does, over the small [`spank`]
-//! trait, so it is unit-tested with a fake; `options` parses the `--sif-*`
-//! options; `sys` is bindgen's output over the installed <slurm/spank.h>.
-//!
-//! Status: options are registered and checked; the container lifecycle is
-//! next. Until then a task that asks for an image fails before it runs.
+//! Layout: [`ffi`] is the only code with `unsafe` (the C interface Slurm
+//! loads; it owns the one `plugin::Plugin` state of the process, whose
+//! methods are the callbacks); [`spank`] is the small SPANK surface the
+//! callbacks use, so they are unit-tested with a fake. One file per Slurm
+//! context: `local` (srun, sbatch, salloc), `remote` (slurmstepd: the
+//! step's container, started by `holder` with the `request` of
+//! `slurm_conf::protocol`, and `--sif-run` in `run`) and `slurmd` (the
+//! job epilog). [`options`] parses the `--sif-*` options; [`sys`] is
+//! bindgen's output over the installed <slurm/spank.h>.
+#![warn(missing_docs)]
+#![warn(clippy::too_many_lines)]
 
+pub mod error;
 pub mod ffi;
+mod holder;
+mod local;
 pub mod options;
-pub mod plugin;
+mod plugin;
+mod remote;
+mod request;
+mod run;
+mod slurmd;
 pub mod spank;
+#[allow(missing_docs)]
 pub mod sys;
+
+#[cfg(test)]
+mod fake;
 
 /// Options the plugin registers, all under the `--sif-` prefix.
 pub const OPTION_PREFIX: &str = "sif-";

@@ -4,91 +4,161 @@
 //! with a message naming the option. `SIFRUN_*` environment variables give
 //! defaults through the same handlers.
 
+/// One of the plugin's options.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Opt {
+    /// `--sif-image=IMAGE`.
+    Image,
+    /// `--sif-bind=SPEC[,SPEC]`.
+    Bind,
+    /// `--sif-workdir=DIR`.
+    Workdir,
+    /// `--sif-env=NAME=VALUE`.
+    Env,
+    /// `--sif-writable-tmpfs`.
+    WritableTmpfs,
+    /// `--sif-no-home`.
+    NoHome,
+    /// `--sif-gpu=POLICY`.
+    Gpu,
+    /// `--sif-run`.
+    Run,
+    /// `--sif-verbose`.
+    Verbose,
+}
+
 /// One option as registered with Slurm.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct OptionDef {
+    /// Which option.
+    pub opt: Opt,
     /// Name without the leading `--`.
     pub name: &'static str,
     /// Argument name in `srun --help`, or `None` for a flag.
     pub arg: Option<&'static str>,
+    /// The help text.
     pub usage: &'static str,
     /// The environment variable that gives a default.
     pub env: &'static str,
-    /// Identifies the option in callbacks.
-    pub val: i32,
 }
 
 /// Every option, in `srun --help` order.
 pub const OPTIONS: &[OptionDef] = &[
     OptionDef {
+        opt: Opt::Image,
         name: "sif-image",
         arg: Some("IMAGE"),
         usage: "run every task in this SIF image",
         env: "SIFRUN_IMAGE",
-        val: 1,
     },
     OptionDef {
+        opt: Opt::Bind,
         name: "sif-bind",
         arg: Some("SPEC[,SPEC]"),
         usage: "bind SRC[:DST[:ro|rw]] into the container",
         env: "SIFRUN_BIND",
-        val: 2,
     },
     OptionDef {
+        opt: Opt::Workdir,
         name: "sif-workdir",
         arg: Some("DIR"),
         usage: "start tasks in DIR inside the container",
         env: "SIFRUN_WORKDIR",
-        val: 3,
     },
     OptionDef {
+        opt: Opt::Env,
         name: "sif-env",
         arg: Some("NAME=VALUE"),
         usage: "set a variable inside the container",
         env: "SIFRUN_ENV",
-        val: 4,
     },
     OptionDef {
+        opt: Opt::WritableTmpfs,
         name: "sif-writable-tmpfs",
         arg: None,
         usage: "make the image root writable (in memory)",
         env: "SIFRUN_WRITABLE_TMPFS",
-        val: 5,
     },
     OptionDef {
+        opt: Opt::NoHome,
         name: "sif-no-home",
         arg: None,
         usage: "do not bind the home directory",
         env: "SIFRUN_NO_HOME",
-        val: 6,
     },
     OptionDef {
+        opt: Opt::Gpu,
         name: "sif-gpu",
         arg: Some("auto|nvidia|rocm|none"),
         usage: "which GPUs to bind (default auto)",
         env: "SIFRUN_GPU",
-        val: 7,
     },
     OptionDef {
+        opt: Opt::Run,
         name: "sif-run",
         arg: None,
         usage: "run the image's runscript with the task's arguments",
         env: "SIFRUN_RUN",
-        val: 8,
+    },
+    OptionDef {
+        opt: Opt::Verbose,
+        name: "sif-verbose",
+        arg: None,
+        usage: "show each container set-up phase and its duration",
+        env: "SIFRUN_VERBOSE",
     },
 ];
+
+impl Opt {
+    /// The option's definition.
+    pub fn def(self) -> &'static OptionDef {
+        OPTIONS
+            .iter()
+            .find(|d| d.opt == self)
+            .expect("every option is in OPTIONS")
+    }
+
+    /// The number Slurm hands back to the option callback.
+    pub fn val(self) -> i32 {
+        OPTIONS
+            .iter()
+            .position(|d| d.opt == self)
+            .map_or(0, |i| i as i32 + 1)
+    }
+
+    /// The option for a callback's number.
+    pub fn from_val(val: i32) -> Option<Opt> {
+        let i = usize::try_from(val).ok()?.checked_sub(1)?;
+        OPTIONS.get(i).map(|d| d.opt)
+    }
+
+    /// The option's name without `--`.
+    pub fn name(self) -> &'static str {
+        self.def().name
+    }
+}
 
 /// The options' values for one step.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Args {
+    /// `--sif-image`, as given (relative to the task's cwd when relative).
     pub image: Option<String>,
+    /// `--sif-bind` specs, each one comma list as given.
     pub binds: Vec<String>,
+    /// `--sif-workdir`.
     pub workdir: Option<String>,
+    /// `--sif-env` settings.
     pub env: Vec<String>,
+    /// `--sif-writable-tmpfs`.
     pub writable_tmpfs: bool,
+    /// `--sif-no-home`.
     pub no_home: bool,
+    /// `--sif-gpu`.
     pub gpu: Option<gpu::GpuPolicy>,
+    /// `--sif-run`.
     pub run: bool,
+    /// `--sif-verbose`.
+    pub verbose: bool,
 }
 
 /// The variable in which sbatch and salloc pass option `name` to the job.
@@ -100,14 +170,9 @@ pub fn allocation_var(name: &str) -> String {
 }
 
 /// A refused option value.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
 pub struct OptionError(pub String);
-
-impl std::fmt::Display for OptionError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
 
 fn set_once(slot: &mut Option<String>, name: &str, value: &str) -> Result<(), OptionError> {
     match slot {
@@ -138,13 +203,9 @@ fn flag(value: Option<&str>, name: &str) -> Result<bool, OptionError> {
 }
 
 impl Args {
-    /// Applies option `val` with `value`; calling twice with the same value is harmless.
-    pub fn apply(&mut self, val: i32, value: Option<&str>) -> Result<(), OptionError> {
-        let def = OPTIONS
-            .iter()
-            .find(|o| o.val == val)
-            .ok_or_else(|| OptionError(format!("unknown option number {val}")))?;
-        let name = def.name;
+    /// Applies option `opt` with `value`; calling twice with the same value is harmless.
+    pub fn apply(&mut self, opt: Opt, value: Option<&str>) -> Result<(), OptionError> {
+        let name = opt.name();
         let need = || {
             value
                 .filter(|v| !v.is_empty())
@@ -155,10 +216,10 @@ impl Args {
                 "--{name}: the value contains a newline or NUL"
             )));
         }
-        match val {
-            1 => set_once(&mut self.image, name, need()?)?,
-            2 => push_once(&mut self.binds, need()?),
-            3 => {
+        match opt {
+            Opt::Image => set_once(&mut self.image, name, need()?)?,
+            Opt::Bind => push_once(&mut self.binds, need()?),
+            Opt::Workdir => {
                 let v = need()?;
                 if !v.starts_with('/') {
                     return Err(OptionError(format!(
@@ -167,32 +228,50 @@ impl Args {
                 }
                 set_once(&mut self.workdir, name, v)?
             }
-            4 => {
+            Opt::Env => {
                 let v = need()?;
                 if !v.contains('=') {
                     return Err(OptionError(format!("--{name}: {v:?}: expected NAME=VALUE")));
                 }
                 push_once(&mut self.env, v)
             }
-            5 => self.writable_tmpfs = flag(value, name)?,
-            6 => self.no_home = flag(value, name)?,
-            7 => {
-                let policy: gpu::GpuPolicy = need()?
-                    .parse()
-                    .map_err(|e| OptionError(format!("--{name}: {e}")))?;
-                match self.gpu {
-                    Some(old) if old != policy => {
-                        return Err(OptionError(format!(
-                            "--{name}: given twice with different values ({old} and {policy})"
-                        )));
-                    }
-                    _ => self.gpu = Some(policy),
-                }
-            }
-            8 => self.run = flag(value, name)?,
-            _ => unreachable!("every OPTIONS entry is handled"),
+            Opt::WritableTmpfs => self.writable_tmpfs = flag(value, name)?,
+            Opt::NoHome => self.no_home = flag(value, name)?,
+            Opt::Gpu => self.apply_gpu(name, need()?)?,
+            Opt::Run => self.run = flag(value, name)?,
+            Opt::Verbose => self.verbose = flag(value, name)?,
         }
         Ok(())
+    }
+
+    fn apply_gpu(&mut self, name: &str, value: &str) -> Result<(), OptionError> {
+        let policy: gpu::GpuPolicy = value
+            .parse()
+            .map_err(|e| OptionError(format!("--{name}: {e}")))?;
+        match self.gpu {
+            Some(old) if old != policy => Err(OptionError(format!(
+                "--{name}: given twice with different values ({old} and {policy})"
+            ))),
+            _ => {
+                self.gpu = Some(policy);
+                Ok(())
+            }
+        }
+    }
+
+    /// Whether option `opt` has a value.
+    pub fn is_set(&self, opt: Opt) -> bool {
+        match opt {
+            Opt::Image => self.image.is_some(),
+            Opt::Bind => !self.binds.is_empty(),
+            Opt::Workdir => self.workdir.is_some(),
+            Opt::Env => !self.env.is_empty(),
+            Opt::WritableTmpfs => self.writable_tmpfs,
+            Opt::NoHome => self.no_home,
+            Opt::Gpu => self.gpu.is_some(),
+            Opt::Run => self.run,
+            Opt::Verbose => self.verbose,
+        }
     }
 
     /// Applies defaults for options not given on the command line: the
@@ -215,44 +294,34 @@ impl Args {
                     None => continue,
                 },
             };
-            let unset = match def.val {
-                1 => given.image.is_none(),
-                2 => given.binds.is_empty(),
-                3 => given.workdir.is_none(),
-                4 => given.env.is_empty(),
-                5 => !given.writable_tmpfs,
-                6 => !given.no_home,
-                7 => given.gpu.is_none(),
-                8 => !given.run,
-                _ => false,
+            if given.is_set(def.opt) {
+                continue;
+            }
+            let values: Vec<&str> = if matches!(def.opt, Opt::Bind | Opt::Env) {
+                v.split(',').collect()
+            } else {
+                vec![v.as_str()]
             };
-            if unset {
-                let values: Vec<&str> = if def.val == 2 || def.val == 4 {
-                    v.split(',').collect()
-                } else {
-                    vec![v.as_str()]
-                };
-                for value in values {
-                    self.apply(def.val, Some(value))
-                        .map_err(|e| OptionError(format!("{} (from {origin})", e.0)))?;
-                }
+            for value in values {
+                self.apply(def.opt, Some(value))
+                    .map_err(|e| OptionError(format!("{} (from {origin})", e.0)))?;
             }
         }
         Ok(())
     }
 
-    /// Forgets option `val`'s value.
-    pub fn clear(&mut self, val: i32) {
-        match val {
-            1 => self.image = None,
-            2 => self.binds.clear(),
-            3 => self.workdir = None,
-            4 => self.env.clear(),
-            5 => self.writable_tmpfs = false,
-            6 => self.no_home = false,
-            7 => self.gpu = None,
-            8 => self.run = false,
-            _ => {}
+    /// Forgets option `opt`'s value.
+    pub fn clear(&mut self, opt: Opt) {
+        match opt {
+            Opt::Image => self.image = None,
+            Opt::Bind => self.binds.clear(),
+            Opt::Workdir => self.workdir = None,
+            Opt::Env => self.env.clear(),
+            Opt::WritableTmpfs => self.writable_tmpfs = false,
+            Opt::NoHome => self.no_home = false,
+            Opt::Gpu => self.gpu = None,
+            Opt::Run => self.run = false,
+            Opt::Verbose => self.verbose = false,
         }
     }
 
@@ -274,47 +343,62 @@ mod tests {
             assert!(
                 OPTIONS[i + 1..]
                     .iter()
-                    .all(|p| p.name != o.name && p.val != o.val)
+                    .all(|p| p.name != o.name && p.opt != o.opt)
             );
+            assert_eq!(Opt::from_val(o.opt.val()), Some(o.opt));
+            assert_eq!(o.opt.def(), o);
         }
+        assert_eq!(Opt::from_val(0), None);
+        assert_eq!(Opt::from_val(-1), None);
+        assert_eq!(Opt::from_val(OPTIONS.len() as i32 + 1), None);
     }
 
     #[test]
     fn handlers_are_idempotent_and_refuse_conflicts() {
         let mut a = Args::default();
-        a.apply(1, Some("/img.sif")).unwrap();
-        a.apply(1, Some("/img.sif")).unwrap();
-        let e = a.apply(1, Some("/other.sif")).unwrap_err();
+        a.apply(Opt::Image, Some("/img.sif")).unwrap();
+        a.apply(Opt::Image, Some("/img.sif")).unwrap();
+        let e = a.apply(Opt::Image, Some("/other.sif")).unwrap_err();
         assert!(e.0.starts_with("--sif-image: given twice"), "{e}");
-        a.apply(2, Some("/data:/d")).unwrap();
-        a.apply(2, Some("/data:/d")).unwrap();
+        a.apply(Opt::Bind, Some("/data:/d")).unwrap();
+        a.apply(Opt::Bind, Some("/data:/d")).unwrap();
         assert_eq!(a.binds, vec!["/data:/d"]);
-        a.apply(5, None).unwrap();
+        a.apply(Opt::WritableTmpfs, None).unwrap();
         assert!(a.writable_tmpfs);
-        assert!(a.apply(3, Some("rel")).unwrap_err().0.contains("absolute"));
-        for (val, v) in [
-            (1, "/i\0.sif"),
-            (2, "/a:/b\n/etc"),
-            (4, "A=1\0B=2"),
-            (3, "/w\n"),
+        assert!(
+            a.apply(Opt::Workdir, Some("rel"))
+                .unwrap_err()
+                .0
+                .contains("absolute")
+        );
+        for (opt, v) in [
+            (Opt::Image, "/i\0.sif"),
+            (Opt::Bind, "/a:/b\n/etc"),
+            (Opt::Env, "A=1\0B=2"),
+            (Opt::Workdir, "/w\n"),
         ] {
-            let e = a.apply(val, Some(v)).unwrap_err();
+            let e = a.apply(opt, Some(v)).unwrap_err();
             assert!(e.0.contains("newline or NUL"), "{v:?}: {e}");
         }
         assert!(
-            a.apply(4, Some("NOEQ"))
+            a.apply(Opt::Env, Some("NOEQ"))
                 .unwrap_err()
                 .0
                 .contains("NAME=VALUE")
         );
         assert!(
-            a.apply(7, Some("cuda"))
+            a.apply(Opt::Gpu, Some("cuda"))
                 .unwrap_err()
                 .0
                 .contains("--sif-gpu")
         );
-        assert!(a.apply(1, Some("a\nb")).unwrap_err().0.contains("newline"));
-        assert!(a.apply(99, None).is_err());
+        assert!(
+            a.apply(Opt::Image, Some("a\nb"))
+                .unwrap_err()
+                .0
+                .contains("newline")
+        );
+        assert!(a.apply(Opt::Verbose, Some("loud")).is_err());
     }
 
     #[test]
@@ -326,7 +410,7 @@ mod tests {
             _ => None,
         };
         let mut a = Args::default();
-        a.apply(1, Some("/cli.sif")).unwrap();
+        a.apply(Opt::Image, Some("/cli.sif")).unwrap();
         let e = a.apply_env(env).unwrap_err();
         assert!(e.0.contains("(from SIFRUN_GPU)"), "{e}");
         assert_eq!(
@@ -352,7 +436,7 @@ mod tests {
         assert!(a.writable_tmpfs);
         assert_eq!(a.binds, vec!["/a"], "SIFRUN_BIND wins over the allocation");
         let mut b = Args::default();
-        b.apply(1, Some("/step.sif")).unwrap();
+        b.apply(Opt::Image, Some("/step.sif")).unwrap();
         b.apply_env(env).unwrap();
         assert_eq!(
             b.image.as_deref(),

@@ -1,6 +1,7 @@
-//! The small SPANK surface the plugin's logic needs, as a trait with a real
-//! implementation (in `ffi`) and a fake for unit tests.
+//! The small SPANK surface the plugin's logic needs, as a trait: the real
+//! implementation is in `ffi`; unit tests use a recording fake.
 
+use crate::error::PluginError;
 use crate::options::OptionDef;
 
 /// Where a callback runs.
@@ -12,22 +13,32 @@ pub enum Context {
     Remote,
     /// sbatch or salloc.
     Allocator,
+    /// slurmd (the job epilog).
     Slurmd,
+    /// The job script context (unused).
     JobScript,
+    /// Slurm could not say.
     Error,
 }
 
 /// What the callbacks may ask of Slurm.
 pub trait Spank {
+    /// Where this callback runs.
     fn context(&self) -> Context;
     /// Registers an option with Slurm.
-    fn register(&self, opt: &OptionDef) -> Result<(), String>;
+    fn register(&self, opt: &OptionDef) -> Result<(), PluginError>;
     /// A variable of the job's environment (remote) or of the process (local).
     fn getenv(&self, name: &str) -> Option<String>;
+    /// A variable of the process the plugin runs in (slurmstepd's own, not
+    /// the job's: the job's user chooses the job's).
+    fn process_getenv(&self, name: &str) -> Option<String>;
     /// The step ID (remote context), `SLURM_BATCH_SCRIPT` for a batch step.
     fn step_id(&self) -> Option<u32>;
     /// The step's command line (remote context).
     fn job_argv(&self) -> Vec<String>;
+    /// Replaces the first word of the command the task is about to exec
+    /// (task_init; the other words stay).
+    fn set_task_argv0(&self, arg0: &str) -> Result<(), PluginError>;
     /// The job ID.
     fn job_id(&self) -> Option<u32>;
     /// The job owner's uid.
@@ -35,77 +46,14 @@ pub trait Spank {
     /// The job's whole environment (remote context).
     fn job_env(&self) -> Vec<(String, String)>;
     /// Sets a variable in the task's environment (task_init).
-    fn setenv(&self, name: &str, value: &str) -> Result<(), String>;
+    fn setenv(&self, name: &str, value: &str) -> Result<(), PluginError>;
     /// Removes a variable from the task's environment (task_init).
-    fn unsetenv(&self, name: &str) -> Result<(), String>;
+    fn unsetenv(&self, name: &str) -> Result<(), PluginError>;
     /// Logs an error where the user sees it (srun's stderr locally).
     fn error(&self, msg: &str);
     /// Logs at info level (slurmd's log remotely).
     fn info(&self, msg: &str);
-}
-
-/// A recording fake.
-#[derive(Default)]
-pub struct Fake {
-    pub context: Option<Context>,
-    pub env: std::collections::BTreeMap<String, String>,
-    pub registered: std::cell::RefCell<Vec<String>>,
-    pub log: std::cell::RefCell<Vec<String>>,
-    pub refuse_registration: bool,
-    pub step_id: Option<u32>,
-    pub job_id: Option<u32>,
-    pub job_uid: Option<u32>,
-    pub argv: Vec<String>,
-    /// The task's environment as changed by setenv/unsetenv.
-    pub task_env: std::cell::RefCell<std::collections::BTreeMap<String, String>>,
-}
-
-impl Spank for Fake {
-    fn context(&self) -> Context {
-        self.context.unwrap_or(Context::Local)
-    }
-    fn register(&self, opt: &OptionDef) -> Result<(), String> {
-        if self.refuse_registration {
-            return Err(format!("cannot register --{}", opt.name));
-        }
-        self.registered.borrow_mut().push(opt.name.to_owned());
-        Ok(())
-    }
-    fn getenv(&self, name: &str) -> Option<String> {
-        self.env.get(name).cloned()
-    }
-    fn step_id(&self) -> Option<u32> {
-        self.step_id
-    }
-    fn job_argv(&self) -> Vec<String> {
-        self.argv.clone()
-    }
-    fn job_id(&self) -> Option<u32> {
-        self.job_id
-    }
-    fn job_uid(&self) -> Option<u32> {
-        self.job_uid
-    }
-    fn job_env(&self) -> Vec<(String, String)> {
-        self.env
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
-    }
-    fn setenv(&self, name: &str, value: &str) -> Result<(), String> {
-        self.task_env
-            .borrow_mut()
-            .insert(name.to_owned(), value.to_owned());
-        Ok(())
-    }
-    fn unsetenv(&self, name: &str) -> Result<(), String> {
-        self.task_env.borrow_mut().remove(name);
-        Ok(())
-    }
-    fn error(&self, msg: &str) {
-        self.log.borrow_mut().push(format!("error: {msg}"));
-    }
-    fn info(&self, msg: &str) {
-        self.log.borrow_mut().push(format!("info: {msg}"));
-    }
+    /// Writes a line on the task's standard error, which srun shows
+    /// (task_init only).
+    fn task_message(&self, msg: &str);
 }

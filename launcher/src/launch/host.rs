@@ -179,7 +179,7 @@ mod tests {
         let (path, text) = step_slurm_conf(&hold).unwrap();
         assert_eq!(path, conf);
         assert_eq!(
-            interconnect::pmix::spool_dir(&text),
+            slurm_conf::slurm::SlurmConf::parse(&text).spool_dir(),
             Path::new("/var/spool/elsewhere")
         );
         assert!(step_slurm_conf(&Action::Exec(vec![])).is_none());

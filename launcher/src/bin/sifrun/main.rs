@@ -1,6 +1,8 @@
 //! `sifrun`: run, build and inspect SIF container images.
 
 #[warn(clippy::too_many_lines)]
+mod hold_cmd;
+#[warn(clippy::too_many_lines)]
 mod logging;
 mod mount_cmd;
 #[warn(clippy::too_many_lines)]
@@ -109,23 +111,10 @@ image reproducible (nil ID, that time)."
         /// The image
         image: PathBuf,
     },
-    /// (For the SPANK plugin) set up a step's container and hold it for tasks to join
+    /// (For the SPANK plugin) set up a step's container and hold it for tasks to join;
+    /// reads the plugin's request on standard input, answers on standard output
     #[command(hide = true)]
-    SlurmHold {
-        /// The step served (JOB.STEP); it marks the process for the job epilog's sweep
-        #[arg(long)]
-        slurm_step: Option<String>,
-        /// Make the host's Slurm client (srun, sbatch, …) usable inside: for batch scripts
-        #[arg(long)]
-        slurm_client: bool,
-        /// Apply the ECL of this admin file (root-owned) before anything else
-        #[arg(long, value_name = "FILE")]
-        ecl_config: Option<PathBuf>,
-        #[command(flatten)]
-        opts: run_cmd::ContainerArgs,
-        /// The image
-        image: PathBuf,
-    },
+    SlurmHold(hold_cmd::HoldArgs),
     /// Serve an image's root filesystem read-only on a directory (foreground)
     #[command(
         after_help = "Unmounts on SIGINT or SIGTERM, or when `fusermount3 -u DIR` is run. \
@@ -153,9 +142,12 @@ As an ordinary user outside a user namespace the mount goes through the setuid f
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    logging::init(cli.verbose);
-    let verbose = cli.verbose;
-    match run(cli, verbose) {
+    // The holder sets up its diagnostics from the plugin's request.
+    if !matches!(cli.command, Command::SlurmHold(_)) {
+        logging::init(cli.verbose);
+    }
+
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // A closed pipe (`sifrun sif dump … | head`) is not an error.
@@ -188,7 +180,7 @@ fn one_line(e: &anyhow::Error) -> String {
     msg
 }
 
-fn run(cli: Cli, cli_verbose: u8) -> Result<()> {
+fn run(cli: Cli) -> Result<()> {
     use launcher::launch::Action;
     match cli.command {
         Command::Exec {
@@ -203,46 +195,7 @@ fn run(cli: Cli, cli_verbose: u8) -> Result<()> {
             let code = run_cmd::run(&opts, image, Action::Run(run_cmd::os(&args)), "run")?;
             std::process::exit(code)
         }
-        Command::SlurmHold {
-            opts,
-            image,
-            slurm_client,
-            ecl_config,
-            ..
-        } => {
-            // The ECL check runs before root's real uid is dropped, so the
-            // user cannot attach to this process while it checks, and on the
-            // very file that is then served.
-            let image_file = match &ecl_config {
-                Some(path) => sign_cmd::slurm_ecl_gate(path, &image)?,
-                None => None,
-            };
-            launcher::privilege::drop_to_effective_user().context("slurm-hold")?;
-            // The plugin writes the job's environment (NUL-separated) on stdin.
-            let mut raw = Vec::new();
-            std::io::Read::read_to_end(
-                &mut std::io::Read::take(std::io::stdin(), 64 << 20),
-                &mut raw,
-            )
-            .context("slurm-hold: reading the job environment")?;
-            let job_env = raw
-                .split(|&b| b == 0)
-                .filter_map(|kv| {
-                    let (k, v) = std::str::from_utf8(kv).ok()?.split_once('=')?;
-                    Some((k.to_owned(), v.to_owned()))
-                })
-                .collect();
-            let hold = launcher::launch::Hold {
-                job_env,
-                slurm_client,
-                image_file,
-                slurm_conf: std::env::var_os("SLURM_CONF")
-                    .map_or_else(|| launcher::launch::DEFAULT_SLURM_CONF.into(), Into::into),
-                verbose: cli_verbose > 0,
-            };
-            let code = run_cmd::run(&opts, image, Action::Hold(hold), "slurm-hold")?;
-            std::process::exit(code)
-        }
+        Command::SlurmHold(args) => std::process::exit(hold_cmd::run(&args)),
         Command::Shell { opts, image } => {
             let code = run_cmd::run(&opts, image, Action::Shell(vec![]), "shell")?;
             std::process::exit(code)

@@ -1,0 +1,212 @@
+//! `sifrun slurm-hold` (hidden): the holder of one Slurm step's container,
+//! started by the SPANK plugin in slurmstepd. It reads one
+//! [`Request`] on standard input and answers with one [`Report`] line on
+//! standard output (see `slurm_conf::protocol`); its command line only
+//! shows, for `ps` and the job epilog's sweep, which step and image it
+//! serves (`slurm-hold --slurm-step=JOB.STEP IMAGE`), and must agree with
+//! the request.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use launcher::env::EnvOptions;
+use launcher::launch::{Action, Hold, Launch, launch};
+use launcher::plan::RunOptions;
+use launcher::squash::Tuning;
+use slurm_conf::protocol::{GpuMode, Report, Request, Stage};
+
+/// What `ps` shows of a holder.
+#[derive(clap::Args, Debug)]
+pub struct HoldArgs {
+    /// The step served (JOB.STEP); it marks the process for the job epilog's sweep
+    #[arg(long)]
+    slurm_step: String,
+    /// The image served
+    image: PathBuf,
+}
+
+/// A failure at one stage, for the report.
+struct Failure(Stage, anyhow::Error);
+
+trait AtStage<T> {
+    fn at(self, stage: Stage) -> Result<T, Failure>;
+}
+
+impl<T, E: Into<anyhow::Error>> AtStage<T> for Result<T, E> {
+    fn at(self, stage: Stage) -> Result<T, Failure> {
+        self.map_err(|e| Failure(stage, e.into()))
+    }
+}
+
+/// Runs the holder; returns its exit status. Every failure is reported on
+/// standard output before the holder ends.
+pub fn run(args: &HoldArgs) -> i32 {
+    match hold(args) {
+        Ok(code) => code,
+        Err(Failure(stage, e)) => {
+            let message = format!("sifrun: {}", crate::one_line(&e));
+            let _ = Report::failed(stage, message).write_to(&mut std::io::stdout());
+            1
+        }
+    }
+}
+
+fn hold(args: &HoldArgs) -> Result<i32, Failure> {
+    let started = Instant::now();
+    let request = Request::read_from(std::io::stdin().lock()).at(Stage::Request)?;
+    init_tracing(request.verbosity);
+    phase("request read", started);
+    if request.step != args.slurm_step || request.image != args.image {
+        return Err(Failure(
+            Stage::Request,
+            anyhow::anyhow!(
+                "the command line ({} {}) does not match the request ({} {})",
+                args.slurm_step,
+                args.image.display(),
+                request.step,
+                request.image.display()
+            ),
+        ));
+    }
+    // The ECL check runs before root's real uid is dropped, so the user
+    // cannot attach to this process while it checks, and on the very file
+    // that is then served.
+    let t = Instant::now();
+    let image_file = match &request.ecl_config {
+        Some(config) => crate::sign_cmd::slurm_ecl_gate(config, &request.image).at(Stage::Ecl)?,
+        None => None,
+    };
+    if request.ecl_config.is_some() {
+        phase("ECL check", t);
+    }
+    launcher::privilege::drop_to_effective_user()
+        .context("slurm-hold")
+        .at(Stage::Privileges)?;
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+    let l = to_launch(request, image_file, &cwd).at(Stage::Request)?;
+    launch(&l).at(Stage::Image)
+}
+
+/// The launch a request describes. Bind specs are relative to `cwd` (the
+/// task's working directory).
+pub fn to_launch(
+    r: Request,
+    image_file: Option<std::sync::Arc<std::fs::File>>,
+    cwd: &Path,
+) -> Result<Launch> {
+    let mut binds = Vec::new();
+    for spec in &r.binds {
+        binds
+            .extend(launcher::bind::parse_list(spec, cwd).with_context(|| format!("bind {spec}"))?);
+    }
+    Ok(Launch {
+        image: r.image,
+        run: RunOptions {
+            binds,
+            no_home: r.no_home,
+            contain: false,
+            workdir: None,
+            pwd: r.pwd,
+            writable_tmpfs: r.writable_tmpfs,
+            fakeroot: false,
+        },
+        env: EnvOptions {
+            cleanenv: false,
+            env_file: None,
+            env: r.env,
+        },
+        action: Action::Hold(Hold {
+            job_env: r.job_env,
+            slurm_client: r.slurm_client,
+            image_file,
+            slurm_conf: r.slurm_conf,
+            verbose: r.verbosity > 0,
+        }),
+        tuning: Tuning::default(),
+        threads: launcher::serve::default_threads(),
+        // Tasks that join from outside must see themselves in /proc.
+        pid_namespace: false,
+        gpu: match r.gpu {
+            GpuMode::Auto => gpu::GpuPolicy::Auto,
+            GpuMode::Nvidia => gpu::GpuPolicy::Nvidia,
+            GpuMode::Rocm => gpu::GpuPolicy::Rocm,
+            GpuMode::None => gpu::GpuPolicy::None,
+        },
+        netfs: r.netfs,
+        netfs_types: r.netfs_types,
+        fabric: interconnect::fabric::Policy {
+            libraries: r.fabric_libraries,
+            allow_umad: r.allow_umad,
+        },
+    })
+}
+
+/// Diagnostics on standard error, which the plugin relays: warnings only,
+/// each set-up phase at verbosity 1, debugging detail above.
+fn init_tracing(verbosity: u8) {
+    let level = match verbosity {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(level))
+        .with_writer(std::io::stderr)
+        .without_time()
+        .with_target(false)
+        .with_level(false)
+        .init();
+}
+
+/// Logs a finished phase with its duration (shown with `--sif-verbose`).
+fn phase(what: &str, since: Instant) {
+    tracing::info!(
+        "sifrun: {what} in {:.1} ms",
+        since.elapsed().as_secs_f64() * 1e3
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_becomes_the_launch_it_describes() {
+        let r = Request {
+            version: slurm_conf::protocol::VERSION,
+            step: "7.batch".into(),
+            image: "/i.sif".into(),
+            binds: vec!["/scratch".into(), "/a:/b:ro,rel:/c".into()],
+            env: vec!["A=1".into()],
+            pwd: Some("/w".into()),
+            no_home: true,
+            gpu: GpuMode::None,
+            netfs: true,
+            netfs_types: vec!["wekafs".into()],
+            fabric_libraries: false,
+            allow_umad: true,
+            slurm_client: true,
+            slurm_conf: "/etc/slurm-elsewhere/slurm.conf".into(),
+            job_env: vec![("PATH".into(), "/usr/bin".into())],
+            ..Request::default()
+        };
+        let l = to_launch(r, None, Path::new("/home/u")).unwrap();
+        let Action::Hold(h) = &l.action else {
+            panic!("{:?}", l.action)
+        };
+        assert_eq!(h.slurm_conf, Path::new("/etc/slurm-elsewhere/slurm.conf"));
+        assert!(h.slurm_client);
+        assert_eq!(h.job_env, [("PATH".to_owned(), "/usr/bin".to_owned())]);
+        let targets: Vec<_> = l.run.binds.iter().map(|b| b.target.clone()).collect();
+        assert_eq!(targets, ["/scratch", "/b", "/c"].map(PathBuf::from));
+        assert_eq!(l.run.binds[2].source, Path::new("/home/u/rel"));
+        assert!(l.run.binds[1].readonly);
+        assert!(l.run.no_home && !l.pid_namespace && l.netfs);
+        assert_eq!(l.run.pwd.as_deref(), Some(Path::new("/w")));
+        assert_eq!(l.env.env, ["A=1"]);
+        assert_eq!(l.gpu, gpu::GpuPolicy::None);
+        assert!(!l.fabric.libraries && l.fabric.allow_umad);
+        assert_eq!(l.netfs_types, ["wekafs"]);
+    }
+}

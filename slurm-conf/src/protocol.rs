@@ -1,0 +1,395 @@
+//! The protocol between the SPANK plugin (in slurmstepd) and the step's
+//! container holder (`sifrun slurm-hold`), defined once for both sides.
+//!
+//! * The plugin writes one [`Request`] on the holder's standard input, as
+//!   JSON, and closes it: everything the holder needs, the job's
+//!   environment included. Nothing else steers the holder (its own
+//!   environment is cleared; its command line only names the step, for
+//!   the job epilog's sweep).
+//! * The holder answers with one [`Report`] line on its standard output:
+//!   ready, with the changes to make to every task's environment, or what
+//!   failed and why. Its standard error carries diagnostics only (the
+//!   set-up phases with `--sif-verbose`).
+//!
+//! Both messages carry [`VERSION`]; a peer refuses another version with a
+//! message naming both, so a plugin and a launcher from different releases
+//! fail the step clearly instead of misreading each other.
+//!
+//! ```text
+//! → {"version":1,"step":"42.0","image":"/i.sif",…,"job_env":[["PATH","/usr/bin"]]}
+//! ← {"version":1,"outcome":{"ready":{"env":[{"set":["PATH","/opt/bin"]},{"unset":"LD_PRELOAD"}]}}}
+//! ← {"version":1,"outcome":{"failed":{"stage":"ecl","message":"/i.sif: denied"}}}
+//! ```
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// The protocol version both messages carry.
+pub const VERSION: u32 = 1;
+
+/// The most bytes a request may have (the job's environment dominates).
+pub const MAX_REQUEST: u64 = 64 << 20;
+
+/// A message that could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolError {
+    /// The peer speaks another version of the protocol.
+    #[error(
+        "the plugin and the launcher speak different protocol versions ({found} and {expected}): install matching releases"
+    )]
+    Version {
+        /// The version the message carries.
+        found: u32,
+        /// [`VERSION`].
+        expected: u32,
+    },
+    /// Not a well-formed message.
+    #[error("malformed {what}: {reason}")]
+    Malformed {
+        /// `request` or `report`.
+        what: &'static str,
+        /// serde's explanation.
+        reason: String,
+    },
+    /// Reading or writing the message failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being read or written.
+        what: &'static str,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Which GPUs the container gets (the plugin's `--sif-gpu`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GpuMode {
+    /// Whatever the host has and the job was allocated.
+    #[default]
+    Auto,
+    /// NVIDIA only.
+    Nvidia,
+    /// AMD ROCm only.
+    Rocm,
+    /// No GPU integration.
+    None,
+}
+
+/// Everything the holder of one step needs.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Request {
+    /// [`VERSION`].
+    pub version: u32,
+    /// The step served, `JOB.STEP` (`JOB.batch` for a batch script).
+    pub step: String,
+    /// The image, an absolute path.
+    pub image: PathBuf,
+    /// The admin file whose activated `[ecl]` the image must pass, checked
+    /// before the holder drops root's real uid.
+    pub ecl_config: Option<PathBuf>,
+    /// Bind specs (`SRC[:DST[:ro|rw]]`), the admin's first.
+    pub binds: Vec<String>,
+    /// `NAME=VALUE` settings for the container (`--sif-env`).
+    pub env: Vec<String>,
+    /// The working directory inside (`--sif-workdir`).
+    pub pwd: Option<PathBuf>,
+    /// An in-memory writable overlay on the image root.
+    pub writable_tmpfs: bool,
+    /// Do not bind the home directory.
+    pub no_home: bool,
+    /// Which GPUs to integrate.
+    pub gpu: GpuMode,
+    /// Bind the host's network filesystems at their paths.
+    pub netfs: bool,
+    /// Filesystem types bound besides the default network ones.
+    pub netfs_types: Vec<String>,
+    /// Bind the host's fabric libraries.
+    pub fabric_libraries: bool,
+    /// Leave InfiniBand umad/issm device nodes usable.
+    pub allow_umad: bool,
+    /// Make the host's Slurm client usable inside (a batch script).
+    pub slurm_client: bool,
+    /// slurm.conf as slurmstepd sees it (its `SLURM_CONF`, or the default).
+    pub slurm_conf: PathBuf,
+    /// 0: errors only; 1: each set-up phase with its duration on standard
+    /// error (`--sif-verbose`); 2 and more: debugging detail.
+    pub verbosity: u8,
+    /// The job's environment, which the tasks' is computed from.
+    pub job_env: Vec<(String, String)>,
+}
+
+#[derive(Deserialize)]
+struct Versioned {
+    version: u32,
+}
+
+fn check_version(bytes: &[u8], what: &'static str) -> Result<(), ProtocolError> {
+    let v: Versioned = serde_json::from_slice(bytes).map_err(|e| ProtocolError::Malformed {
+        what,
+        reason: e.to_string(),
+    })?;
+    if v.version != VERSION {
+        return Err(ProtocolError::Version {
+            found: v.version,
+            expected: VERSION,
+        });
+    }
+    Ok(())
+}
+
+impl Request {
+    /// The request as sent (JSON, one line).
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = serde_json::to_vec(self).expect("a request always serialises");
+        v.push(b'\n');
+        v
+    }
+
+    /// Reads a request, refusing another version and unknown fields.
+    pub fn decode(bytes: &[u8]) -> Result<Request, ProtocolError> {
+        check_version(bytes, "request")?;
+        serde_json::from_slice(bytes).map_err(|e| ProtocolError::Malformed {
+            what: "request",
+            reason: e.to_string(),
+        })
+    }
+
+    /// Reads a request from `input` to its end (at most [`MAX_REQUEST`] bytes).
+    pub fn read_from(input: impl Read) -> Result<Request, ProtocolError> {
+        let mut raw = Vec::new();
+        input
+            .take(MAX_REQUEST)
+            .read_to_end(&mut raw)
+            .map_err(|source| ProtocolError::Io {
+                what: "reading the request",
+                source,
+            })?;
+        Request::decode(&raw)
+    }
+}
+
+/// One change to a task's environment.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EnvChange {
+    /// Set a variable.
+    Set(String, String),
+    /// Remove a variable.
+    Unset(String),
+}
+
+/// The part of the set-up that failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// The request could not be read.
+    Request,
+    /// The image did not pass the execution control list.
+    Ecl,
+    /// Dropping root's privileges.
+    Privileges,
+    /// Opening, checking or serving the image; planning the container.
+    Image,
+    /// Building the container (namespaces, mounts).
+    Setup,
+    /// Computing the tasks' environment (the image's scripts).
+    Environment,
+}
+
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Stage::Request => "reading the request",
+            Stage::Ecl => "execution control list",
+            Stage::Privileges => "dropping privileges",
+            Stage::Image => "opening the image",
+            Stage::Setup => "setting up the container",
+            Stage::Environment => "computing the tasks' environment",
+        })
+    }
+}
+
+/// How the set-up ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Outcome {
+    /// The container is up; tasks may join it.
+    Ready {
+        /// The changes that turn the job's environment into a task's.
+        env: Vec<EnvChange>,
+    },
+    /// The container could not be made.
+    Failed {
+        /// What failed.
+        stage: Stage,
+        /// The user-facing message (one line, starting with `sifrun:`).
+        message: String,
+    },
+}
+
+/// The holder's answer: one line on its standard output.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Report {
+    /// [`VERSION`].
+    pub version: u32,
+    /// How the set-up ended.
+    pub outcome: Outcome,
+}
+
+impl Report {
+    /// A ready report.
+    pub fn ready(env: Vec<EnvChange>) -> Report {
+        Report {
+            version: VERSION,
+            outcome: Outcome::Ready { env },
+        }
+    }
+
+    /// A failure report; the message is kept to one line.
+    pub fn failed(stage: Stage, message: impl Into<String>) -> Report {
+        let message: String = message.into();
+        Report {
+            version: VERSION,
+            outcome: Outcome::Failed {
+                stage,
+                message: message.replace(['\n', '\r'], " "),
+            },
+        }
+    }
+
+    /// The report as one line, newline included (JSON escapes any newline
+    /// inside a name or value).
+    pub fn encode_line(&self) -> String {
+        let mut s = serde_json::to_string(self).expect("a report always serialises");
+        s.push('\n');
+        s
+    }
+
+    /// Writes the line and flushes.
+    pub fn write_to(&self, out: &mut dyn Write) -> Result<(), ProtocolError> {
+        out.write_all(self.encode_line().as_bytes())
+            .and_then(|()| out.flush())
+            .map_err(|source| ProtocolError::Io {
+                what: "writing the report",
+                source,
+            })
+    }
+
+    /// Reads one report line.
+    pub fn decode_line(line: &str) -> Result<Report, ProtocolError> {
+        check_version(line.as_bytes(), "report")?;
+        serde_json::from_str(line).map_err(|e| ProtocolError::Malformed {
+            what: "report",
+            reason: e.to_string(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request() -> Request {
+        Request {
+            version: VERSION,
+            step: "42.batch".into(),
+            image: "/home/u/img.sif".into(),
+            ecl_config: Some("/etc/sifrun/sifrun.toml".into()),
+            binds: vec!["/scratch".into(), "/d:/data:ro".into()],
+            env: vec!["A=1".into()],
+            pwd: Some("/w".into()),
+            writable_tmpfs: true,
+            no_home: true,
+            gpu: GpuMode::Rocm,
+            netfs: true,
+            netfs_types: vec!["wekafs".into()],
+            fabric_libraries: false,
+            allow_umad: true,
+            slurm_client: true,
+            slurm_conf: "/var/spool/slurmd/conf-cache/slurm.conf".into(),
+            verbosity: 1,
+            job_env: vec![
+                ("PATH".into(), "/usr/bin".into()),
+                ("ODD".into(), "two\nlines \"quoted\" \u{0}nul".into()),
+            ],
+        }
+    }
+
+    #[test]
+    fn requests_round_trip() {
+        let r = request();
+        let bytes = r.encode();
+        assert_eq!(bytes.iter().filter(|&&b| b == b'\n').count(), 1);
+        assert_eq!(Request::decode(&bytes).unwrap(), r);
+        assert_eq!(Request::read_from(&bytes[..]).unwrap(), r);
+        let d = Request::default();
+        assert_eq!(Request::decode(&d.encode()).unwrap_err().to_string(), {
+            ProtocolError::Version {
+                found: 0,
+                expected: VERSION,
+            }
+            .to_string()
+        });
+    }
+
+    #[test]
+    fn reports_round_trip_on_one_line() {
+        for r in [
+            Report::ready(vec![
+                EnvChange::Set("A".into(), "x y\nz=1 'q'".into()),
+                EnvChange::Set("EMPTY".into(), String::new()),
+                EnvChange::Unset("LD_LIBRARY_PATH".into()),
+            ]),
+            Report::ready(Vec::new()),
+            Report::failed(Stage::Ecl, "sifrun: /i.sif: denied\nby execgroup"),
+        ] {
+            let line = r.encode_line();
+            assert!(line.ends_with('\n') && line.matches('\n').count() == 1);
+            assert_eq!(Report::decode_line(&line).unwrap(), r);
+        }
+        let Outcome::Failed { message, .. } = Report::failed(Stage::Setup, "a\nb").outcome else {
+            panic!()
+        };
+        assert_eq!(message, "a b");
+        let mut out = Vec::new();
+        Report::ready(Vec::new()).write_to(&mut out).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "{\"version\":1,\"outcome\":{\"ready\":{\"env\":[]}}}\n"
+        );
+    }
+
+    #[test]
+    fn other_versions_and_garbage_are_refused() {
+        let newer = request().encode();
+        let newer = String::from_utf8(newer)
+            .unwrap()
+            .replace("\"version\":1", "\"version\":2");
+        let e = Request::decode(newer.as_bytes()).unwrap_err();
+        assert!(matches!(e, ProtocolError::Version { found: 2, .. }), "{e}");
+        assert!(e.to_string().contains("(2 and 1)"), "{e}");
+        let extra =
+            String::from_utf8(request().encode())
+                .unwrap()
+                .replacen('{', "{\"surprise\":true,", 1);
+        assert!(matches!(
+            Request::decode(extra.as_bytes()),
+            Err(ProtocolError::Malformed { .. })
+        ));
+        for bad in [
+            "",
+            "ready",
+            "{}",
+            "{\"version\":1}",
+            "{\"version\":1,\"outcome\":{}}",
+        ] {
+            assert!(Report::decode_line(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! Paths that steer code running as root (the admin file, the ECL keyring,
+//! the launcher slurmstepd starts, the runtime directory) must be
+//! changeable by no one but root (or another owner the caller trusts):
+//! the file itself and every directory above it.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+/// Why a path cannot be trusted.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {reason}", path.display())]
+pub struct Untrusted {
+    /// The offending path (the file or one of its directories).
+    pub path: PathBuf,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+fn untrusted(path: &Path, reason: String) -> Untrusted {
+    Untrusted {
+        path: path.to_owned(),
+        reason,
+    }
+}
+
+/// Checks one directory above a trusted path: owned by root or `owner`,
+/// writable by no one else unless sticky (in /tmp, others cannot replace
+/// what root owns; what lies below is checked too).
+fn check_dir(dir: &Path, owner: u32) -> Result<(), Untrusted> {
+    let meta = std::fs::symlink_metadata(dir).map_err(|e| untrusted(dir, e.to_string()))?;
+    if meta.uid() != 0 && meta.uid() != owner {
+        return Err(untrusted(
+            dir,
+            format!("owned by uid {}, must be owned by root", meta.uid()),
+        ));
+    }
+    let sticky = meta.mode() & 0o1000 != 0;
+    if meta.file_type().is_dir() && meta.mode() & 0o022 != 0 && !sticky {
+        return Err(untrusted(
+            dir,
+            format!(
+                "mode {:04o} lets others write it (and replace what is in it)",
+                meta.mode() & 0o7777
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks every directory above `path`, as written and as resolved.
+pub fn check_parents(path: &Path, owner: u32) -> Result<(), Untrusted> {
+    let mut dirs: Vec<PathBuf> = path.ancestors().skip(1).map(Path::to_path_buf).collect();
+    if let Some(real) = path.parent().and_then(|p| std::fs::canonicalize(p).ok()) {
+        dirs.extend(real.ancestors().map(Path::to_path_buf));
+    }
+    for dir in dirs.iter().filter(|d| !d.as_os_str().is_empty()) {
+        check_dir(dir, owner)?;
+    }
+    Ok(())
+}
+
+/// Checks a file root runs or reads, or a directory root writes in: it and
+/// its directories belong to root or `owner` and are writable by no one
+/// else (the path itself never, sticky or not).
+pub fn check_file(path: &Path, owner: u32) -> Result<(), Untrusted> {
+    check_parents(path, owner)?;
+    let meta = std::fs::metadata(path).map_err(|e| untrusted(path, e.to_string()))?;
+    if meta.uid() != 0 && meta.uid() != owner {
+        return Err(untrusted(
+            path,
+            format!("owned by uid {}, must be owned by root", meta.uid()),
+        ));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(untrusted(
+            path,
+            format!("mode {:04o} lets others write it", meta.mode() & 0o7777),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn chmod(p: &Path, mode: u32) {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    #[test]
+    fn files_and_their_directories_must_be_root_or_the_owners() {
+        let me = nix_uid();
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("bin");
+        std::fs::create_dir(&dir).unwrap();
+        chmod(&dir, 0o755);
+        let file = dir.join("sifrun");
+        std::fs::write(&file, "x").unwrap();
+        chmod(&file, 0o755);
+        check_file(&file, me).unwrap();
+        chmod(&file, 0o775);
+        let e = check_file(&file, me).unwrap_err();
+        assert_eq!(e.path, file);
+        assert!(e.reason.contains("lets others write it"), "{e}");
+        chmod(&file, 0o755);
+        // A directory above that others may write: anyone could swap the file.
+        chmod(&dir, 0o777);
+        let e = check_file(&file, me).unwrap_err();
+        assert_eq!(e.path, dir, "{e}");
+        // Sticky (as /tmp): others cannot replace what the owner owns.
+        chmod(&dir, 0o1777);
+        check_file(&file, me).unwrap();
+        assert!(check_file(&dir, me).is_err(), "the directory itself");
+        chmod(&dir, 0o755);
+        // Another owner than root or the trusted one.
+        let other = if me == 0 { 1 } else { me + 1 };
+        if me != 0 {
+            assert!(check_file(&file, other).is_err());
+        }
+        assert!(check_file(&t.path().join("missing"), me).is_err());
+    }
+
+    fn nix_uid() -> u32 {
+        std::fs::metadata("/proc/self").map(|m| m.uid()).unwrap()
+    }
+}

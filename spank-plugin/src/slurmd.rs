@@ -1,0 +1,195 @@
+//! The slurmd context: the job epilog, as root, when a job ends on a node.
+//! It kills every holder of the job that is still there (a killed
+//! slurmstepd, a node fault) and drops the job's records.
+
+use std::path::Path;
+
+use crate::error::PluginError;
+use crate::plugin::Plugin;
+use crate::spank::Spank;
+
+impl Plugin {
+    /// `slurm_spank_job_epilog` (slurmd, as root, when the job ends on this
+    /// node): kills every holder of the job that is still there and drops the
+    /// job's records.
+    pub fn job_epilog(
+        &mut self,
+        sp: &dyn Spank,
+        plugstack_args: &[String],
+    ) -> Result<(), PluginError> {
+        // slurmd's epilog does not run slurm_spank_init: take runtime_dir= here.
+        self.take_plugstack_args(plugstack_args)?;
+        let (Some(job), Some(uid)) = (sp.job_id(), sp.job_uid()) else {
+            return Ok(());
+        };
+        let dir = self.settings.runtime_dir();
+        // Root removes files there: not in a directory others may change.
+        let records = match self.check_trusted("runtime_dir", &dir) {
+            Ok(()) => Some(dir.as_path()),
+            Err(e) => {
+                sp.info(&format!("sifrun: job {job} epilog: {e}; records ignored"));
+                None
+            }
+        };
+        let killed = sweep(records, Path::new("/proc"), job, uid, |pid| {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        });
+        if !killed.is_empty() {
+            sp.info(&format!(
+                "sifrun: job {job} epilog: killed leftover container holders {killed:?}"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The sweep behind [`Plugin::job_epilog`], over an injectable /proc and kill: the
+/// job's records (PID and start time must both match), then any process of
+/// the job's user whose command line is a holder of this job. Returns the
+/// PIDs killed.
+pub fn sweep(
+    runtime_dir: Option<&Path>,
+    proc_root: &Path,
+    job: u32,
+    uid: u32,
+    kill: impl Fn(i32),
+) -> Vec<i32> {
+    use std::os::unix::fs::MetadataExt;
+    let prefix = format!("{job}.");
+    let mut killed = Vec::new();
+    for entry in runtime_dir
+        .and_then(|d| std::fs::read_dir(d).ok())
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !(name.starts_with(&prefix) && name.ends_with(".holder")) {
+            continue;
+        }
+        let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        let mut words = text.split_whitespace().map(str::parse::<u64>);
+        if let (Some(Ok(pid)), Some(Ok(start))) = (words.next(), words.next())
+            && let Ok(pid) = i32::try_from(pid)
+            && start_time(proc_root, pid) == Some(start)
+        {
+            kill(pid);
+            killed.push(pid);
+        }
+        let _ = std::fs::remove_file(entry.path());
+    }
+    let marker = format!("--slurm-step={prefix}");
+    for entry in std::fs::read_dir(proc_root).into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if killed.contains(&pid) || entry.metadata().map(|m| m.uid()).ok() != Some(uid) {
+            continue;
+        }
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let argv: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+        let holder = argv.get(1) == Some(&&b"slurm-hold"[..])
+            && argv.iter().any(|a| a.starts_with(marker.as_bytes()));
+        if holder {
+            kill(pid);
+            killed.push(pid);
+        }
+    }
+    killed
+}
+
+/// The start time of a process (field 22 of /proc/PID/stat), which tells a
+/// process from a later one with a reused PID.
+pub(crate) fn start_time(proc_root: &Path, pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(proc_root.join(pid.to_string()).join("stat")).ok()?;
+    // The command name may contain spaces and parentheses: skip past the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split(' ').nth(19)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_epilog_sweep_kills_only_this_jobs_holders() {
+        let dir = tempfile::tempdir().unwrap();
+        let (run, proc) = (dir.path().join("run"), dir.path().join("proc"));
+        std::fs::create_dir_all(&run).unwrap();
+        let me = nix::unistd::getuid().as_raw();
+        let stat = |start: u64| format!("1 (sifrun (x)) S {}{start} 0", "0 ".repeat(18));
+        let fake = |pid: i32, argv: &[&str], start: u64| {
+            let d = proc.join(pid.to_string());
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("cmdline"), argv.join("\0") + "\0").unwrap();
+            std::fs::write(d.join("stat"), stat(start)).unwrap();
+        };
+        assert_eq!(start_time(&proc, 1), None);
+        fake(
+            10,
+            &[
+                "/usr/local/bin/sifrun",
+                "slurm-hold",
+                "--slurm-step=42.0",
+                "/i.sif",
+            ],
+            500,
+        );
+        fake(
+            11,
+            &[
+                "/usr/local/bin/sifrun",
+                "slurm-hold",
+                "--slurm-step=42.batch",
+                "/i.sif",
+            ],
+            600,
+        );
+        fake(
+            12,
+            &[
+                "/usr/local/bin/sifrun",
+                "slurm-hold",
+                "--slurm-step=420.0",
+                "/i.sif",
+            ],
+            700,
+        );
+        fake(13, &["sleep", "--slurm-step=42.0"], 800);
+        fake(
+            14,
+            &["/usr/local/bin/sifrun", "slurm-hold", "--slurm-step=42.1"],
+            900,
+        );
+        assert_eq!(start_time(&proc, 10), Some(500));
+        // Records: 42.0 matches; 42.1's PID was reused (other start time).
+        std::fs::write(run.join("42.0.holder"), "10 500\n").unwrap();
+        std::fs::write(run.join("42.1.holder"), "14 1\n").unwrap();
+        std::fs::write(run.join("43.0.holder"), "12 700\n").unwrap();
+        let killed = std::cell::RefCell::new(Vec::new());
+        let got = sweep(Some(&run), &proc, 42, me, |p| killed.borrow_mut().push(p));
+        let mut got_sorted = got.clone();
+        got_sorted.sort();
+        assert_eq!(got_sorted, [10, 11, 14], "by record, then by command line");
+        assert_eq!(*killed.borrow(), got);
+        assert!(!run.join("42.0.holder").exists() && !run.join("42.1.holder").exists());
+        assert!(
+            run.join("43.0.holder").exists(),
+            "another job's record stays"
+        );
+        // Without a trusted runtime directory, the command line still finds them.
+        fake(
+            15,
+            &["/usr/local/bin/sifrun", "slurm-hold", "--slurm-step=42.2"],
+            950,
+        );
+        let mut by_cmdline = sweep(None, &proc, 42, me, |_| {});
+        by_cmdline.sort();
+        assert_eq!(by_cmdline, [10, 11, 14, 15]);
+        // Another user's processes are never touched.
+        assert!(sweep(Some(&run), &proc, 42, me + 1, |_| {}).is_empty());
+    }
+}
