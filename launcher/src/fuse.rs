@@ -5,6 +5,8 @@
 //! Entries and attributes never change, so replies carry long timeouts and
 //! opened files keep their page cache.
 
+#![warn(clippy::too_many_lines)]
+
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
 use std::io;
@@ -26,7 +28,9 @@ const TTL: Duration = Duration::from_secs(24 * 3600);
 /// What a synthesised mount target is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TargetKind {
+    /// An empty directory.
     Dir,
+    /// An empty regular file.
     File,
 }
 
@@ -50,12 +54,26 @@ pub struct Synth {
 /// Why a mount target cannot be provided.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SynthError {
+    /// A component of the target's path is something other than a directory.
     #[error("{path}: {component:?} in the image is not a directory")]
-    NotADirectory { path: String, component: OsString },
+    NotADirectory {
+        /// The target.
+        path: String,
+        /// The component that is not a directory.
+        component: OsString,
+    },
+    /// The target exists with another type than the mount needs.
     #[error("{path}: exists in the image as a different kind of file")]
-    KindMismatch { path: String },
+    KindMismatch {
+        /// The target.
+        path: String,
+    },
+    /// The target is relative or climbs with `..`.
     #[error("{path}: not an absolute path without '..'")]
-    BadPath { path: String },
+    BadPath {
+        /// The target.
+        path: String,
+    },
 }
 
 impl Synth {
@@ -177,6 +195,7 @@ fn file_type(kind: FileKind) -> FileType {
 }
 
 impl SquashFs {
+    /// The image `squash` with the mount targets of `synth` added.
     pub fn new(squash: Arc<Squash>, synth: Synth) -> SquashFs {
         SquashFs { squash, synth }
     }
@@ -230,7 +249,7 @@ impl SquashFs {
     }
 
     /// Attributes of any inode, image or synthetic.
-    pub fn attr(&self, ino: u64) -> Option<FileAttr> {
+    fn attr(&self, ino: u64) -> Option<FileAttr> {
         if let Some(n) = self.squash.inode(ino) {
             return Some(self.image_attr(ino, n));
         }

@@ -1,23 +1,44 @@
 //! A read-only squashfs served straight from its offset inside a SIF image.
 //!
-//! [`index`] reads the superblock, inode, directory, fragment and id tables
-//! once into an inode-number index (with limits that keep a hostile image
-//! from making it allocate without bound); this module reads file data: one
-//! positional read per block (no lock around a shared file handle), a
-//! sharded cache of decompressed blocks, and sequential readahead that
-//! decompresses the next blocks on a small worker pool.
+//! The reader is split by layer of the format:
+//! - [`raw`]: the on-disk constants by name, bounds-checked positional reads
+//!   and little-endian field reads;
+//! - [`metadata`]: metadata blocks and the tables made of them;
+//! - [`tables`]: the superblock, the fragment and id tables;
+//! - [`inode`] and [`dir`]: one inode, one directory listing;
+//! - [`index`]: the walk that numbers every inode of the tree (with limits
+//!   that keep a hostile image from making it allocate without bound);
+//! - this module, [`cache`], [`readahead`] and [`decompress`]: file data,
+//!   one positional read per block (no lock around a shared file handle), a
+//!   sharded cache of decompressed blocks, and sequential readahead that
+//!   decompresses the next blocks on a small worker pool.
 
+#![warn(clippy::too_many_lines)]
+
+mod cache;
+mod decompress;
+mod dir;
 mod index;
+mod inode;
+mod metadata;
+mod raw;
+mod readahead;
+mod tables;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
+
+use cache::{BlockCache, BlockKey, FRAGMENT_KEY};
+use decompress::decompress;
+use raw::{BLOCK_LEN_MASK, BLOCK_UNCOMPRESSED};
+use readahead::{PrefetchJob, start_prefetchers};
 
 /// The inode number of the root directory (FUSE's root ID).
 pub const ROOT_INO: u64 = 1;
@@ -25,10 +46,13 @@ pub const ROOT_INO: u64 = 1;
 /// Why an image cannot be served.
 #[derive(Debug, thiserror::Error)]
 pub enum SquashError {
+    /// The image breaks the format or one of the reader's limits (what, where).
     #[error("not a readable squashfs filesystem: {0}")]
     Corrupt(String),
+    /// The image uses a compressor this reader does not have.
     #[error("squashfs compression {0} is not supported (supported: gzip, zstd, xz, lz4)")]
     Compression(String),
+    /// Reading the image failed.
     #[error("{0}")]
     Io(#[from] io::Error),
 }
@@ -36,29 +60,38 @@ pub enum SquashError {
 /// The type of an inode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FileKind {
+    /// A directory.
     Dir,
+    /// A regular file.
     File,
+    /// A symbolic link.
     Symlink,
+    /// A character device node.
     CharDevice,
+    /// A block device node.
     BlockDevice,
+    /// A named pipe.
     Fifo,
+    /// A Unix socket.
     Socket,
 }
 
 /// The compression of an image's blocks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Compression {
+    /// zlib streams.
     Gzip,
+    /// xz streams.
     Xz,
+    /// lz4 blocks.
     Lz4,
+    /// zstd frames.
     Zstd,
 }
 
 /// Where a regular file's data lies.
 #[derive(Debug)]
 pub struct Layout {
-    /// Image-relative offset of the first block.
-    start: u64,
     /// Stored size of each whole block as the image has it (bit 24: stored
     /// uncompressed; 0: a sparse block of zeros).
     sizes: Vec<u32>,
@@ -79,10 +112,9 @@ impl Layout {
             if i % CHECKPOINT == 0 {
                 checkpoints.push(at);
             }
-            at = at.saturating_add(u64::from(s & (index::BLOCK_UNCOMPRESSED - 1)));
+            at = at.saturating_add(u64::from(s & BLOCK_LEN_MASK));
         }
         Layout {
-            start,
             sizes,
             checkpoints,
             fragment,
@@ -90,7 +122,7 @@ impl Layout {
     }
 
     /// Number of whole blocks (the tail may be in a fragment).
-    pub fn block_count(&self) -> usize {
+    pub(crate) fn block_count(&self) -> usize {
         self.sizes.len()
     }
 
@@ -100,19 +132,10 @@ impl Layout {
         let offset = self.sizes[first..i]
             .iter()
             .fold(self.checkpoints[i / CHECKPOINT], |at, s| {
-                at.saturating_add(u64::from(s & (index::BLOCK_UNCOMPRESSED - 1)))
+                at.saturating_add(u64::from(s & BLOCK_LEN_MASK))
             });
         let s = self.sizes[i];
-        (
-            offset,
-            s & (index::BLOCK_UNCOMPRESSED - 1),
-            s & index::BLOCK_UNCOMPRESSED != 0,
-        )
-    }
-
-    /// Image-relative offset of the first block.
-    pub fn start(&self) -> u64 {
-        self.start
+        (offset, s & BLOCK_LEN_MASK, s & BLOCK_UNCOMPRESSED != 0)
     }
 }
 
@@ -121,24 +144,36 @@ impl Layout {
 pub enum Data {
     /// Entries sorted by name.
     Dir(Vec<(OsString, u64)>),
+    /// Where a regular file's data lies.
     File(Layout),
+    /// A symlink's target.
     Symlink(OsString),
+    /// A device node's number.
     Device(u32),
+    /// Nothing (FIFOs and sockets).
     None,
 }
 
 /// One inode of the image.
 #[derive(Debug)]
 pub struct Inode {
+    /// The type.
     pub kind: FileKind,
     /// Permission bits (07777).
     pub perm: u16,
+    /// Owner.
     pub uid: u32,
+    /// Group.
     pub gid: u32,
+    /// Modification time, seconds since the epoch.
     pub mtime: u32,
+    /// Size in bytes (a symlink: its target's length).
     pub size: u64,
+    /// Number of links.
     pub nlink: u32,
+    /// Inode number of the directory holding it (the root: itself).
     pub parent: u64,
+    /// Type-specific contents.
     pub data: Data,
 }
 
@@ -152,70 +187,14 @@ impl Inode {
     }
 }
 
-/// Cache key of a block: its image-relative offset, or a fragment with the top bit set.
-type BlockKey = u64;
-const FRAGMENT_KEY: u64 = 1 << 63;
-
-/// A sharded cache of decompressed blocks, evicting the oldest first.
-struct BlockCache {
-    shards: Vec<Mutex<Shard>>,
-    shard_capacity: usize,
-}
-
-#[derive(Default)]
-struct Shard {
-    map: HashMap<BlockKey, Arc<Vec<u8>>>,
-    order: VecDeque<BlockKey>,
-    bytes: usize,
-}
-
-impl BlockCache {
-    fn new(capacity: usize) -> BlockCache {
-        let n = 16;
-        BlockCache {
-            shards: (0..n).map(|_| Mutex::new(Shard::default())).collect(),
-            shard_capacity: (capacity / n).max(1),
-        }
-    }
-
-    fn shard(&self, key: BlockKey) -> &Mutex<Shard> {
-        // Blocks are at least 4 KiB apart; mix the bits so neighbours spread.
-        let h = (key ^ (key >> 17)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        &self.shards[(h >> 60) as usize % self.shards.len()]
-    }
-
-    fn get(&self, key: BlockKey) -> Option<Arc<Vec<u8>>> {
-        self.shard(key)
-            .lock()
-            .expect("cache lock")
-            .map
-            .get(&key)
-            .cloned()
-    }
-
-    fn insert(&self, key: BlockKey, block: Arc<Vec<u8>>) {
-        let mut s = self.shard(key).lock().expect("cache lock");
-        if s.map.contains_key(&key) {
-            return;
-        }
-        s.bytes += block.len();
-        s.map.insert(key, block);
-        s.order.push_back(key);
-        while s.bytes > self.shard_capacity && s.order.len() > 1 {
-            if let Some(old) = s.order.pop_front()
-                && let Some(b) = s.map.remove(&old)
-            {
-                s.bytes -= b.len();
-            }
-        }
-    }
-}
-
 /// Statistics of the data path, for benchmarks and tests.
 #[derive(Debug, Default)]
 pub struct Stats {
+    /// Blocks decompressed (by readers and readahead).
     pub blocks_decompressed: AtomicU64,
+    /// Block reads served from the cache.
     pub cache_hits: AtomicU64,
+    /// Blocks decompressed ahead of a reader.
     pub prefetched: AtomicU64,
 }
 
@@ -229,6 +208,7 @@ pub struct Squash {
     fragments: Vec<(u64, u32, bool)>,
     inodes: Vec<Inode>,
     cache: BlockCache,
+    /// Counters of the data path.
     pub stats: Stats,
     prefetch: Mutex<Option<Sender<PrefetchJob>>>,
     /// Last block read per inode, to detect sequential reads.
@@ -236,11 +216,6 @@ pub struct Squash {
     in_flight: Mutex<HashSet<BlockKey>>,
     /// Blocks decompressed ahead of a sequential reader.
     readahead_blocks: AtomicU64,
-}
-
-struct PrefetchJob {
-    ino: u64,
-    block: usize,
 }
 
 /// Tuning of the data path.
@@ -273,13 +248,13 @@ impl Squash {
                 "the filesystem offset {base} is past the end of the file"
             ))
         })?;
-        let src = index::Source {
+        let src = raw::Source {
             file: &file,
             base,
             len,
         };
-        let sb = index::superblock(&src)?;
-        let fragments = index::fragments(&src, &sb)?;
+        let sb = tables::superblock(&src)?;
+        let fragments = tables::fragments(&src, &sb)?;
         let inodes = index::build(&src, &sb)?;
         let squash = Arc::new(Squash {
             file,
@@ -455,108 +430,6 @@ impl Squash {
         }
         Ok(out)
     }
-
-    /// On a sequential read, queues the next blocks for decompression.
-    fn note_sequential(&self, ino: u64, layout: &Layout, index: usize) {
-        let sequential = {
-            let mut last = self.last_block.lock().expect("lock");
-            let prev = last.insert(ino, index as u64);
-            prev.is_some_and(|p| index as u64 == p + 1 || index as u64 == p)
-        };
-        if !sequential {
-            return;
-        }
-        let guard = self.prefetch.lock().expect("lock");
-        let Some(tx) = guard.as_ref() else { return };
-        let ahead = self.readahead_blocks.load(Ordering::Relaxed) as usize;
-        for b in index + 1..(index + 1 + ahead).min(layout.block_count()) {
-            let (key, stored, _) = layout.block(b);
-            if stored == 0 || self.cache.get(key).is_some() {
-                continue;
-            }
-            if !self.in_flight.lock().expect("lock").insert(key) {
-                continue;
-            }
-            let _ = tx.send(PrefetchJob { ino, block: b });
-        }
-    }
-
-    fn run_prefetch(&self, job: PrefetchJob) {
-        if let Some(Inode {
-            data: Data::File(layout),
-            ..
-        }) = self.inode(job.ino)
-        {
-            if self.block(layout, job.block).is_ok() {
-                self.stats.prefetched.fetch_add(1, Ordering::Relaxed);
-            }
-            self.in_flight
-                .lock()
-                .expect("lock")
-                .remove(&layout.block(job.block).0);
-        }
-    }
-}
-
-/// Decompresses one block, refusing output larger than `limit` (so a
-/// hostile image cannot make the server allocate without bound).
-pub fn decompress(compression: Compression, input: &[u8], limit: usize) -> io::Result<Vec<u8>> {
-    use std::io::Read;
-    let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_owned());
-    let mut out = Vec::with_capacity(limit);
-    match compression {
-        Compression::Gzip => {
-            flate2::read::ZlibDecoder::new(input)
-                .take(limit as u64 + 1)
-                .read_to_end(&mut out)?;
-        }
-        Compression::Xz => {
-            liblzma::read::XzDecoder::new(input)
-                .take(limit as u64 + 1)
-                .read_to_end(&mut out)?;
-        }
-        Compression::Zstd => {
-            out = zstd::bulk::decompress(input, limit).map_err(|_| bad("corrupt zstd block"))?;
-        }
-        Compression::Lz4 => {
-            out.resize(limit, 0);
-            let n = lz4_flex::block::decompress_into(input, &mut out)
-                .map_err(|_| bad("corrupt lz4 block"))?;
-            out.truncate(n);
-        }
-    }
-    if out.len() > limit {
-        return Err(bad("block inflates past the block size"));
-    }
-    Ok(out)
-}
-
-fn start_prefetchers(squash: &Arc<Squash>, tuning: Tuning) {
-    squash
-        .readahead_blocks
-        .store(tuning.readahead_blocks as u64, Ordering::Relaxed);
-    let (tx, rx): (Sender<PrefetchJob>, Receiver<PrefetchJob>) = channel();
-    let rx = Arc::new(Mutex::new(rx));
-    for i in 0..tuning.prefetch_threads {
-        // Workers hold only a weak reference: they end when the image is dropped.
-        let weak = Arc::downgrade(squash);
-        let rx = rx.clone();
-        let _ = std::thread::Builder::new()
-            .name(format!("sifrun-prefetch-{i}"))
-            .spawn(move || {
-                loop {
-                    let job = match rx.lock().expect("lock").recv() {
-                        Ok(job) => job,
-                        Err(_) => return,
-                    };
-                    match weak.upgrade() {
-                        Some(s) => s.run_prefetch(job),
-                        None => return,
-                    }
-                }
-            });
-    }
-    *squash.prefetch.lock().expect("lock") = Some(tx);
 }
 
 impl Drop for Squash {
