@@ -177,12 +177,8 @@ impl crate::plan::ImageTree for Squash {
     }
 
     fn list(&self, path: &Path) -> Option<Vec<std::ffi::OsString>> {
-        match &self.inode(self.lookup_path(path)?)?.data {
-            crate::squash::Data::Dir(entries) => {
-                Some(entries.iter().map(|(n, _)| n.clone()).collect())
-            }
-            _ => None,
-        }
+        let entries = self.entries(self.lookup_path(path)?).ok()?;
+        Some(entries.into_iter().map(|(n, _)| n).collect())
     }
 
     fn read_small(&self, path: &Path) -> Option<Vec<u8>> {

@@ -4,6 +4,10 @@ use std::io;
 
 use super::Compression;
 
+/// Most memory the xz decoder may use for one block: mksquashfs's xz
+/// dictionary is at most the block size (1 MiB).
+const XZ_MEMLIMIT: u64 = 2 << 20;
+
 /// Decompresses one block, refusing output larger than `limit` (so a
 /// hostile image cannot make the server allocate without bound).
 pub(crate) fn decompress(
@@ -21,7 +25,11 @@ pub(crate) fn decompress(
                 .read_to_end(&mut out)?;
         }
         Compression::Xz => {
-            liblzma::read::XzDecoder::new(input)
+            // The stream names its dictionary size; refuse one that would
+            // make the decoder allocate more than any squashfs needs.
+            let stream = liblzma::stream::Stream::new_stream_decoder(XZ_MEMLIMIT, 0)
+                .map_err(|_| bad("xz decoder"))?;
+            liblzma::read::XzDecoder::new_stream(input, stream)
                 .take(limit as u64 + 1)
                 .read_to_end(&mut out)?;
         }

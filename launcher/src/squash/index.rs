@@ -1,170 +1,231 @@
-//! Reads a squashfs 4.0 image's tables into the in-memory index the server
-//! uses: inodes numbered from [`ROOT_INO`] in tree order.
+//! Inode numbers and the lookups the server makes by them.
 //!
-//! The image is untrusted. Every table position is checked against the
-//! image length before it is read, metadata blocks are decompressed with a
-//! fixed output limit, and nothing is allocated from a count in the image
-//! without that count first being bounded by bytes that are really there:
-//! - a metadata table is read block by block between two known positions,
-//!   so its decompressed size is at most 8 KiB per block actually present;
-//! - the directories' listings together may not be longer than the
-//!   directory table, and the files' block lists together not longer than
-//!   the inode table (in a real image neither overlaps);
-//! - no more distinct inodes than the superblock declares;
-//! - a directory may be reached once only (no cycles, no shared subtrees),
-//!   and the tree is walked with an explicit stack, not recursion.
+//! Nothing is indexed ahead of time: an inode is parsed from its metadata
+//! block (through the metadata cache) each time it is asked for, and a
+//! directory is read entry by entry. The FUSE inode number of an image
+//! inode is the number the image gives it, as the kernel's squashfs shows
+//! it (the root swapped with number 1, FUSE's root), found again through
+//! the export table; an image without one is numbered by inode reference.
 
-use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::path::{Component, Path};
 
-use super::dir::split_reference;
-use super::inode::RawData;
-use super::metadata::Table;
-use super::raw::{Source, corrupt};
-use super::tables::{self, SuperBlock};
-use super::{Data, FileKind, Inode, ROOT_INO, SquashError};
+use super::dir::{DirCursor, Entry};
+use super::inode::{DirData, Inode, Parser};
+use super::raw::corrupt;
+use super::{Data, FileKind, ROOT_INO, Squash, SquashError, tables};
 
-/// The tables being walked, and what the walk has used of them.
-pub(crate) struct Walker<'a> {
-    pub(crate) sb: &'a SuperBlock,
-    pub(crate) inodes: Table,
-    pub(crate) dirs: Table,
-    pub(crate) ids: Vec<u32>,
-    /// Block-list bytes and listing bytes used so far (each bounded by its table).
-    pub(crate) block_list_bytes: usize,
-    pub(crate) listing_bytes: usize,
+/// How FUSE inode numbers map to inode references.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Numbering {
+    /// By the image's inode numbers and its export table; `root` is the
+    /// root's number, swapped with 1.
+    Export { root: u32, count: u32 },
+    /// By inode reference: the root is 1, any other inode its reference + 2.
+    Reference { root: u64 },
 }
 
-/// A directory whose listing is still to be read.
-struct Pending {
-    ino: u64,
-    block: u64,
-    offset: usize,
-    len: usize,
+/// Inode numbers of images without an export table start here (the
+/// reference of an inode is below 2^48).
+const REFERENCE_BASE: u64 = 2;
+
+/// Where a readdir stopped: the listing cursor, or the synthetic entries.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Resume {
+    /// In the image's listing, `done` entries in.
+    Image { cursor: DirCursor, done: u64 },
+    /// Past the image's `count` entries.
+    After { count: u64 },
 }
 
-/// The walk's state: inodes placed so far and directories still to list.
-struct Tree {
-    out: Vec<Inode>,
-    /// Inode table position -> our inode number (hard links share one).
-    seen: HashMap<usize, u64>,
-    pending: Vec<Pending>,
-    limit: usize,
-}
+impl Numbering {
+    /// The first inode number above every inode of the image.
+    pub(crate) fn limit(&self) -> u64 {
+        match self {
+            Numbering::Export { count, .. } => u64::from(*count) + 1,
+            Numbering::Reference { .. } => (1 << 48) + REFERENCE_BASE,
+        }
+    }
 
-impl Walker<'_> {
-    fn locate_inode(&self, reference: u64) -> Result<usize, SquashError> {
-        let (block, offset) = split_reference(reference);
-        self.inodes.locate(block, offset, "an inode reference")
+    fn swap(root: u32, n: u64) -> u64 {
+        match n {
+            n if n == u64::from(root) => ROOT_INO,
+            ROOT_INO => u64::from(root),
+            n => n,
+        }
+    }
+
+    /// The FUSE inode number of the inode at `reference` with image number `number`.
+    pub(crate) fn ino(&self, reference: u64, number: u32) -> Result<u64, SquashError> {
+        match *self {
+            Numbering::Export { root, count } => {
+                if number == 0 || number > count {
+                    return Err(corrupt(format!(
+                        "inode number {number} outside 1..={count}"
+                    )));
+                }
+                Ok(Numbering::swap(root, u64::from(number)))
+            }
+            Numbering::Reference { root } if reference == root => Ok(ROOT_INO),
+            Numbering::Reference { .. } => Ok(reference + REFERENCE_BASE),
+        }
     }
 }
 
-impl Tree {
-    /// Gives the inode at table position `pos` a number (or finds the one a
-    /// hard link already has).
-    fn place(
-        &mut self,
-        w: &mut Walker,
-        pos: usize,
-        parent: Option<u64>,
-    ) -> Result<u64, SquashError> {
-        if let Some(&ino) = self.seen.get(&pos) {
-            let inode = &mut self.out[(ino - 1) as usize];
-            if inode.kind == FileKind::Dir {
-                return Err(corrupt("a directory is reachable from two places"));
-            }
-            inode.nlink += 1;
-            return Ok(ino);
+impl Squash {
+    pub(crate) fn parser(&self) -> Parser<'_> {
+        Parser {
+            meta: &self.meta,
+            sb: &self.sb,
+            inodes: self.inode_table,
+            dirs: self.dir_table,
+            ids: &self.ids,
         }
-        if self.out.len() >= self.limit {
+    }
+
+    /// The inode with number `ino`, parsed from the image, or why it cannot be.
+    pub fn try_inode(&self, ino: u64) -> Result<Inode, SquashError> {
+        let (reference, number) = match self.numbering {
+            Numbering::Export { root, count } => {
+                let n = Numbering::swap(root, ino);
+                if n == 0 || n > u64::from(count) {
+                    return Err(corrupt(format!("no inode {ino}")));
+                }
+                (tables::export(&self.meta, &self.sb, n)?, Some(n))
+            }
+            Numbering::Reference { root } => match ino {
+                ROOT_INO => (root, None),
+                n if n >= REFERENCE_BASE && n - REFERENCE_BASE != root => {
+                    (n - REFERENCE_BASE, None)
+                }
+                _ => return Err(corrupt(format!("no inode {ino}"))),
+            },
+        };
+        let inode = self.parser().inode(reference)?;
+        if number.is_some_and(|n| n != u64::from(inode.number)) {
             return Err(corrupt(format!(
-                "more inodes are reachable than the {} the superblock declares",
-                self.limit
+                "the export table gives inode {} for number {ino}",
+                inode.number
             )));
         }
-        let raw = w.inode(pos)?;
-        let ino = self.out.len() as u64 + 1;
-        let data = match raw.data {
-            RawData::Dir { block, offset, len } => {
-                self.pending.push(Pending {
-                    ino,
-                    block,
-                    offset,
-                    len,
-                });
-                Data::Dir(Vec::new())
-            }
-            RawData::File(layout) => Data::File(layout),
-            RawData::Symlink(t) => Data::Symlink(t),
-            RawData::Device(d) => Data::Device(d),
-            RawData::None => Data::None,
+        Ok(inode)
+    }
+
+    /// The inode with number `ino`, or `None` if the image has none (or a
+    /// corrupt one) under that number.
+    pub fn inode(&self, ino: u64) -> Option<Inode> {
+        self.try_inode(ino)
+            .inspect_err(|e| tracing::debug!(ino, error = %e, "inode"))
+            .ok()
+    }
+
+    /// The FUSE number and type of a listing entry.
+    fn entry_ino(&self, e: &Entry) -> Result<u64, SquashError> {
+        self.numbering.ino(e.reference, e.number)
+    }
+
+    /// Looks `name` up in directory `dir`; remembers `dir` as the parent of
+    /// a directory found.
+    pub fn lookup(&self, dir: u64, name: &OsStr) -> Option<u64> {
+        let Data::Dir(d) = self.inode(dir)?.data else {
+            return None;
         };
-        self.out.push(Inode {
-            kind: raw.kind,
-            perm: raw.perm,
-            uid: raw.uid,
-            gid: raw.gid,
-            mtime: raw.mtime,
-            size: raw.size,
-            nlink: 1,
-            parent: parent.unwrap_or(ino),
-            data,
-        });
-        self.seen.insert(pos, ino);
-        Ok(ino)
+        let found = self.parser().find(&d, name.as_encoded_bytes());
+        let e = found
+            .inspect_err(|e| tracing::debug!(dir, error = %e, "lookup"))
+            .ok()??;
+        let child = self.parser().inode(e.reference).ok()?;
+        let ino = self.numbering.ino(e.reference, child.number).ok()?;
+        if child.kind == FileKind::Dir {
+            self.parents.insert(ino, dir);
+        }
+        Some(ino)
     }
 
-    /// Reads one directory's listing and places its children.
-    fn list(&mut self, w: &mut Walker, dir: Pending) -> Result<(), SquashError> {
-        let listing = w.listing(dir.block, dir.offset, dir.len)?;
-        let mut entries = Vec::with_capacity(listing.len());
-        for (name, reference) in listing {
-            let pos = w.locate_inode(reference)?;
-            let child = self.place(w, pos, Some(dir.ino))?;
-            entries.push((name, child));
-        }
-        entries.sort_by(|a, b| a.0.cmp(&b.0));
-        if entries.windows(2).any(|p| p[0].0 == p[1].0) {
-            return Err(corrupt("a directory lists the same name twice"));
-        }
-        let subdirs = entries
-            .iter()
-            .filter(|(_, c)| self.out[(*c - 1) as usize].kind == FileKind::Dir)
-            .count() as u32;
-        let inode = &mut self.out[(dir.ino - 1) as usize];
-        inode.nlink = 2 + subdirs;
-        inode.data = Data::Dir(entries);
-        Ok(())
+    /// The directory holding directory `ino`, as far as lookups have shown
+    /// it (the root's parent is the root).
+    pub fn parent(&self, ino: u64) -> u64 {
+        self.parents.get(&ino).unwrap_or(ROOT_INO)
     }
-}
 
-/// Reads the whole tree into inodes numbered from [`ROOT_INO`].
-pub(crate) fn build(src: &Source, sb: &SuperBlock) -> Result<Vec<Inode>, SquashError> {
-    let ids = tables::ids(src, sb)?;
-    let inodes = src.metadata_table(sb.inode_table, sb.dir_table, sb.compression, "inode table")?;
-    let dir_end = tables::dir_table_end(src, sb)?;
-    let dirs = src.metadata_table(sb.dir_table, dir_end, sb.compression, "directory table")?;
-    let mut w = Walker {
-        sb,
-        inodes,
-        dirs,
-        ids,
-        block_list_bytes: 0,
-        listing_bytes: 0,
-    };
-    let mut tree = Tree {
-        out: Vec::new(),
-        seen: HashMap::new(),
-        pending: Vec::new(),
-        limit: sb.inode_count as usize,
-    };
-    let root_pos = w.locate_inode(sb.root_inode)?;
-    let root = tree.place(&mut w, root_pos, None)?;
-    debug_assert_eq!(root, ROOT_INO);
-    if tree.out[0].kind != FileKind::Dir {
-        return Err(corrupt("the root is not a directory"));
+    /// Resolves an absolute path inside the image without following symlinks.
+    pub fn lookup_path(&self, path: &Path) -> Option<u64> {
+        let mut trail = vec![ROOT_INO];
+        for c in path.components() {
+            match c {
+                Component::RootDir | Component::CurDir => {}
+                Component::Normal(n) => {
+                    let here = *trail.last().expect("root");
+                    trail.push(self.lookup(here, n)?);
+                }
+                Component::ParentDir if trail.len() > 1 => {
+                    trail.pop();
+                }
+                Component::ParentDir => {}
+                Component::Prefix(_) => return None,
+            }
+        }
+        trail.last().copied()
     }
-    while let Some(dir) = tree.pending.pop() {
-        tree.list(&mut w, dir)?;
+
+    /// Every entry of directory `ino`, in the image's order (by name).
+    pub fn entries(&self, ino: u64) -> Result<Vec<(OsString, u64)>, SquashError> {
+        let inode = self.try_inode(ino)?;
+        let Data::Dir(d) = &inode.data else {
+            return Err(corrupt(format!("inode {ino} is not a directory")));
+        };
+        let mut out = Vec::new();
+        let mut cur = DirCursor::start(d);
+        while let Some(e) = cur.next(&self.parser(), d)? {
+            let child = self.entry_ino(&e)?;
+            out.push((e.name, child));
+        }
+        Ok(out)
     }
-    Ok(tree.out)
+
+    /// Calls `each(name, ino, kind, done)` for the entries of directory
+    /// `ino` after the first `skip` ones (`done` counts the entries given so
+    /// far, this one included), until it returns true or the listing ends.
+    /// Where it stopped is kept, so the next chunk starts there without
+    /// reading the entries before it. Returns how many entries the listing
+    /// has when it reached the end.
+    pub fn read_dir(
+        &self,
+        ino: u64,
+        dir: &DirData,
+        skip: u64,
+        each: &mut dyn FnMut(&OsStr, u64, FileKind, u64) -> bool,
+    ) -> Result<Option<u64>, SquashError> {
+        let (mut cursor, mut done) = match self.cursors.get(&(ino, skip)) {
+            Some(Resume::Image { cursor, done }) => (cursor, done),
+            Some(Resume::After { count }) => return Ok(Some(count)),
+            None => (DirCursor::start(dir), 0),
+        };
+        let p = self.parser();
+        loop {
+            let before = cursor;
+            let Some(e) = cursor.next(&p, dir)? else {
+                self.cursors
+                    .insert((ino, done), Resume::After { count: done });
+                return Ok(Some(done));
+            };
+            if done < skip {
+                done += 1;
+                continue;
+            }
+            let child = self.entry_ino(&e)?;
+            if e.kind == FileKind::Dir {
+                self.parents.insert(child, ino);
+            }
+            if each(&e.name, child, e.kind, done + 1) {
+                let resume = Resume::Image {
+                    cursor: before,
+                    done,
+                };
+                self.cursors.insert((ino, done), resume);
+                return Ok(None);
+            }
+            done += 1;
+        }
+    }
 }

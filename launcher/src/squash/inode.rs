@@ -1,42 +1,91 @@
-//! One inode of the inode table, parsed by type.
+//! One inode of the inode table, parsed on demand from its reference.
 
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStringExt;
 
-use super::index::Walker;
-use super::raw::{
-    BLOCK_LEN_MASK, BLOCK_UNCOMPRESSED, Bytes, DIR_SIZE_DOTS, InodeType, MAX_SYMLINK, NO_FRAGMENT,
-    corrupt,
-};
-use super::{FileKind, Layout, SquashError};
+use super::metadata::{Cursor, Extent, Meta, Pos};
+use super::raw::{DIR_SIZE_DOTS, INODE_HEADER_LEN, InodeType, MAX_SYMLINK, NO_FRAGMENT, corrupt};
+use super::tables::SuperBlock;
+use super::{FileKind, SquashError};
 
-/// One inode as stored, before it is placed in the tree.
-pub(crate) struct RawInode {
-    pub(crate) kind: FileKind,
-    pub(crate) perm: u16,
-    pub(crate) uid: u32,
-    pub(crate) gid: u32,
-    pub(crate) mtime: u32,
-    /// File size; symlink target length.
-    pub(crate) size: u64,
-    pub(crate) data: RawData,
+/// One inode of the image.
+#[derive(Debug, Clone)]
+pub struct Inode {
+    /// The type.
+    pub kind: FileKind,
+    /// Permission bits (07777).
+    pub perm: u16,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Modification time, seconds since the epoch.
+    pub mtime: u32,
+    /// Size in bytes (a symlink: its target's length).
+    pub size: u64,
+    /// Number of links, as the image records it.
+    pub nlink: u32,
+    /// Type-specific contents.
+    pub data: Data,
+    /// The inode's number in the image (1 to the superblock's count).
+    pub(crate) number: u32,
 }
 
-/// What follows the common inode header, by type.
-pub(crate) enum RawData {
-    /// Listing position (block, offset) and length in the directory table.
-    Dir {
-        block: u64,
-        offset: usize,
-        len: usize,
-    },
-    File(Layout),
+/// What an inode holds beyond its attributes.
+#[derive(Debug, Clone)]
+pub enum Data {
+    /// A directory: where its listing lies.
+    Dir(DirData),
+    /// A regular file: where its data lies.
+    File(FileData),
+    /// A symlink's target.
     Symlink(OsString),
+    /// A device node's number.
     Device(u32),
+    /// Nothing (FIFOs and sockets).
     None,
 }
 
-impl Walker<'_> {
+/// Where a directory's listing lies in the directory table.
+#[derive(Debug, Clone)]
+pub struct DirData {
+    /// Start of the listing.
+    pub(crate) listing: Pos,
+    /// Bytes of the listing (without the dots the size counts).
+    pub(crate) len: u32,
+    /// The name index of an extended directory: where it starts, entries.
+    pub(crate) index: Option<(Pos, u16)>,
+}
+
+/// Where a regular file's data lies.
+#[derive(Debug, Clone)]
+pub struct FileData {
+    /// Image-relative offset of the first block.
+    pub(crate) start: u64,
+    /// Number of whole blocks (the tail may be in a fragment).
+    pub(crate) blocks: u64,
+    /// Where the list of the blocks' stored sizes starts in the inode table.
+    pub(crate) list: Pos,
+    /// Fragment index and offset of the tail, if the tail is in a fragment.
+    pub(crate) fragment: Option<(u32, u32)>,
+}
+
+/// What parsing needs besides the bytes: the superblock, the two tables, the ids.
+pub(crate) struct Parser<'a> {
+    pub(crate) meta: &'a Meta,
+    pub(crate) sb: &'a SuperBlock,
+    pub(crate) inodes: Extent,
+    pub(crate) dirs: Extent,
+    pub(crate) ids: &'a [u32],
+}
+
+/// An inode reference: the inode's metadata block (relative to the inode
+/// table) in the high bits, its offset inside the block in the low 16.
+pub(crate) fn split_reference(reference: u64) -> (u64, usize) {
+    (reference >> 16, (reference & 0xffff) as usize)
+}
+
+impl Parser<'_> {
     fn id(&self, index: u16) -> Result<u32, SquashError> {
         self.ids.get(usize::from(index)).copied().ok_or_else(|| {
             corrupt(format!(
@@ -46,159 +95,129 @@ impl Walker<'_> {
         })
     }
 
-    fn block_count(&self, size: u64, fragment: u32) -> u64 {
+    /// Parses the inode at `reference`.
+    pub(crate) fn inode(&self, reference: u64) -> Result<Inode, SquashError> {
+        let (block, offset) = split_reference(reference);
+        let mut c = Cursor::at_ref(self.meta, self.inodes, block, offset)?;
+        let mut head = [0u8; INODE_HEADER_LEN];
+        c.read(&mut head)?;
+        let field = |at: usize| u16::from_le_bytes([head[at], head[at + 1]]);
+        let raw_type = field(0);
+        let Some(kind) = InodeType::from_raw(raw_type) else {
+            return Err(corrupt(format!(
+                "inode type {raw_type} at reference {reference:#x}"
+            )));
+        };
+        let mut inode = Inode {
+            kind: FileKind::File,
+            perm: field(2) & 0o7777,
+            uid: self.id(field(4))?,
+            gid: self.id(field(6))?,
+            mtime: u32::from_le_bytes(head[8..12].try_into().expect("4 bytes")),
+            size: 0,
+            nlink: 1,
+            data: Data::None,
+            number: u32::from_le_bytes(head[12..16].try_into().expect("4 bytes")),
+        };
+        use InodeType::*;
+        match kind {
+            BasicDir | ExtDir => self.dir(&mut c, kind, &mut inode)?,
+            BasicFile | ExtFile => self.file(&mut c, kind, &mut inode)?,
+            BasicSymlink | ExtSymlink => symlink(&mut c, &mut inode)?,
+            BasicBlockDev | ExtBlockDev => device(&mut c, &mut inode, FileKind::BlockDevice)?,
+            BasicCharDev | ExtCharDev => device(&mut c, &mut inode, FileKind::CharDevice)?,
+            BasicFifo | ExtFifo => ipc(&mut c, &mut inode, FileKind::Fifo)?,
+            BasicSocket | ExtSocket => ipc(&mut c, &mut inode, FileKind::Socket)?,
+        }
+        Ok(inode)
+    }
+
+    fn dir(&self, c: &mut Cursor, kind: InodeType, inode: &mut Inode) -> Result<(), SquashError> {
+        let (block, nlink, size, offset, index_count) = if kind == InodeType::BasicDir {
+            let block = c.u32()?;
+            let nlink = c.u32()?;
+            let size = u32::from(c.u16()?);
+            let offset = c.u16()?;
+            let _parent = c.u32()?;
+            (block, nlink, size, offset, 0)
+        } else {
+            let nlink = c.u32()?;
+            let size = c.u32()?;
+            let block = c.u32()?;
+            let _parent = c.u32()?;
+            let index_count = c.u16()?;
+            let offset = c.u16()?;
+            let _xattr = c.u32()?;
+            (block, nlink, size, offset, index_count)
+        };
+        let listing =
+            Cursor::at_ref(self.meta, self.dirs, u64::from(block), usize::from(offset))?.pos();
+        inode.kind = FileKind::Dir;
+        inode.nlink = nlink;
+        inode.data = Data::Dir(DirData {
+            listing,
+            // An empty directory's listing is the dots alone.
+            len: size.saturating_sub(DIR_SIZE_DOTS),
+            index: (index_count > 0).then_some((c.pos(), index_count)),
+        });
+        Ok(())
+    }
+
+    fn file(&self, c: &mut Cursor, kind: InodeType, inode: &mut Inode) -> Result<(), SquashError> {
+        let (start, fragment, frag_offset, size) = if kind == InodeType::BasicFile {
+            let start = u64::from(c.u32()?);
+            let fragment = c.u32()?;
+            let frag_offset = c.u32()?;
+            let size = u64::from(c.u32()?);
+            (start, fragment, frag_offset, size)
+        } else {
+            let start = c.u64()?;
+            let size = c.u64()?;
+            let _sparse = c.u64()?;
+            inode.nlink = c.u32()?;
+            let fragment = c.u32()?;
+            let frag_offset = c.u32()?;
+            let _xattr = c.u32()?;
+            (start, fragment, frag_offset, size)
+        };
         let bs = u64::from(self.sb.block_size);
-        if fragment == NO_FRAGMENT {
+        let blocks = if fragment == NO_FRAGMENT {
             size.div_ceil(bs)
         } else {
             size / bs
-        }
-    }
-
-    /// Parses the inode at position `pos` of the inode table.
-    pub(crate) fn inode(&mut self, pos: usize) -> Result<RawInode, SquashError> {
-        let bytes = std::mem::take(&mut self.inodes.bytes);
-        let parsed = self.parse(&bytes, pos);
-        self.inodes.bytes = bytes;
-        parsed
-    }
-
-    fn parse(&mut self, table: &[u8], pos: usize) -> Result<RawInode, SquashError> {
-        let mut b = Bytes::new(table, pos, "inode");
-        let kind = b.u16()?;
-        let perm = b.u16()? & 0o7777;
-        let uid = self.id(b.u16()?)?;
-        let gid = self.id(b.u16()?)?;
-        let mtime = b.u32()?;
-        let _number = b.u32()?;
-        let Some(kind) = InodeType::from_raw(kind) else {
-            return Err(corrupt(format!("inode type {kind} at byte {pos}")));
         };
-        use InodeType::*;
-        let (kind, size, data) = match kind {
-            BasicDir | ExtDir => dir(&mut b, kind)?,
-            BasicFile | ExtFile => self.file(&mut b, kind, table.len())?,
-            BasicSymlink | ExtSymlink => symlink(&mut b)?,
-            BasicBlockDev | ExtBlockDev => (FileKind::BlockDevice, 0, device(&mut b)?),
-            BasicCharDev | ExtCharDev => (FileKind::CharDevice, 0, device(&mut b)?),
-            BasicFifo | ExtFifo => (FileKind::Fifo, 0, RawData::None),
-            BasicSocket | ExtSocket => (FileKind::Socket, 0, RawData::None),
-        };
-        Ok(RawInode {
-            kind,
-            perm,
-            uid,
-            gid,
-            mtime,
-            size,
-            data,
-        })
-    }
-
-    fn file(
-        &mut self,
-        b: &mut Bytes,
-        kind: InodeType,
-        table_len: usize,
-    ) -> Result<(FileKind, u64, RawData), SquashError> {
-        let (start, fragment, frag_offset, size) = if kind == InodeType::BasicFile {
-            let start = u64::from(b.u32()?);
-            let fragment = b.u32()?;
-            let frag_offset = b.u32()?;
-            let size = u64::from(b.u32()?);
-            (start, fragment, frag_offset, size)
-        } else {
-            let start = b.u64()?;
-            let size = b.u64()?;
-            let _sparse = b.u64()?;
-            let _nlink = b.u32()?;
-            let fragment = b.u32()?;
-            let frag_offset = b.u32()?;
-            let _xattr = b.u32()?;
-            (start, fragment, frag_offset, size)
-        };
-        let count = self.block_count(size, fragment);
-        let list_len = count
-            .checked_mul(4)
-            .filter(|&n| n <= (table_len - self.block_list_bytes) as u64);
-        let Some(list_len) = list_len else {
-            return Err(corrupt(format!(
-                "a file of {size} bytes needs more block sizes than the inode table holds"
-            )));
-        };
-        self.block_list_bytes += list_len as usize;
-        let list = b.take(list_len as usize)?;
-        let mut sizes = Vec::with_capacity(count as usize);
-        for c in list.chunks_exact(4) {
-            let s = u32::from_le_bytes(c.try_into().expect("4 bytes"));
-            if s & !(BLOCK_UNCOMPRESSED | BLOCK_LEN_MASK) != 0
-                || s & BLOCK_LEN_MASK > self.sb.block_size
-            {
-                return Err(corrupt(format!(
-                    "a data block of a file at byte {start} has stored size {s:#x}"
-                )));
-            }
-            sizes.push(s);
-        }
-        let fragment = (fragment != NO_FRAGMENT).then_some((fragment, frag_offset));
-        Ok((
-            FileKind::File,
-            size,
-            RawData::File(Layout::new(start, sizes, fragment)),
-        ))
+        inode.size = size;
+        inode.data = Data::File(FileData {
+            start,
+            blocks,
+            list: c.pos(),
+            fragment: (fragment != NO_FRAGMENT).then_some((fragment, frag_offset)),
+        });
+        Ok(())
     }
 }
 
-fn dir(b: &mut Bytes, kind: InodeType) -> Result<(FileKind, u64, RawData), SquashError> {
-    let (block, size, offset) = if kind == InodeType::BasicDir {
-        let block = b.u32()?;
-        let _nlink = b.u32()?;
-        let size = u32::from(b.u16()?);
-        let offset = b.u16()?;
-        let _parent = b.u32()?;
-        (block, size, offset)
-    } else {
-        let _nlink = b.u32()?;
-        let size = b.u32()?;
-        let block = b.u32()?;
-        let _parent = b.u32()?;
-        let _index_count = b.u16()?;
-        let offset = b.u16()?;
-        let _xattr = b.u32()?;
-        (block, size, offset)
-    };
-    // An empty directory's listing is the dots alone.
-    let len = if size <= DIR_SIZE_DOTS {
-        0
-    } else {
-        (size - DIR_SIZE_DOTS) as usize
-    };
-    Ok((
-        FileKind::Dir,
-        0,
-        RawData::Dir {
-            block: u64::from(block),
-            offset: usize::from(offset),
-            len,
-        },
-    ))
-}
-
-fn symlink(b: &mut Bytes) -> Result<(FileKind, u64, RawData), SquashError> {
-    let _nlink = b.u32()?;
-    let len = b.u32()? as usize;
+fn symlink(c: &mut Cursor, inode: &mut Inode) -> Result<(), SquashError> {
+    inode.nlink = c.u32()?;
+    let len = c.u32()? as usize;
     if len == 0 || len > MAX_SYMLINK {
         return Err(corrupt(format!("symlink target of {len} bytes")));
     }
-    let target = b.take(len)?.to_vec();
-    Ok((
-        FileKind::Symlink,
-        len as u64,
-        RawData::Symlink(OsString::from_vec(target)),
-    ))
+    inode.kind = FileKind::Symlink;
+    inode.size = len as u64;
+    inode.data = Data::Symlink(OsString::from_vec(c.take(len)?));
+    Ok(())
 }
 
-fn device(b: &mut Bytes) -> Result<RawData, SquashError> {
-    let _nlink = b.u32()?;
-    Ok(RawData::Device(b.u32()?))
+fn device(c: &mut Cursor, inode: &mut Inode, kind: FileKind) -> Result<(), SquashError> {
+    inode.nlink = c.u32()?;
+    inode.kind = kind;
+    inode.data = Data::Device(c.u32()?);
+    Ok(())
+}
+
+fn ipc(c: &mut Cursor, inode: &mut Inode, kind: FileKind) -> Result<(), SquashError> {
+    inode.nlink = c.u32()?;
+    inode.kind = kind;
+    Ok(())
 }

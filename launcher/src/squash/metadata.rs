@@ -1,59 +1,72 @@
-//! Metadata blocks: the 2-byte header, decompression with a fixed output
-//! limit, whole tables read block by block between two known positions, and
-//! lookup tables (an index of block positions, then the blocks).
+//! Metadata blocks, read lazily: each is decompressed (with a fixed output
+//! limit) when first needed and kept in a bounded cache, and a [`Cursor`]
+//! reads a table's bytes across block boundaries without ever holding a
+//! whole table. Lookup tables (fragments, ids, exports) are read one entry
+//! at a time through their index of block positions.
 
-use std::collections::HashMap;
+use std::sync::Arc;
 
-use super::Compression;
-use super::SquashError;
+use super::cache::{BlockCache, Weight};
 use super::decompress::decompress;
 use super::raw::{
     METADATA_BLOCK, METADATA_LEN_MASK, METADATA_UNCOMPRESSED, POINTER_LEN, Source, corrupt,
 };
+use super::{Compression, SquashError};
 
-/// Upper bound for one decompressed metadata table; far above any real image.
-const TABLE_LIMIT: usize = 1 << 30;
+/// Bytes of decompressed metadata blocks kept (1,024 blocks).
+pub(crate) const METADATA_CACHE_BYTES: usize = 8 << 20;
 
-/// A decompressed metadata table.
-#[derive(Default)]
-pub(crate) struct Table {
+/// One decompressed metadata block and the position of the block after it.
+pub(crate) struct MetaBlock {
     pub(crate) bytes: Vec<u8>,
-    /// Block position (relative to the table) -> offset in `bytes`.
-    blocks: HashMap<u64, usize>,
+    pub(crate) next: u64,
 }
 
-impl Table {
-    /// Position in `bytes` of a reference (block, offset within the block).
-    pub(crate) fn locate(
-        &self,
-        block: u64,
-        offset: usize,
-        what: &str,
-    ) -> Result<usize, SquashError> {
-        let start = self.blocks.get(&block).ok_or_else(|| {
-            corrupt(format!(
-                "{what} points at byte {block}, which starts no metadata block"
-            ))
-        })?;
-        let pos = start + offset;
-        if offset >= METADATA_BLOCK || pos > self.bytes.len() {
-            return Err(corrupt(format!(
-                "{what} points past its table (block {block}, offset {offset})"
-            )));
-        }
-        Ok(pos)
+impl Weight for MetaBlock {
+    fn weight(&self) -> usize {
+        self.bytes.capacity() + std::mem::size_of::<MetaBlock>()
     }
 }
 
-impl Source<'_> {
-    /// Reads the metadata block at `at`; returns its bytes and the position after it.
-    pub(crate) fn metadata_block(
-        &self,
-        at: u64,
-        compression: Compression,
-        what: &str,
-    ) -> Result<(Vec<u8>, u64), SquashError> {
-        let head = self.read(at, 2, what)?;
+/// The image's metadata: where it is read from, how it is compressed, and
+/// the cache of decompressed blocks.
+pub(crate) struct Meta {
+    pub(crate) src: Source,
+    pub(crate) compression: Compression,
+    cache: BlockCache<MetaBlock>,
+}
+
+/// A metadata table: the image-relative range its blocks occupy.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Extent {
+    pub(crate) start: u64,
+    pub(crate) end: u64,
+    pub(crate) what: &'static str,
+}
+
+/// A position in a metadata table: the image-relative position of a block
+/// and an offset into its decompressed bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Pos {
+    pub(crate) block: u64,
+    pub(crate) offset: usize,
+}
+
+impl Meta {
+    pub(crate) fn new(src: Source, compression: Compression) -> Meta {
+        Meta {
+            src,
+            compression,
+            cache: BlockCache::new(METADATA_CACHE_BYTES),
+        }
+    }
+
+    /// The metadata block at `at`, decompressed (from the cache when possible).
+    pub(crate) fn block(&self, at: u64, what: &str) -> Result<Arc<MetaBlock>, SquashError> {
+        if let Some(b) = self.cache.get(at) {
+            return Ok(b);
+        }
+        let head = self.src.read(at, 2, what)?;
         let head = u16::from_le_bytes([head[0], head[1]]);
         let stored = usize::from(head & METADATA_LEN_MASK);
         if stored == 0 || stored > METADATA_BLOCK {
@@ -61,82 +74,167 @@ impl Source<'_> {
                 "{what}: metadata block at byte {at} has length {stored}"
             )));
         }
-        let raw = self.read(at + 2, stored, what)?;
+        let raw = self.src.read(at + 2, stored, what)?;
         let bytes = if head & METADATA_UNCOMPRESSED != 0 {
             raw
         } else {
-            decompress(compression, &raw, METADATA_BLOCK)
+            decompress(self.compression, &raw, METADATA_BLOCK)
                 .map_err(|e| corrupt(format!("{what}: metadata block at byte {at}: {e}")))?
         };
-        Ok((bytes, at + 2 + stored as u64))
+        let block = Arc::new(MetaBlock {
+            bytes,
+            next: at + 2 + stored as u64,
+        });
+        self.cache.insert(at, block.clone());
+        Ok(block)
     }
 
-    /// Reads the metadata blocks from `start` up to exactly `end`; returns the
-    /// bytes and, for each block, its position relative to `start` and where
-    /// its bytes begin in the result.
-    pub(crate) fn metadata_table(
-        &self,
-        start: u64,
-        end: u64,
-        compression: Compression,
-        what: &str,
-    ) -> Result<Table, SquashError> {
-        let mut table = Table::default();
-        let mut at = start;
-        while at < end {
-            let (mut bytes, next) = self.metadata_block(at, compression, what)?;
-            if next > end {
-                return Err(corrupt(format!(
-                    "{what}: metadata block at byte {at} runs past the table's end at {end}"
-                )));
-            }
-            if table.bytes.len() + bytes.len() > TABLE_LIMIT {
-                return Err(corrupt(format!(
-                    "{what} is larger than {TABLE_LIMIT} bytes"
-                )));
-            }
-            table.blocks.insert(at - start, table.bytes.len());
-            table.bytes.append(&mut bytes);
-            at = next;
-        }
-        Ok(table)
-    }
-
-    /// A lookup table: an array of positions of metadata blocks at `index`,
-    /// which together hold `count` entries of `entry_len` bytes.
-    pub(crate) fn lookup_table(
+    /// Entry `i` (of `count`, each `len` bytes) of the lookup table whose
+    /// index of block positions is at `index`.
+    pub(crate) fn lookup_entry(
         &self,
         index: u64,
+        i: u64,
         count: u64,
-        entry_len: u64,
-        compression: Compression,
+        len: u64,
         what: &str,
     ) -> Result<Vec<u8>, SquashError> {
-        let want = count * entry_len;
-        let blocks = want.div_ceil(METADATA_BLOCK as u64);
-        let pointers = self.read(index, (blocks * POINTER_LEN) as usize, what)?;
-        let mut out = Vec::new();
-        for p in pointers.chunks_exact(POINTER_LEN as usize) {
-            let at = u64::from_le_bytes(p.try_into().expect("8 bytes"));
-            let (mut bytes, _) = self.metadata_block(at, compression, what)?;
-            out.append(&mut bytes);
-            if out.len() as u64 >= want {
-                break;
-            }
+        if i >= count {
+            return Err(corrupt(format!("{what}: entry {i} of {count}")));
         }
-        if (out.len() as u64) < want {
+        let byte = i * len;
+        let per_block = METADATA_BLOCK as u64;
+        let pointer = self
+            .src
+            .u64_at(index + byte / per_block * POINTER_LEN, what)?;
+        let block = self.block(pointer, what)?;
+        let at = (byte % per_block) as usize;
+        block
+            .bytes
+            .get(at..at + len as usize)
+            .map(<[u8]>::to_vec)
+            .ok_or_else(|| corrupt(format!("{what}: entry {i} lies past its block")))
+    }
+}
+
+/// Reads a metadata table's bytes in order, across block boundaries.
+pub(crate) struct Cursor<'a> {
+    meta: &'a Meta,
+    table: Extent,
+    pos: Pos,
+    block: Option<Arc<MetaBlock>>,
+}
+
+impl<'a> Cursor<'a> {
+    /// A cursor at `pos`, which must lie in `table` (an offset may be the
+    /// end of its block: reading goes on in the next).
+    pub(crate) fn at(meta: &'a Meta, table: Extent, pos: Pos) -> Result<Cursor<'a>, SquashError> {
+        if pos.block < table.start || pos.block >= table.end || pos.offset > METADATA_BLOCK {
             return Err(corrupt(format!(
-                "{what} holds {} bytes, {want} expected",
-                out.len()
+                "{}: position {}+{} is outside the table ({}..{})",
+                table.what, pos.block, pos.offset, table.start, table.end
             )));
         }
-        out.truncate(want as usize);
-        Ok(out)
+        Ok(Cursor {
+            meta,
+            table,
+            pos,
+            block: None,
+        })
     }
 
-    /// The first metadata block position a lookup table's index points at.
-    pub(crate) fn first_pointer(&self, index: u64, what: &str) -> Result<u64, SquashError> {
-        let p = self.read(index, POINTER_LEN as usize, what)?;
-        Ok(u64::from_le_bytes(p.try_into().expect("8 bytes")))
+    /// A cursor at a reference (block relative to the table, offset).
+    pub(crate) fn at_ref(
+        meta: &'a Meta,
+        table: Extent,
+        block: u64,
+        offset: usize,
+    ) -> Result<Cursor<'a>, SquashError> {
+        let block = table.start.saturating_add(block);
+        Cursor::at(meta, table, Pos { block, offset })
+    }
+
+    /// Where the next byte will be read.
+    pub(crate) fn pos(&self) -> Pos {
+        self.pos
+    }
+
+    /// The current block, moving to the next one when this one is used up.
+    fn current(&mut self) -> Result<Arc<MetaBlock>, SquashError> {
+        loop {
+            let block = match &self.block {
+                Some(b) => b.clone(),
+                None => {
+                    let b = self.meta.block(self.pos.block, self.table.what)?;
+                    self.block = Some(b.clone());
+                    b
+                }
+            };
+            let len = block.bytes.len();
+            if self.pos.offset < len {
+                return Ok(block);
+            }
+            if self.pos.offset > len || block.next >= self.table.end {
+                return Err(corrupt(format!(
+                    "{}: read past the end of the table at block {}",
+                    self.table.what, self.pos.block
+                )));
+            }
+            self.pos = Pos {
+                block: block.next,
+                offset: 0,
+            };
+            self.block = None;
+        }
+    }
+
+    /// Fills `out` with the next bytes.
+    pub(crate) fn read(&mut self, out: &mut [u8]) -> Result<(), SquashError> {
+        let mut done = 0;
+        while done < out.len() {
+            let block = self.current()?;
+            let avail = &block.bytes[self.pos.offset..];
+            let n = avail.len().min(out.len() - done);
+            out[done..done + n].copy_from_slice(&avail[..n]);
+            done += n;
+            self.pos.offset += n;
+        }
+        Ok(())
+    }
+
+    /// The next `n` bytes.
+    pub(crate) fn take(&mut self, n: usize) -> Result<Vec<u8>, SquashError> {
+        let mut v = vec![0u8; n];
+        self.read(&mut v)?;
+        Ok(v)
+    }
+
+    /// Skips `n` bytes.
+    pub(crate) fn skip(&mut self, mut n: usize) -> Result<(), SquashError> {
+        while n > 0 {
+            let block = self.current()?;
+            let step = (block.bytes.len() - self.pos.offset).min(n);
+            self.pos.offset += step;
+            n -= step;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn u16(&mut self) -> Result<u16, SquashError> {
+        let mut b = [0u8; 2];
+        self.read(&mut b)?;
+        Ok(u16::from_le_bytes(b))
+    }
+
+    pub(crate) fn u32(&mut self) -> Result<u32, SquashError> {
+        let mut b = [0u8; 4];
+        self.read(&mut b)?;
+        Ok(u32::from_le_bytes(b))
+    }
+
+    pub(crate) fn u64(&mut self) -> Result<u64, SquashError> {
+        let mut b = [0u8; 8];
+        self.read(&mut b)?;
+        Ok(u64::from_le_bytes(b))
     }
 }

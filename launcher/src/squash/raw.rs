@@ -4,7 +4,9 @@
 //! ([`Source`]) and little-endian field reads from a buffer ([`Bytes`]).
 
 use std::fs::File;
+use std::io;
 use std::os::unix::fs::FileExt;
+use std::sync::Arc;
 
 use super::{Compression, SquashError};
 
@@ -41,6 +43,17 @@ pub(crate) const ID_ENTRY_LEN: u64 = 4;
 pub(crate) const POINTER_LEN: u64 = 8;
 /// Longest symlink target accepted (the kernel's PATH_MAX).
 pub(crate) const MAX_SYMLINK: usize = 4096;
+/// Bytes of the header every inode starts with (type, mode, uid and gid
+/// indexes, mtime, inode number).
+pub(crate) const INODE_HEADER_LEN: usize = 16;
+/// Bytes of one directory header (count - 1, inode block, base number).
+pub(crate) const DIR_HEADER_LEN: u32 = 12;
+/// Bytes of one directory entry before its name.
+pub(crate) const DIR_ENTRY_LEN: u32 = 8;
+/// Longest name of a directory entry.
+pub(crate) const MAX_NAME: usize = 256;
+/// Bytes of one export table entry (an inode reference, u64).
+pub(crate) const EXPORT_ENTRY_LEN: u64 = 8;
 /// A directory header covers at most this many entries.
 pub(crate) const DIR_HEADER_MAX_ENTRIES: u32 = 256;
 /// A directory inode's stored size counts 3 bytes for "." and "..".
@@ -167,26 +180,50 @@ impl<'a> Bytes<'a> {
     }
 }
 
-/// The image: a file and the offset the squashfs starts at.
-pub(crate) struct Source<'a> {
-    pub(crate) file: &'a File,
+/// The squashfs: a file, the offset it starts at and the bytes it may
+/// occupy. Every read of the image goes through here and is refused past
+/// `len`: nothing outside the partition is ever read.
+pub(crate) struct Source {
+    pub(crate) file: Arc<File>,
     pub(crate) base: u64,
-    /// Bytes of the file from `base` on.
+    /// Bytes of the file from `base` on that belong to the filesystem.
     pub(crate) len: u64,
 }
 
-impl Source<'_> {
+impl Source {
     /// Reads `len` bytes at image-relative `at`, refusing bytes past the end.
     pub(crate) fn read(&self, at: u64, len: usize, what: &str) -> Result<Vec<u8>, SquashError> {
-        let end = at.checked_add(len as u64).filter(|&e| e <= self.len);
-        if end.is_none() {
-            return Err(corrupt(format!(
+        let mut buf = vec![0u8; len];
+        self.read_into(at, &mut buf).map_err(|e| match e.kind() {
+            io::ErrorKind::InvalidData => corrupt(format!(
                 "{what} at byte {at} ({len} bytes) lies past the end of the filesystem ({} bytes)",
                 self.len
-            )));
-        }
-        let mut buf = vec![0u8; len];
-        self.file.read_exact_at(&mut buf, self.base + at)?;
+            )),
+            _ => SquashError::Io(e),
+        })?;
         Ok(buf)
+    }
+
+    /// Fills `buf` from image-relative `at`; bytes past the end of the
+    /// filesystem are an `InvalidData` error (EIO to a reader), never read.
+    pub(crate) fn read_into(&self, at: u64, buf: &mut [u8]) -> io::Result<()> {
+        let end = at.checked_add(buf.len() as u64).filter(|&e| e <= self.len);
+        let Some(abs) = end.and_then(|_| self.base.checked_add(at)) else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "read of {} bytes at {at} past the end of the filesystem ({} bytes)",
+                    buf.len(),
+                    self.len
+                ),
+            ));
+        };
+        self.file.read_exact_at(buf, abs)
+    }
+
+    /// A u64 at `at` (a lookup table's pointer).
+    pub(crate) fn u64_at(&self, at: u64, what: &str) -> Result<u64, SquashError> {
+        let b = self.read(at, 8, what)?;
+        Ok(u64::from_le_bytes(b.try_into().expect("8 bytes")))
     }
 }

@@ -5,54 +5,49 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex};
 
-use super::{Data, Inode, Layout, Squash, Tuning};
+use super::data::Layout;
+use super::{Squash, Tuning};
 
 /// One block to decompress ahead of a reader.
 pub(crate) struct PrefetchJob {
-    ino: u64,
-    block: usize,
+    layout: Arc<Layout>,
+    block: u64,
+    key: u64,
 }
 
 impl Squash {
     /// On a sequential read, queues the next blocks for decompression.
-    pub(crate) fn note_sequential(&self, ino: u64, layout: &Layout, index: usize) {
-        let sequential = {
-            let mut last = self.last_block.lock().expect("lock");
-            let prev = last.insert(ino, index as u64);
-            prev.is_some_and(|p| index as u64 == p + 1 || index as u64 == p)
-        };
-        if !sequential {
+    pub(crate) fn note_sequential(&self, layout: &Arc<Layout>, index: u64) {
+        let prev = self.last_block.insert(layout.ino, index);
+        if !prev.is_some_and(|p| index == p + 1 || index == p) {
             return;
         }
         let guard = self.prefetch.lock().expect("lock");
         let Some(tx) = guard.as_ref() else { return };
-        let ahead = self.readahead_blocks.load(Ordering::Relaxed) as usize;
-        for b in index + 1..(index + 1 + ahead).min(layout.block_count()) {
-            let (key, stored, _) = layout.block(b);
-            if stored == 0 || self.cache.get(key).is_some() {
+        let ahead = self.readahead_blocks.load(Ordering::Relaxed);
+        let Ok(blocks) = self.locate_many(layout, index + 1, ahead) else {
+            return;
+        };
+        for (b, block) in (index + 1..).zip(blocks) {
+            if block.stored == 0 || self.cache.get(block.at).is_some() {
                 continue;
             }
-            if !self.in_flight.lock().expect("lock").insert(key) {
+            if !self.in_flight.lock().expect("lock").insert(block.at) {
                 continue;
             }
-            let _ = tx.send(PrefetchJob { ino, block: b });
+            let _ = tx.send(PrefetchJob {
+                layout: layout.clone(),
+                block: b,
+                key: block.at,
+            });
         }
     }
 
     fn run_prefetch(&self, job: PrefetchJob) {
-        if let Some(Inode {
-            data: Data::File(layout),
-            ..
-        }) = self.inode(job.ino)
-        {
-            if self.block(layout, job.block).is_ok() {
-                self.stats.prefetched.fetch_add(1, Ordering::Relaxed);
-            }
-            self.in_flight
-                .lock()
-                .expect("lock")
-                .remove(&layout.block(job.block).0);
+        if self.block(&job.layout, job.block).is_ok() {
+            self.stats.prefetched.fetch_add(1, Ordering::Relaxed);
         }
+        self.in_flight.lock().expect("lock").remove(&job.key);
     }
 }
 

@@ -1,13 +1,14 @@
-//! The superblock and the small lookup tables: fragments and ids, and where
-//! the directory table ends.
+//! The superblock and the lookup tables: fragments and exports (read one
+//! entry at a time), ids (read whole: at most 256 KiB), and where the
+//! directory table ends.
 
-use super::Compression;
-use super::SquashError;
+use super::metadata::Meta;
 use super::raw::{
-    self, BLOCK_LEN_MASK, BLOCK_UNCOMPRESSED, Bytes, FLAG_NO_FRAGMENTS, FRAGMENT_ENTRY_LEN,
-    ID_ENTRY_LEN, MAGIC, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, NOT_SET, SUPERBLOCK_LEN, Source, VERSION,
-    corrupt,
+    self, BLOCK_LEN_MASK, BLOCK_UNCOMPRESSED, Bytes, EXPORT_ENTRY_LEN, FLAG_NO_FRAGMENTS,
+    FRAGMENT_ENTRY_LEN, ID_ENTRY_LEN, MAGIC, MAX_BLOCK_SIZE, METADATA_BLOCK, MIN_BLOCK_SIZE,
+    NOT_SET, POINTER_LEN, SUPERBLOCK_LEN, Source, VERSION, corrupt,
 };
+use super::{Compression, SquashError};
 
 /// The fields of the superblock the server needs.
 #[derive(Debug, Clone, Copy)]
@@ -103,60 +104,136 @@ fn check(src: &Source, sb: &SuperBlock, block_log: u16) -> Result<(), SquashErro
     Ok(())
 }
 
-/// The fragment table: (position, stored size, stored uncompressed) per fragment.
-pub(crate) fn fragments(
-    src: &Source,
-    sb: &SuperBlock,
-) -> Result<Vec<(u64, u32, bool)>, SquashError> {
+/// Where a fragment block lies: position, stored size, stored uncompressed.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Fragment {
+    pub(crate) start: u64,
+    pub(crate) stored: u32,
+    pub(crate) uncompressed: bool,
+}
+
+/// How many fragments the image has; their table's index is checked to lie
+/// inside the image, so no count is trusted beyond the bytes present.
+pub(crate) fn fragment_count(src: &Source, sb: &SuperBlock) -> Result<u32, SquashError> {
     if sb.frag_count == 0 || sb.frag_table == NOT_SET || sb.flags & FLAG_NO_FRAGMENTS != 0 {
-        return Ok(Vec::new());
+        return Ok(0);
     }
-    // Each fragment block occupies at least one byte of the image.
-    if u64::from(sb.frag_count) > sb.bytes_used {
-        return Err(corrupt(format!(
-            "{} fragments declared in a {} byte filesystem",
-            sb.frag_count, sb.bytes_used
-        )));
-    }
-    let table = src.lookup_table(
+    lookup_index_fits(
+        src,
+        sb,
         sb.frag_table,
         u64::from(sb.frag_count),
         FRAGMENT_ENTRY_LEN,
-        sb.compression,
         "fragment table",
     )?;
-    let mut out = Vec::with_capacity(sb.frag_count as usize);
-    for e in table.chunks_exact(FRAGMENT_ENTRY_LEN as usize) {
-        let mut b = Bytes::new(e, 0, "fragment entry");
-        let start = b.u64()?;
-        let size = b.u32()?;
-        let stored = size & BLOCK_LEN_MASK;
-        if stored > sb.block_size {
-            return Err(corrupt(format!(
-                "fragment at byte {start} claims {stored} stored bytes, more than a block"
-            )));
-        }
-        out.push((start, stored, size & BLOCK_UNCOMPRESSED != 0));
-    }
-    Ok(out)
+    Ok(sb.frag_count)
 }
 
-/// The id table: the uids and gids inodes refer to by index.
-pub(crate) fn ids(src: &Source, sb: &SuperBlock) -> Result<Vec<u32>, SquashError> {
+/// Entry `i` of the fragment table (read through the metadata cache).
+pub(crate) fn fragment(
+    meta: &Meta,
+    sb: &SuperBlock,
+    count: u32,
+    i: u32,
+) -> Result<Fragment, SquashError> {
+    let e = meta.lookup_entry(
+        sb.frag_table,
+        u64::from(i),
+        u64::from(count),
+        FRAGMENT_ENTRY_LEN,
+        "fragment table",
+    )?;
+    let mut b = Bytes::new(&e, 0, "fragment entry");
+    let start = b.u64()?;
+    let size = b.u32()?;
+    let stored = size & BLOCK_LEN_MASK;
+    if size & !(BLOCK_UNCOMPRESSED | BLOCK_LEN_MASK) != 0 || stored > sb.block_size {
+        return Err(corrupt(format!(
+            "fragment {i} at byte {start} claims size {size:#x}, more than a block"
+        )));
+    }
+    Ok(Fragment {
+        start,
+        stored,
+        uncompressed: size & BLOCK_UNCOMPRESSED != 0,
+    })
+}
+
+/// Whether the image has a usable export table (inode number -> reference).
+pub(crate) fn has_exports(src: &Source, sb: &SuperBlock) -> bool {
+    sb.export_table != NOT_SET
+        && sb.inode_count > 0
+        && lookup_index_fits(
+            src,
+            sb,
+            sb.export_table,
+            u64::from(sb.inode_count),
+            EXPORT_ENTRY_LEN,
+            "export table",
+        )
+        .is_ok()
+}
+
+/// The inode reference of inode number `number` (from 1), by the export table.
+pub(crate) fn export(meta: &Meta, sb: &SuperBlock, number: u64) -> Result<u64, SquashError> {
+    let e = meta.lookup_entry(
+        sb.export_table,
+        number.wrapping_sub(1),
+        u64::from(sb.inode_count),
+        EXPORT_ENTRY_LEN,
+        "export table",
+    )?;
+    Ok(u64::from_le_bytes(e.try_into().expect("8 bytes")))
+}
+
+/// Checks that the index of a lookup table of `count` entries of `len`
+/// bytes lies inside the filesystem.
+fn lookup_index_fits(
+    src: &Source,
+    sb: &SuperBlock,
+    index: u64,
+    count: u64,
+    len: u64,
+    what: &str,
+) -> Result<(), SquashError> {
+    let pointers = (count * len).div_ceil(METADATA_BLOCK as u64);
+    let end = index.checked_add(pointers * POINTER_LEN);
+    if end.is_none_or(|e| e > sb.bytes_used || e > src.len) {
+        return Err(corrupt(format!(
+            "{what}: the index of {count} entries at byte {index} runs past the filesystem"
+        )));
+    }
+    Ok(())
+}
+
+/// The id table: the uids and gids inodes refer to by index (at most
+/// 65,535 of them, 256 KiB).
+pub(crate) fn ids(meta: &Meta, sb: &SuperBlock) -> Result<Vec<u32>, SquashError> {
     if sb.id_count == 0 {
         return Err(corrupt("the id table is empty"));
     }
-    let table = src.lookup_table(
-        sb.id_table,
-        u64::from(sb.id_count),
-        ID_ENTRY_LEN,
-        sb.compression,
-        "id table",
-    )?;
-    Ok(table
-        .chunks_exact(ID_ENTRY_LEN as usize)
-        .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
-        .collect())
+    let count = u64::from(sb.id_count);
+    lookup_index_fits(&meta.src, sb, sb.id_table, count, ID_ENTRY_LEN, "id table")?;
+    let per_block = METADATA_BLOCK as u64 / ID_ENTRY_LEN;
+    let mut out = Vec::with_capacity(usize::from(sb.id_count));
+    for first in (0..count).step_by(per_block as usize) {
+        let pointer = meta
+            .src
+            .u64_at(sb.id_table + first / per_block * POINTER_LEN, "id table")?;
+        let block = meta.block(pointer, "id table")?;
+        let want = (count - first).min(per_block) as usize * ID_ENTRY_LEN as usize;
+        let bytes = block.bytes.get(..want).ok_or_else(|| {
+            corrupt(format!(
+                "id table holds fewer than the {count} ids declared"
+            ))
+        })?;
+        out.extend(
+            bytes
+                .chunks_exact(ID_ENTRY_LEN as usize)
+                .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes"))),
+        );
+    }
+    Ok(out)
 }
 
 /// Where the directory table ends: where the next table's blocks begin.
@@ -168,7 +245,7 @@ pub(crate) fn dir_table_end(src: &Source, sb: &SuperBlock) -> Result<u64, Squash
     } else {
         sb.id_table
     };
-    let end = src.first_pointer(next, "table index after the directory table")?;
+    let end = src.u64_at(next, "table index after the directory table")?;
     if end < sb.dir_table || end > sb.bytes_used {
         return Err(corrupt(format!(
             "the directory table ends at {end}, outside {}..{}",
