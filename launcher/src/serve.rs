@@ -107,13 +107,15 @@ pub fn open_image_file(file: Arc<File>, path: &Path, tuning: Tuning) -> Result<S
             fs: part.fs_type.to_string(),
         });
     }
-    let offset = prim.offset();
+    // Only the partition's bytes are served: the signature covers those.
+    let (offset, size) = (prim.offset(), prim.size());
     drop(image);
-    let squash =
-        Squash::open(file.clone(), offset, tuning).map_err(|source| ServeError::Squash {
+    let squash = Squash::open_partition(file.clone(), offset, size, tuning).map_err(|source| {
+        ServeError::Squash {
             path: path.to_owned(),
             source,
-        })?;
+        }
+    })?;
     Ok(Served {
         file,
         squash,

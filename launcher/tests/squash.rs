@@ -627,3 +627,81 @@ fn readdir_of_200k_names_is_linear() {
     assert_eq!(last, sq.lookup(1, std::ffi::OsStr::new("f000000")));
     assert!(last.is_some());
 }
+
+/// A squashfs at offset 4096 of a file, as in a SIF, followed by bytes
+/// outside its partition: either its file's data block ("SECRET") or its
+/// id table (with `bytes_used` claiming them). Returns the file's bytes
+/// and the partition's length.
+fn trailing_image(ids_outside: bool) -> (Vec<u8>, u64) {
+    let mut w = W::new();
+    let names = craft::listing(&[(b"f".to_vec(), 32, 1, FILE)]);
+    let inode_table = w.pos();
+    let mut block0 = craft::dir_inode(2, 0, 0, names.len() as u32);
+    // The file's one block (6 bytes, stored uncompressed) is patched below.
+    block0.extend(craft::file_inode(1, 0, (u32::MAX, 0), 6, &[6 | 1 << 24]));
+    let start_field = w.b.len() + 2 + 32 + 16;
+    w.meta_uncompressed(&block0);
+    let dir_table = w.pos();
+    w.meta(&names);
+    let partition = if ids_outside { w.pos() } else { 0 };
+    let id_table = w.ids();
+    let len = w.pos();
+    let partition = if ids_outside { partition } else { len };
+    let mut img = w.finish(Sb {
+        inode_count: 2,
+        frag_count: 0,
+        root: 0,
+        bytes_used: len,
+        id_table,
+        inode_table,
+        dir_table,
+        frag_table: NOT_SET,
+        export_table: NOT_SET,
+    });
+    let secret = img.len() as u32;
+    img.extend_from_slice(b"SECRET");
+    img[start_field..start_field + 4].copy_from_slice(&secret.to_le_bytes());
+    let mut file = vec![0xAA; 4096];
+    file.extend(img);
+    (file, partition)
+}
+
+/// Issue 12 item 3: only `[offset, offset + size)` of the partition is
+/// served. Data and tables that point past it, into bytes of the file no
+/// signature covers, fail with EIO; the same image opened over the whole
+/// file (as it was served before) shows the trailing bytes.
+#[test]
+fn nothing_outside_the_partition_is_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let tuning = Tuning {
+        prefetch_threads: 0,
+        ..Tuning::default()
+    };
+    let (bytes, len) = trailing_image(false);
+    let path = dir.path().join("data-outside.img");
+    fs::write(&path, bytes).unwrap();
+    let file = Arc::new(File::open(&path).unwrap());
+    let whole = Squash::open(file.clone(), 4096, tuning).unwrap();
+    let f = whole.lookup_path(Path::new("/f")).unwrap();
+    assert_eq!(
+        whole.read(f, 0, 100).unwrap(),
+        b"SECRET",
+        "the bytes are there"
+    );
+    let part = Squash::open_partition(file, 4096, len, tuning).unwrap();
+    let f = part.lookup_path(Path::new("/f")).unwrap();
+    let err = part.read(f, 0, 100).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidData, "{err}");
+    assert!(
+        err.to_string().contains("past the end of the filesystem"),
+        "{err}"
+    );
+
+    let (bytes, len) = trailing_image(true);
+    let path = dir.path().join("table-outside.img");
+    fs::write(&path, bytes).unwrap();
+    let file = Arc::new(File::open(&path).unwrap());
+    assert!(Squash::open(file.clone(), 4096, tuning).is_ok());
+    let err = Squash::open_partition(file, 4096, len, tuning).unwrap_err();
+    assert!(err.to_string().contains("exceeds the"), "{err}");
+}

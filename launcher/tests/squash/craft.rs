@@ -51,6 +51,15 @@ impl W {
             .collect()
     }
 
+    /// Writes `data` (at most 8 KiB) as one metadata block stored uncompressed.
+    pub fn meta_uncompressed(&mut self, data: &[u8]) -> u64 {
+        let at = self.pos();
+        self.b
+            .extend_from_slice(&(data.len() as u16 | 0x8000).to_le_bytes());
+        self.b.extend_from_slice(data);
+        at
+    }
+
     /// `n` metadata blocks of 8 KiB of zeros (about 17 bytes each on disk).
     pub fn zero_blocks(&mut self, n: usize) {
         let z = zstd::bulk::compress(&[0u8; META], 19).unwrap();
