@@ -267,8 +267,8 @@ impl SquashFs {
         self.synth.children(parent)?.get(name).copied()
     }
 
-    /// Whether `ino` is a directory of the image (`Some(true)`), a
-    /// synthetic one (`Some(false)`), or no directory (`None`).
+    /// A directory of the image (`Some(Some(listing))`), a synthetic one
+    /// (`Some(None)`), or no directory (`None`).
     fn dir_kind(&self, ino: u64) -> Option<Option<DirData>> {
         if ino < self.synth.base {
             return match self.squash.inode(ino)?.data {
