@@ -5,6 +5,8 @@
 //! Entries and attributes never change, so replies carry long timeouts and
 //! opened files keep their page cache.
 
+#![warn(clippy::too_many_lines)]
+
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
 use std::io;
@@ -18,7 +20,7 @@ use fuser::{
     ReplyOpen, ReplyStatfs, Request,
 };
 
-use crate::squash::{Data, FileKind, Inode, ROOT_INO, Squash};
+use crate::squash::{Data, DirData, FileKind, Inode, ROOT_INO, Squash};
 
 /// How long the kernel may cache entries and attributes: the image never changes.
 const TTL: Duration = Duration::from_secs(24 * 3600);
@@ -26,7 +28,9 @@ const TTL: Duration = Duration::from_secs(24 * 3600);
 /// What a synthesised mount target is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TargetKind {
+    /// An empty directory.
     Dir,
+    /// An empty regular file.
     File,
 }
 
@@ -50,12 +54,26 @@ pub struct Synth {
 /// Why a mount target cannot be provided.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SynthError {
+    /// A component of the target's path is something other than a directory.
     #[error("{path}: {component:?} in the image is not a directory")]
-    NotADirectory { path: String, component: OsString },
+    NotADirectory {
+        /// The target.
+        path: String,
+        /// The component that is not a directory.
+        component: OsString,
+    },
+    /// The target exists with another type than the mount needs.
     #[error("{path}: exists in the image as a different kind of file")]
-    KindMismatch { path: String },
+    KindMismatch {
+        /// The target.
+        path: String,
+    },
+    /// The target is relative or climbs with `..`.
     #[error("{path}: not an absolute path without '..'")]
-    BadPath { path: String },
+    BadPath {
+        /// The target.
+        path: String,
+    },
 }
 
 impl Synth {
@@ -63,7 +81,7 @@ impl Synth {
     pub fn new(squash: &Squash) -> Synth {
         Synth {
             nodes: Vec::new(),
-            base: squash.inode_count() as u64 + 1,
+            base: squash.ino_limit(),
             under_image: BTreeMap::new(),
         }
     }
@@ -177,6 +195,7 @@ fn file_type(kind: FileKind) -> FileType {
 }
 
 impl SquashFs {
+    /// The image `squash` with the mount targets of `synth` added.
     pub fn new(squash: Arc<Squash>, synth: Synth) -> SquashFs {
         SquashFs { squash, synth }
     }
@@ -203,8 +222,10 @@ impl SquashFs {
     }
 
     fn synth_attr(&self, ino: u64, kind: TargetKind) -> FileAttr {
-        let root = self.squash.inode(ROOT_INO).expect("root exists");
-        let t = UNIX_EPOCH + Duration::from_secs(u64::from(root.mtime));
+        // Synthetic targets look like the image's root (owner, time).
+        let root = self.squash.inode(ROOT_INO);
+        let (mtime, uid, gid) = root.map_or((0, 0, 0), |r| (r.mtime, r.uid, r.gid));
+        let t = UNIX_EPOCH + Duration::from_secs(u64::from(mtime));
         let dir = kind == TargetKind::Dir;
         FileAttr {
             ino: INodeNo(ino),
@@ -221,8 +242,8 @@ impl SquashFs {
             },
             perm: if dir { 0o755 } else { 0o644 },
             nlink: if dir { 2 } else { 1 },
-            uid: root.uid,
-            gid: root.gid,
+            uid,
+            gid,
             rdev: 0,
             blksize: 4096,
             flags: 0,
@@ -230,9 +251,9 @@ impl SquashFs {
     }
 
     /// Attributes of any inode, image or synthetic.
-    pub fn attr(&self, ino: u64) -> Option<FileAttr> {
-        if let Some(n) = self.squash.inode(ino) {
-            return Some(self.image_attr(ino, n));
+    fn attr(&self, ino: u64) -> Option<FileAttr> {
+        if ino < self.synth.base {
+            return self.squash.inode(ino).map(|n| self.image_attr(ino, &n));
         }
         self.synth.node(ino).map(|s| self.synth_attr(ino, s.kind))
     }
@@ -246,47 +267,71 @@ impl SquashFs {
         self.synth.children(parent)?.get(name).copied()
     }
 
-    /// Directory entries of `ino` (without "." and ".."), image first.
-    fn entries(&self, ino: u64) -> Option<Vec<(OsString, u64)>> {
-        let mut out: Vec<(OsString, u64)> = match self.squash.inode(ino).map(|n| &n.data) {
-            Some(Data::Dir(e)) => e.clone(),
-            Some(_) => return None,
-            None => {
-                let node = self.synth.node(ino)?;
-                if node.kind != TargetKind::Dir {
-                    return None;
-                }
-                Vec::new()
-            }
-        };
-        if let Some(extra) = self.synth.children(ino) {
-            out.extend(extra.iter().map(|(n, i)| (n.clone(), *i)));
+    /// A directory of the image (`Some(Some(listing))`), a synthetic one
+    /// (`Some(None)`), or no directory (`None`).
+    fn dir_kind(&self, ino: u64) -> Option<Option<DirData>> {
+        if ino < self.synth.base {
+            return match self.squash.inode(ino)?.data {
+                Data::Dir(d) => Some(Some(d)),
+                _ => None,
+            };
         }
-        Some(out)
+        (self.synth.node(ino)?.kind == TargetKind::Dir).then_some(None)
     }
 
-    /// The listing of directory `ino` from position `offset` on: "." and
-    /// "..", then the entries, each with the offset of the entry after it.
-    fn listing(&self, ino: u64, offset: u64) -> Option<Vec<(u64, OsString, u64)>> {
-        let entries = self.entries(ino)?;
-        let dots = [
-            (OsString::from("."), ino),
-            (OsString::from(".."), self.parent_of(ino)),
-        ];
-        Some(
-            dots.into_iter()
-                .chain(entries)
-                .enumerate()
-                .skip(offset as usize)
-                .map(|(i, (name, child))| ((i + 1) as u64, name, child))
-                .collect(),
-        )
+    /// Calls `each(cookie, name, ino, type)` for the listing of directory
+    /// `ino` after cookie `offset`: ".", "..", the image's entries, then
+    /// the synthetic ones; the cookie of an entry is the offset of the one
+    /// after it. Stops when `each` returns true (the reply is full). Each
+    /// call reads only the entries it gives (and a few before them).
+    fn list(
+        &self,
+        ino: u64,
+        offset: u64,
+        each: &mut dyn FnMut(u64, &OsStr, u64, FileType) -> bool,
+    ) -> Result<(), Errno> {
+        let image = self.dir_kind(ino).ok_or(Errno::ENOTDIR)?;
+        let dots = [(".", ino), ("..", self.parent_of(ino))];
+        for (i, (name, child)) in dots.into_iter().enumerate().skip(offset as usize) {
+            if each(i as u64 + 1, OsStr::new(name), child, FileType::Directory) {
+                return Ok(());
+            }
+        }
+        let mut count = 0;
+        if let Some(dir) = image {
+            let mut emit = |name: &OsStr, child, kind, ordinal: u64| {
+                each(2 + ordinal, name, child, file_type(kind))
+            };
+            let skip = offset.saturating_sub(2);
+            match self.squash.read_dir(ino, &dir, skip, &mut emit) {
+                Ok(Some(n)) => count = n,
+                Ok(None) => return Ok(()),
+                Err(e) => {
+                    tracing::warn!(ino, error = %e, "readdir failed");
+                    return Err(Errno::EIO);
+                }
+            }
+        }
+        for (j, (name, &child)) in self.synth.children(ino).into_iter().flatten().enumerate() {
+            let cookie = 3 + count + j as u64;
+            if cookie <= offset {
+                continue;
+            }
+            let kind = match self.synth.node(child).map(|n| n.kind) {
+                Some(TargetKind::File) => FileType::RegularFile,
+                _ => FileType::Directory,
+            };
+            if each(cookie, name, child, kind) {
+                break;
+            }
+        }
+        Ok(())
     }
 
     fn parent_of(&self, ino: u64) -> u64 {
-        match self.squash.inode(ino) {
+        match self.synth.node(ino) {
             Some(n) => n.parent,
-            None => self.synth.node(ino).map_or(ROOT_INO, |n| n.parent),
+            None => self.squash.parent(ino),
         }
     }
 }
@@ -333,7 +378,7 @@ impl Filesystem for SquashFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.squash.inode(ino.0).map(|n| &n.data) {
+        match self.squash.inode(ino.0).map(|n| n.data) {
             Some(Data::Symlink(target)) => {
                 use std::os::unix::ffi::OsStrExt;
                 reply.data(target.as_bytes())
@@ -373,7 +418,7 @@ impl Filesystem for SquashFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        if self.entries(ino.0).is_none() {
+        if self.dir_kind(ino.0).is_none() {
             return reply.error(Errno::ENOTDIR);
         }
         reply.opened(
@@ -390,16 +435,11 @@ impl Filesystem for SquashFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let Some(listing) = self.listing(ino.0, offset) else {
-            return reply.error(Errno::ENOTDIR);
-        };
-        for (next, name, child) in listing {
-            let kind = self.attr(child).map_or(FileType::RegularFile, |a| a.kind);
-            if reply.add(INodeNo(child), next, kind, &name) {
-                break;
-            }
+        let mut add = |next, name: &OsStr, child, kind| reply.add(INodeNo(child), next, kind, name);
+        match self.list(ino.0, offset, &mut add) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
         }
-        reply.ok();
     }
 
     fn readdirplus(
@@ -410,22 +450,20 @@ impl Filesystem for SquashFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let Some(listing) = self.listing(ino.0, offset) else {
-            return reply.error(Errno::ENOTDIR);
-        };
-        for (next, name, child) in listing {
+        let mut add = |next, name: &OsStr, child, _kind| {
             let Some(attr) = self.attr(child) else {
-                continue;
+                return false;
             };
-            if reply.add(INodeNo(child), next, &name, &TTL, &attr, Generation(0)) {
-                break;
-            }
+            reply.add(INodeNo(child), next, name, &TTL, &attr, Generation(0))
+        };
+        match self.list(ino.0, offset, &mut add) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
         }
-        reply.ok();
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        let files = (self.squash.inode_count() + self.synth.nodes.len()) as u64;
+        let files = self.squash.inode_count() + self.synth.nodes.len() as u64;
         reply.statfs(
             0,
             0,

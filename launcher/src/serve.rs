@@ -3,6 +3,8 @@
 //! The SIF is opened once; the same descriptor is parsed, checked and served,
 //! so the bytes that were looked at are the bytes that run.
 
+#![warn(clippy::too_many_lines)]
+
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,29 +18,47 @@ use crate::squash::{Squash, SquashError, Tuning};
 /// Why an image cannot be served.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
+    /// The image cannot be opened.
     #[error("{}: {source}", path.display())]
     Open {
+        /// The image.
         path: PathBuf,
+        /// Why.
         #[source]
         source: std::io::Error,
     },
+    /// The image is not a usable SIF.
     #[error("{}: {source}", path.display())]
     Sif {
+        /// The image.
         path: PathBuf,
+        /// Why.
         #[source]
         source: sif::Error,
     },
+    /// The primary partition is not squashfs.
     #[error("{}: the primary partition is {fs}, not squashfs; sifrun serves squashfs images only (rebuild with `sifrun build`)", path.display())]
-    Filesystem { path: PathBuf, fs: String },
+    Filesystem {
+        /// The image.
+        path: PathBuf,
+        /// The partition's filesystem type.
+        fs: String,
+    },
+    /// The squashfs in the partition cannot be read.
     #[error("{}: primary partition: {source}", path.display())]
     Squash {
+        /// The image.
         path: PathBuf,
+        /// Why.
         #[source]
         source: SquashError,
     },
+    /// The FUSE mount failed.
     #[error("{}: cannot mount: {source}", mountpoint.display())]
     Mount {
+        /// Where it was to be mounted.
         mountpoint: PathBuf,
+        /// Why.
         #[source]
         source: std::io::Error,
     },
@@ -46,8 +66,11 @@ pub enum ServeError {
 
 /// An image opened for serving: the SIF file and its indexed root filesystem.
 pub struct Served {
+    /// The open SIF file.
     pub file: Arc<File>,
+    /// The squashfs of its primary partition.
     pub squash: Arc<Squash>,
+    /// The path it was opened by (for messages and the mount's name).
     pub path: PathBuf,
 }
 
@@ -84,13 +107,15 @@ pub fn open_image_file(file: Arc<File>, path: &Path, tuning: Tuning) -> Result<S
             fs: part.fs_type.to_string(),
         });
     }
-    let offset = prim.offset();
+    // Only the partition's bytes are served: the signature covers those.
+    let (offset, size) = (prim.offset(), prim.size());
     drop(image);
-    let squash =
-        Squash::open(file.clone(), offset, tuning).map_err(|source| ServeError::Squash {
+    let squash = Squash::open_partition(file.clone(), offset, size, tuning).map_err(|source| {
+        ServeError::Squash {
             path: path.to_owned(),
             source,
-        })?;
+        }
+    })?;
     Ok(Served {
         file,
         squash,
@@ -98,7 +123,9 @@ pub fn open_image_file(file: Arc<File>, path: &Path, tuning: Tuning) -> Result<S
     })
 }
 
-pub fn fuse_config(image: &Path, threads: usize) -> Config {
+/// The FUSE options of an image mount: read-only, nosuid, nodev, kernel
+/// permission checks, only the owner may enter; `threads` workers.
+pub(crate) fn fuse_config(image: &Path, threads: usize) -> Config {
     let mut c = Config::default();
     c.mount_options = vec![
         MountOption::RO,
@@ -152,12 +179,8 @@ impl crate::plan::ImageTree for Squash {
     }
 
     fn list(&self, path: &Path) -> Option<Vec<std::ffi::OsString>> {
-        match &self.inode(self.lookup_path(path)?)?.data {
-            crate::squash::Data::Dir(entries) => {
-                Some(entries.iter().map(|(n, _)| n.clone()).collect())
-            }
-            _ => None,
-        }
+        let entries = self.entries(self.lookup_path(path)?).ok()?;
+        Some(entries.into_iter().map(|(n, _)| n).collect())
     }
 
     fn read_small(&self, path: &Path) -> Option<Vec<u8>> {
