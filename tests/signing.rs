@@ -129,6 +129,12 @@ fn failures_name_the_object_and_the_check() {
             vec!["--legacy-insecure"],
             "object 2: no legacy signature found",
         ),
+        // No object groups: nothing verified is a failure, not "verified".
+        (
+            "empty.sif",
+            vec![],
+            "the image has no object groups: there is nothing to verify",
+        ),
     ] {
         let keyring = key();
         let mut a = vec!["verify"];
@@ -246,4 +252,35 @@ fn two_signers_and_a_passphrase_protected_key() {
     let out = sifrun(&["verify", "--keyring", s(&key()), s(&img)]);
     assert!(!out.status.success());
     assert!(text(&out).contains("signature object 4"), "{}", text(&out));
+}
+
+#[test]
+fn signing_updates_the_header_modification_time() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["one-group.sif", "one-object-time.sif"] {
+        let img = dir.path().join(name);
+        fs::copy(image(name), &img).unwrap();
+        let header = |p: &Path| {
+            sif::Image::open(fs::File::open(p).unwrap())
+                .unwrap()
+                .header()
+                .clone()
+        };
+        let before = header(&img);
+        let start = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        ok(sifrun(&["sign", "--key", s(&key()), s(&img)]));
+        let after = header(&img);
+        assert!(
+            after.modified_at >= start && after.modified_at != before.modified_at,
+            "{name}: modified {} -> {} (signed at {start})",
+            before.modified_at,
+            after.modified_at
+        );
+        assert_eq!(after.created_at, before.created_at, "{name}");
+        // The header fields signatures cover are untouched: it verifies.
+        ok(sifrun(&["verify", "--keyring", s(&key()), s(&img)]));
+    }
 }

@@ -74,6 +74,15 @@ fn corpus_verdicts_match_sylabs() {
     assert!(matches!(e, VerifyError::SignatureNotFound { .. }), "{e}");
     assert_eq!(e.to_string(), "object group 1: no signature found");
 
+    // No object groups at all: nothing verified is an error, not a pass
+    // (sylabs/sif: errNoGroupsFound), whatever the keyring.
+    for name in ["empty.sif", "empty-id.sif", "empty-launch-script.sif"] {
+        for ring in [&ring, &Keyring::default()] {
+            let e = verify(name, ring, &all).unwrap_err();
+            assert!(matches!(e, VerifyError::NoGroups), "{name}: {e}");
+        }
+    }
+
     // Legacy mode ignores current signatures; current mode ignores legacy ones.
     let e = verify("one-group-signed-pgp.sif", &ring, &legacy()).unwrap_err();
     assert!(
@@ -166,6 +175,29 @@ fn sign_then_verify_round_trips() {
         .unwrap();
     assert_eq!(checks.len(), ids.len());
     assert_eq!(ids.len(), img.group_ids().len());
+    // Signing is a modification: the header records when, even for an
+    // image written with unset ("deterministic") times.
+    assert!(
+        img.header().modified_at > 1_700_000_000,
+        "{:?}",
+        img.header()
+    );
+    assert_eq!(img.header().created_at, sif::header::ZERO_TIME);
+}
+
+#[test]
+fn a_given_sign_time_is_the_modification_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = copy(dir.path(), "one-group.sif");
+    let mut img = open_rw(&p);
+    let opts = SignOptions {
+        time: Some(sif::header::ZERO_TIME),
+        ..SignOptions::default()
+    };
+    sign(&mut img, &key(), None, &opts).unwrap();
+    drop(img);
+    let img = Image::open(File::open(&p).unwrap()).unwrap();
+    assert!(img.header().is_deterministic(), "{:?}", img.header());
 }
 
 #[test]

@@ -23,7 +23,11 @@ pub struct SignOptions {
     /// Objects to sign: one signature per group they belong to, covering
     /// only them.
     pub objects: Vec<u32>,
-    /// Creation time of the signature objects; `None` for now.
+    /// Time of the signing: the creation time of the signature objects and
+    /// the image's new modification time; `None` for now. Unlike sylabs/sif,
+    /// whose signer leaves an image with unset times unset, `None` always
+    /// records the modification; pass [`crate::header::ZERO_TIME`] to keep
+    /// such an image reproducible.
     pub time: Option<i64>,
 }
 
@@ -81,6 +85,7 @@ pub fn sign(
     if tasks.is_empty() {
         return Err(SignError::NothingToSign);
     }
+    let time = opts.time.unwrap_or_else(crate::write::now);
     let mut signatures = Vec::new();
     for (group, ids) in tasks {
         let objects: Vec<&Descriptor> = ids
@@ -97,7 +102,7 @@ pub fn sign(
             });
         input.group = None;
         input.link = Link::Group(group);
-        signatures.push(image.add_object(input, opts.time)?);
+        signatures.push(image.add_object(input, Some(time))?);
     }
     Ok(signatures)
 }

@@ -64,6 +64,8 @@ pub enum VerifyError {
     SignatureNotFound { task: String, kind: &'static str },
     #[error("no object group {0}")]
     NoSuchGroup(u32),
+    #[error("the image has no object groups: there is nothing to verify")]
+    NoGroups,
     #[error("signature object {id}: {source}")]
     NotValid {
         id: u32,
@@ -197,6 +199,10 @@ impl<'a, R: ReadAt> Verifier<'a, R> {
         }
         if tasks.is_empty() {
             tasks = img.group_ids().into_iter().map(Task::Group).collect();
+        }
+        // Nothing checked is not "verified" (sylabs/sif: errNoGroupsFound).
+        if tasks.is_empty() {
+            return Err(VerifyError::NoGroups);
         }
         let mut out = Vec::new();
         for task in tasks {
