@@ -284,3 +284,39 @@ fn signing_updates_the_header_modification_time() {
         ok(sifrun(&["verify", "--keyring", s(&key()), s(&img)]));
     }
 }
+
+/// The sylabs test key with self-signatures whose MPI bit counts overstate
+/// the numbers, as Apptainer's OpenPGP library writes them.
+fn overstated_key() -> PathBuf {
+    corpus().join("../overstated-mpi/private-overstated-mpi.asc")
+}
+
+#[test]
+fn keys_with_overstated_self_signature_mpis_work_as_for_gpg() {
+    let dir = tempfile::tempdir().unwrap();
+    if require("gpg") {
+        // The peer accepts the key: both self-signatures check out.
+        let home = dir.path().join("gnupg");
+        fs::create_dir(&home).unwrap();
+        fs::set_permissions(&home, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+        ok(gpg(&home, &["--import", s(&overstated_key())]));
+        let out = gpg(&home, &["--check-sigs"]);
+        assert!(text(&out).contains("2 good signatures"), "{}", text(&out));
+    }
+    // As a keyring, and for signing.
+    let out = ok(sifrun(&[
+        "verify",
+        "--keyring",
+        s(&overstated_key()),
+        s(&image("one-group-signed-pgp.sif")),
+    ]));
+    assert!(
+        String::from_utf8_lossy(&out).contains("objects [1, 2] verified"),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+    let img = dir.path().join("img.sif");
+    fs::copy(image("one-group.sif"), &img).unwrap();
+    ok(sifrun(&["sign", "--key", s(&overstated_key()), s(&img)]));
+    ok(sifrun(&["verify", "--keyring", s(&key()), s(&img)]));
+}

@@ -7,6 +7,7 @@
 pub mod clearsign;
 pub mod dsse;
 pub mod metadata;
+mod packets;
 pub mod sign;
 pub mod verify;
 

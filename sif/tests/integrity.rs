@@ -432,3 +432,39 @@ fn weak_hashes_odd_sizes_and_wrong_groups_are_refused() {
     };
     verify("two-groups-signed-legacy-group.sif", &ring, &group).unwrap();
 }
+
+/// The sylabs test key with self-signatures whose MPI bit counts overstate
+/// the numbers, as Apptainer's OpenPGP library writes them
+/// (tests/corpus/overstated-mpi/make.py).
+fn overstated_key() -> Vec<u8> {
+    fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/corpus/overstated-mpi/private-overstated-mpi.asc"),
+    )
+    .unwrap()
+}
+
+#[test]
+fn keys_with_overstated_self_signature_mpis_verify_and_sign() {
+    // As a keyring: the image its key signed verifies.
+    let ring = Keyring::from_bytes(&overstated_key()).unwrap();
+    let ok = verify("one-group-signed-pgp.sif", &ring, &VerifyOptions::default()).unwrap();
+    assert_eq!(fingerprint_hex(&ok[0].fingerprint), TEST_FP);
+    assert_eq!(ok[0].signer, "Unit Test <unit@test.com>");
+
+    // For signing: it signs, and the untouched key verifies the result.
+    let key = SigningKey::from_bytes(&overstated_key()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let p = copy(dir.path(), "one-group.sif");
+    let mut img = open_rw(&p);
+    sign(&mut img, &key, None, &SignOptions::default()).unwrap();
+    drop(img);
+    verify_path(&p, &keyring(), &VerifyOptions::default()).unwrap();
+
+    // Armored twice over in one file (a keyring of several exports).
+    let mut two = overstated_key();
+    two.extend(fs::read(corpus("test/keys/private.asc")).unwrap());
+    let ring = Keyring::from_bytes(&two).unwrap();
+    assert_eq!(ring.certs.len(), 2);
+    verify("one-group-signed-pgp.sif", &ring, &VerifyOptions::default()).unwrap();
+}

@@ -59,9 +59,14 @@ pub struct Keyring {
 }
 
 impl Keyring {
-    /// Reads every certificate (armored or binary) in `bytes`.
+    /// Reads every certificate (armored or binary) in `bytes`, with the
+    /// MPIs of its signatures normalised as for image signatures: keys made
+    /// by Apptainer's OpenPGP library can have self-signatures whose MPI bit
+    /// counts overstate the numbers (gpg and Apptainer accept them).
     pub fn from_bytes(bytes: &[u8]) -> Result<Keyring, ClearsignError> {
-        let certs = CertParser::from_bytes(bytes)
+        let normalized = super::packets::dearmor_all(bytes)
+            .and_then(|binary| super::packets::normalize_signature_mpis(&binary));
+        let certs = CertParser::from_bytes(normalized.as_deref().unwrap_or(bytes))
             .map_err(|e| ClearsignError::Key(format!("not an OpenPGP keyring: {e}")))?
             .collect::<openpgp::Result<Vec<Cert>>>()
             .map_err(|e| ClearsignError::Key(format!("not an OpenPGP keyring: {e}")))?;
@@ -153,7 +158,7 @@ pub fn verify(data: &[u8], keyring: &Keyring) -> Result<Verified, ClearsignError
     openpgp::armor::Reader::from_bytes(parts.signature, openpgp::armor::ReaderMode::Tolerant(None))
         .read_to_end(&mut binary)
         .map_err(|e| ClearsignError::Invalid(format!("the signature block: {e}")))?;
-    let binary = repair_mpi_lengths(&binary).unwrap_or(binary);
+    let binary = super::packets::normalize_signature_mpis(&binary).unwrap_or(binary);
     let mut ppr = PacketParser::from_bytes(&binary)
         .map_err(|e| ClearsignError::Invalid(format!("the signature block: {e}")))?;
     while let PacketParserResult::Some(pp) = ppr {
@@ -263,79 +268,6 @@ pub fn verify(data: &[u8], keyring: &Keyring) -> Result<Verified, ClearsignError
         }
     }
     Err(error.unwrap_or_else(|| ClearsignError::Invalid("no signature verified".into())))
-}
-
-/// Old Singularity releases wrote signature MPIs whose bit count ignores
-/// leading zero bits (go-crypto accepts them, sequoia does not). For a
-/// single v4 signature packet, rewrites each MPI's bit count to the real
-/// one; the bytes, and so the signature, are unchanged. `None` when the
-/// input is not one such packet or needs no repair.
-fn repair_mpi_lengths(packet: &[u8]) -> Option<Vec<u8>> {
-    let tag = *packet.first()?;
-    if tag & 0x80 == 0 {
-        return None;
-    }
-    let (kind, header_len, body_len) = if tag & 0x40 != 0 {
-        let l0 = usize::from(*packet.get(1)?);
-        match l0 {
-            0..=191 => (tag & 0x3f, 2, l0),
-            192..=223 => (
-                tag & 0x3f,
-                3,
-                ((l0 - 192) << 8) + usize::from(*packet.get(2)?) + 192,
-            ),
-            255 => (
-                tag & 0x3f,
-                6,
-                u32::from_be_bytes(packet.get(2..6)?.try_into().ok()?) as usize,
-            ),
-            _ => return None,
-        }
-    } else {
-        match tag & 3 {
-            0 => ((tag >> 2) & 0xf, 2, usize::from(*packet.get(1)?)),
-            1 => (
-                (tag >> 2) & 0xf,
-                3,
-                usize::from(u16::from_be_bytes(packet.get(1..3)?.try_into().ok()?)),
-            ),
-            2 => (
-                (tag >> 2) & 0xf,
-                5,
-                u32::from_be_bytes(packet.get(1..5)?.try_into().ok()?) as usize,
-            ),
-            _ => return None,
-        }
-    };
-    if kind != 2 || packet.len() != header_len + body_len {
-        return None;
-    }
-    let mut out = packet.to_vec();
-    let body = &mut out[header_len..];
-    if body.first() != Some(&4) {
-        return None;
-    }
-    let hashed = usize::from(u16::from_be_bytes(body.get(4..6)?.try_into().ok()?));
-    let at = 6 + hashed;
-    let unhashed = usize::from(u16::from_be_bytes(body.get(at..at + 2)?.try_into().ok()?));
-    let mut at = at + 2 + unhashed + 2;
-    let mut changed = false;
-    while at + 2 <= body.len() {
-        let bits = usize::from(u16::from_be_bytes(body[at..at + 2].try_into().ok()?));
-        let len = bits.div_ceil(8);
-        let bytes = body.get(at + 2..at + 2 + len)?;
-        let first = *bytes.first()?;
-        if first == 0 {
-            return None;
-        }
-        let real = (len - 1) * 8 + (8 - first.leading_zeros() as usize);
-        if real != bits {
-            body[at..at + 2].copy_from_slice(&(real as u16).to_be_bytes());
-            changed = true;
-        }
-        at += 2 + len;
-    }
-    changed.then_some(out)
 }
 
 /// The signed text of a cleartext-signed message, without checking the
