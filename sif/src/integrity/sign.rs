@@ -35,16 +35,22 @@ pub struct SignOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum SignError {
     #[error(transparent)]
+    /// The image could not be read or written.
     Sif(#[from] crate::Error),
     #[error("{0}")]
+    /// The key could not sign.
     Key(#[from] ClearsignError),
     #[error("object {0} is in no object group; only grouped objects can be signed")]
+    /// The object (this ID) is in no group.
     NotGrouped(u32),
     #[error("no object group {0}")]
+    /// The image has no group with this ID.
     NoSuchGroup(u32),
     #[error("the image has no object groups to sign")]
+    /// The image has no object groups.
     NothingToSign,
     #[error("the key is not an OpenPGP v4 key (SIF descriptors hold 20-byte fingerprints)")]
+    /// The key is not an OpenPGP v4 key.
     NotV4,
 }
 
