@@ -150,6 +150,40 @@ fn every_compression_and_owner_choice() {
     assert_eq!(owner_of_hello(&default), "0/0");
 }
 
+#[test]
+fn the_image_root_is_0755_unless_the_source_mode_is_kept() {
+    if !require("mksquashfs") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let root = rootfs(dir.path());
+    // As `mktemp -d` makes it.
+    fs::set_permissions(&root, fs::Permissions::from_mode(0o700)).unwrap();
+    let root_mode = |img: &Path| {
+        let listing = unsquashfs(&["-o", "32768", "-lln", s(img)]);
+        let line = listing
+            .lines()
+            .find(|l| l.ends_with(" squashfs-root"))
+            .unwrap_or_else(|| panic!("no root inode in {listing}"))
+            .to_owned();
+        line.split_whitespace().next().unwrap().to_owned()
+    };
+    let default = dir.path().join("default.sif");
+    ok(sifrun(&["build", s(&default), s(&root)]));
+    assert_eq!(root_mode(&default), "drwxr-xr-x");
+    let kept = dir.path().join("kept.sif");
+    ok(sifrun(&["build", "--keep-root-mode", s(&kept), s(&root)]));
+    assert_eq!(root_mode(&kept), "drwx------");
+    // Below the root, modes are the source's either way.
+    let hello = unsquashfs(&["-o", "32768", "-lln", s(&default)]);
+    assert!(
+        hello
+            .lines()
+            .any(|l| l.starts_with("-rwxr-xr-x") && l.ends_with("/usr/bin/hello")),
+        "{hello}"
+    );
+}
+
 /// Our uid, from the filesystem (no libc call needed).
 fn unsafe_free_uid() -> u32 {
     use std::os::unix::fs::MetadataExt;

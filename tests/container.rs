@@ -472,11 +472,15 @@ fn back_to_back_runs_leak_nothing() {
     }
     let f = fixture();
     // Other tests of this binary create temporary directories (".tmp…")
-    // in /tmp concurrently; anything else new there would be ours.
+    // in /tmp concurrently, and other users' programs (compilers) their own
+    // files; anything else new there of ours would be the launcher's.
+    let me = uid();
     let tmp_entries = || -> std::collections::BTreeSet<String> {
+        use std::os::unix::fs::MetadataExt;
         fs::read_dir("/tmp")
             .map(|d| {
                 d.flatten()
+                    .filter(|e| e.metadata().is_ok_and(|m| m.uid() == me))
                     .map(|e| e.file_name().to_string_lossy().into_owned())
                     .filter(|n| !n.starts_with(".tmp"))
                     .collect()
@@ -492,7 +496,6 @@ fn back_to_back_runs_leak_nothing() {
     // No process of ours still runs for this image or holds it (or a FUSE
     // device) open. Other tests' launchers hold their own images, and
     // /dev/fuse too, so only processes tied to this image count.
-    let me = uid();
     let image = s(&f.image);
     for p in fs::read_dir("/proc").unwrap().flatten() {
         use std::os::unix::fs::MetadataExt;

@@ -269,3 +269,51 @@ fn built_images_list_in_siftool() {
     );
     same_views(&img, &[1]);
 }
+
+#[test]
+fn an_image_whose_only_object_is_empty_works_everywhere() {
+    if !require_siftool() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty-file");
+    fs::write(&empty, "").unwrap();
+    let key = corpus().join("test/keys/private.asc");
+    // An empty partition: siftool aligns it to 32768, past the end of the
+    // 32176-byte file; an empty generic object sits right at the end.
+    for (name, add) in [
+        (
+            "partition.sif",
+            &[
+                "--datatype",
+                "4",
+                "--parttype",
+                "2",
+                "--partfs",
+                "1",
+                "--partarch",
+                "2",
+            ][..],
+        ),
+        ("generic.sif", &["--datatype", "7"][..]),
+    ] {
+        let img = dir.path().join(name);
+        let p = img.to_str().unwrap();
+        siftool(&["new", p]);
+        let mut args = vec!["add", p, empty.to_str().unwrap(), "--groupid", "1"];
+        args.extend(add);
+        siftool(&args);
+        assert_eq!(fs::metadata(&img).unwrap().len(), 32176);
+        same_views(&img, &[1]);
+        let inspect = String::from_utf8(ok(sifrun(&["inspect", p]))).unwrap();
+        assert!(inspect.contains(p), "{inspect}");
+        ok(sifrun(&["sign", "--key", key.to_str().unwrap(), p]));
+        let out = ok(sifrun(&["verify", "--keyring", key.to_str().unwrap(), p]));
+        assert!(
+            String::from_utf8_lossy(&out).contains("objects [1] verified"),
+            "{}",
+            String::from_utf8_lossy(&out)
+        );
+        same_views(&img, &[1, 2]);
+    }
+}

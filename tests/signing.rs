@@ -129,6 +129,12 @@ fn failures_name_the_object_and_the_check() {
             vec!["--legacy-insecure"],
             "object 2: no legacy signature found",
         ),
+        // No object groups: nothing verified is a failure, not "verified".
+        (
+            "empty.sif",
+            vec![],
+            "the image has no object groups: there is nothing to verify",
+        ),
     ] {
         let keyring = key();
         let mut a = vec!["verify"];
@@ -246,4 +252,71 @@ fn two_signers_and_a_passphrase_protected_key() {
     let out = sifrun(&["verify", "--keyring", s(&key()), s(&img)]);
     assert!(!out.status.success());
     assert!(text(&out).contains("signature object 4"), "{}", text(&out));
+}
+
+#[test]
+fn signing_updates_the_header_modification_time() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["one-group.sif", "one-object-time.sif"] {
+        let img = dir.path().join(name);
+        fs::copy(image(name), &img).unwrap();
+        let header = |p: &Path| {
+            sif::Image::open(fs::File::open(p).unwrap())
+                .unwrap()
+                .header()
+                .clone()
+        };
+        let before = header(&img);
+        let start = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        ok(sifrun(&["sign", "--key", s(&key()), s(&img)]));
+        let after = header(&img);
+        assert!(
+            after.modified_at >= start && after.modified_at != before.modified_at,
+            "{name}: modified {} -> {} (signed at {start})",
+            before.modified_at,
+            after.modified_at
+        );
+        assert_eq!(after.created_at, before.created_at, "{name}");
+        // The header fields signatures cover are untouched: it verifies.
+        ok(sifrun(&["verify", "--keyring", s(&key()), s(&img)]));
+    }
+}
+
+/// The sylabs test key with self-signatures whose MPI bit counts overstate
+/// the numbers, as Apptainer's OpenPGP library writes them.
+fn overstated_key() -> PathBuf {
+    corpus().join("../overstated-mpi/private-overstated-mpi.asc")
+}
+
+#[test]
+fn keys_with_overstated_self_signature_mpis_work_as_for_gpg() {
+    let dir = tempfile::tempdir().unwrap();
+    if require("gpg") {
+        // The peer accepts the key: both self-signatures check out.
+        let home = dir.path().join("gnupg");
+        fs::create_dir(&home).unwrap();
+        fs::set_permissions(&home, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+        ok(gpg(&home, &["--import", s(&overstated_key())]));
+        let out = gpg(&home, &["--check-sigs"]);
+        assert!(text(&out).contains("2 good signatures"), "{}", text(&out));
+    }
+    // As a keyring, and for signing.
+    let out = ok(sifrun(&[
+        "verify",
+        "--keyring",
+        s(&overstated_key()),
+        s(&image("one-group-signed-pgp.sif")),
+    ]));
+    assert!(
+        String::from_utf8_lossy(&out).contains("objects [1, 2] verified"),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+    let img = dir.path().join("img.sif");
+    fs::copy(image("one-group.sif"), &img).unwrap();
+    ok(sifrun(&["sign", "--key", s(&overstated_key()), s(&img)]));
+    ok(sifrun(&["verify", "--keyring", s(&key()), s(&img)]));
 }

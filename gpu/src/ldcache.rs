@@ -13,9 +13,9 @@ pub struct Entry {
 }
 
 /// `flags` of a 64-bit x86-64 glibc library.
-pub const X86_64_LIBC6: u32 = 0x0303;
+pub(crate) const X86_64_LIBC6: u32 = 0x0303;
 /// `flags` of a 64-bit AArch64 glibc library.
-pub const AARCH64_LIBC6: u32 = 0x0a03;
+pub(crate) const AARCH64_LIBC6: u32 = 0x0a03;
 
 /// The flags of this machine's native libraries.
 pub fn native_flags() -> u32 {

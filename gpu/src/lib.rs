@@ -8,6 +8,10 @@
 //! Modules: [`ldcache`] reads glibc's ld.so.cache; [`nvidia`] finds an
 //! NVIDIA driver's libraries, tools and devices; [`rocm`] the same for AMD ROCm.
 
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+#![warn(clippy::too_many_lines)]
+
 pub mod ldcache;
 pub mod nvidia;
 pub mod rocm;

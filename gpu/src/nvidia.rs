@@ -11,10 +11,15 @@ use crate::ldcache;
 /// libraries and tools.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Capability {
+    /// CUDA and OpenCL.
     Compute,
+    /// `nvidia-smi` and NVML.
     Utility,
+    /// Video encoding and decoding (NVENC, NVDEC).
     Video,
+    /// OpenGL, Vulkan and EGL.
     Graphics,
+    /// X11 display.
     Display,
 }
 

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use crate::ldcache;
 
 /// Library names (Apptainer's rocmliblist.conf plus SingularityCE's).
-pub const LIBRARIES: &[&str] = &[
+pub(crate) const LIBRARIES: &[&str] = &[
     "libamdhip64",
     "libhsa-runtime64",
     "libhsakmt",
@@ -24,7 +24,7 @@ pub const LIBRARIES: &[&str] = &[
 ];
 
 /// Tools bound at `/usr/bin/<name>`.
-pub const TOOLS: &[&str] = &["rocm-smi", "rocminfo"];
+pub(crate) const TOOLS: &[&str] = &["rocm-smi", "rocminfo"];
 
 /// What the host has for the container.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -35,6 +35,7 @@ pub struct Rocm {
     pub tools: Vec<PathBuf>,
     /// `/dev/kfd` and `/dev/dri/renderD*` (the host /dev is bound whole).
     pub devices: Vec<PathBuf>,
+    /// What was expected but not found, for the user.
     pub warnings: Vec<String>,
 }
 

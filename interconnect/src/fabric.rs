@@ -54,6 +54,7 @@ impl Default for Policy {
 /// What a container gets from the host's fabrics.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Fabric {
+    /// The fabrics found, in the order they were looked for.
     pub kinds: Vec<Kind>,
     /// The fabric device nodes the container can use (all in the bound
     /// `/dev`; for messages and tests).
@@ -121,10 +122,29 @@ fn entries(dir: &Path) -> Vec<String> {
 /// Looks below `root` (the host's `/` in production); `None` when the host
 /// has none of the fabrics.
 pub fn discover(root: &Path, policy: Policy) -> Option<Fabric> {
-    let at = |p: &Path| root.join(p.strip_prefix("/").unwrap_or(p));
+    let mut out = devices(root, policy);
+    if out.kinds.is_empty() {
+        return None;
+    }
+    if !policy.libraries {
+        return Some(out);
+    }
+    if add_libraries(&mut out, root) {
+        add_provider_dirs(&mut out, root);
+    }
+    Some(out)
+}
+
+/// `root` joined with the absolute host path `p`.
+fn under(root: &Path, p: &Path) -> PathBuf {
+    root.join(p.strip_prefix("/").unwrap_or(p))
+}
+
+/// The fabrics whose device nodes the host has, and those nodes.
+fn devices(root: &Path, policy: Policy) -> Fabric {
     let mut out = Fabric::default();
     let ib = Path::new("/dev/infiniband");
-    for name in entries(&at(ib)) {
+    for name in entries(&under(root, ib)) {
         let path = ib.join(&name);
         if management(&name) && !policy.allow_umad {
             out.masked.push(path);
@@ -135,7 +155,7 @@ pub fn discover(root: &Path, policy: Policy) -> Option<Fabric> {
     if !out.devices.is_empty() || !out.masked.is_empty() {
         out.kinds.push(Kind::Verbs);
     }
-    let dev = entries(&at(Path::new("/dev")));
+    let dev = entries(&under(root, Path::new("/dev")));
     let cxi: Vec<&String> = dev
         .iter()
         .filter(|n| {
@@ -154,12 +174,12 @@ pub fn discover(root: &Path, policy: Policy) -> Option<Fabric> {
         out.devices
             .extend(hfi.iter().map(|n| Path::new("/dev").join(n)));
     }
-    if out.kinds.is_empty() {
-        return None;
-    }
-    if !policy.libraries {
-        return Some(out);
-    }
+    out
+}
+
+/// Adds the host libraries of `out`'s fabrics and a warning for each core
+/// library missing; false when the ld.so.cache cannot be read.
+fn add_libraries(out: &mut Fabric, root: &Path) -> bool {
     let mut names: Vec<&str> = Vec::new();
     for kind in &out.kinds {
         for n in libraries_for(*kind) {
@@ -172,7 +192,7 @@ pub fn discover(root: &Path, policy: Policy) -> Option<Fabric> {
         Ok(libs) => out.libraries = libs,
         Err(e) => {
             out.warnings.push(e.0);
-            return Some(out);
+            return false;
         }
     }
     let core = |kind: Kind, stem: &str| {
@@ -193,8 +213,12 @@ pub fn discover(root: &Path, policy: Policy) -> Option<Fabric> {
             "{m} is not in the host's ld.so.cache; the image's own library is used"
         ));
     }
-    // Provider directories next to the libraries that load them, and the
-    // configuration they read.
+    true
+}
+
+/// Adds the provider directories next to the libraries that load them, and
+/// the configuration they read.
+fn add_provider_dirs(out: &mut Fabric, root: &Path) {
     let mut dirs: Vec<PathBuf> = Vec::new();
     for (soname, path) in &out.libraries {
         let sub = if soname.starts_with("libibverbs.so") {
@@ -208,7 +232,7 @@ pub fn discover(root: &Path, policy: Policy) -> Option<Fabric> {
         // (/usr/lib/...), while the cache may name /lib/... on a
         // merged-/usr host.
         if let Some(dir) = path.parent().map(|d| d.join(sub))
-            && at(&dir).is_dir()
+            && under(root, &dir).is_dir()
             && let Some(dir) = canonical(root, &dir)
             && !dirs.contains(&dir)
         {
@@ -218,13 +242,12 @@ pub fn discover(root: &Path, policy: Policy) -> Option<Fabric> {
     }
     if out.kinds.contains(&Kind::Verbs) {
         for conf in ["/etc/libibverbs.d", "/etc/rdma"] {
-            if at(Path::new(conf)).is_dir() {
+            if under(root, Path::new(conf)).is_dir() {
                 dirs.push(PathBuf::from(conf));
             }
         }
     }
     out.dirs = dirs;
-    Some(out)
 }
 
 /// `p` (a host path) with every symlink resolved, as a host path: `None`

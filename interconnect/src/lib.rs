@@ -9,6 +9,10 @@
 //! mountinfo), [`pmix`] (what a step's ranks need for PMIx), [`topology`]
 //! (per-task nearest GPUs and NICs).
 
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+#![warn(clippy::too_many_lines)]
+
 pub mod fabric;
 pub mod netfs;
 pub mod pmix;

@@ -12,11 +12,12 @@ use std::path::Path;
 pub struct Local {
     /// PCI address (GPUs) or device name (`mlx5_0`).
     pub name: String,
+    /// The CPUs of the device's NUMA node (its `local_cpulist`).
     pub cpus: Vec<u32>,
 }
 
 /// Parses a kernel CPU list (`0-3,8,10-11`).
-pub fn parse_cpulist(s: &str) -> Vec<u32> {
+pub(crate) fn parse_cpulist(s: &str) -> Vec<u32> {
     let mut out = Vec::new();
     for part in s.trim().split(',').filter(|p| !p.is_empty()) {
         match part.split_once('-') {
@@ -44,7 +45,7 @@ fn read(p: &Path) -> Option<String> {
 
 /// NVIDIA GPUs (vendor 0x10de, display or 3D controller class), in PCI
 /// address order, which is CUDA's order with `CUDA_DEVICE_ORDER=PCI_BUS_ID`.
-pub fn nvidia_gpus(root: &Path) -> Vec<Local> {
+pub(crate) fn nvidia_gpus(root: &Path) -> Vec<Local> {
     let dir = root.join("sys/bus/pci/devices");
     let mut out: Vec<Local> = std::fs::read_dir(&dir)
         .into_iter()
@@ -68,7 +69,7 @@ pub fn nvidia_gpus(root: &Path) -> Vec<Local> {
 }
 
 /// InfiniBand/RoCE devices (`/sys/class/infiniband/*`), by name.
-pub fn rdma_devices(root: &Path) -> Vec<Local> {
+pub(crate) fn rdma_devices(root: &Path) -> Vec<Local> {
     let dir = root.join("sys/class/infiniband");
     let mut out: Vec<Local> = std::fs::read_dir(&dir)
         .into_iter()
@@ -87,7 +88,7 @@ pub fn rdma_devices(root: &Path) -> Vec<Local> {
 
 /// Indexes into `devices`, nearest to `task_cpus` first (most shared CPUs),
 /// the rest after, each group in the original order.
-pub fn nearest_first(devices: &[Local], task_cpus: &[u32]) -> Vec<usize> {
+pub(crate) fn nearest_first(devices: &[Local], task_cpus: &[u32]) -> Vec<usize> {
     let shared = |d: &Local| d.cpus.iter().filter(|c| task_cpus.contains(c)).count();
     let mut idx: Vec<usize> = (0..devices.len()).collect();
     idx.sort_by_key(|&i| std::cmp::Reverse(shared(&devices[i])));

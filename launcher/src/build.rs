@@ -72,6 +72,9 @@ pub struct BuildOptions {
     pub compression: Compression,
     /// Keep file owners from the source instead of making everything root's.
     pub keep_owner: bool,
+    /// Keep the source directory's own mode for the image's root directory
+    /// instead of [`ROOT_MODE`].
+    pub keep_root_mode: bool,
     /// Replace an existing output.
     pub force: bool,
     /// `SOURCE_DATE_EPOCH`: a reproducible image (nil UUID, this time).
@@ -133,6 +136,11 @@ pub fn create_options(opts: &BuildOptions) -> CreateOptions {
     c
 }
 
+/// The mode of an image's root directory unless the source's is kept: a
+/// source made by `mktemp -d` is 0700, and a root directory only its owner
+/// may enter is an image no other user can start.
+pub const ROOT_MODE: u32 = 0o755;
+
 /// The mksquashfs command line that packs `dir` into `dest` at `offset`.
 pub fn mksquashfs_args(
     dir: &Path,
@@ -140,6 +148,7 @@ pub fn mksquashfs_args(
     offset: u64,
     compression: Compression,
     keep_owner: bool,
+    keep_root_mode: bool,
 ) -> Vec<OsString> {
     let mut args: Vec<OsString> = vec![
         dir.into(),
@@ -154,6 +163,10 @@ pub fn mksquashfs_args(
     ];
     if !keep_owner {
         args.push("-all-root".into());
+    }
+    if !keep_root_mode {
+        args.push("-root-mode".into());
+        args.push(format!("{ROOT_MODE:o}").into());
     }
     args
 }
@@ -292,6 +305,7 @@ fn run_mksquashfs(
         offset,
         opts.compression,
         opts.keep_owner,
+        opts.keep_root_mode,
     ));
     if let Some(epoch) = opts.source_date_epoch {
         cmd.env("SOURCE_DATE_EPOCH", epoch.max(0).to_string());
@@ -347,6 +361,7 @@ mod tests {
             32768,
             Compression::Zstd,
             false,
+            false,
         );
         let args: Vec<&str> = args.iter().map(|a| a.to_str().unwrap()).collect();
         assert_eq!(
@@ -361,11 +376,21 @@ mod tests {
                 "zstd",
                 "-no-progress",
                 "-quiet",
-                "-all-root"
+                "-all-root",
+                "-root-mode",
+                "755"
             ]
         );
-        let keep = mksquashfs_args(Path::new("/s"), Path::new("/o"), 1, Compression::Gzip, true);
+        let keep = mksquashfs_args(
+            Path::new("/s"),
+            Path::new("/o"),
+            1,
+            Compression::Gzip,
+            true,
+            true,
+        );
         assert!(!keep.iter().any(|a| a == "-all-root"));
+        assert!(!keep.iter().any(|a| a == "-root-mode"));
     }
 
     #[test]
@@ -383,6 +408,7 @@ mod tests {
             source: Source::Dir("d".into()),
             compression: Compression::Gzip,
             keep_owner: false,
+            keep_root_mode: false,
             force: false,
             source_date_epoch: Some(1_700_000_000),
             arch: Arch::host(),

@@ -28,24 +28,33 @@ pub(crate) mod offset {
 /// One descriptor, field for field as stored.
 #[derive(Clone, PartialEq, Eq)]
 pub struct RawDescriptor {
+    /// What the object holds.
     pub data_type: DataType,
+    /// Whether the slot is in use.
     pub used: bool,
+    /// The object ID (slot + 1 when written).
     pub id: u32,
     /// Group ID with [`GROUP_MASK`] set; `GROUP_MASK` alone means no group.
     pub group_raw: u32,
     /// Linked object ID, or group ID with [`GROUP_MASK`] set; 0 means none.
     pub link_raw: u32,
+    /// Absolute file offset of the object's data.
     pub offset: i64,
+    /// Length of the object's data.
     pub size: i64,
     /// Alignment gap before the object plus its size.
     pub size_with_padding: i64,
+    /// Creation time (Unix seconds).
     pub created_at: i64,
+    /// Modification time (Unix seconds).
     pub modified_at: i64,
     /// Deprecated; writers store 0.
     pub uid: i64,
     /// Deprecated; writers store 0.
     pub gid: i64,
+    /// NUL-padded name.
     pub name: [u8; NAME_LEN],
+    /// Type-specific metadata, zero padded.
     pub extra: [u8; EXTRA_LEN],
 }
 
@@ -196,7 +205,7 @@ impl Link {
     }
 
     /// The raw link field.
-    pub fn to_raw(self) -> u32 {
+    pub(crate) fn to_raw(self) -> u32 {
         match self {
             Link::None => 0,
             Link::Object(id) => id,
@@ -208,14 +217,18 @@ impl Link {
 /// Metadata of a partition object.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Partition {
+    /// The filesystem.
     pub fs_type: FsType,
+    /// The partition's role.
     pub part_type: PartType,
+    /// The architecture of its contents.
     pub arch: Arch,
 }
 
 /// Metadata of a signature object.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SignatureInfo {
+    /// The hash the signature uses.
     pub hash_type: HashType,
     /// The signer's 20-byte primary key fingerprint; `None` when all zero (DSSE).
     pub fingerprint: Option<[u8; 20]>,
@@ -240,10 +253,12 @@ impl Descriptor {
         self.slot
     }
 
+    /// What the object holds.
     pub fn data_type(&self) -> DataType {
         self.raw.data_type
     }
 
+    /// The object ID.
     pub fn id(&self) -> u32 {
         self.raw.id
     }
@@ -253,22 +268,27 @@ impl Descriptor {
         self.raw.group_raw & !GROUP_MASK
     }
 
+    /// The object or group this one refers to.
     pub fn link(&self) -> Link {
         Link::from_raw(self.raw.link_raw)
     }
 
+    /// Absolute file offset of the data.
     pub fn offset(&self) -> u64 {
         self.raw.offset as u64
     }
 
+    /// Length of the data in bytes.
     pub fn size(&self) -> u64 {
         self.raw.size as u64
     }
 
+    /// Creation time (Unix seconds).
     pub fn created_at(&self) -> i64 {
         self.raw.created_at
     }
 
+    /// Modification time (Unix seconds).
     pub fn modified_at(&self) -> i64 {
         self.raw.modified_at
     }

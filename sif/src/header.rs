@@ -32,20 +32,31 @@ pub(crate) mod offset {
 /// The global header, field for field as stored (little-endian, packed).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Header {
+    /// The `#!` line, NUL padded.
     pub launch_script: [u8; 32],
+    /// `SIF_MAGIC` and a NUL.
     pub magic: [u8; 10],
+    /// The specification version, `01` and a NUL.
     pub version: [u8; 3],
     /// Architecture of the primary partition, "00" when there is none.
     pub arch: Arch,
     /// Image UUID in RFC 4122 byte order; all zero for deterministic images.
     pub id: [u8; 16],
+    /// Creation time (Unix seconds).
     pub created_at: i64,
+    /// Modification time (Unix seconds).
     pub modified_at: i64,
+    /// Unused descriptor slots.
     pub descriptors_free: i64,
+    /// All descriptor slots.
     pub descriptors_total: i64,
+    /// File offset of the descriptor array.
     pub descriptors_offset: i64,
+    /// Length of the descriptor array (slots x 585).
     pub descriptors_size: i64,
+    /// File offset of the data section.
     pub data_offset: i64,
+    /// Length of the data section, padding included.
     pub data_size: i64,
 }
 
@@ -180,7 +191,7 @@ pub fn parse_uuid(s: &str) -> Option<[u8; 16]> {
 }
 
 /// A random (version 4) UUID read from the kernel's random source.
-pub fn random_uuid() -> std::io::Result<[u8; 16]> {
+pub(crate) fn random_uuid() -> std::io::Result<[u8; 16]> {
     use std::io::Read;
     let mut id = [0u8; 16];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut id)?;

@@ -207,6 +207,10 @@ impl<R: ReadAt> Image<R> {
                 ),
             ));
         }
+        if buf.is_empty() {
+            // An empty object may lie past the end of the file.
+            return Ok(());
+        }
         let offset = d.offset() + at;
         self.source
             .read_exact_at(buf, offset)
@@ -327,18 +331,21 @@ fn check_header(h: &Header, file_len: u64) -> Result<()> {
             ),
         ));
     }
-    if h.data_offset < 0 || h.data_offset as u64 > file_len {
-        return Err(header_err(
-            "DataOffset",
-            off::DATA_OFFSET,
-            format!("{} is outside the {file_len}-byte file", h.data_offset),
-        ));
-    }
     if h.data_size < 0 {
         return Err(header_err(
             "DataSize",
             off::DATA_SIZE,
             format!("{} is negative", h.data_size),
+        ));
+    }
+    // An empty data section need not be in the file: writers that place
+    // data at 32768 (pre-v2) leave a file with only empty objects shorter
+    // than that, and siftool and Apptainer load it.
+    if h.data_offset < 0 || (h.data_offset as u64 > file_len && h.data_size != 0) {
+        return Err(header_err(
+            "DataOffset",
+            off::DATA_OFFSET,
+            format!("{} is outside the {file_len}-byte file", h.data_offset),
         ));
     }
     Ok(())
@@ -416,7 +423,13 @@ fn check_descriptors(
             ));
         }
         let end = d.offset.checked_add(d.size);
-        if end.is_none_or(|end| end as u64 > file_len) {
+        // An empty object reads no bytes: it may sit at or past the end of
+        // the file, within the data section the header describes (an empty
+        // partition is aligned past a file nothing was written to).
+        let section_end = h.data_offset.checked_add(h.data_size);
+        let empty_in_section =
+            d.size == 0 && section_end.is_some_and(|section_end| d.offset <= section_end);
+        if !empty_in_section && end.is_none_or(|end| end as u64 > file_len) {
             return Err(err(
                 "Size",
                 off::SIZE,

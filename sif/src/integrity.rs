@@ -4,10 +4,16 @@
 //! descriptor view (with the object ID made relative to its group) and of the
 //! object data, plus one digest of the 61-byte header view.
 
+#[cfg(feature = "integrity")]
 pub mod clearsign;
+#[cfg(feature = "integrity")]
 pub mod dsse;
 pub mod metadata;
+#[cfg(feature = "integrity")]
+mod packets;
+#[cfg(feature = "integrity")]
 pub mod sign;
+#[cfg(feature = "integrity")]
 pub mod verify;
 
 use crate::descriptor::Descriptor;

@@ -16,6 +16,10 @@
 //!
 //! This crate is safe Rust (`unsafe` is denied workspace-wide).
 
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+#![warn(clippy::too_many_lines)]
+
 pub mod descriptor;
 pub mod error;
 pub mod header;

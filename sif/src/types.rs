@@ -18,7 +18,11 @@ macro_rules! raw_enum {
 
         #[allow(non_upper_case_globals)]
         impl $name {
-            $($(#[$vmeta])* pub const $variant: $name = $name($value);)*
+            $(
+                $(#[$vmeta])*
+                #[doc = concat!("\n\nsiftool calls it \"", $text, "\".")]
+                pub const $variant: $name = $name($value);
+            )*
 
             /// Every value this crate knows, in numeric order.
             pub const KNOWN: &'static [$name] = &[$($name::$variant,)*];

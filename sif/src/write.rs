@@ -5,25 +5,24 @@
 //! objects.
 
 use std::fs::File;
-use std::io::{self, Read};
+use std::io;
 use std::os::unix::fs::FileExt;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
 
-use crate::descriptor::{
-    DEFAULT_GROUP, DESCRIPTOR_SIZE, Descriptor, EXTRA_LEN, GROUP_MASK, Link, NAME_LEN,
-    RawDescriptor,
-};
+use crate::descriptor::{DESCRIPTOR_SIZE, Descriptor, GROUP_MASK, NAME_LEN, RawDescriptor};
 use crate::error::{Error, Result};
 use crate::header::{
     DEFAULT_DESCRIPTOR_CAPACITY, DEFAULT_DESCRIPTORS_OFFSET, Header, MAGIC, VERSION_01, ZERO_TIME,
     random_uuid,
 };
 use crate::image::Image;
-use crate::types::{
-    Arch, DataType, FormatType, FsType, HashType, MessageType, PartType, SbomFormat,
-};
+use crate::types::{Arch, DataType, PartType};
+
+mod input;
+
+pub use input::{DeleteOptions, Metadata, ObjectData, ObjectInput};
 
 /// Default alignment of partitions, so they can be mapped page by page.
 pub const PARTITION_ALIGNMENT: u64 = 4096;
@@ -68,152 +67,6 @@ impl CreateOptions {
             ..CreateOptions::default()
         }
     }
-}
-
-/// Typed metadata for the `extra` field of a new object.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Metadata {
-    /// No metadata (all zero).
-    None,
-    Partition {
-        fs_type: FsType,
-        part_type: PartType,
-        arch: Arch,
-    },
-    Signature {
-        hash_type: HashType,
-        /// The signer's primary key fingerprint (20 bytes for OpenPGP v4).
-        fingerprint: Vec<u8>,
-    },
-    CryptoMessage {
-        format: FormatType,
-        message: MessageType,
-    },
-    Sbom(SbomFormat),
-    /// Raw bytes, zero padded to 384.
-    Raw(Vec<u8>),
-}
-
-impl Metadata {
-    /// Encodes the metadata into a zero-padded `extra` field.
-    pub fn encode(&self) -> Result<[u8; EXTRA_LEN]> {
-        let mut e = [0u8; EXTRA_LEN];
-        match self {
-            Metadata::None => {}
-            Metadata::Partition {
-                fs_type,
-                part_type,
-                arch,
-            } => {
-                e[0..4].copy_from_slice(&fs_type.0.to_le_bytes());
-                e[4..8].copy_from_slice(&part_type.0.to_le_bytes());
-                e[8..11].copy_from_slice(&arch.0);
-            }
-            Metadata::Signature {
-                hash_type,
-                fingerprint,
-            } => {
-                if fingerprint.len() > 256 {
-                    return Err(Error::TooLarge {
-                        field: "signing entity",
-                        len: fingerprint.len(),
-                        max: 256,
-                    });
-                }
-                e[0..4].copy_from_slice(&hash_type.0.to_le_bytes());
-                e[4..4 + fingerprint.len()].copy_from_slice(fingerprint);
-            }
-            Metadata::CryptoMessage { format, message } => {
-                e[0..4].copy_from_slice(&format.0.to_le_bytes());
-                e[4..8].copy_from_slice(&message.0.to_le_bytes());
-            }
-            Metadata::Sbom(format) => e[0..4].copy_from_slice(&format.0.to_le_bytes()),
-            Metadata::Raw(bytes) => {
-                if bytes.len() > EXTRA_LEN {
-                    return Err(Error::TooLarge {
-                        field: "metadata",
-                        len: bytes.len(),
-                        max: EXTRA_LEN,
-                    });
-                }
-                e[..bytes.len()].copy_from_slice(bytes);
-            }
-        }
-        Ok(e)
-    }
-}
-
-/// Where the bytes of a new object come from.
-pub enum ObjectData<'a> {
-    /// Copied from a reader to the object's offset.
-    Reader(&'a mut dyn Read),
-    /// Already written at the object's offset (see [`first_object_offset`]) by
-    /// someone else, for example `mksquashfs -o`; `size` bytes long.
-    InPlace { size: u64 },
-}
-
-/// A data object to add.
-pub struct ObjectInput<'a> {
-    pub data_type: DataType,
-    pub data: ObjectData<'a>,
-    /// Object group; `None` for no group. Defaults to group 1.
-    pub group: Option<u32>,
-    pub link: Link,
-    /// Alignment of the object's offset; `None` for the default
-    /// (4096 for partitions, none otherwise).
-    pub alignment: Option<u64>,
-    pub name: String,
-    pub metadata: Metadata,
-    /// Object creation time; `None` uses the time of the operation.
-    pub time: Option<i64>,
-}
-
-impl<'a> ObjectInput<'a> {
-    /// An object in the default group with default alignment and no metadata.
-    pub fn new(data_type: DataType, data: &'a mut dyn Read) -> ObjectInput<'a> {
-        Self::with_data(data_type, ObjectData::Reader(data))
-    }
-
-    /// An object whose `size` bytes are already in place in the file.
-    pub fn in_place(data_type: DataType, size: u64) -> ObjectInput<'a> {
-        Self::with_data(data_type, ObjectData::InPlace { size })
-    }
-
-    fn with_data(data_type: DataType, data: ObjectData<'a>) -> ObjectInput<'a> {
-        ObjectInput {
-            data_type,
-            data,
-            group: Some(DEFAULT_GROUP),
-            link: Link::None,
-            alignment: None,
-            name: String::new(),
-            metadata: Metadata::None,
-            time: None,
-        }
-    }
-
-    /// Sets the metadata (builder style).
-    pub fn with_metadata(mut self, metadata: Metadata) -> Self {
-        self.metadata = metadata;
-        self
-    }
-
-    /// Sets the alignment (builder style).
-    pub fn with_alignment(mut self, alignment: u64) -> Self {
-        self.alignment = Some(alignment);
-        self
-    }
-}
-
-/// Options of a deletion.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct DeleteOptions {
-    /// Overwrite the object's bytes with zeros.
-    pub zero: bool,
-    /// Truncate the file after the last remaining object.
-    pub compact: bool,
-    /// Modification time; `None` means now (unset for deterministic images).
-    pub time: Option<i64>,
 }
 
 fn default_alignment(data_type: DataType) -> u64 {
@@ -392,7 +245,9 @@ impl Image<File> {
     }
 
     /// Writes the object's data and records its descriptor in memory.
-    fn write_object(&mut self, input: ObjectInput<'_>, t: i64) -> Result<usize> {
+    /// Checks `input` against the image; returns the slot it will take and,
+    /// for a primary partition, the architecture the header will record.
+    fn check_input(&self, input: &ObjectInput<'_>) -> Result<(usize, Option<Arch>)> {
         let slot = self.first_free_slot().ok_or(Error::InsufficientCapacity {
             capacity: self.header.descriptors_total as u64,
         })?;
@@ -403,7 +258,6 @@ impl Image<File> {
                 max: NAME_LEN,
             });
         }
-        let mut extra = input.metadata.encode()?;
         let primary_arch = match &input.metadata {
             Metadata::Partition {
                 part_type, arch, ..
@@ -427,18 +281,21 @@ impl Image<File> {
                 reason: format!("{:#x} is too large", input.group.unwrap_or(0)),
             });
         }
+        Ok((slot, primary_arch))
+    }
 
-        let start = (self.header.data_offset + self.calculated_data_size()) as u64;
-        let alignment = input
-            .alignment
-            .unwrap_or_else(|| default_alignment(input.data_type));
-        let offset = next_aligned(start, alignment)?;
-        let hash_oci =
-            input.data_type == DataType::OCI_BLOB || input.data_type == DataType::OCI_ROOT_INDEX;
+    /// Puts the object's bytes at `offset`; returns their length and, when
+    /// `hash` is set, their SHA-256 digest text.
+    fn place_data(
+        &self,
+        data: ObjectData<'_>,
+        offset: u64,
+        hash: bool,
+    ) -> Result<(u64, Option<String>)> {
         let mut hasher = Sha256::new();
         let mut buf = vec![0u8; 1 << 20];
         let mut size: u64 = 0;
-        match input.data {
+        match data {
             ObjectData::Reader(data) => loop {
                 let n = match data.read(&mut buf) {
                     Ok(0) => break,
@@ -453,7 +310,7 @@ impl Image<File> {
                     }
                 };
                 write_at(&self.source, &buf[..n], offset + size)?;
-                if hash_oci {
+                if hash {
                     hasher.update(&buf[..n]);
                 }
                 size += n as u64;
@@ -472,7 +329,7 @@ impl Image<File> {
                         ),
                     });
                 }
-                while hash_oci && size < placed {
+                while hash && size < placed {
                     let n = (placed - size).min(buf.len() as u64) as usize;
                     self.source
                         .read_exact_at(&mut buf[..n], offset + size)
@@ -483,8 +340,25 @@ impl Image<File> {
                 size = placed;
             }
         }
-        if hash_oci {
-            let digest = format!("sha256:{:x}", hasher.finalize());
+        Ok((
+            size,
+            hash.then(|| format!("sha256:{:x}", hasher.finalize())),
+        ))
+    }
+
+    /// Writes the object's data and records its descriptor in memory.
+    fn write_object(&mut self, input: ObjectInput<'_>, t: i64) -> Result<usize> {
+        let (slot, primary_arch) = self.check_input(&input)?;
+        let mut extra = input.metadata.encode()?;
+        let start = (self.header.data_offset + self.calculated_data_size()) as u64;
+        let alignment = input
+            .alignment
+            .unwrap_or_else(|| default_alignment(input.data_type));
+        let offset = next_aligned(start, alignment)?;
+        let hash_oci =
+            input.data_type == DataType::OCI_BLOB || input.data_type == DataType::OCI_ROOT_INDEX;
+        let (size, digest) = self.place_data(input.data, offset, hash_oci)?;
+        if let Some(digest) = digest {
             extra = Metadata::Raw(digest.into_bytes()).encode()?;
         }
         let object_time = input.time.unwrap_or(t);

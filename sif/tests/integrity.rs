@@ -74,6 +74,15 @@ fn corpus_verdicts_match_sylabs() {
     assert!(matches!(e, VerifyError::SignatureNotFound { .. }), "{e}");
     assert_eq!(e.to_string(), "object group 1: no signature found");
 
+    // No object groups at all: nothing verified is an error, not a pass
+    // (sylabs/sif: errNoGroupsFound), whatever the keyring.
+    for name in ["empty.sif", "empty-id.sif", "empty-launch-script.sif"] {
+        for ring in [&ring, &Keyring::default()] {
+            let e = verify(name, ring, &all).unwrap_err();
+            assert!(matches!(e, VerifyError::NoGroups), "{name}: {e}");
+        }
+    }
+
     // Legacy mode ignores current signatures; current mode ignores legacy ones.
     let e = verify("one-group-signed-pgp.sif", &ring, &legacy()).unwrap_err();
     assert!(
@@ -166,6 +175,29 @@ fn sign_then_verify_round_trips() {
         .unwrap();
     assert_eq!(checks.len(), ids.len());
     assert_eq!(ids.len(), img.group_ids().len());
+    // Signing is a modification: the header records when, even for an
+    // image written with unset ("deterministic") times.
+    assert!(
+        img.header().modified_at > 1_700_000_000,
+        "{:?}",
+        img.header()
+    );
+    assert_eq!(img.header().created_at, sif::header::ZERO_TIME);
+}
+
+#[test]
+fn a_given_sign_time_is_the_modification_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = copy(dir.path(), "one-group.sif");
+    let mut img = open_rw(&p);
+    let opts = SignOptions {
+        time: Some(sif::header::ZERO_TIME),
+        ..SignOptions::default()
+    };
+    sign(&mut img, &key(), None, &opts).unwrap();
+    drop(img);
+    let img = Image::open(File::open(&p).unwrap()).unwrap();
+    assert!(img.header().is_deterministic(), "{:?}", img.header());
 }
 
 #[test]
@@ -399,4 +431,40 @@ fn weak_hashes_odd_sizes_and_wrong_groups_are_refused() {
         ..legacy()
     };
     verify("two-groups-signed-legacy-group.sif", &ring, &group).unwrap();
+}
+
+/// The sylabs test key with self-signatures whose MPI bit counts overstate
+/// the numbers, as Apptainer's OpenPGP library writes them
+/// (tests/corpus/overstated-mpi/make.py).
+fn overstated_key() -> Vec<u8> {
+    fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/corpus/overstated-mpi/private-overstated-mpi.asc"),
+    )
+    .unwrap()
+}
+
+#[test]
+fn keys_with_overstated_self_signature_mpis_verify_and_sign() {
+    // As a keyring: the image its key signed verifies.
+    let ring = Keyring::from_bytes(&overstated_key()).unwrap();
+    let ok = verify("one-group-signed-pgp.sif", &ring, &VerifyOptions::default()).unwrap();
+    assert_eq!(fingerprint_hex(&ok[0].fingerprint), TEST_FP);
+    assert_eq!(ok[0].signer, "Unit Test <unit@test.com>");
+
+    // For signing: it signs, and the untouched key verifies the result.
+    let key = SigningKey::from_bytes(&overstated_key()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let p = copy(dir.path(), "one-group.sif");
+    let mut img = open_rw(&p);
+    sign(&mut img, &key, None, &SignOptions::default()).unwrap();
+    drop(img);
+    verify_path(&p, &keyring(), &VerifyOptions::default()).unwrap();
+
+    // Armored twice over in one file (a keyring of several exports).
+    let mut two = overstated_key();
+    two.extend(fs::read(corpus("test/keys/private.asc")).unwrap());
+    let ring = Keyring::from_bytes(&two).unwrap();
+    assert_eq!(ring.certs.len(), 2);
+    verify("one-group-signed-pgp.sif", &ring, &VerifyOptions::default()).unwrap();
 }

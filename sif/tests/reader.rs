@@ -248,3 +248,77 @@ fn reads_past_an_object_are_refused() {
     img.read_object_at(d, &mut buf[..4], 0).unwrap();
     assert_eq!(&buf[..4], &[0xfa, 0xce, 0xfe, 0xed]);
 }
+
+/// `empty.sif` as a pre-v2 writer leaves it after adding one empty object:
+/// data section at 32768, past the end of the 32176-byte file.
+fn legacy_with_one_empty_object() -> Vec<u8> {
+    let mut b = fs::read(corpus("test/images/empty.sif")).unwrap();
+    assert_eq!(b.len(), 32176);
+    put_i64(&mut b, 80, 47); // DescriptorsFree
+    put_i64(&mut b, 112, 32768); // DataOffset
+    put_i64(&mut b, 120, 0); // DataSize
+    let d = 4096;
+    b[d..d + 4].copy_from_slice(&DataType::GENERIC.0.to_le_bytes());
+    b[d + 4] = 1;
+    b[d + 5..d + 9].copy_from_slice(&1u32.to_le_bytes());
+    b[d + 9..d + 13].copy_from_slice(&0xF000_0001u32.to_le_bytes());
+    put_i64(&mut b, d + 17, 32768);
+    b
+}
+
+#[test]
+fn an_image_whose_only_object_is_empty_opens() {
+    // Pre-v2 layout: the header's data offset is past the end of the file.
+    let img = Image::open(legacy_with_one_empty_object()).unwrap();
+    let d = &img.descriptors()[0];
+    assert_eq!((d.id(), d.offset(), d.size()), (1, 32768, 0));
+    assert!(img.read_object(d).unwrap().is_empty());
+    let mut out = Vec::new();
+    assert_eq!(img.copy_object(d, &mut out).unwrap(), 0);
+    assert!(sif::siftool::list(&img).contains("32768-32768"));
+
+    // v2 layout: an empty partition aligned to 4096, past the end of the
+    // file nothing was written to (what `siftool add` of an empty file does).
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("empty-partition.sif");
+    let mut nothing: &[u8] = &[];
+    let part = sif::ObjectInput::new(DataType::PARTITION, &mut nothing).with_metadata(
+        sif::Metadata::Partition {
+            fs_type: sif::FsType::SQUASHFS,
+            part_type: PartType::PRIMARY_SYSTEM,
+            arch: sif::Arch::host(),
+        },
+    );
+    let file = File::options()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&p)
+        .unwrap();
+    sif::write::create(file, &sif::CreateOptions::default(), vec![part]).unwrap();
+    assert_eq!(fs::metadata(&p).unwrap().len(), 32176);
+    let img = Image::open(File::open(&p).unwrap()).unwrap();
+    let d = img.primary_partition().unwrap();
+    assert_eq!((d.offset(), d.size()), (32768, 0));
+    assert!(img.read_object(d).unwrap().is_empty());
+
+    // Still refused: a data section that claims bytes the file lacks, and
+    // an empty object outside the data section.
+    let mut b = legacy_with_one_empty_object();
+    put_i64(&mut b, 120, 10);
+    let e = Image::open(b).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Header {
+                field: "DataOffset",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let mut b = legacy_with_one_empty_object();
+    put_i64(&mut b, 4096 + 17, 40000);
+    let e = Image::open(b).unwrap_err();
+    assert!(matches!(e, Error::Descriptor { field: "Size", .. }), "{e}");
+}

@@ -21,7 +21,7 @@ use openpgp::types::HashAlgorithm;
 pub const BEGIN: &str = "-----BEGIN PGP SIGNED MESSAGE-----";
 
 /// Hash algorithms a signature may use.
-pub const ALLOWED_HASHES: &[HashAlgorithm] = &[
+pub(crate) const ALLOWED_HASHES: &[HashAlgorithm] = &[
     HashAlgorithm::SHA224,
     HashAlgorithm::SHA256,
     HashAlgorithm::SHA384,
@@ -32,12 +32,16 @@ pub const ALLOWED_HASHES: &[HashAlgorithm] = &[
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ClearsignError {
     #[error("not an OpenPGP cleartext-signed message")]
+    /// The data is not a cleartext-signed message.
     NotCleartext,
     #[error("{0}")]
+    /// The signature does not verify (why).
     Invalid(String),
     #[error("signed with {0}, which is not allowed (allowed: SHA-224, SHA-256, SHA-384, SHA-512)")]
+    /// The signature uses a hash outside the allow-list (which).
     HashNotAllowed(String),
     #[error("{0}")]
+    /// The key cannot be used (why).
     Key(String),
 }
 
@@ -55,13 +59,19 @@ pub struct Verified {
 /// A set of OpenPGP certificates (public keys).
 #[derive(Clone, Debug, Default)]
 pub struct Keyring {
+    /// The certificates.
     pub certs: Vec<Cert>,
 }
 
 impl Keyring {
-    /// Reads every certificate (armored or binary) in `bytes`.
+    /// Reads every certificate (armored or binary) in `bytes`, with the
+    /// MPIs of its signatures normalised as for image signatures: keys made
+    /// by Apptainer's OpenPGP library can have self-signatures whose MPI bit
+    /// counts overstate the numbers (gpg and Apptainer accept them).
     pub fn from_bytes(bytes: &[u8]) -> Result<Keyring, ClearsignError> {
-        let certs = CertParser::from_bytes(bytes)
+        let normalized = super::packets::dearmor_all(bytes)
+            .and_then(|binary| super::packets::normalize_signature_mpis(&binary));
+        let certs = CertParser::from_bytes(normalized.as_deref().unwrap_or(bytes))
             .map_err(|e| ClearsignError::Key(format!("not an OpenPGP keyring: {e}")))?
             .collect::<openpgp::Result<Vec<Cert>>>()
             .map_err(|e| ClearsignError::Key(format!("not an OpenPGP keyring: {e}")))?;
@@ -70,7 +80,7 @@ impl Keyring {
 }
 
 /// The 20-byte fingerprint of a v4 certificate.
-pub fn fingerprint20(cert: &Cert) -> Option<[u8; 20]> {
+pub(crate) fn fingerprint20(cert: &Cert) -> Option<[u8; 20]> {
     cert.fingerprint().as_bytes().try_into().ok()
 }
 
@@ -143,17 +153,38 @@ fn split_cleartext(data: &[u8]) -> Option<Cleartext<'_>> {
 /// keys whose binding signatures were refreshed after an image was signed
 /// (as the sylabs test key's were) still verify, as they do for Apptainer.
 pub fn verify(data: &[u8], keyring: &Keyring) -> Result<Verified, ClearsignError> {
-    use openpgp::Packet;
-    use openpgp::cert::amalgamation::key::PrimaryKey;
-    use openpgp::parse::PacketParser;
-    use openpgp::parse::PacketParserResult;
     let parts = split_cleartext(data).ok_or(ClearsignError::NotCleartext)?;
-    let mut sigs = Vec::new();
+    let sigs = signature_packets(parts.signature)?;
+    let mut error = None;
+    for sig in &sigs {
+        if let Err(e) = acceptable(sig) {
+            error = Some(e);
+            continue;
+        }
+        if let Some((fingerprint, signer)) =
+            verify_by_keyring(sig, keyring, &parts.canonical, &mut error)?
+        {
+            return Ok(Verified {
+                plaintext: parts.text,
+                fingerprint,
+                signer,
+            });
+        }
+    }
+    Err(error.unwrap_or_else(|| ClearsignError::Invalid("no signature verified".into())))
+}
+
+/// The signature packets of an armored signature block (MPIs normalised,
+/// see [`super::packets`]); anything else in it is an error.
+fn signature_packets(block: &[u8]) -> Result<Vec<openpgp::packet::Signature>, ClearsignError> {
+    use openpgp::Packet;
+    use openpgp::parse::{PacketParser, PacketParserResult};
     let mut binary = Vec::new();
-    openpgp::armor::Reader::from_bytes(parts.signature, openpgp::armor::ReaderMode::Tolerant(None))
+    openpgp::armor::Reader::from_bytes(block, openpgp::armor::ReaderMode::Tolerant(None))
         .read_to_end(&mut binary)
         .map_err(|e| ClearsignError::Invalid(format!("the signature block: {e}")))?;
-    let binary = repair_mpi_lengths(&binary).unwrap_or(binary);
+    let binary = super::packets::normalize_signature_mpis(&binary).unwrap_or(binary);
+    let mut sigs = Vec::new();
     let mut ppr = PacketParser::from_bytes(&binary)
         .map_err(|e| ClearsignError::Invalid(format!("the signature block: {e}")))?;
     while let PacketParserResult::Some(pp) = ppr {
@@ -183,159 +214,86 @@ pub fn verify(data: &[u8], keyring: &Keyring) -> Result<Verified, ClearsignError
             "the message has no signature".into(),
         ));
     }
-    let policy = StandardPolicy::new();
-    let mut error = None;
-    for sig in &sigs {
-        let hash = sig.hash_algo();
-        if !ALLOWED_HASHES.contains(&hash) {
-            error = Some(ClearsignError::HashNotAllowed(hash.to_string()));
-            continue;
-        }
-        if sig.typ() != openpgp::types::SignatureType::Text
-            && sig.typ() != openpgp::types::SignatureType::Binary
-        {
-            error = Some(ClearsignError::Invalid(format!(
-                "a {} signature, not a text signature",
-                sig.typ()
-            )));
-            continue;
-        }
-        if let Err(e) = sig.signature_alive(None, std::time::Duration::from_secs(300)) {
-            error = Some(ClearsignError::Invalid(format!(
-                "the signature is not alive: {e}"
-            )));
-            continue;
-        }
-        let issuers = sig.get_issuers();
-        let mut found_key = false;
-        for cert in &keyring.certs {
-            let valid = match cert.with_policy(&policy, None) {
-                Ok(v) => v,
-                Err(e) => {
-                    if cert.keys().key_handles(issuers.iter()).next().is_some() {
-                        error = Some(ClearsignError::Invalid(format!(
-                            "key {} is not valid now: {e}",
-                            cert.fingerprint()
-                        )));
-                        found_key = true;
-                    }
-                    continue;
-                }
-            };
-            for ka in valid.keys().key_handles(issuers.iter()) {
-                found_key = true;
-                if !ka.primary() && !ka.for_signing() {
-                    error = Some(ClearsignError::Invalid(format!(
-                        "subkey {} may not sign",
-                        ka.key().fingerprint()
-                    )));
-                    continue;
-                }
-                match sig.verify_message(ka.key(), &parts.canonical) {
-                    Ok(()) => {
-                        let fingerprint = fingerprint20(cert).ok_or_else(|| {
-                            ClearsignError::Key(
-                                "the signing certificate is not an OpenPGP v4 key".into(),
-                            )
-                        })?;
-                        let signer = cert
-                            .userids()
-                            .next()
-                            .map(|u| String::from_utf8_lossy(u.userid().value()).into_owned())
-                            .unwrap_or_default();
-                        return Ok(Verified {
-                            plaintext: parts.text,
-                            fingerprint,
-                            signer,
-                        });
-                    }
-                    Err(e) => {
-                        error = Some(ClearsignError::Invalid(format!("bad signature: {e}")));
-                    }
-                }
-            }
-        }
-        if !found_key {
-            error.get_or_insert(ClearsignError::Invalid(format!(
-                "signed by key {}, which is not in the keyring",
-                issuers.first().map_or("(unnamed)".into(), |h| h.to_hex())
-            )));
-        }
-    }
-    Err(error.unwrap_or_else(|| ClearsignError::Invalid("no signature verified".into())))
+    Ok(sigs)
 }
 
-/// Old Singularity releases wrote signature MPIs whose bit count ignores
-/// leading zero bits (go-crypto accepts them, sequoia does not). For a
-/// single v4 signature packet, rewrites each MPI's bit count to the real
-/// one; the bytes, and so the signature, are unchanged. `None` when the
-/// input is not one such packet or needs no repair.
-fn repair_mpi_lengths(packet: &[u8]) -> Option<Vec<u8>> {
-    let tag = *packet.first()?;
-    if tag & 0x80 == 0 {
-        return None;
+/// Whether `sig` may count at all: an allowed hash, a text (or binary)
+/// signature, alive now.
+fn acceptable(sig: &openpgp::packet::Signature) -> Result<(), ClearsignError> {
+    let hash = sig.hash_algo();
+    if !ALLOWED_HASHES.contains(&hash) {
+        return Err(ClearsignError::HashNotAllowed(hash.to_string()));
     }
-    let (kind, header_len, body_len) = if tag & 0x40 != 0 {
-        let l0 = usize::from(*packet.get(1)?);
-        match l0 {
-            0..=191 => (tag & 0x3f, 2, l0),
-            192..=223 => (
-                tag & 0x3f,
-                3,
-                ((l0 - 192) << 8) + usize::from(*packet.get(2)?) + 192,
-            ),
-            255 => (
-                tag & 0x3f,
-                6,
-                u32::from_be_bytes(packet.get(2..6)?.try_into().ok()?) as usize,
-            ),
-            _ => return None,
-        }
-    } else {
-        match tag & 3 {
-            0 => ((tag >> 2) & 0xf, 2, usize::from(*packet.get(1)?)),
-            1 => (
-                (tag >> 2) & 0xf,
-                3,
-                usize::from(u16::from_be_bytes(packet.get(1..3)?.try_into().ok()?)),
-            ),
-            2 => (
-                (tag >> 2) & 0xf,
-                5,
-                u32::from_be_bytes(packet.get(1..5)?.try_into().ok()?) as usize,
-            ),
-            _ => return None,
-        }
-    };
-    if kind != 2 || packet.len() != header_len + body_len {
-        return None;
+    if sig.typ() != openpgp::types::SignatureType::Text
+        && sig.typ() != openpgp::types::SignatureType::Binary
+    {
+        return Err(ClearsignError::Invalid(format!(
+            "a {} signature, not a text signature",
+            sig.typ()
+        )));
     }
-    let mut out = packet.to_vec();
-    let body = &mut out[header_len..];
-    if body.first() != Some(&4) {
-        return None;
-    }
-    let hashed = usize::from(u16::from_be_bytes(body.get(4..6)?.try_into().ok()?));
-    let at = 6 + hashed;
-    let unhashed = usize::from(u16::from_be_bytes(body.get(at..at + 2)?.try_into().ok()?));
-    let mut at = at + 2 + unhashed + 2;
-    let mut changed = false;
-    while at + 2 <= body.len() {
-        let bits = usize::from(u16::from_be_bytes(body[at..at + 2].try_into().ok()?));
-        let len = bits.div_ceil(8);
-        let bytes = body.get(at + 2..at + 2 + len)?;
-        let first = *bytes.first()?;
-        if first == 0 {
-            return None;
+    sig.signature_alive(None, std::time::Duration::from_secs(300))
+        .map_err(|e| ClearsignError::Invalid(format!("the signature is not alive: {e}")))
+}
+
+/// Checks `sig` over `canonical` with every key of `keyring` that may have
+/// made it; the verifying certificate's fingerprint and first user ID, or
+/// `None` with the last failure in `error`.
+fn verify_by_keyring(
+    sig: &openpgp::packet::Signature,
+    keyring: &Keyring,
+    canonical: &[u8],
+    error: &mut Option<ClearsignError>,
+) -> Result<Option<([u8; 20], String)>, ClearsignError> {
+    use openpgp::cert::amalgamation::key::PrimaryKey;
+    let policy = StandardPolicy::new();
+    let issuers = sig.get_issuers();
+    let mut found_key = false;
+    for cert in &keyring.certs {
+        let valid = match cert.with_policy(&policy, None) {
+            Ok(v) => v,
+            Err(e) => {
+                if cert.keys().key_handles(issuers.iter()).next().is_some() {
+                    *error = Some(ClearsignError::Invalid(format!(
+                        "key {} is not valid now: {e}",
+                        cert.fingerprint()
+                    )));
+                    found_key = true;
+                }
+                continue;
+            }
+        };
+        for ka in valid.keys().key_handles(issuers.iter()) {
+            found_key = true;
+            if !ka.primary() && !ka.for_signing() {
+                *error = Some(ClearsignError::Invalid(format!(
+                    "subkey {} may not sign",
+                    ka.key().fingerprint()
+                )));
+                continue;
+            }
+            if let Err(e) = sig.verify_message(ka.key(), canonical) {
+                *error = Some(ClearsignError::Invalid(format!("bad signature: {e}")));
+                continue;
+            }
+            let fingerprint = fingerprint20(cert).ok_or_else(|| {
+                ClearsignError::Key("the signing certificate is not an OpenPGP v4 key".into())
+            })?;
+            let signer = cert
+                .userids()
+                .next()
+                .map(|u| String::from_utf8_lossy(u.userid().value()).into_owned())
+                .unwrap_or_default();
+            return Ok(Some((fingerprint, signer)));
         }
-        let real = (len - 1) * 8 + (8 - first.leading_zeros() as usize);
-        if real != bits {
-            body[at..at + 2].copy_from_slice(&(real as u16).to_be_bytes());
-            changed = true;
-        }
-        at += 2 + len;
     }
-    changed.then_some(out)
+    if !found_key {
+        error.get_or_insert(ClearsignError::Invalid(format!(
+            "signed by key {}, which is not in the keyring",
+            issuers.first().map_or("(unnamed)".into(), |h| h.to_hex())
+        )));
+    }
+    Ok(None)
 }
 
 /// The signed text of a cleartext-signed message, without checking the

@@ -8,18 +8,22 @@ use openssl::pkey::{Id, PKey, Public};
 use openssl::sign::Verifier;
 
 /// The payload type sylabs/sif signs.
-pub const PAYLOAD_TYPE: &str = "application/vnd.sylabs.sif-metadata+json";
+pub(crate) const PAYLOAD_TYPE: &str = "application/vnd.sylabs.sif-metadata+json";
 
 /// Why an envelope did not verify.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DsseError {
     #[error("not a DSSE envelope: {0}")]
+    /// Not a DSSE envelope, or not a public key (why).
     Format(String),
     #[error("payload type {0:?} is not {PAYLOAD_TYPE}")]
+    /// The envelope carries another payload type (which).
     PayloadType(String),
     #[error("no signature in the envelope verifies with the given key(s)")]
+    /// No signature verifies with any of the keys.
     NoValidSignature,
     #[error("{0}")]
+    /// The key cannot be used (why).
     Key(String),
 }
 
@@ -59,7 +63,7 @@ impl PublicKey {
 }
 
 /// DSSE's pre-authentication encoding of a payload.
-pub fn pae(payload_type: &str, payload: &[u8]) -> Vec<u8> {
+pub(crate) fn pae(payload_type: &str, payload: &[u8]) -> Vec<u8> {
     let mut out = format!(
         "DSSEv1 {} {} {} ",
         payload_type.len(),
@@ -109,6 +113,6 @@ pub fn verify(envelope: &[u8], keys: &[PublicKey]) -> Result<Vec<u8>, DsseError>
 }
 
 /// Whether an object holds a DSSE envelope rather than an OpenPGP message.
-pub fn looks_like_envelope(data: &[u8]) -> bool {
+pub(crate) fn looks_like_envelope(data: &[u8]) -> bool {
     data.trim_ascii_start().starts_with(b"{")
 }

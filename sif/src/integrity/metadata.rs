@@ -17,11 +17,17 @@ use crate::image::{Image, ReadAt};
 /// The digest algorithms a signature's metadata may use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DigestAlg {
+    /// SHA-224.
     Sha224,
+    /// SHA-256 (the default).
     Sha256,
+    /// SHA-384.
     Sha384,
+    /// SHA-512.
     Sha512,
+    /// SHA-512/224.
     Sha512_224,
+    /// SHA-512/256.
     Sha512_256,
 }
 
@@ -63,7 +69,7 @@ impl DigestAlg {
     }
 
     /// A streaming hasher.
-    pub fn hasher(self) -> Hasher {
+    pub(crate) fn hasher(self) -> Hasher {
         match self {
             DigestAlg::Sha224 => Hasher::Sha224(sha2::Sha224::new()),
             DigestAlg::Sha256 => Hasher::Sha256(sha2::Sha256::new()),
@@ -84,16 +90,22 @@ impl DigestAlg {
 
 /// A hasher for one of the [`DigestAlg`]s.
 pub enum Hasher {
+    /// SHA-224.
     Sha224(sha2::Sha224),
+    /// SHA-256.
     Sha256(sha2::Sha256),
+    /// SHA-384.
     Sha384(sha2::Sha384),
+    /// SHA-512.
     Sha512(sha2::Sha512),
+    /// SHA-512/224.
     Sha512_224(sha2::Sha512_224),
+    /// SHA-512/256.
     Sha512_256(sha2::Sha512_256),
 }
 
 impl Hasher {
-    pub fn update(&mut self, bytes: &[u8]) {
+    pub(crate) fn update(&mut self, bytes: &[u8]) {
         match self {
             Hasher::Sha224(h) => h.update(bytes),
             Hasher::Sha256(h) => h.update(bytes),
@@ -104,7 +116,7 @@ impl Hasher {
         }
     }
 
-    pub fn finish(self) -> Digest {
+    pub(crate) fn finish(self) -> Digest {
         let (alg, value) = match self {
             Hasher::Sha224(h) => (DigestAlg::Sha224, h.finalize().to_vec()),
             Hasher::Sha256(h) => (DigestAlg::Sha256, h.finalize().to_vec()),
@@ -120,7 +132,9 @@ impl Hasher {
 /// An algorithm and a digest value.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Digest {
+    /// The hash algorithm.
     pub alg: DigestAlg,
+    /// The digest bytes.
     pub value: Vec<u8>,
 }
 
@@ -172,14 +186,18 @@ pub struct MetadataError(pub String);
 pub struct ObjectMetadata {
     /// Object ID minus the smallest ID of its group.
     pub relative_id: u32,
+    /// Digest of the descriptor's 557-byte view.
     pub descriptor_digest: Digest,
+    /// Digest of the object's data.
     pub object_digest: Digest,
 }
 
 /// What a signature signs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ImageMetadata {
+    /// Digest of the header's 61-byte view.
     pub header_digest: Digest,
+    /// The signed objects, by ascending ID.
     pub objects: Vec<ObjectMetadata>,
 }
 

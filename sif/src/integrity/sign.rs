@@ -23,7 +23,11 @@ pub struct SignOptions {
     /// Objects to sign: one signature per group they belong to, covering
     /// only them.
     pub objects: Vec<u32>,
-    /// Creation time of the signature objects; `None` for now.
+    /// Time of the signing: the creation time of the signature objects and
+    /// the image's new modification time; `None` for now. Unlike sylabs/sif,
+    /// whose signer leaves an image with unset times unset, `None` always
+    /// records the modification; pass [`crate::header::ZERO_TIME`] to keep
+    /// such an image reproducible.
     pub time: Option<i64>,
 }
 
@@ -31,16 +35,22 @@ pub struct SignOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum SignError {
     #[error(transparent)]
+    /// The image could not be read or written.
     Sif(#[from] crate::Error),
     #[error("{0}")]
+    /// The key could not sign.
     Key(#[from] ClearsignError),
     #[error("object {0} is in no object group; only grouped objects can be signed")]
+    /// The object (this ID) is in no group.
     NotGrouped(u32),
     #[error("no object group {0}")]
+    /// The image has no group with this ID.
     NoSuchGroup(u32),
     #[error("the image has no object groups to sign")]
+    /// The image has no object groups.
     NothingToSign,
     #[error("the key is not an OpenPGP v4 key (SIF descriptors hold 20-byte fingerprints)")]
+    /// The key is not an OpenPGP v4 key.
     NotV4,
 }
 
@@ -81,6 +91,7 @@ pub fn sign(
     if tasks.is_empty() {
         return Err(SignError::NothingToSign);
     }
+    let time = opts.time.unwrap_or_else(crate::write::now);
     let mut signatures = Vec::new();
     for (group, ids) in tasks {
         let objects: Vec<&Descriptor> = ids
@@ -97,7 +108,7 @@ pub fn sign(
             });
         input.group = None;
         input.link = Link::Group(group);
-        signatures.push(image.add_object(input, opts.time)?);
+        signatures.push(image.add_object(input, Some(time))?);
     }
     Ok(signatures)
 }

@@ -44,10 +44,13 @@ pub struct VerifyOptions {
 pub struct SignatureCheck {
     /// The signature object.
     pub signature: u32,
+    /// The primary fingerprint of the key that made it (zero for DSSE).
     pub fingerprint: [u8; 20],
+    /// The key's first user ID.
     pub signer: String,
     /// Objects whose integrity it established.
     pub objects: Vec<u32>,
+    /// Whether it is a legacy (SIFHASH) signature.
     pub legacy: bool,
 }
 
@@ -55,41 +58,97 @@ pub struct SignatureCheck {
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
     #[error(transparent)]
+    /// The image could not be read.
     Sif(#[from] crate::Error),
     #[error(
         "object {id} is in no object group: every object but signatures must be signed within a group"
     )]
-    NotGrouped { id: u32 },
+    /// An object other than a signature is in no group.
+    NotGrouped {
+        /// The signature object.
+        id: u32,
+    },
     #[error("{task}: no {kind}signature found")]
-    SignatureNotFound { task: String, kind: &'static str },
+    /// A task has no signature of the kind verified.
+    SignatureNotFound {
+        /// What was to be verified (a group or objects).
+        task: String,
+        /// "legacy " for legacy signatures, else empty.
+        kind: &'static str,
+    },
     #[error("no object group {0}")]
+    /// The image has no group with this ID.
     NoSuchGroup(u32),
+    #[error("the image has no object groups: there is nothing to verify")]
+    /// The image has no object groups: nothing could be verified.
+    NoGroups,
     #[error("signature object {id}: {source}")]
+    /// A signature did not verify cryptographically.
     NotValid {
+        /// The signature object.
         id: u32,
         #[source]
+        /// Why it did not verify.
         source: ClearsignError,
     },
     #[error("signature object {id}: {reason}")]
-    Malformed { id: u32, reason: String },
-    #[error("signature object {id}: made by key {actual}, but its descriptor names {expected}")]
-    FingerprintMismatch {
+    /// A signature or its signed metadata is malformed.
+    Malformed {
+        /// The signature object.
         id: u32,
+        /// What is wrong with it.
+        reason: String,
+    },
+    #[error("signature object {id}: made by key {actual}, but its descriptor names {expected}")]
+    /// The key that made a signature is not the one its descriptor names.
+    FingerprintMismatch {
+        /// The signature object.
+        id: u32,
+        /// The fingerprint the descriptor names.
         expected: String,
+        /// The fingerprint of the key that made the signature.
         actual: String,
     },
     #[error("signature object {id}: object {object} is in the signed group but was not signed")]
-    ObjectNotSigned { id: u32, object: u32 },
+    /// An object of the signed group is not covered by the signature.
+    ObjectNotSigned {
+        /// The signature object.
+        id: u32,
+        /// The object ID.
+        object: u32,
+    },
     #[error("signature object {id}: it signs object {object}, which the image does not have")]
-    SignedObjectMissing { id: u32, object: u32 },
+    /// The signature covers an object the image does not have.
+    SignedObjectMissing {
+        /// The signature object.
+        id: u32,
+        /// The object ID.
+        object: u32,
+    },
     #[error(
         "signature object {id}: the image header (launch script, magic, version or ID) changed since signing"
     )]
-    HeaderIntegrity { id: u32 },
+    /// The header changed since signing.
+    HeaderIntegrity {
+        /// The signature object.
+        id: u32,
+    },
     #[error("signature object {id}: the descriptor of object {object} changed since signing")]
-    DescriptorIntegrity { id: u32, object: u32 },
+    /// A descriptor changed since signing.
+    DescriptorIntegrity {
+        /// The signature object.
+        id: u32,
+        /// The object ID.
+        object: u32,
+    },
     #[error("signature object {id}: the data of object {object} changed since signing")]
-    ObjectIntegrity { id: u32, object: u32 },
+    /// An object's data changed since signing.
+    ObjectIntegrity {
+        /// The signature object.
+        id: u32,
+        /// The object ID.
+        object: u32,
+    },
 }
 
 impl VerifyError {
@@ -109,7 +168,7 @@ const LEGACY_PREFIX: &[u8] = b"SIFHASH:\n";
 
 /// The largest signature object read: metadata for tens of thousands of
 /// objects plus several signatures fits easily.
-pub const MAX_SIGNATURE_SIZE: u64 = 16 << 20;
+pub(crate) const MAX_SIGNATURE_SIZE: u64 = 16 << 20;
 
 /// Checks every signature of a task: all must pass, except that
 /// `on_invalid` may excuse one that did not verify cryptographically.
@@ -146,6 +205,7 @@ enum Task {
 }
 
 impl<'a, R: ReadAt> Verifier<'a, R> {
+    /// A verifier of `image` against the OpenPGP certificates in `keyring`.
     pub fn new(image: &'a Image<R>, keyring: &'a Keyring) -> Self {
         Verifier {
             image,
@@ -197,6 +257,10 @@ impl<'a, R: ReadAt> Verifier<'a, R> {
         }
         if tasks.is_empty() {
             tasks = img.group_ids().into_iter().map(Task::Group).collect();
+        }
+        // Nothing checked is not "verified" (sylabs/sif: errNoGroupsFound).
+        if tasks.is_empty() {
+            return Err(VerifyError::NoGroups);
         }
         let mut out = Vec::new();
         for task in tasks {

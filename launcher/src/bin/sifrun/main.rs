@@ -64,6 +64,10 @@ image reproducible (nil ID, that time)."
         /// Keep file owners from the source (default: everything owned by root)
         #[arg(long)]
         keep_owner: bool,
+        /// Keep the source directory's mode for the image's root directory
+        /// (default: 0755, so every user can enter it)
+        #[arg(long)]
+        keep_root_mode: bool,
         /// Replace IMAGE if it exists
         #[arg(long)]
         force: bool,
@@ -216,6 +220,7 @@ fn run(cli: Cli) -> Result<()> {
             from_squashfs,
             compression,
             keep_owner,
+            keep_root_mode,
             force,
         } => {
             let source = match (source_dir, from_squashfs) {
@@ -228,6 +233,7 @@ fn run(cli: Cli) -> Result<()> {
                 source,
                 compression,
                 keep_owner,
+                keep_root_mode,
                 force,
                 source_date_epoch: build::source_date_epoch_from_env()
                     .map_err(anyhow::Error::msg)?,

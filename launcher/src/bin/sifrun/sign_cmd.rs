@@ -162,6 +162,9 @@ pub fn run_verify(a: &VerifyArgs) -> Result<()> {
         .with_dsse_keys(&dsse_keys)
         .verify(&opts, |_, _| false)
         .with_context(|| format!("verifying {}", a.image.display()))?;
+    if checks.is_empty() {
+        bail!("verifying {}: no signature verified", a.image.display());
+    }
     for c in &checks {
         let fp = if c.fingerprint == [0; 20] {
             "no fingerprint".to_owned()
