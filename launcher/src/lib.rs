@@ -39,9 +39,13 @@ pub mod inspect;
 #[warn(clippy::too_many_lines)]
 pub mod launch;
 #[warn(clippy::too_many_lines)]
+pub mod pin;
+#[warn(clippy::too_many_lines)]
 pub mod plan;
 #[warn(clippy::too_many_lines)]
 pub mod privilege;
+#[warn(clippy::too_many_lines)]
+pub mod privileged;
 #[warn(clippy::too_many_lines)]
 pub mod sanitize;
 #[allow(missing_docs)]
