@@ -314,6 +314,8 @@ mod tests {
             step: "42.batch".into(),
             image: "/home/u/img.sif".into(),
             ecl_config: Some("/etc/sifrun/sifrun.toml".into()),
+            ns_dir: Some("/run/sifrun/42.batch.ns".into()),
+            image_dirs: vec!["/shared/images".into()],
             binds: vec!["/scratch".into(), "/d:/data:ro".into()],
             env: vec!["A=1".into()],
             pwd: Some("/w".into()),

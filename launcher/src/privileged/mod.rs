@@ -168,6 +168,7 @@ pub fn hold(l: &Launch, p: &Privileged, user: &UserCreds) -> Result<String, Fail
     let (loop_dev, loop_path) = syscall::loop_attach(&image, v.offset, v.size).map_err(|e| {
         fail(Stage::Image)(format!("a loop device for the verified partition: {e}"))
     })?;
+    runtime_dir(&p.ns_dir).map_err(fail(Stage::Setup))?;
     let ns = nsdir::NsDir::prepare(&p.ns_dir)
         .map_err(|e| fail(Stage::Setup)(format!("{}: {e}", p.ns_dir.display())))?;
     crate::launch::phase_done("loop device", t);
@@ -176,6 +177,20 @@ pub fn hold(l: &Launch, p: &Privileged, user: &UserCreds) -> Result<String, Fail
     drop(image);
     ns.keep();
     Ok(line)
+}
+
+/// The runtime directory the namespace is pinned in: created by root if
+/// missing, and trusted (root's, and root's all the way up).
+fn runtime_dir(ns_dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::DirBuilderExt;
+    let dir = ns_dir
+        .parent()
+        .ok_or_else(|| format!("{}: no runtime directory", ns_dir.display()))?;
+    let _ = std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(dir);
+    slurm_conf::trusted::check_file(dir, 0).map_err(|e| format!("plugstack.conf: runtime_dir: {e}"))
 }
 
 /// Opens the image as the user (an opener in the host's namespace).
