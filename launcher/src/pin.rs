@@ -88,7 +88,7 @@ pub(crate) fn acl_grants_write(acl: &[u8]) -> bool {
     const ACL_USER: u16 = 0x02;
     const ACL_GROUP: u16 = 0x08;
     const ACL_WRITE: u16 = 0x02;
-    if acl.len() < 4 || (acl.len() - 4) % 8 != 0 {
+    if acl.len() < 4 || !(acl.len() - 4).is_multiple_of(8) {
         return true;
     }
     acl[4..].chunks_exact(8).any(|e| {
