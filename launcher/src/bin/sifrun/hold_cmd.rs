@@ -208,6 +208,26 @@ fn phase(what: &str, since: Instant) {
 mod tests {
     use super::*;
 
+    /// users.image_dirs is judged on the file opened: a link from outside
+    /// into the directory passes, a file outside fails even when reached
+    /// through a link that lies inside the directory.
+    #[test]
+    fn image_dirs_are_judged_on_the_file_opened() {
+        let d = tempfile::tempdir().unwrap();
+        let d = std::fs::canonicalize(d.path()).unwrap();
+        let allowed = d.join("images");
+        std::fs::create_dir(&allowed).unwrap();
+        std::fs::write(allowed.join("a.sif"), b"x").unwrap();
+        std::fs::write(d.join("mine.sif"), b"y").unwrap();
+        std::os::unix::fs::symlink(allowed.join("a.sif"), d.join("in.sif")).unwrap();
+        std::os::unix::fs::symlink(d.join("mine.sif"), allowed.join("out.sif")).unwrap();
+        let dirs = [allowed.clone()];
+        open_in_dirs(&d.join("in.sif"), &dirs).unwrap();
+        let e = open_in_dirs(&allowed.join("out.sif"), &dirs).unwrap_err();
+        assert!(e.to_string().contains("images must lie below"), "{e}");
+        open_in_dirs(&d.join("mine.sif"), &[]).unwrap();
+    }
+
     #[test]
     fn a_request_becomes_the_launch_it_describes() {
         let r = Request {
