@@ -28,6 +28,19 @@ pub struct Owners<'a> {
 
 /// Checks that `file` cannot be changed by `owners.user`.
 pub fn check(file: &File, owners: Owners<'_>) -> Result<(), NotPinned> {
+    // The filesystem first: another user's FUSE mount does not even let
+    // root look (no allow_other), and any FUSE mount is refused.
+    let fs = nix::sys::statfs::fstatfs(file.as_fd()).map_err(|e| {
+        NotPinned(format!(
+            "cannot inspect its filesystem ({e}): a filesystem another user serves (FUSE) is refused"
+        ))
+    })?;
+    #[allow(clippy::unnecessary_cast)]
+    if fs.filesystem_type().0 as i64 == FUSE_SUPER_MAGIC {
+        return Err(NotPinned(
+            "it lies on a FUSE filesystem, whose server (any user's) chooses the bytes each read returns".into(),
+        ));
+    }
     let meta = file
         .metadata()
         .map_err(|e| NotPinned(format!("cannot inspect the open image: {e}")))?;
@@ -59,14 +72,6 @@ pub fn check(file: &File, owners: Owners<'_>) -> Result<(), NotPinned> {
     {
         return Err(NotPinned(
             "its ACL lets other users or groups write it".into(),
-        ));
-    }
-    let fs = nix::sys::statfs::fstatfs(file.as_fd())
-        .map_err(|e| NotPinned(format!("cannot inspect its filesystem: {e}")))?;
-    #[allow(clippy::unnecessary_cast)]
-    if fs.filesystem_type().0 as i64 == FUSE_SUPER_MAGIC {
-        return Err(NotPinned(
-            "it lies on a FUSE filesystem, whose server (any user's) chooses the bytes each read returns".into(),
         ));
     }
     Ok(())
@@ -103,6 +108,8 @@ mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 
+    use std::os::unix::fs::MetadataExt;
+
     fn me() -> u32 {
         nix::unistd::geteuid().as_raw()
     }
@@ -113,29 +120,43 @@ mod tests {
         let p = dir.path().join("i.sif");
         std::fs::write(&p, b"x").unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o444)).unwrap();
-        let f = File::open(&p).unwrap();
-        let user = Owners {
-            listed: &[],
-            user: me(),
-        };
-        if me() != 0 {
-            // Read-only now, but the user owns it: chmod and rewrite later.
-            let e = check(&f, user).unwrap_err();
-            assert!(e.0.starts_with("owned by you"), "{e}");
+        // As root (CI), give the file to an ordinary uid: the user.
+        if me() == 0 {
+            std::os::unix::fs::chown(&p, Some(4242), None).unwrap();
         }
-        // Checked as another user: not root's and not listed.
+        let owner = std::fs::metadata(&p).unwrap().uid();
+        let f = File::open(&p).unwrap();
+        // Read-only now, but the user owns it: chmod and rewrite later.
+        let e = check(
+            &f,
+            Owners {
+                listed: &[],
+                user: owner,
+            },
+        )
+        .unwrap_err();
+        assert!(e.0.starts_with("owned by you"), "{e}");
+        // Even when the admin lists the user as an owner.
+        let e = check(
+            &f,
+            Owners {
+                listed: &[owner],
+                user: owner,
+            },
+        )
+        .unwrap_err();
+        assert!(e.0.starts_with("owned by you"), "{e}");
+        // Checked for another user: not root's and not listed.
         let other = Owners {
             listed: &[],
-            user: me() + 1,
+            user: owner + 1,
         };
-        if me() != 0 {
-            let e = check(&f, other).unwrap_err();
-            assert!(e.0.contains("must be owned by root"), "{e}");
-        }
-        let listed = [me()];
+        let e = check(&f, other).unwrap_err();
+        assert!(e.0.contains("must be owned by root"), "{e}");
+        let listed = [owner];
         let trusted = Owners {
             listed: &listed,
-            user: me() + 1,
+            user: owner + 1,
         };
         check(&f, trusted).unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o464)).unwrap();
