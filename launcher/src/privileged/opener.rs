@@ -193,4 +193,32 @@ mod tests {
         let long = Path::new("/").join("x".repeat(5000));
         assert!(o.open(Kind::Source, &long).is_err());
     }
+
+    /// Started by root (CI), the opener is the user: what root alone may
+    /// reach, it may not.
+    #[test]
+    fn the_opener_has_only_the_users_rights() {
+        use std::os::unix::fs::PermissionsExt;
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("root-only");
+        std::fs::create_dir(&secret).unwrap();
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::fs::write(secret.join("f"), b"x").unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let user = UserCreds {
+            uid: 4242,
+            gid: 4242,
+            groups: vec![],
+        };
+        let o = Opener::start(&user).unwrap();
+        for kind in [Kind::Image, Kind::Source] {
+            let e = o.open(kind, &secret.join("f")).unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(libc::EACCES), "{kind:?}");
+        }
+        // What the user may reach, it opens.
+        o.open(Kind::Source, dir.path()).unwrap();
+    }
 }

@@ -152,6 +152,44 @@ mod tests {
         assert!(!v.allowed, "{v:?}");
     }
 
+    /// What the verifier is once dropped: nobody (when started by root),
+    /// no capabilities, no-new-privileges, non-dumpable, bounded.
+    #[test]
+    fn the_verifier_has_nothing() {
+        let root = nix::unistd::geteuid().is_root();
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        let pid = match syscall::fork_single_threaded().unwrap() {
+            Forked::Child => {
+                let ok = drop_to_nobody().is_ok();
+                let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+                let dumpable = nix::sys::prctl::get_dumpable().unwrap_or(true);
+                let mut out = File::from(w);
+                let _ = write!(out, "ok={ok} dumpable={dumpable}\n{status}");
+                std::process::exit(0)
+            }
+            Forked::Parent(pid) => pid,
+        };
+        drop(w);
+        let text = read_all(r, Instant::now() + Duration::from_secs(10)).unwrap();
+        waitpid(pid, None).unwrap();
+        assert!(text.starts_with("ok=true dumpable=false"), "{text}");
+        let field = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("{name}:")))
+                .map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "))
+                .unwrap_or_default()
+        };
+        assert_eq!(field("NoNewPrivs"), "1");
+        for caps in ["CapPrm", "CapEff", "CapInh", "CapAmb"] {
+            assert_eq!(field(caps), "0000000000000000", "{caps}");
+        }
+        if root {
+            assert_eq!(field("Uid"), "65534 65534 65534 65534");
+            assert_eq!(field("Gid"), "65534 65534 65534 65534");
+            assert_eq!(field("Groups"), "");
+        }
+    }
+
     #[test]
     fn silence_is_a_denial() {
         let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
