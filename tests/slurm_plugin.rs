@@ -135,7 +135,7 @@ fn image(dir: &std::path::Path) -> std::path::PathBuf {
         fs::create_dir_all(root.join(d)).unwrap();
     }
     fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-    for c in ["sh", "id", "cat", "readlink", "echo", "ls", "sleep"] {
+    for c in ["sh", "id", "cat", "readlink", "echo", "ls", "sleep", "true"] {
         symlink("busybox", root.join("bin").join(c)).unwrap();
     }
     fs::write(root.join("etc/image-marker"), "inside-the-image\n").unwrap();

@@ -102,7 +102,18 @@ pub fn apply(plan: &Plan, sys: &dyn Syscall) -> Result<Applied, ApplyError> {
             source,
         };
         result.map_err(mount_err)?;
-        transient(|| sys.remount(target, m.readonly, !m.allow_devices)).map_err(mount_err)?;
+        // A recursive bind brings the host's submounts along: each gets
+        // nosuid and nodev too (a procfs fallen back to the host's bind has
+        // none worth keeping either).
+        let recursive = matches!(
+            m.source,
+            Source::Host {
+                recursive: true,
+                ..
+            } | Source::Proc
+        );
+        transient(|| sys.remount(target, m.readonly, !m.allow_devices, recursive))
+            .map_err(mount_err)?;
     }
     sys.pivot_root().map_err(ApplyError::PivotRoot)?;
     match sys.chdir(&plan.cwd) {
@@ -156,11 +167,11 @@ mod tests {
         assert_eq!(applied.cwd, Path::new("/scratch/run"));
         let want = "\
 proc /proc
-remount /proc nosuid,nodev
+remount /proc nosuid,nodev,submounts:nosuid,nodev
 rbind /sys /sys
-remount /sys nosuid,nodev
+remount /sys nosuid,nodev,submounts:nosuid,nodev
 rbind /dev /dev
-remount /dev nosuid
+remount /dev nosuid,submounts:nosuid,nodev
 bind /tmp /tmp
 remount /tmp nosuid,nodev
 bind /var/tmp /var/tmp

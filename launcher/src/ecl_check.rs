@@ -97,22 +97,18 @@ pub fn check(
     }
     let path = real_path(file).unwrap_or_else(|| shown.to_owned());
     let dir = path.parent().unwrap_or(Path::new("/")).to_owned();
-    // The bytes checked must stay the bytes served (root can change any
-    // file; the check is for the users the ECL constrains).
-    if !nix::unistd::geteuid().is_root()
-        && nix::unistd::faccessat(
-            nix::fcntl::AT_FDCWD,
-            &path,
-            nix::unistd::AccessFlags::W_OK,
-            nix::fcntl::AtFlags::AT_EACCESS,
-        )
-        .is_ok()
-    {
+    // The bytes checked must stay the bytes served: an image the caller
+    // owns or others may write could change after the check (item 1).
+    let owners = crate::pin::Owners {
+        listed: &ecl.owners,
+        user: nix::unistd::geteuid().as_raw(),
+    };
+    if let Err(e) = crate::pin::check(file, owners) {
         return Ok(Decision {
             allowed: false,
             group: None,
             reason: format!(
-                "{} is writable by you; with the ECL activated only images you cannot change run",
+                "{}: {e} (with the ECL activated only images you cannot change run)",
                 path.display()
             ),
         });
@@ -134,4 +130,153 @@ pub fn check(
         &dir,
         &evidence(&image, &ring, ecl.legacy_insecure),
     ))
+}
+
+/// The verifier's answer: the decision and, when allowed, the bounds of
+/// the verified primary partition (the only bytes that are then served).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    /// Whether the image may run.
+    pub allowed: bool,
+    /// The execgroup that decided.
+    pub group: Option<String>,
+    /// Why, in words.
+    pub reason: String,
+    /// The primary partition's offset in the file.
+    pub offset: u64,
+    /// The primary partition's size.
+    pub size: u64,
+}
+
+impl Verdict {
+    fn denied(reason: String) -> Verdict {
+        Verdict {
+            allowed: false,
+            group: None,
+            reason,
+            offset: 0,
+            size: 0,
+        }
+    }
+
+    /// The wire form: five lines.
+    pub fn encode(&self) -> String {
+        let line = |s: &str| s.replace(['\n', '\r'], " ");
+        format!(
+            "sifrun-verdict-1\n{}\n{} {}\n{}\n{}\n",
+            if self.allowed { "allow" } else { "deny" },
+            self.offset,
+            self.size,
+            self.group
+                .as_deref()
+                .map(|g| format!("g:{}", line(g)))
+                .unwrap_or_default(),
+            line(&self.reason)
+        )
+    }
+
+    /// Reads [`Verdict::encode`]'s form; anything else is an error.
+    pub fn decode(text: &str) -> Result<Verdict, String> {
+        let bad = || {
+            format!(
+                "malformed verdict {:?}",
+                text.chars().take(200).collect::<String>()
+            )
+        };
+        let mut lines = text.split('\n');
+        if lines.next() != Some("sifrun-verdict-1") {
+            return Err(bad());
+        }
+        let allowed = match lines.next() {
+            Some("allow") => true,
+            Some("deny") => false,
+            _ => return Err(bad()),
+        };
+        let (offset, size) = lines
+            .next()
+            .and_then(|l| l.split_once(' '))
+            .and_then(|(o, s)| Some((o.parse().ok()?, s.parse().ok()?)))
+            .ok_or_else(bad)?;
+        let group = lines.next().ok_or_else(bad)?;
+        let reason = lines.next().ok_or_else(bad)?.to_owned();
+        if lines.next() != Some("") || lines.next().is_some() {
+            return Err(bad());
+        }
+        Ok(Verdict {
+            allowed,
+            group: group.strip_prefix("g:").map(str::to_owned),
+            reason,
+            offset,
+            size,
+        })
+    }
+}
+
+/// Judges `file` (found in directory `dir`) against `ecl` with the
+/// keyring's bytes: parse, verify, decide, and find the primary
+/// partition's bounds. Run by the unprivileged verifier.
+pub fn judge(file: &File, dir: &Path, ecl: &Ecl, keyring: &[u8]) -> Verdict {
+    let ring = match Keyring::from_bytes(keyring) {
+        Ok(r) => r,
+        Err(e) => return Verdict::denied(format!("ECL keyring: {e}")),
+    };
+    let image = match Image::open(file) {
+        Ok(i) => i,
+        Err(e) => return Verdict::denied(e.to_string()),
+    };
+    let d = decide(ecl, dir, &evidence(&image, &ring, ecl.legacy_insecure));
+    let part = image.primary_partition().and_then(|p| {
+        let fs = p.partition()?.fs_type;
+        Ok((p.offset(), p.size(), fs))
+    });
+    match part {
+        Ok((offset, size, fs)) if fs == sif::FsType::SQUASHFS => Verdict {
+            allowed: d.allowed,
+            group: d.group,
+            reason: d.reason,
+            offset,
+            size,
+        },
+        Ok((_, _, fs)) if d.allowed => {
+            Verdict::denied(format!("the primary partition is {fs}, not squashfs"))
+        }
+        Err(e) if d.allowed => Verdict::denied(e.to_string()),
+        _ => Verdict {
+            allowed: false,
+            group: d.group,
+            reason: d.reason,
+            offset: 0,
+            size: 0,
+        },
+    }
+}
+
+#[cfg(test)]
+mod verdict_tests {
+    use super::*;
+
+    #[test]
+    fn verdicts_round_trip_and_garbage_is_refused() {
+        let v = Verdict {
+            allowed: true,
+            group: Some("site\nimages".into()),
+            reason: "signed by\nA".into(),
+            offset: 4096,
+            size: 123,
+        };
+        let back = Verdict::decode(&v.encode()).unwrap();
+        assert!(back.allowed && back.offset == 4096 && back.size == 123);
+        assert_eq!(back.group.as_deref(), Some("site images"));
+        assert_eq!(back.reason, "signed by A");
+        let denied = Verdict::denied("no".into());
+        assert_eq!(Verdict::decode(&denied.encode()).unwrap(), denied);
+        for bad in [
+            "",
+            "allow",
+            "sifrun-verdict-1\nallow\n1 2\n\nr\nextra\n",
+            "sifrun-verdict-1\nmaybe\n1 2\n\nr\n",
+        ] {
+            assert!(Verdict::decode(bad).is_err(), "{bad:?}");
+        }
+    }
 }

@@ -73,25 +73,15 @@ pub(crate) fn hold(h: &Holding<'_>, sys: Linux, signals: &SigSet) -> i32 {
     }
     drop(sys);
     crate::launch::phase_done("apply", started);
-    let started = std::time::Instant::now();
-    let task_env = if h.through_shell {
-        match image_env(h.env) {
-            Ok(e) => e,
-            Err(e) => {
-                return failed(
-                    Stage::Environment,
-                    format!("sifrun: reading the image's environment scripts: {e}"),
-                );
-            }
+    let ready = match ready_report(h, None) {
+        Ok(r) => r,
+        Err(failed) => {
+            let _ = failed.write_to(&mut io::stdout());
+            return 255;
         }
-    } else {
-        direct_env(h.env)
     };
-    let task_env = with_client_path(task_env, h.slurm_client);
-    crate::launch::phase_done("task environment", started);
     // Tasks (same user) open /proc/PID/ns/*: that needs a dumpable target.
     let _ = nix::sys::prctl::set_dumpable(true);
-    let ready = Report::ready(slurm_conf::task_env::delta(h.job_env, &task_env));
     if ready.write_to(&mut io::stdout()).is_err() {
         return 255;
     }
@@ -103,6 +93,29 @@ pub(crate) fn hold(h: &Holding<'_>, sys: Linux, signals: &SigSet) -> i32 {
             Err(_) => return 255,
         }
     }
+}
+
+/// The tasks' environment, as the `ready` report: the image's scripts run
+/// by its shell (as `as_user`, uid and gid, when given: the privileged
+/// path's root never runs them), the user's settings, the Slurm client's
+/// PATH; or the failure report.
+pub(crate) fn ready_report(h: &Holding<'_>, as_user: Option<(u32, u32)>) -> Result<Report, Report> {
+    let started = std::time::Instant::now();
+    let task_env = if h.through_shell {
+        image_env(h.env, as_user).map_err(|e| {
+            Report::failed(
+                Stage::Environment,
+                format!("sifrun: reading the image's environment scripts: {e}"),
+            )
+        })?
+    } else {
+        direct_env(h.env)
+    };
+    let task_env = with_client_path(task_env, h.slurm_client);
+    crate::launch::phase_done("task environment", started);
+    Ok(Report::ready(slurm_conf::task_env::delta(
+        h.job_env, &task_env,
+    )))
 }
 
 /// The Slurm client's programs first on the tasks' PATH.
@@ -126,12 +139,18 @@ fn failed(stage: Stage, message: String) -> i32 {
 /// The environment the image's `/.singularity.d/env` scripts and the user's
 /// settings make from `env.base`: the image's shell sources them, then
 /// execs a shell that waits, whose /proc environ is read.
-fn image_env(env: &ContainerEnv) -> io::Result<Vec<(String, String)>> {
+fn image_env(env: &ContainerEnv, as_user: Option<(u32, u32)>) -> io::Result<Vec<(String, String)>> {
     use std::io::{BufRead, BufReader};
+    use std::os::unix::process::CommandExt;
     use std::process::{Command, Stdio};
     const MARK: &str = "sifrun-environment-ready";
     let script = format!("{ENV_PRELUDE}exec /bin/sh -c 'echo {MARK}; read x'\n");
-    let mut child = Command::new("/bin/sh")
+    let mut cmd = Command::new("/bin/sh");
+    if let Some((uid, gid)) = as_user {
+        // std drops the supplementary groups, then sets gid and uid.
+        cmd.uid(uid).gid(gid);
+    }
+    let mut child = cmd
         .arg("-c")
         .arg(script)
         .env_clear()

@@ -9,7 +9,10 @@
 //! command (`command`), staging (`stage`), the container root (`apply`),
 //! the container's processes (`init`, and `hold` for a Slurm step), all
 //! namespace and mount operations through one seam (`syscall`, the only
-//! module allowed `unsafe`).
+//! module allowed `unsafe`). A Slurm step under an activated ECL takes the
+//! privileged path instead ([`privileged`]: root's mount namespace, the
+//! image pinned ([`pin`]) and verified by an unprivileged child, served by
+//! the kernel's squashfs), reusing the plan, staging and apply.
 #![warn(missing_docs)]
 // clippy::too_many_lines is warned on the modules split so far (below);
 // build, inspect and the squashfs reader opt in once they are split too.
@@ -39,9 +42,13 @@ pub mod inspect;
 #[warn(clippy::too_many_lines)]
 pub mod launch;
 #[warn(clippy::too_many_lines)]
+pub mod pin;
+#[warn(clippy::too_many_lines)]
 pub mod plan;
 #[warn(clippy::too_many_lines)]
 pub mod privilege;
+#[warn(clippy::too_many_lines)]
+pub mod privileged;
 #[warn(clippy::too_many_lines)]
 pub mod sanitize;
 #[allow(missing_docs)]

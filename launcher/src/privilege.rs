@@ -26,3 +26,32 @@ pub fn drop_to_effective_user() -> io::Result<()> {
     nix::sys::prctl::set_dumpable(true).map_err(|e| io::Error::from_raw_os_error(e as i32))?;
     Ok(())
 }
+
+/// The privileged (ECL) path of a Slurm step: slurmstepd started the
+/// holder with root's real uid and the job user's effective uid; take
+/// root back entirely (real, effective and saved uid and gid 0, so that
+/// no process of the user's may signal it), drop the user's groups and
+/// stay non-dumpable (nobody may trace it). Returns the user's identity,
+/// for the children that act as the user.
+pub fn become_root() -> io::Result<crate::privileged::UserCreds> {
+    let user = crate::privileged::UserCreds::current();
+    if !getuid().is_root() {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "the ECL path needs slurmstepd's root (real uid 0)",
+        ));
+    }
+    if user.uid == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "refusing to hold a container for root",
+        ));
+    }
+    let root = nix::unistd::Uid::from_raw(0);
+    setresuid(root, root, root).map_err(|e| io::Error::from_raw_os_error(e as i32))?;
+    let g = nix::unistd::Gid::from_raw(0);
+    setresgid(g, g, g).map_err(|e| io::Error::from_raw_os_error(e as i32))?;
+    nix::unistd::setgroups(&[]).map_err(|e| io::Error::from_raw_os_error(e as i32))?;
+    nix::sys::prctl::set_dumpable(false).map_err(|e| io::Error::from_raw_os_error(e as i32))?;
+    Ok(user)
+}

@@ -17,7 +17,7 @@ pub(crate) const STAGING: &str = "/tmp";
 /// The host sources to open before the staging area covers any of them:
 /// every host path the plan binds, and /proc (the fallback for a procfs
 /// the kernel refuses).
-fn sources(plan: &Plan) -> Vec<PathBuf> {
+pub(crate) fn sources(plan: &Plan) -> Vec<PathBuf> {
     let mut wanted: Vec<PathBuf> = plan
         .mounts
         .iter()
@@ -45,6 +45,14 @@ pub(crate) fn stage(plan: &Plan, sys: &dyn Syscall) -> Result<PathBuf, LaunchErr
     }
     sys.make_mounts_private()
         .map_err(setup("making mounts private"))?;
+    stage_area(plan, sys)
+}
+
+/// The part of [`stage`] after the namespaces: open the host sources
+/// (the privileged path's were opened as the user already), mount the
+/// staging area and write the generated files.
+pub(crate) fn stage_area(plan: &Plan, sys: &dyn Syscall) -> Result<PathBuf, LaunchError> {
+    let setup = |what: &str| crate::launch::setup(what.to_owned());
     // Host sources are opened now, before the staging tmpfs covers /tmp.
     for p in sources(plan) {
         sys.open_source(&p)

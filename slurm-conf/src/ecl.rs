@@ -69,6 +69,8 @@ pub(crate) struct RawEcl {
     #[serde(default)]
     keyring: Option<PathBuf>,
     #[serde(default)]
+    owners: Vec<u32>,
+    #[serde(default)]
     execgroup: Vec<RawGroup>,
 }
 
@@ -94,6 +96,9 @@ pub struct Ecl {
     pub legacy_insecure: bool,
     /// The public keyring signatures are verified against.
     pub keyring: Option<PathBuf>,
+    /// Owners (uids) besides root an admitted image may have (an image
+    /// must be one its job's user cannot change: see the launcher's `pin`).
+    pub owners: Vec<u32>,
     /// The execgroups, in file order.
     pub groups: Vec<ExecGroup>,
 }
@@ -173,6 +178,7 @@ impl Ecl {
             activated: raw.activated,
             legacy_insecure: raw.legacyinsecure,
             keyring: raw.keyring,
+            owners: raw.owners,
             groups,
         })
     }
@@ -318,6 +324,7 @@ mod tests {
             activated: true,
             legacy_insecure: false,
             keyring: Some("/k".into()),
+            owners: vec![],
             groups: vec![ExecGroup {
                 tagname: "g".into(),
                 mode,

@@ -89,9 +89,22 @@ pub struct Request {
     pub step: String,
     /// The image, an absolute path.
     pub image: PathBuf,
-    /// The admin file whose activated `[ecl]` the image must pass, checked
-    /// before the holder drops root's real uid.
+    /// The admin file whose activated `[ecl]` the image must pass. With it
+    /// the holder takes the privileged path: it keeps root (real, effective
+    /// and saved uid 0), opens the image as the user, pins and verifies it
+    /// in an unprivileged child, serves the verified partition with the
+    /// kernel's squashfs and pins a root-owned mount namespace at
+    /// [`Request::ns_dir`] for the tasks to enter.
     pub ecl_config: Option<PathBuf>,
+    /// Where the privileged path pins the step's mount namespace (a
+    /// directory in the trusted runtime directory; `mnt` in it is the
+    /// namespace). Set with [`Request::ecl_config`].
+    #[serde(default)]
+    pub ns_dir: Option<PathBuf>,
+    /// `users.image_dirs`: the image the holder opens must lie below one
+    /// of them, judged on the file it opened.
+    #[serde(default)]
+    pub image_dirs: Vec<PathBuf>,
     /// Bind specs (`SRC[:DST[:ro|rw]]`), the admin's first.
     pub binds: Vec<String>,
     /// `NAME=VALUE` settings for the container (`--sif-env`).
@@ -301,6 +314,8 @@ mod tests {
             step: "42.batch".into(),
             image: "/home/u/img.sif".into(),
             ecl_config: Some("/etc/sifrun/sifrun.toml".into()),
+            ns_dir: Some("/run/sifrun/42.batch.ns".into()),
+            image_dirs: vec!["/shared/images".into()],
             binds: vec!["/scratch".into(), "/d:/data:ro".into()],
             env: vec!["A=1".into()],
             pwd: Some("/w".into()),

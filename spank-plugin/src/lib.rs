@@ -15,6 +15,7 @@
 #![warn(missing_docs)]
 #![warn(clippy::too_many_lines)]
 
+mod ecl_path;
 pub mod error;
 pub mod ffi;
 mod holder;

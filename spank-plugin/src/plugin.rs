@@ -12,9 +12,14 @@
 //!   `--sif-*` options, apply the admin's policy.
 //! * user_init (slurmstepd): start `sifrun slurm-hold`, hand it the
 //!   [`slurm_conf::protocol::Request`], wait for its report.
-//! * task_init (each task, as the user): join the holder's namespaces.
+//! * task_init_privileged (each task, root, before Slurm drops to the
+//!   user): with an activated ECL, enter the step's root-owned mount
+//!   namespace the holder pinned (`crate::ecl_path`).
+//! * task_init (each task, as the user): join the holder's namespaces
+//!   (with the ECL: return to the working directory).
 //! * task_post_fork (slurmstepd, root): record the holder for the epilog.
-//! * exit (slurmstepd): stop the holder.
+//! * exit (slurmstepd): stop the holder (with the ECL: unmount and remove
+//!   the step's namespace directory).
 //! * job_epilog (slurmd, root): kill whatever holder of the job is left.
 
 use std::path::{Path, PathBuf};

@@ -46,6 +46,12 @@ pub struct Ready {
     /// The holder's diagnostics and the plugin's own timings, shown with
     /// `--sif-verbose`.
     pub log: Vec<String>,
+    /// The ECL path: where the holder pinned the step's root-owned mount
+    /// namespace (the holder itself has exited).
+    pub ns: Option<std::path::PathBuf>,
+    /// The ECL path, in a task: its working directory before it entered
+    /// the namespace (task_init_privileged), restored as the user.
+    pub task_cwd: Option<std::path::PathBuf>,
 }
 
 impl Ready {
@@ -71,8 +77,12 @@ impl Plugin {
             self.args.image = None;
             return Ok(());
         }
-        if let Err(e) = self.check_image_dirs(&step.cwd) {
-            self.holder = Some(HolderState::Failed(e));
+        // users.image_dirs is judged by the holder on the file it opens.
+        if !step.cwd_known && !self.args.image.as_deref().unwrap_or("").starts_with('/') {
+            self.holder = Some(HolderState::Failed(PluginError::Task(format!(
+                "{}: a relative image needs the job's working directory, and the job's PWD is not an absolute path",
+                self.args.image.as_deref().unwrap_or("")
+            ))));
             return Ok(());
         }
         // slurmstepd runs the launcher with root's real uid.
@@ -84,6 +94,7 @@ impl Plugin {
         let started = Instant::now();
         let cwd = step.cwd.clone();
         let request = request::build(&self.args, &self.settings, step);
+        let ns = request.ns_dir.clone();
         let timeout = Duration::from_secs(self.settings.config.container.setup_timeout);
         let state = match holder::start(&launcher, &request, &cwd, timeout) {
             Ok(Started {
@@ -105,34 +116,14 @@ impl Plugin {
                     start_time,
                     env,
                     log,
+                    ns,
+                    task_cwd: None,
                 })
             }
             Err(e) => HolderState::Failed(e),
         };
         self.holder = Some(state);
         Ok(())
-    }
-
-    /// With `users.image_dirs`, the image must lie below one of them.
-    fn check_image_dirs(&self, cwd: &str) -> Result<(), PluginError> {
-        let c = &self.settings.config;
-        if c.users.image_dirs.is_empty() {
-            return Ok(());
-        }
-        let image = request::image_path(&self.args, cwd);
-        if std::fs::canonicalize(&image).is_ok_and(|p| c.image_allowed(&p)) {
-            return Ok(());
-        }
-        let dirs: Vec<String> = c
-            .users
-            .image_dirs
-            .iter()
-            .map(|d| d.display().to_string())
-            .collect();
-        Err(PluginError::ImageOutsideDirs {
-            image,
-            dirs: dirs.join(" or "),
-        })
     }
 
     /// `slurm_spank_task_init`: runs in the task, as the user, just before exec.
@@ -154,7 +145,16 @@ impl Plugin {
     /// Puts this task into the holder's container.
     fn enter(&self, sp: &dyn Spank, r: &Ready) -> Result<(), PluginError> {
         let started = Instant::now();
-        join(r.pid()).map_err(PluginError::Join)?;
+        match (&r.ns, &r.task_cwd) {
+            (None, _) => join(r.pid()).map_err(PluginError::Join)?,
+            (Some(_), Some(cwd)) => crate::ecl_path::settle(cwd).map_err(PluginError::Join)?,
+            (Some(_), None) => {
+                return Err(PluginError::Join(
+                    "the task did not enter the step's namespace (task_init_privileged did not run)"
+                        .into(),
+                ));
+            }
+        }
         let hints = placement_hints(sp);
         for change in &r.env {
             match change {
@@ -194,6 +194,11 @@ impl Plugin {
         let Some(HolderState::Ready(r)) = &self.holder else {
             return Ok(());
         };
+        if r.ns.is_some() {
+            // No process holds the ECL path's container: the epilog
+            // sweeps its namespace directory by name.
+            return Ok(());
+        }
         let dir = self.settings.runtime_dir();
         let _ = std::fs::DirBuilder::new()
             .recursive(true)
@@ -222,6 +227,15 @@ impl Plugin {
             return Ok(());
         }
         if let Some(HolderState::Ready(mut r)) = self.holder.take() {
+            if let Some(ns) = &r.ns {
+                // Root removes a mount in the runtime directory: only a trusted one.
+                if self
+                    .check_trusted("runtime_dir", &self.settings.runtime_dir())
+                    .is_ok()
+                {
+                    crate::ecl_path::remove(ns);
+                }
+            }
             let record = format!("{}.holder", request::step_name(sp));
             let _ = std::fs::remove_file(self.settings.runtime_dir().join(record));
             stop(&mut r);
@@ -334,6 +348,8 @@ mod tests {
             start_time: None,
             env: Vec::new(),
             log: Vec::new(),
+            ns: None,
+            task_cwd: None,
         }
     }
 

@@ -18,8 +18,11 @@ pub const BATCH_STEP: u32 = 0xffff_fffb;
 pub struct Step {
     /// `JOB.STEP`.
     pub name: String,
-    /// The task's working directory (the job's PWD).
+    /// The task's working directory (the job's PWD; `/` when that is not
+    /// an absolute path).
     pub cwd: String,
+    /// Whether the job's PWD was an absolute path.
+    pub cwd_known: bool,
     /// A batch step's script, in slurmd's spool directory.
     pub batch_script: Option<String>,
     /// slurm.conf as slurmstepd sees it.
@@ -32,13 +35,17 @@ impl Step {
     /// The step slurmstepd runs.
     pub fn of(sp: &dyn Spank) -> Step {
         let argv = sp.job_argv();
+        let pwd = sp.getenv("PWD").filter(|p| p.starts_with('/'));
         let batch_script = (sp.step_id() == Some(BATCH_STEP))
             .then(|| argv.first().cloned())
             .flatten()
             .filter(|s| s.starts_with('/') && !s.contains([',', ':']));
         Step {
             name: step_name(sp),
-            cwd: sp.getenv("PWD").unwrap_or_else(|| "/".into()),
+            // Only an absolute PWD says where the job is (a relative one
+            // would be taken relative to slurmstepd's own directory).
+            cwd: pwd.clone().unwrap_or_else(|| "/".into()),
+            cwd_known: pwd.is_some(),
             batch_script,
             slurm_conf: slurm_conf_path(sp),
             job_env: sp.job_env(),
@@ -86,6 +93,10 @@ pub fn build(a: &Args, s: &Settings, step: Step) -> Request {
         binds.insert(0, format!("{script}:{script}:ro"));
     }
     binds.extend(a.binds.iter().cloned());
+    let ns_dir = c
+        .ecl
+        .activated
+        .then(|| s.runtime_dir().join(format!("{}.ns", step.name)));
     Request {
         version: VERSION,
         image: PathBuf::from(image_path(a, &step.cwd)),
@@ -93,6 +104,8 @@ pub fn build(a: &Args, s: &Settings, step: Step) -> Request {
         // The holder checks the image against the ECL before it drops
         // root's real uid, on the file it then serves.
         ecl_config: s.config_path.clone().filter(|_| c.ecl.activated),
+        ns_dir,
+        image_dirs: c.users.image_dirs.clone(),
         binds,
         env: a.env.clone(),
         pwd: a.workdir.as_ref().map(PathBuf::from),
@@ -136,6 +149,7 @@ mod tests {
         Step {
             name: "7.0".into(),
             cwd: cwd.into(),
+            cwd_known: true,
             batch_script: batch_script.map(str::to_owned),
             slurm_conf: DEFAULT_SLURM_CONF.into(),
             job_env: vec![("PATH".into(), "/usr/bin".into())],
@@ -173,12 +187,30 @@ mod tests {
         assert_eq!(r.binds, ["/scratch", "/data:/d:ro"]);
         assert!(!r.fabric_libraries && r.allow_umad);
         assert_eq!(r.ecl_config, None, "no activated ECL, no check");
+        assert_eq!(r.ns_dir, None, "no ECL: the unprivileged path");
         s.config.ecl.activated = true;
+        s.config.users.image_dirs = vec!["/shared/images".into()];
+        s.runtime_dir = Some("/run/sifrun-x".into());
         let r = build(&args(), &s, step("/", None));
         assert_eq!(
             r.ecl_config.as_deref(),
             Some(Path::new("/etc/sifrun/sifrun.toml"))
         );
+        // The ECL path pins the step's namespace in the runtime directory.
+        assert_eq!(r.ns_dir.as_deref(), Some(Path::new("/run/sifrun-x/7.0.ns")));
+        assert_eq!(r.image_dirs, [Path::new("/shared/images")]);
+    }
+
+    #[test]
+    fn only_an_absolute_pwd_is_the_jobs_directory() {
+        let mut sp = Fake::remote();
+        sp.env.insert("PWD".into(), "rel/dir".into());
+        let s = Step::of(&sp);
+        assert!(!s.cwd_known);
+        assert_eq!(s.cwd, "/", "never slurmstepd's own directory");
+        sp.env.insert("PWD".into(), "/home/u".into());
+        let s = Step::of(&sp);
+        assert!(s.cwd_known && s.cwd == "/home/u");
     }
 
     #[test]

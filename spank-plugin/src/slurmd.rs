@@ -31,6 +31,16 @@ impl Plugin {
                 None
             }
         };
+        for ns in records
+            .map(|d| crate::ecl_path::leftovers(d, job))
+            .unwrap_or_default()
+        {
+            crate::ecl_path::remove(&ns);
+            sp.info(&format!(
+                "sifrun: job {job} epilog: removed the leftover namespace {}",
+                ns.display()
+            ));
+        }
         let killed = sweep(records, Path::new("/proc"), job, uid, |pid| {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid),

@@ -21,8 +21,17 @@ pub fn ecl_gate(image: &Path) -> Result<Option<Arc<fs::File>>, LaunchError> {
 
 /// [`ecl_gate`] with another admin file (the Slurm holder's `config=`).
 pub fn ecl_gate_with(config: &Path, image: &Path) -> Result<Option<Arc<fs::File>>, LaunchError> {
-    if !config.exists() {
-        return Ok(None);
+    // Only a file that is not there means "no ECL": one the caller cannot
+    // see (a 0700 directory) fails closed instead of switching it off.
+    match std::fs::symlink_metadata(config) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(LaunchError::Ecl(format!(
+                "{}: {e}; the site's execution control list cannot be read, so nothing runs (ask the admin to make it readable)",
+                config.display()
+            )));
+        }
+        Ok(_) => {}
     }
     let ecl = slurm_conf::ecl::Ecl::load(config).map_err(LaunchError::Ecl)?;
     if !ecl.activated {
@@ -47,4 +56,27 @@ pub fn ecl_gate_with(config: &Path, image: &Path) -> Result<Option<Arc<fs::File>
         )));
     }
     Ok(Some(Arc::new(file)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_admin_file_that_cannot_be_seen_fails_closed() {
+        let d = tempfile::tempdir().unwrap();
+        assert!(
+            ecl_gate_with(&d.path().join("none.toml"), Path::new("/i.sif"))
+                .unwrap()
+                .is_none()
+        );
+        // ENOTDIR (a path through a file) is no "missing file" either.
+        let f = d.path().join("f");
+        std::fs::write(&f, b"").unwrap();
+        let e = ecl_gate_with(&f.join("sifrun.toml"), Path::new("/i.sif")).unwrap_err();
+        assert!(
+            e.to_string().contains("cannot be read, so nothing runs"),
+            "{e}"
+        );
+    }
 }

@@ -41,8 +41,18 @@ impl HostFs for RealHost {
 
 /// Facts about the calling user.
 pub fn host_facts() -> Result<HostFacts, LaunchError> {
-    let uid = Uid::current();
-    let gid = Gid::current();
+    let groups: Vec<u32> = getgroups()
+        .unwrap_or_default()
+        .into_iter()
+        .map(Gid::as_raw)
+        .collect();
+    host_facts_of(Uid::current().as_raw(), Gid::current().as_raw(), &groups)
+}
+
+/// Facts about user `uid` (primary group `gid`, supplementary `groups`),
+/// working in the caller's current directory.
+pub(crate) fn host_facts_of(uid: u32, gid: u32, groups: &[u32]) -> Result<HostFacts, LaunchError> {
+    let (uid, gid) = (Uid::from_raw(uid), Gid::from_raw(gid));
     let user = User::from_uid(uid)
         .ok()
         .flatten()
@@ -50,9 +60,9 @@ pub fn host_facts() -> Result<HostFacts, LaunchError> {
     let mut group_lines = Vec::new();
     let mut gids = vec![gid];
     gids.extend(
-        getgroups()
-            .unwrap_or_default()
-            .into_iter()
+        groups
+            .iter()
+            .map(|g| Gid::from_raw(*g))
             .filter(|g| *g != gid),
     );
     for g in gids {
@@ -118,9 +128,9 @@ fn step_slurm_conf(action: &Action) -> Option<(&Path, String)> {
     }
 }
 
-/// Gathers the host's side of the launch (below `/`).
-pub(crate) fn gather(l: &Launch) -> Result<HostSide, LaunchError> {
-    let facts = host_facts()?;
+/// Gathers the host's side of the launch (below `/`) for the user `facts`
+/// describe.
+pub(crate) fn gather(l: &Launch, facts: HostFacts) -> Result<HostSide, LaunchError> {
     make_workdir(l)?;
     let env: Vec<(String, String)> = match &l.action {
         Action::Hold(h) => h.job_env.clone(),

@@ -39,7 +39,7 @@ use crate::syscall::Linux;
 
 mod ecl_gate;
 mod error;
-mod host;
+pub(crate) mod host;
 mod spawn;
 
 pub use crate::command::Action;
@@ -109,7 +109,18 @@ pub(crate) struct Prepared {
 
 /// Computes the plan and the command from the host's side and the image.
 fn prepare(l: &Launch, served: &Served, h: &host::HostSide) -> Result<Prepared, LaunchError> {
-    let tree = served.squash.as_ref();
+    prepare_with(l, served.squash.as_ref(), &host::RealHost, h)
+}
+
+/// [`prepare`] over any image tree and view of the host (the privileged
+/// path reads the kernel's mount of the verified image and the host as
+/// the user's opener sees it).
+pub(crate) fn prepare_with(
+    l: &Launch,
+    tree: &dyn crate::plan::ImageTree,
+    host_fs: &dyn crate::plan::HostFs,
+    h: &host::HostSide,
+) -> Result<Prepared, LaunchError> {
     let env = crate::command::environment(&h.env, &l.env, &h.facts.home, &h.binds.lib_dirs)?;
     for w in &env.warnings {
         tracing::warn!("{w}");
@@ -123,7 +134,7 @@ fn prepare(l: &Launch, served: &Served, h: &host::HostSide) -> Result<Prepared, 
         env_script: env_script.as_deref(),
         ..PlanInput::new(&l.run, &h.facts)
     };
-    let plan = plan(&input, &host::RealHost, tree)?;
+    let plan = plan(&input, host_fs, tree)?;
     tracing::debug!(plan = %plan.render(), "the plan");
     Ok(Prepared {
         plan,
@@ -190,7 +201,7 @@ pub fn launch(l: &Launch) -> Result<i32, LaunchError> {
             None => serve::open_image(&l.image, tuning),
         }
     })?;
-    let host = timed("host facts", || host::gather(l))?;
+    let host = timed("host facts", || host::gather(l, host_facts()?))?;
     check_image_root(l, &served, &host.facts)?;
     let prepared = timed("plan", || prepare(l, &served, &host))?;
     let synth = timed("synthesise targets", || {

@@ -93,13 +93,22 @@ impl Syscall for Fake {
     fn mount_tmpfs(&self, target: &Path) -> io::Result<()> {
         self.record(format!("tmpfs {}", target.display()), Some(target))
     }
-    fn remount(&self, target: &Path, readonly: bool, nodev: bool) -> io::Result<()> {
+    fn remount(
+        &self,
+        target: &Path,
+        readonly: bool,
+        nodev: bool,
+        recursive: bool,
+    ) -> io::Result<()> {
         let mut f = vec!["nosuid"];
         if readonly {
             f.push("ro");
         }
         if nodev {
             f.push("nodev");
+        }
+        if recursive {
+            f.push("submounts:nosuid,nodev");
         }
         self.record(
             format!("remount {} {}", target.display(), f.join(",")),
@@ -114,5 +123,20 @@ impl Syscall for Fake {
     }
     fn chdir(&self, path: &Path) -> io::Result<()> {
         self.record(format!("chdir {}", path.display()), Some(path))
+    }
+    fn unshare_mount(&self) -> io::Result<()> {
+        self.record("unshare mount".into(), None)
+    }
+    fn bind_image(&self, image_root: &Path) -> io::Result<()> {
+        self.record(format!("bind-image {}", image_root.display()), None)
+    }
+    fn create_target(&self, path: &Path, kind: crate::fuse::TargetKind) -> io::Result<()> {
+        self.record(
+            format!("create-target {} {kind:?}", path.display()),
+            Some(path),
+        )
+    }
+    fn seal_root(&self) -> io::Result<()> {
+        self.record("seal-root ro".into(), None)
     }
 }

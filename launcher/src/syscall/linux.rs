@@ -36,6 +36,9 @@ pub(crate) struct Linux {
     root_fd: RefCell<Option<OwnedFd>>,
     /// Host sources opened before the staging area covered them.
     sources: RefCell<HashMap<PathBuf, OwnedFd>>,
+    /// The sources were opened by someone else (the privileged path's
+    /// opener, as the user): nothing more is opened here.
+    preopened: bool,
 }
 
 fn tmpfs(target: &Path, data: &str) -> io::Result<()> {
@@ -50,6 +53,16 @@ fn tmpfs(target: &Path, data: &str) -> io::Result<()> {
 }
 
 impl Linux {
+    /// A `Linux` whose host sources were opened as the user elsewhere
+    /// (the privileged path: root never opens a path the user controls).
+    pub(crate) fn with_sources(sources: HashMap<PathBuf, OwnedFd>) -> Linux {
+        Linux {
+            sources: RefCell::new(sources),
+            preopened: true,
+            ..Linux::default()
+        }
+    }
+
     /// Opens `target` inside the root: symlinks are resolved as if the root
     /// were `/`, magic links (such as /proc/PID/root) are refused, so a
     /// target can never reach a host path.
@@ -119,6 +132,15 @@ impl Syscall for Linux {
     }
 
     fn open_source(&self, path: &Path) -> io::Result<()> {
+        if self.preopened {
+            return match self.sources.borrow().contains_key(path) {
+                true => Ok(()),
+                false => Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!("{}: not opened as the user", path.display()),
+                )),
+            };
+        }
         let fd = nix::fcntl::open(path, OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty())
             .map_err(to_io)?;
         self.sources.borrow_mut().insert(path.to_owned(), fd);
@@ -203,8 +225,17 @@ impl Syscall for Linux {
         tmpfs(&Self::fd_path(&t), "mode=0755")
     }
 
-    fn remount(&self, target: &Path, readonly: bool, nodev: bool) -> io::Result<()> {
+    fn remount(
+        &self,
+        target: &Path,
+        readonly: bool,
+        nodev: bool,
+        recursive: bool,
+    ) -> io::Result<()> {
         let t = self.open_target(target)?;
+        if recursive {
+            submounts_nosuid_nodev(&t, nodev)?;
+        }
         let p = Self::fd_path(&t);
         let current = statvfs(&p).map_err(to_io)?.flags();
         let mut flags = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_NOSUID;
@@ -266,4 +297,89 @@ impl Syscall for Linux {
     fn chdir(&self, path: &Path) -> io::Result<()> {
         chdir(path).map_err(to_io)
     }
+
+    fn unshare_mount(&self) -> io::Result<()> {
+        unshare(CloneFlags::CLONE_NEWNS).map_err(to_io)
+    }
+
+    fn bind_image(&self, image_root: &Path) -> io::Result<()> {
+        let root = self.staging.borrow().root.clone();
+        mount(
+            Some(image_root),
+            &root,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(to_io)?;
+        let flags = MsFlags::MS_REMOUNT
+            | MsFlags::MS_BIND
+            | MsFlags::MS_RDONLY
+            | MsFlags::MS_NOSUID
+            | MsFlags::MS_NODEV;
+        mount(None::<&str>, &root, None::<&str>, flags, None::<&str>).map_err(to_io)?;
+        *self.root_fd.borrow_mut() = None;
+        Ok(())
+    }
+
+    fn create_target(&self, path: &Path, kind: crate::fuse::TargetKind) -> io::Result<()> {
+        let parts: Vec<_> = path
+            .components()
+            .filter(|c| matches!(c, std::path::Component::Normal(_)))
+            .collect();
+        let mut at = PathBuf::from("/");
+        for (i, c) in parts.iter().enumerate() {
+            let next = at.join(c);
+            if self.open_target(&next).is_err() {
+                let parent = self.open_target(&at)?;
+                let last = i + 1 == parts.len();
+                if last && kind == crate::fuse::TargetKind::File {
+                    nix::fcntl::openat(
+                        &parent,
+                        c.as_os_str(),
+                        OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+                        Mode::from_bits_truncate(0o644),
+                    )
+                    .map_err(to_io)?;
+                } else {
+                    nix::sys::stat::mkdirat(
+                        &parent,
+                        c.as_os_str(),
+                        Mode::from_bits_truncate(0o755),
+                    )
+                    .map_err(to_io)?;
+                }
+            }
+            at = next;
+        }
+        Ok(())
+    }
+
+    fn seal_root(&self) -> io::Result<()> {
+        let root = self.staging.borrow().root.clone();
+        let flags = MsFlags::MS_REMOUNT
+            | MsFlags::MS_BIND
+            | MsFlags::MS_RDONLY
+            | MsFlags::MS_NOSUID
+            | MsFlags::MS_NODEV;
+        mount(None::<&str>, &root, None::<&str>, flags, None::<&str>).map_err(to_io)
+    }
+}
+
+/// Every mount below the one at `top` (a recursive bind) nosuid and nodev;
+/// `top` itself keeps its devices unless `nodev`. Kernels before 5.12
+/// lack `mount_setattr`: there the submounts keep the host's flags.
+fn submounts_nosuid_nodev(top: &OwnedFd, nodev: bool) -> io::Result<()> {
+    use super::{MOUNT_ATTR_NODEV, MOUNT_ATTR_NOSUID, mount_setattr};
+    use std::os::fd::AsFd;
+    match mount_setattr(top.as_fd(), MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, 0, true) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => return Ok(()),
+        r => r?,
+    }
+    if !nodev {
+        // The top (the host's /dev) keeps its devices; the remount that
+        // follows leaves its nodev off.
+        mount_setattr(top.as_fd(), 0, MOUNT_ATTR_NODEV, false)?;
+    }
+    Ok(())
 }

@@ -21,10 +21,19 @@ use nix::unistd::Pid;
 #[cfg(test)]
 mod fake;
 mod linux;
+mod privileged;
 
 #[cfg(test)]
 pub(crate) use fake::Fake;
 pub(crate) use linux::Linux;
+pub(crate) use privileged::{
+    MOUNT_ATTR_NODEV, MOUNT_ATTR_NOSUID, adopt_received_fd, loop_attach, mount_setattr,
+};
+
+/// The `system.posix_acl_access` attribute of an open file, if it has one.
+pub(crate) fn file_acl(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<Option<Vec<u8>>> {
+    privileged::fgetxattr(fd, c"system.posix_acl_access")
+}
 
 /// Namespace, staging and container-root operations (container paths for
 /// the root operations, host paths for the staging ones).
@@ -54,14 +63,36 @@ pub(crate) trait Syscall {
     /// Mounts an empty tmpfs on `target`.
     fn mount_tmpfs(&self, target: &Path) -> io::Result<()>;
     /// Remounts the mount on `target` nosuid, and nodev / read-only as asked,
-    /// keeping every flag the kernel has locked.
-    fn remount(&self, target: &Path, readonly: bool, nodev: bool) -> io::Result<()>;
+    /// keeping every flag the kernel has locked. With `recursive` (a
+    /// recursive bind) every mount below it becomes nosuid and nodev too
+    /// (the host's /dev/shm, /dev/pts, /sys/fs/cgroup...), even where the
+    /// top one keeps its devices.
+    fn remount(
+        &self,
+        target: &Path,
+        readonly: bool,
+        nodev: bool,
+        recursive: bool,
+    ) -> io::Result<()>;
     /// Puts a writable tmpfs overlay on top of the root.
     fn overlay_root(&self) -> io::Result<()>;
     /// Makes the root the process's `/`, detaching the old root.
     fn pivot_root(&self) -> io::Result<()>;
     /// Changes directory inside the container.
     fn chdir(&self, path: &Path) -> io::Result<()>;
+
+    // The privileged (ECL) path: root, no user namespace.
+
+    /// Enters a new mount namespace (owned by the caller's user namespace).
+    fn unshare_mount(&self) -> io::Result<()>;
+    /// Binds the image's root directory (a mount of the kernel's squashfs,
+    /// already made) onto the staging area's root.
+    fn bind_image(&self, image_root: &Path) -> io::Result<()>;
+    /// Creates a missing mount target inside the root (parents included),
+    /// never leaving it.
+    fn create_target(&self, path: &Path, kind: crate::fuse::TargetKind) -> io::Result<()>;
+    /// Makes the root's own mount read-only (its overlay took the targets).
+    fn seal_root(&self) -> io::Result<()>;
 }
 
 pub(crate) fn to_io(e: nix::Error) -> io::Error {

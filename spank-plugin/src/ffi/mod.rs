@@ -262,6 +262,23 @@ pub extern "C" fn slurm_spank_task_init(
     rc
 }
 
+/// Called in each task as root, before Slurm drops to the user: the ECL
+/// path's tasks enter the step's root-owned mount namespace here. A
+/// failure ends the task (it must never run on the host).
+#[unsafe(no_mangle)]
+pub extern "C" fn slurm_spank_task_init_privileged(
+    sp: sys::spank_t,
+    _ac: c_int,
+    _av: *mut *mut c_char,
+) -> c_int {
+    let rc = guard(sp, Report::Silent, |p, h| p.task_init_privileged(h));
+    if rc != ESPANK_SUCCESS {
+        // SAFETY: the forked task process, as in slurm_spank_task_init.
+        unsafe { libc::_exit(TASK_REFUSED) };
+    }
+    rc
+}
+
 /// Called in slurmstepd before the tasks are started, as the job user.
 #[unsafe(no_mangle)]
 pub extern "C" fn slurm_spank_user_init(

@@ -69,23 +69,60 @@ fn hold(args: &HoldArgs) -> Result<i32, Failure> {
             ),
         ));
     }
-    // The ECL check runs before root's real uid is dropped, so the user
-    // cannot attach to this process while it checks, and on the very file
-    // that is then served.
-    let t = Instant::now();
-    let image_file = match &request.ecl_config {
-        Some(config) => crate::sign_cmd::slurm_ecl_gate(config, &request.image).at(Stage::Ecl)?,
-        None => None,
-    };
+    if let (Some(config), Some(ns_dir)) = (&request.ecl_config, &request.ns_dir) {
+        return privileged(request.clone(), config.clone(), ns_dir.clone());
+    }
     if request.ecl_config.is_some() {
-        phase("ECL check", t);
+        return Err(Failure(
+            Stage::Request,
+            anyhow::anyhow!("an ECL step's request names no runtime directory for its namespace"),
+        ));
     }
     launcher::privilege::drop_to_effective_user()
         .context("slurm-hold")
         .at(Stage::Privileges)?;
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
-    let l = to_launch(request, image_file, &cwd).at(Stage::Request)?;
+    let image_dirs = request.image_dirs.clone();
+    let image = open_in_dirs(&request.image, &image_dirs).at(Stage::Image)?;
+    let l = to_launch(request, Some(image), &cwd).at(Stage::Request)?;
     launch(&l).at(Stage::Image)
+}
+
+/// Opens the image (as the user) and judges `users.image_dirs` on the
+/// file opened, not on a path resolved earlier.
+fn open_in_dirs(image: &Path, dirs: &[PathBuf]) -> Result<std::sync::Arc<std::fs::File>> {
+    let file = std::fs::File::open(image).with_context(|| image.display().to_string())?;
+    if !dirs.is_empty() {
+        use std::os::fd::AsRawFd;
+        let real = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
+            .with_context(|| format!("{}: its path", image.display()))?;
+        launcher::privileged::check_image_dirs(&real, dirs).map_err(anyhow::Error::msg)?;
+    }
+    Ok(std::sync::Arc::new(file))
+}
+
+/// The ECL path: root keeps the set-up (see `launcher::privileged`).
+fn privileged(request: Request, config: PathBuf, ns_dir: PathBuf) -> Result<i32, Failure> {
+    let user = launcher::privilege::become_root()
+        .context("slurm-hold")
+        .at(Stage::Privileges)?;
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+    let p = launcher::privileged::Privileged {
+        admin_file: config,
+        ns_dir,
+        image_dirs: request.image_dirs.clone(),
+    };
+    let l = to_launch(request, None, &cwd).at(Stage::Request)?;
+    match launcher::privileged::hold(&l, &p, &user) {
+        Ok(line) => {
+            let _ = launcher::privileged::write_report(&line);
+            Ok(0)
+        }
+        Err(f) => {
+            let m = f.message.strip_prefix("sifrun: ").unwrap_or(&f.message);
+            Err(Failure(f.stage, anyhow::anyhow!(m.to_owned())))
+        }
+    }
 }
 
 /// The launch a request describes. Bind specs are relative to `cwd` (the
@@ -170,6 +207,26 @@ fn phase(what: &str, since: Instant) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// users.image_dirs is judged on the file opened: a link from outside
+    /// into the directory passes, a file outside fails even when reached
+    /// through a link that lies inside the directory.
+    #[test]
+    fn image_dirs_are_judged_on_the_file_opened() {
+        let d = tempfile::tempdir().unwrap();
+        let d = std::fs::canonicalize(d.path()).unwrap();
+        let allowed = d.join("images");
+        std::fs::create_dir(&allowed).unwrap();
+        std::fs::write(allowed.join("a.sif"), b"x").unwrap();
+        std::fs::write(d.join("mine.sif"), b"y").unwrap();
+        std::os::unix::fs::symlink(allowed.join("a.sif"), d.join("in.sif")).unwrap();
+        std::os::unix::fs::symlink(d.join("mine.sif"), allowed.join("out.sif")).unwrap();
+        let dirs = [allowed.clone()];
+        open_in_dirs(&d.join("in.sif"), &dirs).unwrap();
+        let e = open_in_dirs(&allowed.join("out.sif"), &dirs).unwrap_err();
+        assert!(e.to_string().contains("images must lie below"), "{e}");
+        open_in_dirs(&d.join("mine.sif"), &[]).unwrap();
+    }
 
     #[test]
     fn a_request_becomes_the_launch_it_describes() {

@@ -27,7 +27,12 @@ pub fn run(image: &Path, dir: &Path, threads: Option<usize>, cache_mb: usize) ->
         cache_bytes: cache_mb << 20,
         ..Tuning::default()
     };
-    let served = serve::open_image(image, tuning).context("mount")?;
+    // The site's ECL applies as it does to exec: the file checked is served.
+    let served = match launcher::container::ecl_gate(image).context("mount")? {
+        Some(file) => serve::open_image_file(file, image, tuning),
+        None => serve::open_image(image, tuning),
+    }
+    .context("mount")?;
     let synth = Synth::new(&served.squash);
     let mut session = serve::mount(
         &served,

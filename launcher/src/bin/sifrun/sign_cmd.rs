@@ -234,10 +234,3 @@ pub fn run_ecl(cmd: &EclCommand) -> Result<std::process::ExitCode> {
         std::process::ExitCode::FAILURE
     })
 }
-
-/// The ECL gate of a Slurm step's holder: with an activated ECL in the admin
-/// file, opens the image and lets it through only when the ECL allows it;
-/// returns the open file to serve.
-pub fn slurm_ecl_gate(config: &Path, image: &Path) -> Result<Option<std::sync::Arc<File>>> {
-    Ok(launcher::container::ecl_gate_with(config, image)?)
-}
