@@ -294,7 +294,7 @@ mod tests {
             std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
         };
         let me = std::fs::metadata("/proc/self").unwrap().uid();
-        let t = tempfile::tempdir().unwrap();
+        let t = crate::scratch();
         let dir = t.path().join("open");
         std::fs::create_dir(&dir).unwrap();
         let file = dir.join("sifrun.toml");
@@ -372,7 +372,7 @@ max_binds = 4
     fn the_file_must_be_owned_and_not_writable_by_others() {
         use std::os::unix::fs::PermissionsExt;
         let me = my_uid();
-        let dir = tempfile::tempdir().unwrap();
+        let dir = crate::scratch();
         let p = dir.path().join("sifrun.toml");
         std::fs::write(&p, "[users]\nmax_binds = 2\n").unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();

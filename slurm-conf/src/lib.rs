@@ -57,6 +57,15 @@ pub fn parse_plugstack_args<'a>(
     Ok(out)
 }
 
+/// A scratch directory for tests whose ancestors are the build tree's
+/// (root's or the tester's, 0755), not /tmp's: nothing under a directory
+/// others may write is trusted.
+#[cfg(test)]
+pub(crate) fn scratch() -> tempfile::TempDir {
+    let exe = std::env::current_exe().expect("the test binary");
+    tempfile::tempdir_in(exe.parent().expect("its directory")).expect("a scratch directory")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -24,8 +24,9 @@ fn untrusted(path: &Path, reason: String) -> Untrusted {
 }
 
 /// Checks one directory above a trusted path: owned by root or `owner`,
-/// writable by no one else unless sticky (in /tmp, others cannot replace
-/// what root owns; what lies below is checked too).
+/// writable by no one else. A sticky bit does not help: in a sticky
+/// directory others still create names (a component not there yet, a
+/// sibling to race with), so /tmp is never above a trusted path.
 fn check_dir(dir: &Path, owner: u32) -> Result<(), Untrusted> {
     let meta = std::fs::symlink_metadata(dir).map_err(|e| untrusted(dir, e.to_string()))?;
     if meta.uid() != 0 && meta.uid() != owner {
@@ -34,12 +35,17 @@ fn check_dir(dir: &Path, owner: u32) -> Result<(), Untrusted> {
             format!("owned by uid {}, must be owned by root", meta.uid()),
         ));
     }
-    let sticky = meta.mode() & 0o1000 != 0;
-    if meta.file_type().is_dir() && meta.mode() & 0o022 != 0 && !sticky {
+    if meta.file_type().is_dir() && meta.mode() & 0o022 != 0 {
+        let sticky = if meta.mode() & 0o1000 != 0 {
+            ", sticky or not"
+        } else {
+            ""
+        };
         return Err(untrusted(
             dir,
             format!(
-                "mode {:04o} lets others write it (and replace what is in it)",
+                "mode {:04o} lets others write it{sticky} (and replace or add what is in it); \
+                 make it 0755 or move the path out of it",
                 meta.mode() & 0o7777
             ),
         ));
@@ -83,6 +89,7 @@ pub fn check_file(path: &Path, owner: u32) -> Result<(), Untrusted> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::scratch;
     use std::os::unix::fs::PermissionsExt;
 
     fn chmod(p: &Path, mode: u32) {
@@ -92,7 +99,7 @@ mod tests {
     #[test]
     fn files_and_their_directories_must_be_root_or_the_owners() {
         let me = nix_uid();
-        let t = tempfile::tempdir().unwrap();
+        let t = scratch();
         let dir = t.path().join("bin");
         std::fs::create_dir(&dir).unwrap();
         chmod(&dir, 0o755);
@@ -109,10 +116,6 @@ mod tests {
         chmod(&dir, 0o777);
         let e = check_file(&file, me).unwrap_err();
         assert_eq!(e.path, dir, "{e}");
-        // Sticky (as /tmp): others cannot replace what the owner owns.
-        chmod(&dir, 0o1777);
-        check_file(&file, me).unwrap();
-        assert!(check_file(&dir, me).is_err(), "the directory itself");
         chmod(&dir, 0o755);
         // Another owner than root or the trusted one.
         let other = if me == 0 { 1 } else { me + 1 };
@@ -120,6 +123,39 @@ mod tests {
             assert!(check_file(&file, other).is_err());
         }
         assert!(check_file(&t.path().join("missing"), me).is_err());
+    }
+
+    #[test]
+    fn a_sticky_directory_others_may_write_is_no_trusted_parent() {
+        let me = nix_uid();
+        let t = scratch();
+        let dir = t.path().join("tmp");
+        std::fs::create_dir(&dir).unwrap();
+        let file = dir.join("sifrun");
+        std::fs::write(&file, "x").unwrap();
+        chmod(&file, 0o755);
+        // As /tmp: others create names there (a missing component, a
+        // sibling to race with), though they cannot replace the file.
+        for mode in [0o1777, 0o1770, 0o1757] {
+            chmod(&dir, mode);
+            let e = check_file(&file, me).unwrap_err();
+            assert_eq!(e.path, dir, "{mode:o}: {e}");
+            assert!(
+                e.reason.contains("sticky or not") && e.reason.contains("make it 0755"),
+                "{e}"
+            );
+            // A name in it that does not exist yet: the same.
+            let e = check_parents(&dir.join("not-yet"), me).unwrap_err();
+            assert_eq!(e.path, dir, "{e}");
+        }
+        chmod(&dir, 0o1755);
+        check_file(&file, me).unwrap();
+        // /tmp itself, wherever a test machine has it sticky and open.
+        let tmp = Path::new("/tmp");
+        if std::fs::metadata(tmp).is_ok_and(|m| m.mode() & 0o1022 == 0o1022) {
+            let e = check_parents(&tmp.join("sifrun-stage"), me).unwrap_err();
+            assert_eq!(e.path, tmp, "{e}");
+        }
     }
 
     fn nix_uid() -> u32 {

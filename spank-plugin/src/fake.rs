@@ -99,3 +99,11 @@ impl Spank for Fake {
         self.log.borrow_mut().push(format!("task: {msg}"));
     }
 }
+
+/// A scratch directory whose ancestors are the build tree's (root's or the
+/// tester's, 0755), not /tmp's: nothing under a directory others may write
+/// is trusted.
+pub fn scratch() -> tempfile::TempDir {
+    let exe = std::env::current_exe().expect("the test binary");
+    tempfile::tempdir_in(exe.parent().expect("its directory")).expect("a scratch directory")
+}

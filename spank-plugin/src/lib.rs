@@ -31,6 +31,8 @@ pub mod spank;
 pub mod sys;
 
 #[cfg(test)]
+mod fail_closed_tests;
+#[cfg(test)]
 mod fake;
 
 /// Options the plugin registers, all under the `--sif-` prefix.

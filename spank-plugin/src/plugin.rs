@@ -88,6 +88,9 @@ pub struct Plugin {
     /// The owner trusted files must have (root where root runs us; `None`
     /// in the user's own srun, sbatch and salloc, where nothing is trusted).
     trusted_owner: Option<u32>,
+    /// Remote context: the plugin itself is unusable for this step (its
+    /// configuration, an option, a panic): every task fails with this.
+    pub(crate) unusable: Option<String>,
 }
 
 impl Plugin {
@@ -100,6 +103,7 @@ impl Plugin {
             holder: None,
             image_from_container: false,
             trusted_owner,
+            unusable: None,
         }
     }
 
@@ -111,16 +115,51 @@ impl Plugin {
 
     /// `slurm_spank_init`: checks the plugstack.conf arguments, then
     /// registers the options where users can give them.
+    ///
+    /// In slurmstepd a failure never stops here: Slurm 22.05 logs a failed
+    /// init (`required` or not) and runs the step anyway, where the options
+    /// it did not register would leave the tasks on the host. The options
+    /// are registered regardless and every task of the step fails instead.
     pub fn init(&mut self, sp: &dyn Spank, plugstack_args: &[String]) -> Result<(), PluginError> {
-        self.take_plugstack_args(plugstack_args)?;
+        let taken = self.take_plugstack_args(plugstack_args);
         match sp.context() {
             Context::Local => {
+                taken?;
                 self.remember_inherited(sp);
                 register_all(sp)
             }
-            Context::Remote | Context::Allocator => register_all(sp),
-            _ => Ok(()),
+            Context::Allocator => taken.and_then(|()| register_all(sp)),
+            Context::Remote => {
+                let registered = register_all(sp);
+                if let Err(e) = taken.and(registered) {
+                    self.fail_closed(sp, &e);
+                }
+                Ok(())
+            }
+            _ => taken,
         }
+    }
+
+    /// Remote context: the step cannot be contained as configured; every
+    /// task fails with `e` (the first such error), and slurmd's log says it.
+    pub(crate) fn fail_closed(&mut self, sp: &dyn Spank, e: &PluginError) {
+        sp.error(&format!("sifrun: {e}"));
+        self.unusable.get_or_insert_with(|| e.to_string());
+    }
+
+    /// An option callback where it runs: in slurmstepd a refused option
+    /// fails every task of the step (Slurm goes on without the option).
+    pub fn option_in(
+        &mut self,
+        opt: Opt,
+        value: Option<&str>,
+        remote: bool,
+    ) -> Result<(), PluginError> {
+        let given = self.option(opt, value);
+        if remote && let Err(e) = &given {
+            self.unusable.get_or_insert_with(|| e.to_string());
+        }
+        given
     }
 
     /// Checks and keeps the plugstack.conf arguments (and loads `config=`).
@@ -177,12 +216,17 @@ impl Plugin {
         ) {
             return Ok(());
         }
-        self.args.apply_env(|k| sp.getenv(k))?;
-        let policy = check_policy(&self.args, &self.settings.config);
+        let from_env = self.args.apply_env(|k| sp.getenv(k));
         if context != Context::Remote {
-            return policy;
+            from_env?;
+            return check_policy(&self.args, &self.settings.config);
         }
-        if let Err(e) = policy {
+        if let Err(e) = from_env {
+            // Some variables may be left unapplied (the image among them).
+            self.fail_closed(sp, &e.into());
+            return Ok(());
+        }
+        if let Err(e) = check_policy(&self.args, &self.settings.config) {
             // Remotely the step goes on regardless: fail its tasks instead.
             self.holder = Some(HolderState::Failed(e));
             return Ok(());
@@ -194,7 +238,34 @@ impl Plugin {
             // user: keep it for task_init, which fails every task with it.
             self.holder = Some(HolderState::Failed(e));
         }
+        if self.args.wants_container()
+            && self.holder.is_none()
+            && let Err(e) = self.prepare_runtime_dir()
+        {
+            self.holder = Some(HolderState::Failed(e));
+        }
         Ok(())
+    }
+
+    /// Remote context, as root, before any task: creates the runtime
+    /// directory where a trusted one may be made and checks it, so a
+    /// container step never runs with records root would write (and the
+    /// epilog remove) in a directory someone else controls.
+    fn prepare_runtime_dir(&self) -> Result<(), PluginError> {
+        use std::os::unix::fs::DirBuilderExt;
+        if self.trusted_owner.is_none() {
+            return Ok(());
+        }
+        let dir = self.settings.runtime_dir();
+        if let Some(made) = dir.ancestors().find(|a| a.exists()) {
+            // What root would create below must be below a trusted directory.
+            self.check_trusted("runtime_dir", made)?;
+        }
+        let _ = std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(&dir);
+        self.check_trusted("runtime_dir", &dir)
     }
 
     /// Slurm's own `--container=VALUE` (seen remotely as SLURM_CONTAINER):

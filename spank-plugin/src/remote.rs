@@ -64,7 +64,10 @@ impl Ready {
 impl Plugin {
     /// `slurm_spank_user_init`: starts the step's container holder.
     pub fn user_init(&mut self, sp: &dyn Spank) -> Result<(), PluginError> {
-        if sp.context() != Context::Remote || !self.args.wants_container() || self.holder.is_some()
+        if sp.context() != Context::Remote
+            || !self.args.wants_container()
+            || self.holder.is_some()
+            || self.unusable.is_some()
         {
             return Ok(());
         }
@@ -128,13 +131,19 @@ impl Plugin {
 
     /// `slurm_spank_task_init`: runs in the task, as the user, just before exec.
     pub fn task_init(&self, sp: &dyn Spank) -> Result<(), PluginError> {
-        if sp.context() != Context::Remote || !self.args.wants_container() {
+        if sp.context() != Context::Remote {
             return Ok(());
         }
-        let entered = match &self.holder {
-            Some(HolderState::Ready(r)) => self.enter(sp, r),
-            Some(HolderState::Failed(e)) => Err(PluginError::Task(e.to_string())),
-            None => Err(PluginError::NotStarted),
+        let entered = match (&self.unusable, &self.holder) {
+            // Whatever the step asked for: no task runs where the plugin
+            // could not tell (an unregistered option is a lost image).
+            (Some(why), _) => Err(PluginError::Task(why.clone())),
+            _ if !self.args.wants_container() => return Ok(()),
+            (None, holder) => match holder {
+                Some(HolderState::Ready(r)) => self.enter(sp, r),
+                Some(HolderState::Failed(e)) => Err(PluginError::Task(e.to_string())),
+                None => Err(PluginError::NotStarted),
+            },
         };
         if let Err(e) = &entered {
             sp.error(&format!("sifrun: {e} (the task was not started)"));
@@ -402,7 +411,7 @@ mod tests {
     #[test]
     fn a_launcher_or_runtime_dir_others_may_change_is_not_used() {
         let me = std::fs::metadata("/proc/self").unwrap().uid();
-        let t = tempfile::tempdir().unwrap();
+        let t = crate::fake::scratch();
         let stage = t.path().join("stage");
         std::fs::create_dir(&stage).unwrap();
         let launcher = stage.join("sifrun");
@@ -429,6 +438,20 @@ mod tests {
             "{:?}",
             sp.log.borrow()
         );
+        // Sticky, as /tmp: others still create names in it (the launcher
+        // before root's, a missing component): refused the same way.
+        chmod(&stage, 0o1777);
+        p.holder = None;
+        p.user_init(&sp).unwrap();
+        let Some(HolderState::Failed(e)) = &p.holder else {
+            panic!("{:?}", p.holder)
+        };
+        let msg = e.to_string();
+        assert!(
+            msg.contains(&format!("launcher: {}: mode 1777", stage.display())),
+            "{msg}"
+        );
+        chmod(&stage, 0o755);
 
         // The runtime directory: root writes records there.
         let run = t.path().join("run");

@@ -18,13 +18,17 @@ impl Plugin {
         plugstack_args: &[String],
     ) -> Result<(), PluginError> {
         // slurmd's epilog does not run slurm_spank_init: take runtime_dir= here.
-        self.take_plugstack_args(plugstack_args)?;
+        // A broken configuration still sweeps (by command line only).
+        let taken = self.take_plugstack_args(plugstack_args);
         let (Some(job), Some(uid)) = (sp.job_id(), sp.job_uid()) else {
-            return Ok(());
+            return taken;
         };
         let dir = self.settings.runtime_dir();
         // Root removes files there: not in a directory others may change.
-        let records = match self.check_trusted("runtime_dir", &dir) {
+        let records = match taken.as_ref().map_err(ToString::to_string).and_then(|()| {
+            self.check_trusted("runtime_dir", &dir)
+                .map_err(|e| e.to_string())
+        }) {
             Ok(()) => Some(dir.as_path()),
             Err(e) => {
                 sp.info(&format!("sifrun: job {job} epilog: {e}; records ignored"));
@@ -52,7 +56,7 @@ impl Plugin {
                 "sifrun: job {job} epilog: killed leftover container holders {killed:?}"
             ));
         }
-        Ok(())
+        taken
     }
 }
 

@@ -88,7 +88,7 @@ fn option_table() -> &'static [sys::spank_option] {
         .0
 }
 
-unsafe extern "C" fn option_callback(val: c_int, optarg: *const c_char, _remote: c_int) -> c_int {
+unsafe extern "C" fn option_callback(val: c_int, optarg: *const c_char, remote: c_int) -> c_int {
     let value = if optarg.is_null() {
         None
     } else {
@@ -101,16 +101,33 @@ unsafe extern "C" fn option_callback(val: c_int, optarg: *const c_char, _remote:
     };
     let Some(opt) = Opt::from_val(val) else {
         log_error(&format!("sifrun: unknown option number {val}"));
+        if remote != 0 {
+            refuse_step(&format!("unknown option number {val}"));
+        }
         return ESPANK_ERROR;
     };
-    match catch_unwind(AssertUnwindSafe(|| plugin().option(opt, value.as_deref()))) {
+    let remote = remote != 0;
+    match catch_unwind(AssertUnwindSafe(|| {
+        plugin().option_in(opt, value.as_deref(), remote)
+    })) {
         Ok(Ok(())) => ESPANK_SUCCESS,
         Ok(Err(e)) => {
             log_error(&format!("sifrun: {e}"));
             ESPANK_ERROR
         }
-        Err(_) => ESPANK_ERROR,
+        Err(_) => {
+            if remote {
+                refuse_step("internal error (a panic was caught)");
+            }
+            ESPANK_ERROR
+        }
     }
+}
+
+/// slurmstepd: a callback failed in a way Slurm would run the step
+/// through; every task of the step fails with `why` instead.
+fn refuse_step(why: &str) {
+    plugin().unusable.get_or_insert_with(|| why.to_owned());
 }
 
 fn log_error(msg: &str) {
@@ -163,6 +180,10 @@ fn guard(
         }
         Err(_) => {
             log_error("sifrun: internal error (a panic was caught); the task was not started");
+            if handle.context() == Context::Remote {
+                // Slurm goes on with the step: its tasks must not.
+                refuse_step("internal error (a panic was caught)");
+            }
             ESPANK_ERROR
         }
     }
