@@ -70,7 +70,47 @@ fn exec_in(dir: &Path, args: &[&str]) -> Output {
         .unwrap()
 }
 
-fn spawn(mut c: Command, dir: &Path) -> Child {
+/// A command the test started; killed (and reaped) if the test fails
+/// before [`finish`], so no srun or container outlives a failed test.
+struct Running(Option<Child>);
+
+impl std::ops::Deref for Running {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        self.0.as_ref().expect("running")
+    }
+}
+
+impl std::ops::DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut Child {
+        self.0.as_mut().expect("running")
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A process of ours (a decoy) killed when the test ends, failed or not.
+#[derive(Debug)]
+struct KillOnDrop(i32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = kill("KILL", self.0);
+    }
+}
+
+fn spawn(c: Command, dir: &Path) -> Running {
+    Running(Some(spawn_child(c, dir)))
+}
+
+fn spawn_child(mut c: Command, dir: &Path) -> Child {
     c.current_dir(dir)
         .env("PWD", dir)
         .stdin(Stdio::null())
@@ -102,7 +142,7 @@ fn waiting(tag: &str, then: &str) -> String {
 
 /// Waits for the task's `ready-TAG`; `None` when the command ended first
 /// (refused before any task ran).
-fn wait_ready(child: &mut Child, dir: &Path, tag: &str) -> Option<String> {
+fn wait_ready(child: &mut Running, dir: &Path, tag: &str) -> Option<String> {
     let ready = dir.join(format!("ready-{tag}"));
     let t = Instant::now();
     loop {
@@ -127,7 +167,8 @@ fn go(dir: &Path, tag: &str) {
 }
 
 /// The command's output, within `limit`.
-fn finish(child: Child, limit: Duration) -> Output {
+fn finish(mut running: Running, limit: Duration) -> Output {
+    let child = running.0.take().expect("running");
     let pid = child.id();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -706,12 +747,12 @@ fn recycled_pid_is_never_signalled(a: &Attacks, img: &Path) {
                 .output()
                 .unwrap());
             let pid: i32 = String::from_utf8(out).unwrap().trim().parse().unwrap();
+            let guard = KillOnDrop(pid);
             if pid == h.pid {
-                decoy = Some(pid);
-            } else {
-                // Another process took the PID first (or the 20 s ran out).
-                ok(kill("KILL", pid));
+                decoy = Some(guard);
             }
+            // Otherwise another process took the PID first (or the 20 s
+            // ran out): the guard kills the decoy now.
             eprintln!(
                 "holder {} killed; decoy at its PID: {decoy:?} (got {pid})",
                 h.pid
@@ -727,10 +768,10 @@ fn recycled_pid_is_never_signalled(a: &Attacks, img: &Path) {
     // Step end has run (srun returns after slurmstepd's exit callbacks);
     // give a late signal time to arrive.
     std::thread::sleep(Duration::from_secs(2));
-    if let Some(pid) = decoy {
+    if let Some(guard) = &decoy {
+        let pid = guard.0;
         let alive = proc_info(pid).is_some_and(|p| p.cmdline.contains("decoy"));
         let signals = fs::read_to_string(&record).unwrap_or_default();
-        let _ = kill("KILL", pid);
         assert!(alive, "the decoy at the holder's old PID was killed");
         assert!(
             signals.is_empty(),
@@ -1237,7 +1278,7 @@ fn ecl_item10_sifrun_mount_refuses_an_image_the_ecl_denies() {
         let _ = Command::new("fusermount3").arg("-u").arg(&dir).output();
         let _ = kill("TERM", child.id() as i32);
     }
-    let out = finish(child, Duration::from_secs(10));
+    let out = finish(Running(Some(child)), Duration::from_secs(10));
     let (_, e) = out_text(&out);
     assert!(
         !mounted && !shown,
