@@ -14,52 +14,35 @@
 //! image pinned ([`pin`]) and verified by an unprivileged child, served by
 //! the kernel's squashfs), reusing the plan, staging and apply.
 #![warn(missing_docs)]
-// clippy::too_many_lines is warned on the modules split so far (below);
-// build, inspect and the squashfs reader opt in once they are split too.
+#![warn(clippy::too_many_lines)]
 
-#[warn(clippy::too_many_lines)]
 pub(crate) mod apply;
-#[warn(clippy::too_many_lines)]
 pub mod bind;
 #[allow(missing_docs)]
 pub mod build;
-#[warn(clippy::too_many_lines)]
 pub(crate) mod command;
 #[allow(missing_docs)]
 pub mod ecl_check;
-#[warn(clippy::too_many_lines)]
 pub mod env;
 #[allow(missing_docs)]
 pub mod fuse;
-#[warn(clippy::too_many_lines)]
 pub(crate) mod hold;
-#[warn(clippy::too_many_lines)]
 pub(crate) mod host_binds;
-#[warn(clippy::too_many_lines)]
 pub(crate) mod init;
 #[allow(missing_docs)]
 pub mod inspect;
-#[warn(clippy::too_many_lines)]
 pub mod launch;
-#[warn(clippy::too_many_lines)]
 pub mod pin;
-#[warn(clippy::too_many_lines)]
 pub mod plan;
-#[warn(clippy::too_many_lines)]
 pub mod privilege;
-#[warn(clippy::too_many_lines)]
 pub mod privileged;
-#[warn(clippy::too_many_lines)]
 pub mod sanitize;
 #[allow(missing_docs)]
 pub mod serve;
-#[warn(clippy::too_many_lines)]
 pub mod slurm_client;
 #[allow(missing_docs)]
 pub mod squash;
-#[warn(clippy::too_many_lines)]
 pub(crate) mod stage;
-#[warn(clippy::too_many_lines)]
 pub(crate) mod syscall;
 
 /// The launch under its former name: `launcher::container::{Launch, Hold,

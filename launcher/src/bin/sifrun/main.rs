@@ -1,11 +1,9 @@
 //! `sifrun`: run, build and inspect SIF container images.
+#![warn(clippy::too_many_lines)]
 
-#[warn(clippy::too_many_lines)]
 mod hold_cmd;
-#[warn(clippy::too_many_lines)]
 mod logging;
 mod mount_cmd;
-#[warn(clippy::too_many_lines)]
 mod run_cmd;
 mod sif_cmd;
 mod sign_cmd;
