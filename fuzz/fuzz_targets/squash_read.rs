@@ -24,7 +24,7 @@ fuzz_target!(|data: &[u8]| {
         readahead_blocks: 0,
     };
     // Half the inputs as a partition shorter than the file.
-    let len = data.len() as u64 - u64::from(data.first().copied().unwrap_or(0) & 1) * 7;
+    let len = (data.len() as u64).saturating_sub(u64::from(data.first().copied().unwrap_or(0) & 1) * 7);
     let Ok(sq) = Squash::open_partition(Arc::new(file), 0, len, tuning) else {
         return;
     };
