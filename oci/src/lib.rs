@@ -12,4 +12,7 @@
 #![warn(clippy::too_many_lines)]
 
 pub mod digest;
+pub mod manifest;
+pub mod media;
+pub mod platform;
 pub mod reference;
