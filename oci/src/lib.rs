@@ -16,3 +16,4 @@ pub mod manifest;
 pub mod media;
 pub mod platform;
 pub mod reference;
+pub mod tar;
