@@ -17,3 +17,4 @@ pub mod media;
 pub mod platform;
 pub mod reference;
 pub mod tar;
+pub mod tree;
