@@ -11,6 +11,7 @@
 #![warn(missing_docs)]
 #![warn(clippy::too_many_lines)]
 
+pub mod apptainer;
 pub mod digest;
 pub mod manifest;
 pub mod media;
