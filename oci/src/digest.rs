@@ -244,7 +244,7 @@ impl<R: Read> Read for Verifier<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let cap = self.size.map_or(self.limit, |s| s.min(self.limit));
         // Allow one byte past the cap so an oversized stream is noticed.
-        let room = (cap + 1).saturating_sub(self.count);
+        let room = cap.saturating_add(1).saturating_sub(self.count);
         let want = buf.len().min(usize::try_from(room).unwrap_or(usize::MAX));
         if want == 0 && !buf.is_empty() {
             return Err(self.over(cap));
@@ -378,6 +378,12 @@ mod tests {
                 .starts_with("blob x: content has digest sha256:"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn unbounded_limit_does_not_overflow() {
+        let v = Verifier::new(&b"abc"[..], "blob", u64::MAX).expect(None, Some(Digest::of(b"abc")));
+        assert_eq!(v.finish().unwrap(), Digest::of(b"abc"));
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! layers (paths relative to the image root).
 
 mod files;
-pub mod quote;
+mod quote;
 
 use std::collections::BTreeMap;
 
