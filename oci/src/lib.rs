@@ -13,6 +13,7 @@
 
 pub mod apptainer;
 pub mod digest;
+pub mod layout;
 pub mod manifest;
 pub mod media;
 pub mod platform;
