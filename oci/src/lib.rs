@@ -5,7 +5,30 @@
 //! `/.singularity.d` layout generated from an image config.
 //!
 //! Nothing here touches the network or the filesystem; the launcher
-//! orchestrates the conversion (see `docs/architecture.md`).
+//! orchestrates the conversion (see `docs/architecture.md`). How the
+//! pieces fit (`notes-coord/oci-design.md` §3.4):
+//!
+//! 1. [`reference::Source::parse`] the user's source; for a layout or an
+//!    archive, [`layout`] finds `index.json`/`manifest.json` and the blobs
+//!    ([`layout::index_archive`] gives members' offsets for in-place reads).
+//! 2. [`manifest::parse_manifest`] the bytes (read with
+//!    [`digest::read_capped`]); an index goes through
+//!    [`platform::select`]; [`manifest::parse_config`] the config.
+//! 3. Pass 1, per layer: blob → [`digest::Verifier`] (compressed digest and
+//!    size) → decompressor ([`media::layer_compression`] or
+//!    [`media::sniff`]) → `Verifier` again (the `diff_id`) →
+//!    [`tar::Reader`], keeping only the [`tar::Entry`] headers in a
+//!    [`tree::Layer`].
+//! 4. [`tree::merge`] the layers; drop the paths the layout replaces
+//!    ([`tree::Tree::remove`] for [`apptainer::Synthetic`] files with
+//!    `replace`, skip the others where [`tree::Tree::contains`]); take the
+//!    [`tree::Tree::plan`].
+//! 5. Pass 2: every [`tree::Emission::Dir`] header first; then re-read the
+//!    layers in order and copy each [`tree::Emission::Node`]'s header (under
+//!    its final path, xattrs filtered by [`tar::keep_xattr`]) and data at
+//!    its source position, each [`tree::Emission::HardLink`] right after its
+//!    target; then the [`apptainer::layout`] files — one tar stream into
+//!    `mksquashfs - OUT -tar`.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

@@ -124,12 +124,34 @@ pub fn runscript(entrypoint: &[String], cmd: &[String]) -> String {
     s
 }
 
+/// Whether `name` is a shell variable name (`[A-Za-z_][A-Za-z0-9_]*`).
+fn is_shell_name(name: &str) -> bool {
+    let mut b = name.bytes();
+    b.next()
+        .is_some_and(|f| f.is_ascii_alphabetic() || f == b'_')
+        && b.all(|c| c.is_ascii_alphanumeric() || c == b'_')
+}
+
+/// The `Env` entries [`env_script`] leaves out: their names are not shell
+/// variable names (an `export` of them would stop every shell that sources
+/// the script). The caller warns about them.
+pub fn skipped_env(env: &[String]) -> Vec<&str> {
+    env.iter()
+        .map(String::as_str)
+        .filter(|e| !is_shell_name(e.split('=').next().unwrap_or(e)))
+        .collect()
+}
+
 /// `/.singularity.d/env/10-docker2singularity.sh` for the config's `Env`:
 /// `PATH` is overwritten, every other variable is only a default (host
-/// and user values win), a bare `NAME` exports the current value.
+/// and user values win), a bare `NAME` exports the current value; entries
+/// whose name is no shell name are left out ([`skipped_env`]).
 pub fn env_script(env: &[String]) -> String {
     let mut s = String::from("#!/bin/sh\n");
-    for e in env {
+    for e in env
+        .iter()
+        .filter(|e| is_shell_name(e.split('=').next().unwrap_or(e)))
+    {
         match e.split_once('=') {
             None => s += &format!("export {e}=\"${{{e}:-}}\"\n"),
             Some(("PATH", v)) => s += &format!("export PATH={}\n", go_quote(&shell_escape(v))),

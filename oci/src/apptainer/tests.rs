@@ -97,6 +97,16 @@ fn runscript_behaviour() {
 }
 
 #[test]
+fn env_entries_with_bad_names_are_left_out() {
+    let env = v(&["OK_1=a", "A-B=1", "x;rm=2", "=v", "1X=3", "_U"]);
+    assert_eq!(
+        env_script(&env),
+        "#!/bin/sh\nexport OK_1=\"${OK_1:-\"a\"}\"\nexport _U=\"${_U:-}\"\n"
+    );
+    assert_eq!(skipped_env(&env), ["A-B=1", "x;rm=2", "=v", "1X=3"]);
+}
+
+#[test]
 fn env_script_golden() {
     let got = env_script(&v(&[
         "PATH=/x$y:/usr/bin",
