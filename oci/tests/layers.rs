@@ -151,3 +151,249 @@ N abs/name 644 0:0 3B
         );
     }
 }
+
+fn have_mksquashfs() -> bool {
+    let ok = std::process::Command::new("mksquashfs")
+        .arg("-version")
+        .output()
+        .is_ok();
+    assert!(
+        ok || std::env::var_os("SIFRUN_REQUIRE_PEERS").is_none(),
+        "mksquashfs is required"
+    );
+    ok
+}
+
+fn write_entry(out: &mut Vec<u8>, h: &oci::tar::write::Header<'_>, data: &[u8]) {
+    out.extend_from_slice(&oci::tar::write::encode(h));
+    out.extend_from_slice(data);
+    out.resize(out.len() + oci::tar::write::padding(data.len() as u64), 0);
+}
+
+fn header_of<'a>(path: &'a [u8], e: &'a Entry) -> oci::tar::write::Header<'a> {
+    oci::tar::write::Header {
+        path,
+        kind: e.kind,
+        mode: e.mode,
+        uid: e.uid,
+        gid: e.gid,
+        mtime: e.mtime,
+        size: e.size,
+        link: e.link.as_deref().unwrap_or_default(),
+        device: e.device,
+        xattrs: &e.xattrs,
+    }
+}
+
+/// The converter's pass 2 in miniature: the plan and the Apptainer layout
+/// as one tar stream.
+fn final_stream(layers: &[Layer], data: &HashMap<EntryId, Vec<u8>>) -> Vec<u8> {
+    use oci::apptainer::{Content, Provenance, layout};
+    use oci::tar::write::Header;
+    let config: oci::manifest::ImageConfig = oci::manifest::parse_config(
+        include_bytes!("../testdata/config-docker.json"),
+        2,
+        "config",
+    )
+    .unwrap();
+    let p = Provenance {
+        bootstrap: "oci".into(),
+        from: "oci:/l:t".into(),
+        reference: "/l:t".into(),
+        digest: None,
+        index_digest: None,
+        config_digest: oci::digest::Digest::of(b"c"),
+        platform: "linux/amd64".into(),
+        arch: "amd64".into(),
+        build_date: "2026-11-29T12:00:00Z".into(),
+        converter: "sifrun test".into(),
+    };
+    let mut tree = merge(layers).unwrap();
+    let synthetic: Vec<_> = layout(&config, &p)
+        .into_iter()
+        .filter(|s| s.replace || !tree.contains(s.path.as_bytes()))
+        .collect();
+    for s in synthetic.iter().filter(|s| s.replace) {
+        tree.remove(s.path.as_bytes());
+    }
+    let mut out = Vec::new();
+    let none: &[(String, Vec<u8>)] = &[];
+    for em in tree.plan() {
+        match &em {
+            Emission::Dir { path, .. } if path.is_empty() => {}
+            Emission::Dir {
+                path,
+                source: Some(s),
+                ..
+            } => {
+                write_entry(
+                    &mut out,
+                    &header_of(path, &layers[s.layer].entries[s.index]),
+                    b"",
+                );
+            }
+            Emission::Dir {
+                path,
+                source: None,
+                mtime,
+            } => {
+                let h = Header {
+                    path,
+                    kind: Kind::Dir,
+                    mode: 0o755,
+                    uid: 0,
+                    gid: 0,
+                    mtime: *mtime,
+                    size: 0,
+                    link: b"",
+                    device: (0, 0),
+                    xattrs: none,
+                };
+                write_entry(&mut out, &h, b"");
+            }
+            Emission::Node { path, source } => {
+                write_entry(
+                    &mut out,
+                    &header_of(path, &layers[source.layer].entries[source.index]),
+                    &data[source],
+                );
+            }
+            Emission::HardLink { path, target } => {
+                let h = Header {
+                    path,
+                    kind: Kind::HardLink,
+                    mode: 0,
+                    uid: 0,
+                    gid: 0,
+                    mtime: 0,
+                    size: 0,
+                    link: target,
+                    device: (0, 0),
+                    xattrs: none,
+                };
+                write_entry(&mut out, &h, b"");
+            }
+        }
+    }
+    for s in &synthetic {
+        let (kind, body, link) = match &s.content {
+            Content::Dir => (Kind::Dir, &[][..], &[][..]),
+            Content::File(b) => (Kind::File, b.as_slice(), &[][..]),
+            Content::Symlink(t) => (Kind::Symlink, &[][..], t.as_bytes()),
+        };
+        let h = Header {
+            path: s.path.as_bytes(),
+            kind,
+            mode: s.mode,
+            uid: 0,
+            gid: 0,
+            mtime: 1,
+            size: body.len() as u64,
+            link,
+            device: (0, 0),
+            xattrs: none,
+        };
+        write_entry(&mut out, &h, body);
+    }
+    out.extend_from_slice(&oci::tar::write::END);
+    out
+}
+
+/// The plan's stream is what mksquashfs -tar (squashfs-tools >= 4.5)
+/// accepts without a complaint, and the image holds the owners, modes,
+/// hard links and contents the merge decided.
+#[test]
+fn mksquashfs_takes_the_final_stream() {
+    use std::process::{Command, Stdio};
+    if !have_mksquashfs() {
+        return;
+    }
+    let (layers, data) = read_layers();
+    let stream = final_stream(&layers, &data);
+    let dir = std::env::temp_dir().join(format!("oci-layers-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let img = dir.join("img.sqfs");
+    let mut child = Command::new("mksquashfs")
+        .args([
+            "-",
+            img.to_str().unwrap(),
+            "-tar",
+            "-noappend",
+            "-no-progress",
+            "-quiet",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || std::io::Write::write_all(&mut stdin, &stream));
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
+    let complaints =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{complaints}");
+    assert!(
+        !complaints.contains("Could not") && !complaints.contains("already exists"),
+        "{complaints}"
+    );
+    let cat = |p: &str| {
+        let o = Command::new("unsquashfs")
+            .args(["-cat", img.to_str().unwrap(), p])
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{p}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        o.stdout
+    };
+    assert_eq!(cat("etc/passwd-link"), b"root:x:0:0::/root:/bin/sh\n");
+    assert_eq!(cat("etc/passwd"), b"root:x:0:0::/root:/bin/bash\n");
+    assert_eq!(cat("bin/su-link"), b"su v1\n");
+    assert!(
+        cat(".singularity.d/env/10-docker2singularity.sh").starts_with(b"#!/bin/sh\nexport PATH=")
+    );
+    assert_eq!(cat("etc/hosts"), b"");
+    let list = Command::new("unsquashfs")
+        .args(["-lln", img.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let list = String::from_utf8_lossy(&list.stdout).into_owned();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let line = |p: &str| {
+        list.lines()
+            .find(|l| l.ends_with(&format!("squashfs-root/{p}")))
+            .unwrap_or_else(|| panic!("{p} missing:\n{list}"))
+    };
+    assert!(
+        line("bin/su").starts_with("-rwsr-xr-x 0/0"),
+        "{}",
+        line("bin/su")
+    );
+    assert!(
+        line("home/u").starts_with("drwx------ 1234/1234"),
+        "{}",
+        line("home/u")
+    );
+    assert!(
+        line("home/u/f").starts_with("-rw-r--r-- 1234/1234"),
+        "{}",
+        line("home/u/f")
+    );
+    assert!(
+        line("run/fifo").starts_with("prw-------"),
+        "{}",
+        line("run/fifo")
+    );
+    assert!(
+        list.contains("squashfs-root/apptainer -> .singularity.d/runscript"),
+        "{list}"
+    );
+    assert!(
+        !list.contains("squashfs-root/gone") && !list.contains("opq/old"),
+        "{list}"
+    );
+}

@@ -6,6 +6,7 @@
 //! offset of the header at fault.
 
 mod header;
+pub mod write;
 
 use std::io::{self, Read};
 
