@@ -21,11 +21,13 @@ mod path;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use crate::tar::{Entry, Kind};
-use path::{child, clean, join, parent, subtree_bounds};
+use path::{child, clean, parent, subtree_bounds};
 
 /// Most entries over all layers.
 pub const MAX_ENTRIES: usize = 5_000_000;
 const MAX_HOPS: usize = 255;
+/// Most components one resolution walks (symlink expansions included).
+const MAX_STEPS: usize = 65_536;
 
 /// Why the layers do not merge; `layer` names the layer (its digest).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -161,6 +163,7 @@ pub struct Tree {
 enum Fail {
     Loop,
     NotDir(Vec<u8>),
+    TooLong,
 }
 
 /// Merges `layers` (base first).
@@ -281,6 +284,10 @@ impl Tree {
                 layer: layer.name.clone(),
                 path,
             },
+            Fail::TooLong => TreeError::NameTooLong {
+                layer: layer.name.clone(),
+                path,
+            },
             Fail::NotDir(p) => TreeError::NotADirectory {
                 layer: layer.name.clone(),
                 path,
@@ -385,22 +392,33 @@ impl Tree {
     /// make the result `None`.
     fn resolve(&mut self, comps: &[&[u8]], create: Option<i64>) -> Result<Option<Vec<u8>>, Fail> {
         let mut todo: VecDeque<Vec<u8>> = comps.iter().map(|c| c.to_vec()).collect();
-        let mut cur: Vec<Vec<u8>> = Vec::new();
-        let mut hops = 0;
+        // The resolved path so far, and where each of its components starts.
+        let mut cur: Vec<u8> = Vec::new();
+        let mut starts: Vec<usize> = Vec::new();
+        let (mut hops, mut steps) = (0, 0);
         while let Some(c) = todo.pop_front() {
+            steps += 1;
+            if steps > MAX_STEPS {
+                return Err(Fail::Loop);
+            }
             match c.as_slice() {
                 b"" | b"." => continue,
                 b".." => {
-                    cur.pop();
+                    cur.truncate(starts.pop().unwrap_or(0));
                     continue;
                 }
                 _ => {}
             }
-            let mut cand: Vec<&[u8]> = cur.iter().map(Vec::as_slice).collect();
-            cand.push(&c);
-            let key = join(&cand);
+            let start = cur.len();
+            let key = child(&cur, &c);
+            if key.len() > path::PATH_MAX {
+                return Err(Fail::TooLong);
+            }
             match self.nodes.get(&key) {
-                Some(Node::Dir { .. }) => cur.push(c),
+                Some(Node::Dir { .. }) => {
+                    starts.push(start);
+                    cur = key;
+                }
                 Some(Node::Other { inode }) => {
                     let Some(target) = &self.inodes[*inode].symlink else {
                         return Err(Fail::NotDir(key));
@@ -409,8 +427,12 @@ impl Tree {
                     if hops > MAX_HOPS {
                         return Err(Fail::Loop);
                     }
+                    if target.len() > path::PATH_MAX {
+                        return Err(Fail::TooLong);
+                    }
                     if target.starts_with(b"/") {
                         cur.clear();
+                        starts.clear();
                     }
                     for part in target.split(|&b| b == b'/').rev() {
                         todo.push_front(part.to_vec());
@@ -419,20 +441,20 @@ impl Tree {
                 None => match create {
                     Some(mtime) => {
                         self.nodes.insert(
-                            key,
+                            key.clone(),
                             Node::Dir {
                                 source: None,
                                 mtime,
                             },
                         );
-                        cur.push(c);
+                        starts.push(start);
+                        cur = key;
                     }
                     None => return Ok(None),
                 },
             }
         }
-        let parts: Vec<&[u8]> = cur.iter().map(Vec::as_slice).collect();
-        Ok(Some(join(&parts)))
+        Ok(Some(cur))
     }
 
     /// Removes `path` and everything below it (not the root itself).

@@ -41,6 +41,7 @@ pub(super) fn clean<'a>(layer: &str, name: &'a [u8]) -> Result<Vec<&'a [u8]>, Tr
 }
 
 /// Components joined by `/` (the root is empty).
+#[cfg(test)]
 pub(super) fn join(comps: &[&[u8]]) -> Vec<u8> {
     comps.join(&b'/')
 }

@@ -437,3 +437,40 @@ fn random_layers_keep_the_invariants() {
     }
     assert!(ok > 1000, "only {ok} random cases merged");
 }
+
+/// A chain of symlinks with long targets is cut off (resolved paths over
+/// PATH_MAX, targets over PATH_MAX, more than 255 hops), not walked for
+/// ever or grown without bound.
+#[test]
+fn resolution_work_is_bounded() {
+    let deep = "x/".repeat(2000);
+    let mut spec = format!("s l0 {deep}\n");
+    for i in 1..255 {
+        spec += &format!("s l{i} l{}/{deep}\n", i - 1);
+    }
+    spec += "f l254/file\n";
+    assert_eq!(
+        run_err(&[&spec]),
+        "layer L0: entry 'l254/file': name too long"
+    );
+    let long = "y/".repeat(2049);
+    assert_eq!(
+        run_err(&[&format!("s l {long}\n f l/file")]),
+        "layer L0: entry 'l/file': name too long"
+    );
+}
+
+#[test]
+fn symlink_hops_are_capped() {
+    let mut spec = String::from("d d\n s l0 d\n");
+    for i in 1..=255 {
+        spec += &format!("s l{i} l{}\n", i - 1);
+    }
+    spec += "f l254/ok\n";
+    let ok = run(&[&spec]);
+    assert!(ok.contains("F d/ok L0#"), "255 hops resolve");
+    assert_eq!(
+        run_err(&[&(spec + "f l255/no")]),
+        "layer L0: entry 'l255/no': too many levels of symbolic links"
+    );
+}
