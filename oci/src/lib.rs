@@ -19,16 +19,15 @@
 //!    [`media::sniff`]) → `Verifier` again (the `diff_id`) →
 //!    [`tar::Reader`], keeping only the [`tar::Entry`] headers in a
 //!    [`tree::Layer`].
-//! 4. [`tree::merge`] the layers; drop the paths the layout replaces
-//!    ([`tree::Tree::remove`] for [`apptainer::Synthetic`] files with
-//!    `replace`, skip the others where [`tree::Tree::contains`]); take the
-//!    [`tree::Tree::plan`].
+//! 4. [`tree::merge`] the layers, then [`tree::Tree::apply`] the
+//!    [`apptainer::layout`] as a last layer ([`apptainer::as_layer`]), and
+//!    take the [`tree::Tree::plan`].
 //! 5. Pass 2: every [`tree::Emission::Dir`] header first; then re-read the
 //!    layers in order and copy each [`tree::Emission::Node`]'s header (under
 //!    its final path, xattrs filtered by [`tar::keep_xattr`]) and data at
 //!    its source position, each [`tree::Emission::HardLink`] right after its
-//!    target; then the [`apptainer::layout`] files — one tar stream into
-//!    `mksquashfs - OUT -tar`.
+//!    target; the layout's entries come last, with their data from
+//!    `as_layer` — one tar stream into `mksquashfs - OUT -tar`.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

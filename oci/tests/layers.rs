@@ -188,7 +188,7 @@ fn header_of<'a>(path: &'a [u8], e: &'a Entry) -> oci::tar::write::Header<'a> {
 /// The converter's pass 2 in miniature: the plan and the Apptainer layout
 /// as one tar stream.
 fn final_stream(layers: &[Layer], data: &HashMap<EntryId, Vec<u8>>) -> Vec<u8> {
-    use oci::apptainer::{Content, Provenance, layout};
+    use oci::apptainer::{Provenance, as_layer, layout};
     use oci::tar::write::Header;
     let config: oci::manifest::ImageConfig = oci::manifest::parse_config(
         include_bytes!("../testdata/config-docker.json"),
@@ -209,13 +209,23 @@ fn final_stream(layers: &[Layer], data: &HashMap<EntryId, Vec<u8>>) -> Vec<u8> {
         converter: "sifrun test".into(),
     };
     let mut tree = merge(layers).unwrap();
-    let synthetic: Vec<_> = layout(&config, &p)
-        .into_iter()
-        .filter(|s| s.replace || !tree.contains(s.path.as_bytes()))
-        .collect();
-    for s in synthetic.iter().filter(|s| s.replace) {
-        tree.remove(s.path.as_bytes());
-    }
+    let (extra, extra_data) = as_layer(&layout(&config, &p), &mut tree, 1);
+    tree.apply(layers.len(), &extra).unwrap();
+    let entry = |id: &EntryId| {
+        layers
+            .get(id.layer)
+            .unwrap_or(&extra)
+            .entries
+            .get(id.index)
+            .unwrap()
+    };
+    let body = |id: &EntryId| {
+        if id.layer < layers.len() {
+            &data[id]
+        } else {
+            &extra_data[id.index]
+        }
+    };
     let mut out = Vec::new();
     let none: &[(String, Vec<u8>)] = &[];
     for em in tree.plan() {
@@ -225,13 +235,7 @@ fn final_stream(layers: &[Layer], data: &HashMap<EntryId, Vec<u8>>) -> Vec<u8> {
                 path,
                 source: Some(s),
                 ..
-            } => {
-                write_entry(
-                    &mut out,
-                    &header_of(path, &layers[s.layer].entries[s.index]),
-                    b"",
-                );
-            }
+            } => write_entry(&mut out, &header_of(path, entry(s)), b""),
             Emission::Dir {
                 path,
                 source: None,
@@ -252,11 +256,7 @@ fn final_stream(layers: &[Layer], data: &HashMap<EntryId, Vec<u8>>) -> Vec<u8> {
                 write_entry(&mut out, &h, b"");
             }
             Emission::Node { path, source } => {
-                write_entry(
-                    &mut out,
-                    &header_of(path, &layers[source.layer].entries[source.index]),
-                    &data[source],
-                );
+                write_entry(&mut out, &header_of(path, entry(source)), body(source))
             }
             Emission::HardLink { path, target } => {
                 let h = Header {
@@ -274,26 +274,6 @@ fn final_stream(layers: &[Layer], data: &HashMap<EntryId, Vec<u8>>) -> Vec<u8> {
                 write_entry(&mut out, &h, b"");
             }
         }
-    }
-    for s in &synthetic {
-        let (kind, body, link) = match &s.content {
-            Content::Dir => (Kind::Dir, &[][..], &[][..]),
-            Content::File(b) => (Kind::File, b.as_slice(), &[][..]),
-            Content::Symlink(t) => (Kind::Symlink, &[][..], t.as_bytes()),
-        };
-        let h = Header {
-            path: s.path.as_bytes(),
-            kind,
-            mode: s.mode,
-            uid: 0,
-            gid: 0,
-            mtime: 1,
-            size: body.len() as u64,
-            link,
-            device: (0, 0),
-            xattrs: none,
-        };
-        write_entry(&mut out, &h, body);
     }
     out.extend_from_slice(&oci::tar::write::END);
     out

@@ -13,6 +13,8 @@ use std::collections::BTreeMap;
 
 use crate::digest::Digest;
 use crate::manifest::ImageConfig;
+use crate::tar::{Entry, Kind};
+use crate::tree::{Layer, Tree};
 use quote::{escape_single_quotes, go_json_map, go_quote, shell_escape};
 
 /// What a synthetic path is.
@@ -321,6 +323,48 @@ pub fn layout(config: &ImageConfig, p: &Provenance) -> Vec<Synthetic> {
         ),
     ]);
     out
+}
+
+/// The layout as a last layer for [`Tree::apply`] (owned by root, times
+/// `mtime`): directories and symlinks only where `tree` has nothing yet,
+/// files replacing what is there; paths resolve through the image's
+/// symlinks like any layer entry's. Returns the layer and each entry's
+/// data, by entry index.
+pub fn as_layer(items: &[Synthetic], tree: &mut Tree, mtime: i64) -> (Layer, Vec<Vec<u8>>) {
+    let mut entries = Vec::new();
+    let mut data = Vec::new();
+    for s in items {
+        if !s.replace && tree.exists(s.path.as_bytes()) {
+            continue;
+        }
+        let (kind, body, link) = match &s.content {
+            Content::Dir => (Kind::Dir, Vec::new(), None),
+            Content::File(b) => (Kind::File, b.clone(), None),
+            Content::Symlink(t) => (Kind::Symlink, Vec::new(), Some(t.as_bytes().to_vec())),
+        };
+        entries.push(Entry {
+            path: s.path.as_bytes().to_vec(),
+            kind,
+            mode: s.mode,
+            uid: 0,
+            gid: 0,
+            mtime,
+            size: body.len() as u64,
+            link,
+            device: (0, 0),
+            xattrs: Vec::new(),
+            header_offset: 0,
+            data_offset: 0,
+        });
+        data.push(body);
+    }
+    (
+        Layer {
+            name: "the Apptainer layout".to_owned(),
+            entries,
+        },
+        data,
+    )
 }
 
 #[cfg(test)]

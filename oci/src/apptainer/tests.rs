@@ -2,6 +2,8 @@ use std::process::Command;
 
 use super::*;
 use crate::manifest::ContainerConfig;
+use crate::tar::{Entry, Kind};
+use crate::tree::Layer;
 
 fn v(a: &[&str]) -> Vec<String> {
     a.iter().map(|s| (*s).to_owned()).collect()
@@ -269,4 +271,72 @@ fn layout_lists_every_path_once_with_modes() {
             );
         }
     }
+}
+
+#[test]
+fn layout_as_last_layer_resolves_through_image_symlinks() {
+    use crate::tree::{Emission, merge};
+    let img = |path: &str, kind: Kind, link: Option<&str>| Entry {
+        path: path.as_bytes().to_vec(),
+        kind,
+        mode: 0o755,
+        uid: 7,
+        gid: 7,
+        mtime: 1,
+        size: 0,
+        link: link.map(|l| l.as_bytes().to_vec()),
+        device: (0, 0),
+        xattrs: Vec::new(),
+        header_offset: 0,
+        data_offset: 0,
+    };
+    // etc is a symlink to usr/etc; tmp exists; hosts exists in usr/etc.
+    let base = Layer {
+        name: "L0".into(),
+        entries: vec![
+            img("usr", Kind::Dir, None),
+            img("usr/etc", Kind::Dir, None),
+            img("usr/etc/hosts", Kind::File, None),
+            img("etc", Kind::Symlink, Some("usr/etc")),
+            img("tmp", Kind::Dir, None),
+            img("apptainer", Kind::File, None),
+        ],
+    };
+    let mut tree = merge(std::slice::from_ref(&base)).unwrap();
+    let (layer, data) = as_layer(&layout(&config(&[], &[]), &provenance()), &mut tree, 5);
+    assert_eq!(layer.entries.len(), data.len());
+    let names: Vec<&[u8]> = layer.entries.iter().map(|e| e.path.as_slice()).collect();
+    assert!(
+        !names.contains(&&b"tmp"[..]) && !names.contains(&&b"etc"[..]),
+        "existing dirs and symlinks are kept"
+    );
+    assert!(
+        !names.contains(&&b"apptainer"[..]),
+        "existing names are not replaced by symlinks"
+    );
+    assert!(names.contains(&&b"etc/hosts"[..]) && names.contains(&&b".singularity.d"[..]));
+    tree.apply(1, &layer).unwrap();
+    let plan = tree.plan();
+    let at = |p: &str| {
+        plan.iter()
+            .find(|e| matches!(e, Emission::Node { path, .. } if path == p.as_bytes()))
+    };
+    // etc/hosts lands in usr/etc through the image's symlink; etc stays a symlink.
+    assert!(
+        matches!(at("usr/etc/hosts"), Some(Emission::Node { source, .. }) if source.layer == 1)
+    );
+    assert!(matches!(at("etc"), Some(Emission::Node { source, .. }) if source.layer == 0));
+    assert!(
+        matches!(at(".singularity.d/runscript"), Some(Emission::Node { source, .. }) if source.layer == 1)
+    );
+    // The layout's files come after every image entry.
+    let first = plan
+        .iter()
+        .position(|e| matches!(e, Emission::Node { source, .. } if source.layer == 1))
+        .unwrap();
+    assert!(
+        plan[first..]
+            .iter()
+            .all(|e| !matches!(e, Emission::Node { source, .. } if source.layer == 0))
+    );
 }

@@ -172,22 +172,17 @@ pub fn merge(layers: &[Layer]) -> Result<Tree, TreeError> {
     if count > MAX_ENTRIES {
         return Err(TreeError::TooManyEntries { count });
     }
-    let mut t = Tree {
-        nodes: BTreeMap::new(),
-        inodes: Vec::new(),
-        warnings: Vec::new(),
-    };
-    t.nodes.insert(
-        Vec::new(),
-        Node::Dir {
-            source: None,
-            mtime: 0,
-        },
-    );
+    let mut t = Tree::new();
     for (i, l) in layers.iter().enumerate() {
-        t.apply_layer(i, l)?;
+        t.apply(i, l)?;
     }
     Ok(t)
+}
+
+impl Default for Tree {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// What a layer entry's name is.
@@ -218,7 +213,27 @@ fn classify(comps: Vec<&[u8]>) -> Name<'_> {
 }
 
 impl Tree {
-    fn apply_layer(&mut self, li: usize, layer: &Layer) -> Result<(), TreeError> {
+    /// A tree holding only the root directory.
+    pub fn new() -> Self {
+        let mut nodes = BTreeMap::new();
+        nodes.insert(
+            Vec::new(),
+            Node::Dir {
+                source: None,
+                mtime: 0,
+            },
+        );
+        Self {
+            nodes,
+            inodes: Vec::new(),
+            warnings: Vec::new(),
+        }
+    }
+
+    /// Applies one more layer on top; `li` is its index in the
+    /// [`EntryId`]s of the plan (the converter adds the Apptainer layout
+    /// as a last layer this way, so its paths resolve like any entry's).
+    pub fn apply(&mut self, li: usize, layer: &Layer) -> Result<(), TreeError> {
         let mut upper: HashSet<Vec<u8>> = HashSet::new();
         let (mut whiteouts, mut opaques) = (Vec::new(), Vec::new());
         for (i, e) in layer.entries.iter().enumerate() {
@@ -469,9 +484,25 @@ impl Tree {
         }
     }
 
-    /// Whether `path` (clean, relative) exists in the final tree.
+    /// Whether `path` (clean, relative, as the plan names it) exists.
     pub fn contains(&self, path: &[u8]) -> bool {
         self.nodes.contains_key(path)
+    }
+
+    /// Whether a layer entry named `name` would land on an existing path
+    /// (parents resolved through symlinks, the final component not
+    /// followed); `false` for names that cannot be applied.
+    pub fn exists(&mut self, name: &[u8]) -> bool {
+        let Ok(comps) = clean("", name) else {
+            return false;
+        };
+        let Some((last, dir)) = comps.split_last() else {
+            return true;
+        };
+        match self.resolve(dir, None) {
+            Ok(Some(d)) => self.nodes.contains_key(&child(&d, last)),
+            _ => false,
+        }
     }
 
     /// Non-fatal oddities met (unknown whiteout names).
