@@ -12,9 +12,9 @@ use libfuzzer_sys::fuzz_target;
 use oci::tar::{Entry, Kind};
 use oci::tree::{Emission, Layer, merge};
 
-const NAMES: [&str; 16] = [
+const NAMES: [&str; 17] = [
     "a", "b", "a/b", "a/c", "b/c", "a/b/c", ".wh.a", "a/.wh.b", "a/.wh..wh..opq", "/a", "./b/./c/", "c",
-    "../x", "/", "c/../d", ".wh..wh.plnk",
+    "../x", "/", "c/../d", ".wh..wh.plnk", ".wh..wh..opq",
 ];
 const TARGETS: [&str; 8] = ["a", "b", "/a/b", "../..", "c", "a/b/c", ".", "/"];
 const KINDS: [Kind; 5] = [Kind::Dir, Kind::File, Kind::HardLink, Kind::Symlink, Kind::Fifo];

@@ -63,10 +63,12 @@ pub(super) fn parent(path: &[u8]) -> &[u8] {
 }
 
 /// The range of keys strictly below `path` (`path/` … `path0`): `/` + 1 is
-/// `0`, so every descendant sorts between them.
+/// `0`, so every descendant sorts between them; for the root, every
+/// non-empty key.
 pub(super) fn subtree_bounds(path: &[u8]) -> (Vec<u8>, Vec<u8>) {
     if path.is_empty() {
-        return (Vec::new(), vec![0xff; PATH_MAX + 1]);
+        // Every key but the root's (final paths stay under 2 * PATH_MAX).
+        return (vec![0], vec![0xff; 2 * PATH_MAX]);
     }
     ([path, b"/"].concat(), [path, b"0"].concat())
 }

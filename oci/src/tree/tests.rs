@@ -213,6 +213,19 @@ fn opaque_directory_keeps_itself_and_same_layer_children() {
 }
 
 #[test]
+fn opaque_root_keeps_the_root_and_this_layers_entries() {
+    golden(
+        &[
+            "d ./\n f a\n d d\n f d/x",
+            "f ./.wh..wh..opq",
+            "f .wh..wh..opq\n f b",
+        ],
+        "D / L0#0
+         F b L2#1",
+    );
+}
+
+#[test]
 fn unknown_aufs_whiteouts_are_ignored_with_a_warning() {
     let ls = layers(&["f a", "f .wh..wh.plnk\n f .wh..wh.aufs"]);
     let t = merge(&ls).unwrap();
