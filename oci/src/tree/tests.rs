@@ -426,6 +426,7 @@ fn random_layers_keep_the_invariants() {
         "/a",
         "./b/./c/",
         "c",
+        ".wh..wh..opq",
     ];
     let kinds = ["d", "f", "h", "s", "p"];
     let mut seed = 7;
