@@ -5,13 +5,19 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use oci::layout::{check_oci_layout, digest_from_member, index_archive, parse_archive_manifest, select_archive_image};
+use oci::layout::{
+    check_oci_layout, digest_from_member, index_archive, parse_archive_manifest,
+    select_archive_image,
+};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(images) = parse_archive_manifest(data, "fuzz") {
         for i in &images {
             for p in std::iter::once(&i.config).chain(&i.layers) {
-                assert!(!p.starts_with('/') && !p.split('/').any(|c| c == ".."), "{p}");
+                assert!(
+                    !p.starts_with('/') && !p.split('/').any(|c| c == ".."),
+                    "{p}"
+                );
                 let _ = digest_from_member(p);
             }
         }

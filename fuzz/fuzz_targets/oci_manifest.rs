@@ -10,7 +10,12 @@ use oci::media;
 use oci::platform::{Wanted, select};
 
 fuzz_target!(|data: &[u8]| {
-    for ct in [None, Some(media::OCI_INDEX), Some(media::DOCKER_MANIFEST), Some("application/json")] {
+    for ct in [
+        None,
+        Some(media::OCI_INDEX),
+        Some(media::DOCKER_MANIFEST),
+        Some("application/json"),
+    ] {
         match parse_manifest(data, ct, "fuzz") {
             Ok(Parsed::Index(i)) => {
                 assert!(i.manifests.len() <= MAX_INDEX_ENTRIES);

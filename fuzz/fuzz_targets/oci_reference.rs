@@ -7,7 +7,9 @@ use libfuzzer_sys::fuzz_target;
 use oci::reference::{Reference, Source, pull_name};
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     if let Ok(r) = Reference::parse(text) {
         let shown = r.to_string();
         assert_eq!(Reference::parse(&shown).unwrap(), r, "{shown}");

@@ -13,11 +13,32 @@ use oci::tar::{Entry, Kind};
 use oci::tree::{Emission, Layer, merge};
 
 const NAMES: [&str; 17] = [
-    "a", "b", "a/b", "a/c", "b/c", "a/b/c", ".wh.a", "a/.wh.b", "a/.wh..wh..opq", "/a", "./b/./c/", "c",
-    "../x", "/", "c/../d", ".wh..wh.plnk", ".wh..wh..opq",
+    "a",
+    "b",
+    "a/b",
+    "a/c",
+    "b/c",
+    "a/b/c",
+    ".wh.a",
+    "a/.wh.b",
+    "a/.wh..wh..opq",
+    "/a",
+    "./b/./c/",
+    "c",
+    "../x",
+    "/",
+    "c/../d",
+    ".wh..wh.plnk",
+    ".wh..wh..opq",
 ];
 const TARGETS: [&str; 8] = ["a", "b", "/a/b", "../..", "c", "a/b/c", ".", "/"];
-const KINDS: [Kind; 5] = [Kind::Dir, Kind::File, Kind::HardLink, Kind::Symlink, Kind::Fifo];
+const KINDS: [Kind; 5] = [
+    Kind::Dir,
+    Kind::File,
+    Kind::HardLink,
+    Kind::Symlink,
+    Kind::Fifo,
+];
 
 fn entry(b: &[u8]) -> Entry {
     Entry {
@@ -28,7 +49,11 @@ fn entry(b: &[u8]) -> Entry {
         gid: 0,
         mtime: i64::from(b[0]),
         size: 0,
-        link: Some(TARGETS[usize::from(b[2]) % TARGETS.len()].as_bytes().to_vec()),
+        link: Some(
+            TARGETS[usize::from(b[2]) % TARGETS.len()]
+                .as_bytes()
+                .to_vec(),
+        ),
         device: (0, 0),
         xattrs: Vec::new(),
         header_offset: 0,
@@ -45,7 +70,10 @@ fuzz_target!(|data: &[u8]| {
         .split(|&b| b == 0xff)
         .take(16)
         .enumerate()
-        .map(|(i, chunk)| Layer { name: format!("L{i}"), entries: chunk.chunks_exact(3).map(entry).collect() })
+        .map(|(i, chunk)| Layer {
+            name: format!("L{i}"),
+            entries: chunk.chunks_exact(3).map(entry).collect(),
+        })
         .collect();
     let Ok(tree) = merge(&layers) else { return };
     let (mut dirs, mut nodes) = (HashSet::new(), HashSet::new());
@@ -59,10 +87,24 @@ fuzz_target!(|data: &[u8]| {
             }
         };
         if !path.is_empty() {
-            assert!(path.split(|&b| b == b'/').all(|c| !c.is_empty() && c != b"." && c != b".."), "{path:?}");
-            assert!(dirs.contains(parent(&path)), "parent of {path:?} not emitted first");
+            assert!(
+                path.split(|&b| b == b'/')
+                    .all(|c| !c.is_empty() && c != b"." && c != b".."),
+                "{path:?}"
+            );
+            assert!(
+                dirs.contains(parent(&path)),
+                "parent of {path:?} not emitted first"
+            );
         }
-        assert!(!dirs.contains(&path) && !nodes.contains(&path), "duplicate {path:?}");
-        if is_dir { dirs.insert(path) } else { nodes.insert(path) };
+        assert!(
+            !dirs.contains(&path) && !nodes.contains(&path),
+            "duplicate {path:?}"
+        );
+        if is_dir {
+            dirs.insert(path)
+        } else {
+            nodes.insert(path)
+        };
     }
 });
