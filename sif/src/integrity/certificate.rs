@@ -121,6 +121,14 @@ pub fn subject(cert: &X509) -> String {
     format!("\"{}\"", parts.join(", "))
 }
 
+/// The SHA-256 digest of a certificate's DER form (its fingerprint, as
+/// `openssl x509 -fingerprint -sha256` prints it).
+pub fn fingerprint(cert: &X509) -> Result<[u8; 32], CertificateError> {
+    use sha2::Digest;
+    let der = cert.to_der().map_err(|e| format_error(0, e))?;
+    Ok(sha2::Sha256::digest(&der).into())
+}
+
 /// Where to look for trusted roots.
 #[derive(Clone, Copy, Debug)]
 pub enum Roots<'a> {

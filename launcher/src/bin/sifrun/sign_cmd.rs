@@ -294,9 +294,8 @@ pub fn run_ecl(cmd: &EclCommand) -> Result<std::process::ExitCode> {
     };
     let parsed = slurm_conf::ecl::Ecl::load_owned_by(ecl, owner(ecl))
         .map_err(|e| anyhow::anyhow!("--ecl: {e}"))?;
-    let ring_owner = parsed.keyring.as_deref().map(owner).unwrap_or(0);
     let file = File::open(image).with_context(|| image.display().to_string())?;
-    let d = launcher::ecl_check::check(&file, image, &parsed, Some(ring_owner))
+    let d = launcher::ecl_check::check(&file, image, &parsed, &|p| Some(owner(p)))
         .with_context(|| format!("ecl check {}", image.display()))?;
     println!(
         "sifrun: ecl: {}: {}{}: {}",
