@@ -433,4 +433,4 @@ mod verdict_tests {
 }
 
 #[cfg(test)]
-mod certificate_tests;
+pub(crate) mod certificate_tests;

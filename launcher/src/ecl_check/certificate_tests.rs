@@ -13,10 +13,10 @@ use slurm_conf::ecl::{Ecl, ExecGroup, Mode};
 
 use super::{TrustFiles, Verdict, judge};
 
-struct Pki(tempfile::TempDir);
+pub(crate) struct Pki(tempfile::TempDir);
 
 impl Pki {
-    fn new() -> Pki {
+    pub(crate) fn new() -> Pki {
         let dir = tempfile::tempdir().unwrap();
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sif/tests/pki/make-pki.sh");
         let out = std::process::Command::new("sh")
@@ -38,7 +38,7 @@ impl Pki {
 
     /// A one-partition image (a "squashfs" primary partition) signed with
     /// `key`'s DSSE key.
-    fn image(&self, key: &str) -> File {
+    pub(crate) fn image(&self, key: &str) -> File {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let p = self.path(&format!("{key}-{n}.sif"));
@@ -64,7 +64,7 @@ impl Pki {
 
     /// An ECL with one execgroup listing `certs`, and its files as root
     /// would read them.
-    fn ecl(&self, mode: Mode, certs: &[&str], roots: &str) -> (Ecl, TrustFiles) {
+    pub(crate) fn ecl(&self, mode: Mode, certs: &[&str], roots: &str) -> (Ecl, TrustFiles) {
         let certificates: Vec<PathBuf> = certs
             .iter()
             .map(|c| self.path(&format!("{c}.pem")))

@@ -153,6 +153,24 @@ mod tests {
         assert!(!v.allowed, "{v:?}");
     }
 
+    /// The dropped child validates the certificates root read and admits
+    /// an image signed by a listed one; another PKI's image is denied.
+    #[test]
+    fn the_child_judges_certificate_signatures() {
+        use crate::ecl_check::certificate_tests::Pki;
+        use slurm_conf::ecl::Mode;
+        let pki = Pki::new();
+        let (ecl, files) = pki.ecl(Mode::Whitelist, &["leaf"], "root");
+        let dir = Path::new("/images");
+        let v = verify(&pki.image("leaf"), dir, &ecl, &files, TIMEOUT).unwrap();
+        assert!(
+            v.allowed && v.reason.contains("listed certificate"),
+            "{v:?}"
+        );
+        let v = verify(&pki.image("other-leaf"), dir, &ecl, &files, TIMEOUT).unwrap();
+        assert!(!v.allowed, "{v:?}");
+    }
+
     /// What the verifier is once dropped: nobody (when started by root),
     /// no capabilities, no-new-privileges, non-dumpable, bounded.
     #[test]
