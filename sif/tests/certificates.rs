@@ -131,6 +131,13 @@ fn an_untrusted_chain_is_refused() {
         validate(&pki.cert("leaf"), &[], Roots::Only(&roots), None),
         // The system's roots do not hold the test root.
         validate(&pki.cert("leaf"), &ints, Roots::System, None),
+        // Issued by a certificate that is not a CA.
+        validate(
+            &pki.cert("sub-leaf"),
+            &[pki.pool("leaf"), ints.clone()].concat(),
+            Roots::Only(&roots),
+            None,
+        ),
     ];
     for (i, r) in cases.into_iter().enumerate() {
         let e = r.unwrap_err();

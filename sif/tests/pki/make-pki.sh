@@ -7,6 +7,7 @@
 #   leaf-server.pem/.key  extended key usage serverAuth only
 #   leaf-keyenc.pem/.key  key usage keyEncipherment only (no digital signatures)
 #   leaf-short.pem/.key   code-signing leaf valid for one day
+#   sub-leaf.pem/.key     a code-signing certificate issued by leaf.pem (not a CA)
 #   other-root.pem, other-leaf.pem/.key  a second, unrelated PKI
 # Usage: make-pki.sh DIR
 set -eu
@@ -52,6 +53,7 @@ issue leaf-rsa "/O=sifrun test/CN=Image Signer RSA" intermediate code 3650 RSA r
 issue leaf-server "/O=sifrun test/CN=Web Server" intermediate server 3650
 issue leaf-keyenc "/O=sifrun test/CN=Encryption Only" intermediate keyenc 3650
 issue leaf-short "/O=sifrun test/CN=Short Lived Signer" intermediate code 1
+issue sub-leaf "/O=sifrun test/CN=Issued By A Leaf" leaf code 3650
 selfsigned other-root "/O=elsewhere/CN=Other Root CA"
 issue other-leaf "/O=elsewhere/CN=Other Signer" other-root code 3650
 rm -f ./*.csr ./*.srl
