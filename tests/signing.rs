@@ -320,3 +320,131 @@ fn keys_with_overstated_self_signature_mpis_work_as_for_gpg() {
     ok(sifrun(&["sign", "--key", s(&overstated_key()), s(&img)]));
     ok(sifrun(&["verify", "--keyring", s(&key()), s(&img)]));
 }
+
+/// A PKI made by the openssl CLI (sif/tests/pki/make-pki.sh).
+fn pki(dir: &Path) -> PathBuf {
+    let p = dir.join("pki");
+    let out = Command::new("sh")
+        .arg(root().join("sif/tests/pki/make-pki.sh"))
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    p
+}
+
+#[test]
+fn dsse_with_a_pem_key_verified_with_a_certificate_chain() {
+    if !require("openssl") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let pki = pki(dir.path());
+    let f = |name: &str| pki.join(name);
+    let img = dir.path().join("one-group.sif");
+    fs::copy(image("one-group.sif"), &img).unwrap();
+    let out = ok(sifrun(&["sign", "--key", s(&f("leaf.key")), s(&img)]));
+    assert!(
+        String::from_utf8_lossy(&out).contains("(DSSE): signature object 3 for object group 1"),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+    let (leaf, ints, roots) = (f("leaf.pem"), f("intermediate.pem"), f("root.pem"));
+    let out = ok(sifrun(&[
+        "verify",
+        "--certificate",
+        s(&leaf),
+        "--certificate-intermediates",
+        s(&ints),
+        "--certificate-roots",
+        s(&roots),
+        s(&img),
+    ]));
+    let t = String::from_utf8_lossy(&out);
+    assert!(
+        t.contains("signed by certificate \"O=sifrun test, CN=Image Signer\""),
+        "{t}"
+    );
+    assert!(t.contains(": verified"), "{t}");
+    // The same image with the leaf's public key alone.
+    let public = dir.path().join("leaf-public.pem");
+    let o = Command::new("openssl")
+        .args([
+            "x509",
+            "-noout",
+            "-pubkey",
+            "-in",
+            s(&leaf),
+            "-out",
+            s(&public),
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    ok(sifrun(&["verify", "--key", s(&public), s(&img)]));
+    // Each failure names the file and what failed.
+    let other_img = dir.path().join("other.sif");
+    fs::copy(image("one-group.sif"), &other_img).unwrap();
+    ok(sifrun(&[
+        "sign",
+        "--key",
+        s(&f("other-leaf.key")),
+        s(&other_img),
+    ]));
+    let cert = |leaf: &Path, ints: Option<&Path>, roots: Option<&Path>, img: &Path| {
+        let mut a = vec!["verify".to_owned(), "--certificate".into(), s(leaf).into()];
+        if let Some(i) = ints {
+            a.extend(["--certificate-intermediates".into(), s(i).into()]);
+        }
+        if let Some(r) = roots {
+            a.extend(["--certificate-roots".into(), s(r).into()]);
+        }
+        a.push(s(img).into());
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        let out = sifrun(&a);
+        assert!(!out.status.success(), "{a:?}");
+        text(&out)
+    };
+    let server = f("leaf-server.pem");
+    let other_root = f("other-root.pem");
+    let key_file = f("leaf.key");
+    for (t, want) in [
+        (
+            cert(&leaf, Some(&ints), Some(&other_root), &img),
+            format!("--certificate {}: not valid against the roots of {}: untrusted chain", s(&leaf), s(&other_root)),
+        ),
+        (
+            cert(&leaf, Some(&ints), None, &img),
+            "not valid against the system's roots: untrusted chain".into(),
+        ),
+        (
+            cert(&server, Some(&ints), Some(&roots), &img),
+            "wrong usage: the extended key usage of \"O=sifrun test, CN=Web Server\" does not allow code signing".into(),
+        ),
+        (
+            cert(&leaf, Some(&ints), Some(&roots), &other_img),
+            format!("signature mismatch: not signed by the key of --certificate {}", s(&leaf)),
+        ),
+        (
+            cert(&leaf, Some(&ints), Some(&key_file), &img),
+            format!("--certificate-roots: {}: not a PEM certificate", s(&key_file)),
+        ),
+    ] {
+        assert!(t.contains(&want), "want {want:?} in {t}");
+    }
+    let t = {
+        let out = sifrun(&[
+            "verify",
+            "--certificate",
+            s(&leaf),
+            "--ocsp-verify",
+            s(&img),
+        ]);
+        assert!(!out.status.success());
+        text(&out)
+    };
+    assert!(
+        t.contains("--ocsp-verify: online revocation checks are not supported"),
+        "{t}"
+    );
+}

@@ -1,12 +1,16 @@
 //! An untrusted signature object: the cleartext framing, the armored
 //! OpenPGP signature (verified against the sylabs test key), a DSSE
-//! envelope, PEM keys and the signed metadata JSON. Errors are fine; panics are findings.
+//! envelope, PEM keys, X.509 certificates (a leaf given to `sifrun verify
+//! --certificate`, pools of intermediates and roots, validated against
+//! themselves) and the signed metadata JSON. Errors are fine; panics are
+//! findings.
 
 #![no_main]
 
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
+use sif::integrity::certificate::{self, Roots};
 use sif::integrity::clearsign::{self, Keyring};
 use sif::integrity::dsse::{self, PublicKey};
 use sif::integrity::metadata::ImageMetadata;
@@ -34,10 +38,17 @@ fn dsse_keys() -> &'static [PublicKey] {
 }
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(payload) = dsse::verify(data, dsse_keys()) {
-        let _ = ImageMetadata::from_json(&payload);
+    if let Ok(v) = dsse::verify(data, dsse_keys()) {
+        let _ = ImageMetadata::from_json(&v.payload);
     }
     let _ = PublicKey::from_pem(data);
+    if let Ok(leaf) = certificate::leaf_from_pem(data) {
+        let _ = PublicKey::from_certificate(&leaf);
+        let _ = certificate::subject(&leaf);
+        if let Ok(pool) = certificate::pool_from_pem(data) {
+            let _ = certificate::validate(&leaf, &pool, Roots::Only(&pool), None);
+        }
+    }
     if let Some(text) = clearsign::plaintext_unverified(data) {
         let _ = ImageMetadata::from_json(&text);
     }

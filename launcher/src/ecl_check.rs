@@ -1,22 +1,27 @@
 //! Applying the execution control list to an opened image: verify its
-//! signatures against the ECL's keyring, then let [`slurm_conf::ecl::decide`]
-//! judge. The caller passes the file it will serve, so the bytes checked are
-//! the bytes served; an image the caller could still change is refused.
+//! signatures against the ECL's keyring and listed certificates, then let
+//! [`slurm_conf::ecl::decide`] judge. The caller passes the file it will
+//! serve, so the bytes checked are the bytes served; an image the caller
+//! could still change is refused.
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use sif::Image;
+use sif::integrity::certificate::{self, Roots};
 use sif::integrity::clearsign::Keyring;
+use sif::integrity::dsse::PublicKey;
 use sif::integrity::verify::{Verifier, VerifyOptions};
-use slurm_conf::ecl::{Decision, Ecl, Evidence, decide};
+use slurm_conf::ecl::{Decision, Ecl, Evidence, Signer, decide};
 
 /// Why the ECL could not be applied at all (not a denial).
 #[derive(Debug, thiserror::Error)]
 pub enum EclError {
     #[error("ECL keyring: {0}")]
     Keyring(String),
+    #[error("ECL certificate: {0}")]
+    Certificate(String),
     #[error("{}: {source}", path.display())]
     Image {
         path: PathBuf,
@@ -25,57 +30,205 @@ pub enum EclError {
     },
 }
 
+/// The admin files an activated ECL names (keyring, listed certificates,
+/// roots, intermediates), read by the caller with the trusted-path rules:
+/// the bytes the verifier judges with. On the privileged path root reads
+/// them and the unprivileged verifier parses them.
+#[derive(Clone, Debug, Default)]
+pub struct TrustFiles {
+    /// The OpenPGP keyring (empty when the ECL names none).
+    pub keyring: Vec<u8>,
+    /// Every certificate an execgroup lists, by its path in the ECL.
+    pub certificates: Vec<(PathBuf, Vec<u8>)>,
+    /// `certificate_roots`.
+    pub roots: Option<Vec<u8>>,
+    /// `certificate_intermediates`.
+    pub intermediates: Option<Vec<u8>>,
+}
+
+impl TrustFiles {
+    /// Reads the files `ecl` names; `owner` gives the uid each must belong
+    /// to (root, or `None` only in tests) — see
+    /// [`slurm_conf::admin::read_trusted`].
+    pub fn read(ecl: &Ecl, owner: &dyn Fn(&Path) -> Option<u32>) -> Result<TrustFiles, EclError> {
+        let read =
+            |p: &Path| slurm_conf::admin::read_trusted(p, owner(p)).map_err(|e| e.to_string());
+        let keyring = match &ecl.keyring {
+            Some(p) => read(p).map_err(EclError::Keyring)?,
+            None => Vec::new(),
+        };
+        let mut certificates: Vec<(PathBuf, Vec<u8>)> = Vec::new();
+        for c in ecl.groups.iter().flat_map(|g| &g.certificates) {
+            if !certificates.iter().any(|(p, _)| p == c) {
+                certificates.push((c.clone(), read(c).map_err(EclError::Certificate)?));
+            }
+        }
+        let optional = |p: &Option<PathBuf>| match p {
+            Some(p) if !certificates.is_empty() => read(p).map(Some).map_err(EclError::Certificate),
+            _ => Ok(None),
+        };
+        Ok(TrustFiles {
+            roots: optional(&ecl.certificate_roots)?,
+            intermediates: optional(&ecl.certificate_intermediates)?,
+            keyring,
+            certificates,
+        })
+    }
+}
+
+/// The parsed trust material: the keyring, and a DSSE key per listed
+/// certificate with whether its certificate is valid now.
+pub(crate) struct Trust {
+    ring: Keyring,
+    keys: Vec<PublicKey>,
+    /// (the key's identity in signature checks, the signer, valid now)
+    certificates: Vec<([u8; 20], Signer, bool)>,
+    /// Why listed certificates are not valid now, for the denial.
+    problems: Vec<String>,
+}
+
+impl Trust {
+    /// Parses `files` (named by `ecl`), validating each certificate.
+    pub(crate) fn parse(ecl: &Ecl, files: &TrustFiles) -> Result<Trust, String> {
+        let ring = if files.keyring.is_empty() {
+            Keyring::default()
+        } else {
+            Keyring::from_bytes(&files.keyring).map_err(|e| format!("ECL keyring: {e}"))?
+        };
+        let pool = |bytes: &Option<Vec<u8>>, name: &Option<PathBuf>| {
+            bytes
+                .as_deref()
+                .map(certificate::pool_from_pem)
+                .transpose()
+                .map_err(|e| format!("ECL certificate file {}: {e}", shown(name)))
+        };
+        let roots = pool(&files.roots, &ecl.certificate_roots)?;
+        let intermediates = pool(&files.intermediates, &ecl.certificate_intermediates)?;
+        let mut trust = Trust {
+            ring,
+            keys: Vec::new(),
+            certificates: Vec::new(),
+            problems: Vec::new(),
+        };
+        for (path, pem) in &files.certificates {
+            let bad =
+                |e: &dyn std::fmt::Display| format!("ECL certificate {}: {e}", path.display());
+            let leaf = certificate::leaf_from_pem(pem).map_err(|e| bad(&e))?;
+            let digest = certificate::fingerprint(&leaf).map_err(|e| bad(&e))?;
+            let id: [u8; 20] = digest[..20].try_into().unwrap_or([0; 20]);
+            let valid = match &roots {
+                Some(r) => certificate::validate(
+                    &leaf,
+                    intermediates.as_deref().unwrap_or_default(),
+                    Roots::Only(r),
+                    None,
+                ),
+                None => Err(certificate::CertificateError::Untrusted(
+                    "the ECL names no certificate_roots".into(),
+                )),
+            };
+            if let Err(e) = &valid {
+                trust
+                    .problems
+                    .push(format!("certificate {}: {e}", path.display()));
+            }
+            let key = PublicKey::from_certificate(&leaf).map_err(|e| bad(&e))?;
+            trust.keys.push(key.named(id, path.display().to_string()));
+            trust
+                .certificates
+                .push((id, Signer::Certificate(path.clone()), valid.is_ok()));
+        }
+        Ok(trust)
+    }
+
+    /// The signer an identity from a signature check stands for, and
+    /// whether it counts (a certificate valid now, or any keyring key).
+    fn signer(&self, id: [u8; 20]) -> (Signer, bool) {
+        match self.certificates.iter().find(|(i, _, _)| *i == id) {
+            Some((_, s, valid)) => (s.clone(), *valid),
+            None => (Signer::Key(id), true),
+        }
+    }
+
+    /// `reason`, with why listed certificates did not count.
+    fn explain(&self, reason: String) -> String {
+        if self.problems.is_empty() {
+            reason
+        } else {
+            format!("{reason} ({})", self.problems.join("; "))
+        }
+    }
+}
+
+fn shown(p: &Option<PathBuf>) -> String {
+    p.as_deref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default()
+}
+
 /// What verification establishes about `image` for the ECL.
-pub fn evidence<R: sif::ReadAt>(image: &Image<R>, ring: &Keyring, legacy: bool) -> Evidence {
+pub(crate) fn evidence<R: sif::ReadAt>(image: &Image<R>, trust: &Trust, legacy: bool) -> Evidence {
     let mut unvalidated = Vec::new();
     let opts = VerifyOptions {
         legacy,
         ..VerifyOptions::default()
     };
-    let result = Verifier::new(image, ring).verify(&opts, |_, fp| {
-        if let Some(fp) = fp {
-            unvalidated.push(fp);
-        }
-        true
-    });
-    match result {
-        Err(e) => Evidence {
-            failure: Some(e.to_string()),
-            unvalidated,
-            ..Evidence::default()
-        },
-        Ok(checks) if legacy => Evidence {
-            tasks: vec![(
-                "the primary partition".into(),
-                checks.iter().map(|c| c.fingerprint).collect(),
-            )],
-            unvalidated,
-            failure: None,
-        },
-        Ok(checks) => {
-            let tasks = image
-                .group_ids()
-                .into_iter()
-                .map(|g| {
-                    let fps = checks
-                        .iter()
-                        .filter(|c| {
-                            image
-                                .descriptor(c.signature)
-                                .is_ok_and(|d| d.link() == sif::Link::Group(g))
-                        })
-                        .map(|c| c.fingerprint)
-                        .filter(|fp| *fp != [0; 20])
-                        .collect();
-                    (format!("object group {g}"), fps)
-                })
-                .collect();
-            Evidence {
-                tasks,
+    let result = Verifier::new(image, &trust.ring)
+        .with_dsse_keys(&trust.keys)
+        .verify(&opts, |_, fp| {
+            if let Some(fp) = fp {
+                unvalidated.push(Signer::Key(fp));
+            }
+            true
+        });
+    let checks = match result {
+        Err(e) => {
+            return Evidence {
+                failure: Some(e.to_string()),
                 unvalidated,
-                failure: None,
+                ..Evidence::default()
+            };
+        }
+        Ok(checks) => checks,
+    };
+    // The signers of each check that count; the others are unvalidated.
+    let mut signers = |c: &sif::integrity::verify::SignatureCheck| {
+        let mut out = Vec::new();
+        for fp in c.fingerprints.iter().filter(|fp| **fp != [0; 20]) {
+            match trust.signer(*fp) {
+                (s, true) => out.push(s),
+                (s, false) => unvalidated.push(s),
             }
         }
+        out
+    };
+    let tasks = if legacy {
+        vec![(
+            "the primary partition".into(),
+            checks.iter().flat_map(&mut signers).collect(),
+        )]
+    } else {
+        image
+            .group_ids()
+            .into_iter()
+            .map(|g| {
+                let fps = checks
+                    .iter()
+                    .filter(|c| {
+                        image
+                            .descriptor(c.signature)
+                            .is_ok_and(|d| d.link() == sif::Link::Group(g))
+                    })
+                    .flat_map(&mut signers)
+                    .collect();
+                (format!("object group {g}"), fps)
+            })
+            .collect()
+    };
+    Evidence {
+        tasks,
+        unvalidated,
+        failure: None,
     }
 }
 
@@ -84,13 +237,14 @@ fn real_path(file: &File) -> Option<PathBuf> {
     std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())).ok()
 }
 
-/// Checks `file` (opened from `shown`) against `ecl`. `keyring_owner` is
-/// the uid the keyring must belong to (root; `None` only in tests).
+/// Checks `file` (opened from `shown`) against `ecl`. `owner` gives the
+/// uid each admin file the ECL names must belong to (root; `None` only in
+/// tests).
 pub fn check(
     file: &File,
     shown: &Path,
     ecl: &Ecl,
-    keyring_owner: Option<u32>,
+    owner: &dyn Fn(&Path) -> Option<u32>,
 ) -> Result<Decision, EclError> {
     if !ecl.activated {
         return Ok(decide(ecl, Path::new("/"), &Evidence::default()));
@@ -113,23 +267,17 @@ pub fn check(
             ),
         });
     }
-    let ring_path = ecl
-        .keyring
-        .as_ref()
-        .ok_or_else(|| EclError::Keyring("no keyring configured".into()))?;
-    let bytes = slurm_conf::admin::read_trusted(ring_path, keyring_owner)
-        .map_err(|e| EclError::Keyring(e.to_string()))?;
-    let ring = Keyring::from_bytes(&bytes)
-        .map_err(|e| EclError::Keyring(format!("{}: {e}", ring_path.display())))?;
+    let files = TrustFiles::read(ecl, owner)?;
+    let trust = Trust::parse(ecl, &files).map_err(EclError::Certificate)?;
     let image = Image::open(file).map_err(|source| EclError::Image {
         path: shown.to_owned(),
         source,
     })?;
-    Ok(decide(
-        ecl,
-        &dir,
-        &evidence(&image, &ring, ecl.legacy_insecure),
-    ))
+    let mut d = decide(ecl, &dir, &evidence(&image, &trust, ecl.legacy_insecure));
+    if !d.allowed {
+        d.reason = trust.explain(d.reason);
+    }
+    Ok(d)
 }
 
 /// The verifier's answer: the decision and, when allowed, the bounds of
@@ -212,19 +360,22 @@ impl Verdict {
     }
 }
 
-/// Judges `file` (found in directory `dir`) against `ecl` with the
-/// keyring's bytes: parse, verify, decide, and find the primary
-/// partition's bounds. Run by the unprivileged verifier.
-pub fn judge(file: &File, dir: &Path, ecl: &Ecl, keyring: &[u8]) -> Verdict {
-    let ring = match Keyring::from_bytes(keyring) {
-        Ok(r) => r,
-        Err(e) => return Verdict::denied(format!("ECL keyring: {e}")),
+/// Judges `file` (found in directory `dir`) against `ecl` with the bytes
+/// of the admin files it names: parse, verify, decide, and find the
+/// primary partition's bounds. Run by the unprivileged verifier.
+pub fn judge(file: &File, dir: &Path, ecl: &Ecl, files: &TrustFiles) -> Verdict {
+    let trust = match Trust::parse(ecl, files) {
+        Ok(t) => t,
+        Err(e) => return Verdict::denied(e),
     };
     let image = match Image::open(file) {
         Ok(i) => i,
         Err(e) => return Verdict::denied(e.to_string()),
     };
-    let d = decide(ecl, dir, &evidence(&image, &ring, ecl.legacy_insecure));
+    let mut d = decide(ecl, dir, &evidence(&image, &trust, ecl.legacy_insecure));
+    if !d.allowed {
+        d.reason = trust.explain(d.reason);
+    }
     let part = image.primary_partition().and_then(|p| {
         let fs = p.partition()?.fs_type;
         Ok((p.offset(), p.size(), fs))
@@ -280,3 +431,6 @@ mod verdict_tests {
         }
     }
 }
+
+#[cfg(test)]
+pub(crate) mod certificate_tests;

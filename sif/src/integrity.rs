@@ -5,6 +5,8 @@
 //! object data, plus one digest of the 61-byte header view.
 
 #[cfg(feature = "integrity")]
+pub mod certificate;
+#[cfg(feature = "integrity")]
 pub mod clearsign;
 #[cfg(feature = "integrity")]
 pub mod dsse;

@@ -9,12 +9,22 @@
 //! activated = true
 //! legacyinsecure = false                  # check legacy signatures instead
 //! keyring = "/etc/sifrun/ecl-keyring.asc" # the public keys signatures are checked against
+//! certificate_roots = "/etc/sifrun/ecl-roots.pem"  # for `certificates` (PEM, any number)
+//! certificate_intermediates = "/etc/sifrun/ecl-intermediates.pem"  # optional
 //! [[ecl.execgroup]]
 //! tagname = "admins"
 //! mode = "whitelist"                      # whitelist | whitestrict | blacklist
 //! dirpath = "/shared/images"              # the image's exact directory; "" = any
 //! keyfp = ["12045C8C0B1004D058DE4BEDA20C27EE7FF7BA84"]
+//! certificates = ["/etc/sifrun/ecl/build-bot.pem"]  # DSSE signers, by leaf certificate
 //! ```
+//!
+//! A DSSE envelope does not carry the signer's certificate, so an execgroup
+//! lists the leaf certificates it means, as `keyfp` lists keys; at every
+//! check each is validated for code signing against `certificate_roots`
+//! (through `certificate_intermediates`) and counts as a signer only when
+//! it is valid then; a blacklisted certificate's key is forbidden whether
+//! its certificate is valid or not.
 //!
 //! Stricter than Apptainer where that closes a hole (docs/security.md): an
 //! activated ECL never lets an image through whose signatures did not
@@ -57,6 +67,8 @@ struct RawGroup {
     dirpath: String,
     #[serde(default)]
     keyfp: Vec<String>,
+    #[serde(default)]
+    certificates: Vec<PathBuf>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -68,6 +80,10 @@ pub(crate) struct RawEcl {
     legacyinsecure: bool,
     #[serde(default)]
     keyring: Option<PathBuf>,
+    #[serde(default)]
+    certificate_roots: Option<PathBuf>,
+    #[serde(default)]
+    certificate_intermediates: Option<PathBuf>,
     #[serde(default)]
     owners: Vec<u32>,
     #[serde(default)]
@@ -85,6 +101,37 @@ pub struct ExecGroup {
     pub dirpath: Option<PathBuf>,
     /// The fingerprints of the group's keys.
     pub keyfp: Vec<[u8; 20]>,
+    /// The group's DSSE signers, by leaf certificate (PEM files).
+    pub certificates: Vec<PathBuf>,
+}
+
+impl ExecGroup {
+    /// Every signer the group lists: its keys, then its certificates.
+    pub fn signers(&self) -> Vec<Signer> {
+        self.keyfp
+            .iter()
+            .map(|k| Signer::Key(*k))
+            .chain(self.certificates.iter().cloned().map(Signer::Certificate))
+            .collect()
+    }
+}
+
+/// Who made a signature that verified.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Signer {
+    /// An OpenPGP key of the keyring, by primary fingerprint.
+    Key([u8; 20]),
+    /// The key of a certificate an execgroup lists, by its path.
+    Certificate(PathBuf),
+}
+
+impl std::fmt::Display for Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Signer::Key(fp) => write!(f, "key {}", fp_hex(fp)),
+            Signer::Certificate(p) => write!(f, "certificate {}", p.display()),
+        }
+    }
 }
 
 /// A checked ECL.
@@ -96,6 +143,10 @@ pub struct Ecl {
     pub legacy_insecure: bool,
     /// The public keyring signatures are verified against.
     pub keyring: Option<PathBuf>,
+    /// The roots the listed certificates are validated against.
+    pub certificate_roots: Option<PathBuf>,
+    /// Certificates that may link a listed certificate to a root.
+    pub certificate_intermediates: Option<PathBuf>,
     /// Owners (uids) besides root an admitted image may have (an image
     /// must be one its job's user cannot change: see the launcher's `pin`).
     pub owners: Vec<u32>,
@@ -118,6 +169,31 @@ fn parse_fp(s: &str) -> Option<[u8; 20]> {
 /// Upper-case hex of a fingerprint.
 pub fn fp_hex(fp: &[u8; 20]) -> String {
     fp.iter().map(|b| format!("{b:02X}")).collect()
+}
+
+/// An execgroup's key fingerprints, after checking them and its
+/// certificates (absolute paths, with roots to validate them against
+/// unless they are only forbidden).
+fn signers(name: &str, g: &RawGroup, have_roots: bool) -> Result<Vec<[u8; 20]>, String> {
+    let mut keyfp = Vec::new();
+    for f in &g.keyfp {
+        keyfp.push(
+            parse_fp(f)
+                .ok_or_else(|| format!("{name}: keyfp {f:?} is not a 40-digit hex fingerprint"))?,
+        );
+    }
+    if let Some(c) = g.certificates.iter().find(|c| !c.is_absolute()) {
+        return Err(format!(
+            "{name}: certificate {:?} must be an absolute path",
+            c.display().to_string()
+        ));
+    }
+    if g.mode != Mode::Blacklist && !g.certificates.is_empty() && !have_roots {
+        return Err(format!(
+            "{name} lists certificates: they need certificate_roots = \"/path/to/roots.pem\" to be validated against"
+        ));
+    }
+    Ok(keyfp)
 }
 
 impl Ecl {
@@ -158,26 +234,39 @@ impl Ecl {
                     g.dirpath
                 ));
             }
-            let mut keyfp = Vec::new();
-            for f in &g.keyfp {
-                keyfp.push(parse_fp(f).ok_or_else(|| {
-                    format!("{name}: keyfp {f:?} is not a 40-digit hex fingerprint")
-                })?);
-            }
+            let keyfp = signers(&name, &g, raw.certificate_roots.is_some())?;
             groups.push(ExecGroup {
                 tagname: g.tagname,
                 mode: g.mode,
                 dirpath,
                 keyfp,
+                certificates: g.certificates,
             });
         }
-        if raw.activated && raw.keyring.is_none() {
-            return Err("an activated ECL needs keyring = \"/path/to/public-keys.asc\"".into());
+        for p in [&raw.certificate_roots, &raw.certificate_intermediates]
+            .into_iter()
+            .flatten()
+        {
+            if !p.is_absolute() {
+                return Err(format!(
+                    "{:?} must be an absolute path",
+                    p.display().to_string()
+                ));
+            }
+        }
+        let any_certificates = groups.iter().any(|g| !g.certificates.is_empty());
+        if raw.activated && raw.keyring.is_none() && !any_certificates {
+            return Err(
+                "an activated ECL needs keyring = \"/path/to/public-keys.asc\" (or certificates in an execgroup)"
+                    .into(),
+            );
         }
         Ok(Ecl {
             activated: raw.activated,
             legacy_insecure: raw.legacyinsecure,
             keyring: raw.keyring,
+            certificate_roots: raw.certificate_roots,
+            certificate_intermediates: raw.certificate_intermediates,
             owners: raw.owners,
             groups,
         })
@@ -222,10 +311,12 @@ impl Ecl {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Evidence {
     /// Per object group (or, for legacy checks, per checked object): the
-    /// fingerprints whose signatures verified.
-    pub tasks: Vec<(String, Vec<[u8; 20]>)>,
-    /// Fingerprints recorded on signatures that did not verify.
-    pub unvalidated: Vec<[u8; 20]>,
+    /// signers whose signatures verified.
+    pub tasks: Vec<(String, Vec<Signer>)>,
+    /// Signers named by signatures that did not verify (an OpenPGP
+    /// fingerprint recorded on a signature that failed), or whose signature
+    /// verified but whose certificate is not valid now.
+    pub unvalidated: Vec<Signer>,
     /// Why verification failed otherwise (unsigned, tampered, …).
     pub failure: Option<String>,
 }
@@ -279,188 +370,33 @@ pub fn decide(ecl: &Ecl, image_dir: &Path, evidence: &Evidence) -> Decision {
             format!("{task} has no signature that verified"),
         );
     }
-    let valid = |fp: &[u8; 20]| !evidence.unvalidated.contains(fp);
-    let in_all = |fp: &[u8; 20]| evidence.tasks.iter().all(|(_, fps)| fps.contains(fp));
-    let in_any = |fp: &[u8; 20]| {
-        evidence.tasks.iter().any(|(_, fps)| fps.contains(fp)) || evidence.unvalidated.contains(fp)
+    let valid = |s: &Signer| !evidence.unvalidated.contains(s);
+    let in_all = |s: &Signer| evidence.tasks.iter().all(|(_, fps)| fps.contains(s));
+    let in_any = |s: &Signer| {
+        evidence.tasks.iter().any(|(_, fps)| fps.contains(s)) || evidence.unvalidated.contains(s)
     };
+    let listed = group.signers();
     let allow = |reason: String| Decision {
         allowed: true,
         group: Some(group.tagname.clone()),
         reason,
     };
     match group.mode {
-        Mode::Whitelist => match group.keyfp.iter().find(|k| in_all(k) && valid(k)) {
-            Some(k) => allow(format!("signed by the listed key {}", fp_hex(k))),
+        Mode::Whitelist => match listed.iter().find(|k| in_all(k) && valid(k)) {
+            Some(k) => allow(format!("signed by the listed {k}")),
             None => deny(Some(group), "not signed by any listed key".into()),
         },
-        Mode::Whitestrict => match group.keyfp.iter().find(|k| !(in_all(k) && valid(k))) {
-            None if !group.keyfp.is_empty() => allow("signed by every listed key".into()),
+        Mode::Whitestrict => match listed.iter().find(|k| !(in_all(k) && valid(k))) {
+            None if !listed.is_empty() => allow("signed by every listed key".into()),
             None => deny(Some(group), "whitestrict with no keys".into()),
-            Some(k) => deny(
-                Some(group),
-                format!("not signed by the listed key {}", fp_hex(k)),
-            ),
+            Some(k) => deny(Some(group), format!("not signed by the listed {k}")),
         },
-        Mode::Blacklist => match group.keyfp.iter().find(|k| in_any(k)) {
-            Some(k) => deny(
-                Some(group),
-                format!("signed by the forbidden key {}", fp_hex(k)),
-            ),
+        Mode::Blacklist => match listed.iter().find(|k| in_any(k)) {
+            Some(k) => deny(Some(group), format!("signed by the forbidden {k}")),
             None => allow("signed, and by no forbidden key".into()),
         },
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const A: [u8; 20] = [0xAA; 20];
-    const B: [u8; 20] = [0xBB; 20];
-
-    fn ecl(mode: Mode, dirpath: Option<&str>, keys: &[[u8; 20]]) -> Ecl {
-        Ecl {
-            activated: true,
-            legacy_insecure: false,
-            keyring: Some("/k".into()),
-            owners: vec![],
-            groups: vec![ExecGroup {
-                tagname: "g".into(),
-                mode,
-                dirpath: dirpath.map(PathBuf::from),
-                keyfp: keys.to_vec(),
-            }],
-        }
-    }
-
-    fn signed(tasks: &[&[[u8; 20]]]) -> Evidence {
-        Evidence {
-            tasks: tasks
-                .iter()
-                .enumerate()
-                .map(|(i, f)| (format!("object group {}", i + 1), f.to_vec()))
-                .collect(),
-            ..Evidence::default()
-        }
-    }
-
-    #[test]
-    fn the_three_modes() {
-        let dir = Path::new("/images");
-        // (mode, listed keys, evidence, allowed)
-        let unsigned = Evidence::default();
-        let tampered = Evidence {
-            failure: Some("object 2 changed".into()),
-            ..signed(&[&[A]])
-        };
-        let unknown_only = Evidence {
-            unvalidated: vec![A],
-            tasks: vec![("object group 1".into(), vec![])],
-            ..Evidence::default()
-        };
-        let cases: Vec<(Mode, Vec<[u8; 20]>, Evidence, bool)> = vec![
-            (Mode::Whitelist, vec![A], signed(&[&[A]]), true),
-            (Mode::Whitelist, vec![A, B], signed(&[&[B]]), true),
-            (Mode::Whitelist, vec![A], signed(&[&[B]]), false),
-            (Mode::Whitelist, vec![A], signed(&[&[A], &[B]]), false),
-            (Mode::Whitelist, vec![A], unsigned.clone(), false),
-            (Mode::Whitelist, vec![A], tampered.clone(), false),
-            (
-                Mode::Whitelist,
-                vec![A],
-                Evidence {
-                    unvalidated: vec![A],
-                    ..signed(&[&[A]])
-                },
-                false,
-            ),
-            (Mode::Whitestrict, vec![A, B], signed(&[&[A, B]]), true),
-            (Mode::Whitestrict, vec![A, B], signed(&[&[A]]), false),
-            (Mode::Whitestrict, vec![], signed(&[&[A]]), false),
-            (Mode::Blacklist, vec![B], signed(&[&[A]]), true),
-            (Mode::Blacklist, vec![A], signed(&[&[A]]), false),
-            (
-                Mode::Blacklist,
-                vec![B],
-                Evidence {
-                    unvalidated: vec![B],
-                    ..signed(&[&[A]])
-                },
-                false,
-            ),
-            // Stricter than Apptainer: no valid signature, no run.
-            (Mode::Blacklist, vec![B], unsigned, false),
-            (Mode::Blacklist, vec![B], unknown_only, false),
-            (Mode::Blacklist, vec![B], tampered, false),
-        ];
-        for (i, (mode, keys, ev, want)) in cases.into_iter().enumerate() {
-            let d = decide(&ecl(mode, None, &keys), dir, &ev);
-            assert_eq!(d.allowed, want, "case {i}: {mode} {d:?}");
-            assert!(!d.reason.is_empty());
-        }
-    }
-
-    #[test]
-    fn execgroups_by_exact_directory_then_fallback() {
-        let mut e = ecl(Mode::Whitelist, Some("/images"), &[A]);
-        e.groups.push(ExecGroup {
-            tagname: "rest".into(),
-            mode: Mode::Blacklist,
-            dirpath: None,
-            keyfp: vec![A],
-        });
-        let ev = signed(&[&[A]]);
-        let d = decide(&e, Path::new("/images"), &ev);
-        assert_eq!((d.allowed, d.group.as_deref()), (true, Some("g")));
-        // A subdirectory is not the directory.
-        let d = decide(&e, Path::new("/images/sub"), &ev);
-        assert_eq!((d.allowed, d.group.as_deref()), (false, Some("rest")));
-        e.groups.pop();
-        let d = decide(&e, Path::new("/images-old"), &ev);
-        assert!(
-            !d.allowed && d.reason.contains("part of no execgroup"),
-            "{d:?}"
-        );
-        e.activated = false;
-        assert!(decide(&e, Path::new("/x"), &Evidence::default()).allowed);
-    }
-
-    #[test]
-    fn validation_names_the_mistake() {
-        let canon = |p: &Path| (p == Path::new("/images")).then(|| p.to_path_buf());
-        let parse = |t: &str| {
-            let raw: RawEcl = toml::from_str(t).map_err(|e| e.message().to_owned())?;
-            Ecl::from_raw(raw, &canon)
-        };
-        let ok = parse(
-            "activated = true\nkeyring = \"/k\"\n[[execgroup]]\ntagname = \"a\"\nmode = \"whitelist\"\ndirpath = \"/images\"\nkeyfp = [\"12045c8c0b1004d058de4beda20c27ee7ff7ba84\"]\n",
-        )
-        .unwrap();
-        assert_eq!(ok.groups[0].keyfp[0][0], 0x12);
-        for (text, want) in [
-            ("[[execgroup]]\nmode = \"greylist\"", "greylist"),
-            (
-                "[[execgroup]]\nmode = \"whitelist\"\nkeyfp = [\"1234\"]",
-                "40-digit",
-            ),
-            (
-                "[[execgroup]]\nmode = \"whitelist\"\ndirpath = \"images\"",
-                "absolute",
-            ),
-            (
-                "[[execgroup]]\nmode = \"whitelist\"\ndirpath = \"/link\"",
-                "without symlinks",
-            ),
-            (
-                "[[execgroup]]\nmode = \"whitelist\"\n[[execgroup]]\nmode = \"blacklist\"",
-                "earlier execgroup",
-            ),
-            ("activated = true", "keyring"),
-            ("activated = true\nbogus = 1", "bogus"),
-        ] {
-            let e = parse(text).unwrap_err();
-            assert!(e.contains(want), "{text:?}: {e}");
-        }
-    }
-}
+mod tests;

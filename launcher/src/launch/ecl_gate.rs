@@ -43,7 +43,7 @@ pub fn ecl_gate_with(config: &Path, image: &Path) -> Result<Option<Arc<fs::File>
             source,
         })
     })?;
-    let d = crate::ecl_check::check(&file, image, &ecl, Some(0))
+    let d = crate::ecl_check::check(&file, image, &ecl, &|_| Some(0))
         .map_err(|e| LaunchError::Ecl(e.to_string()))?;
     if !d.allowed {
         return Err(LaunchError::Ecl(format!(

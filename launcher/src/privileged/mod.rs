@@ -135,13 +135,12 @@ pub fn hold(l: &Launch, p: &Privileged, user: &UserCreds) -> Result<String, Fail
             "{e} (the bytes checked must stay the bytes served)"
         )))
     })?;
-    let ring_path = ecl.keyring.clone().unwrap_or_default();
-    let ring = slurm_conf::admin::read_trusted(&ring_path, Some(0))
-        .map_err(|e| fail(Stage::Ecl)(format!("ECL keyring: {e}")))?;
+    let trust = crate::ecl_check::TrustFiles::read(&ecl, &|_| Some(0))
+        .map_err(|e| fail(Stage::Ecl)(e.to_string()))?;
     let dir = real.parent().unwrap_or(Path::new("/"));
     crate::launch::phase_done("open and pin", t);
     let t = std::time::Instant::now();
-    let v = verifier::verify(&image, dir, &ecl, &ring, verifier::TIMEOUT)
+    let v = verifier::verify(&image, dir, &ecl, &trust, verifier::TIMEOUT)
         .map_err(|e| fail(Stage::Ecl)(ecl_denied(e)))?;
     crate::launch::phase_done("verify (unprivileged child)", t);
     if !v.allowed {

@@ -16,7 +16,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitStatus, waitpid};
 use slurm_conf::ecl::Ecl;
 
-use crate::ecl_check::Verdict;
+use crate::ecl_check::{TrustFiles, Verdict};
 use crate::syscall::{self, Forked, to_io};
 
 /// The unprivileged identity the verifier runs as.
@@ -28,13 +28,14 @@ const MEMORY: u64 = 2 << 30;
 /// The longest verdict read back.
 const MAX_VERDICT: usize = 16 << 10;
 
-/// Verifies `image` (found in `dir`) against `ecl` with the keyring's
-/// bytes, in a dropped child; returns the verdict or why there is none.
+/// Verifies `image` (found in `dir`) against `ecl` with the bytes of the
+/// admin files it names (read by root; parsed only here), in a dropped
+/// child; returns the verdict or why there is none.
 pub(crate) fn verify(
     image: &File,
     dir: &Path,
     ecl: &Ecl,
-    keyring: &[u8],
+    files: &TrustFiles,
     timeout: Duration,
 ) -> Result<Verdict, String> {
     let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
@@ -43,7 +44,7 @@ pub(crate) fn verify(
         Err(e) => return Err(format!("starting the verifier: {e}")),
         Ok(Forked::Child) => {
             drop(read);
-            std::process::exit(child(image, dir, ecl, keyring, write))
+            std::process::exit(child(image, dir, ecl, files, write))
         }
         Ok(Forked::Parent(pid)) => pid,
     };
@@ -64,11 +65,11 @@ pub(crate) fn verify(
 }
 
 /// The child: drop, then judge. Returns its exit status.
-fn child(image: &File, dir: &Path, ecl: &Ecl, keyring: &[u8], out: OwnedFd) -> i32 {
+fn child(image: &File, dir: &Path, ecl: &Ecl, files: &TrustFiles, out: OwnedFd) -> i32 {
     if drop_to_nobody().is_err() {
         return 3;
     }
-    let verdict = crate::ecl_check::judge(image, dir, ecl, keyring);
+    let verdict = crate::ecl_check::judge(image, dir, ecl, files);
     let mut out = File::from(out);
     if out.write_all(verdict.encode().as_bytes()).is_err() {
         return 4;
@@ -148,7 +149,25 @@ mod tests {
         let p = dir.path().join("x.sif");
         std::fs::write(&p, b"not a SIF").unwrap();
         let f = File::open(&p).unwrap();
-        let v = verify(&f, dir.path(), &ecl(), b"", TIMEOUT).unwrap();
+        let v = verify(&f, dir.path(), &ecl(), &TrustFiles::default(), TIMEOUT).unwrap();
+        assert!(!v.allowed, "{v:?}");
+    }
+
+    /// The dropped child validates the certificates root read and admits
+    /// an image signed by a listed one; another PKI's image is denied.
+    #[test]
+    fn the_child_judges_certificate_signatures() {
+        use crate::ecl_check::certificate_tests::Pki;
+        use slurm_conf::ecl::Mode;
+        let pki = Pki::new();
+        let (ecl, files) = pki.ecl(Mode::Whitelist, &["leaf"], "root");
+        let dir = Path::new("/images");
+        let v = verify(&pki.image("leaf"), dir, &ecl, &files, TIMEOUT).unwrap();
+        assert!(
+            v.allowed && v.reason.contains("listed certificate"),
+            "{v:?}"
+        );
+        let v = verify(&pki.image("other-leaf"), dir, &ecl, &files, TIMEOUT).unwrap();
         assert!(!v.allowed, "{v:?}");
     }
 

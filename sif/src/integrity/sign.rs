@@ -11,6 +11,7 @@ use sequoia_openpgp::types::HashAlgorithm;
 use crate::descriptor::{Descriptor, Link};
 use crate::image::Image;
 use crate::integrity::clearsign::{ClearsignError, SigningKey};
+use crate::integrity::dsse::{DsseError, PrivateKey};
 use crate::integrity::metadata::{DigestAlg, ImageMetadata};
 use crate::types::{DataType, HashType};
 use crate::write::{Metadata, ObjectInput};
@@ -40,6 +41,9 @@ pub enum SignError {
     #[error("{0}")]
     /// The key could not sign.
     Key(#[from] ClearsignError),
+    #[error("{0}")]
+    /// The DSSE key could not sign.
+    Dsse(#[from] DsseError),
     #[error("object {0} is in no object group; only grouped objects can be signed")]
     /// The object (this ID) is in no group.
     NotGrouped(u32),
@@ -62,6 +66,27 @@ pub fn sign(
     opts: &SignOptions,
 ) -> Result<Vec<u32>, SignError> {
     let fingerprint = key.fingerprint().ok_or(SignError::NotV4)?;
+    sign_with(image, opts, fingerprint.to_vec(), |json| {
+        Ok(key.sign(json, HashAlgorithm::SHA256, passphrase)?)
+    })
+}
+
+/// Signs `image` with DSSE envelopes (sylabs/sif's DSSE signer): the same
+/// objects as [`sign`], descriptors with no fingerprint.
+pub fn sign_dsse(
+    image: &mut Image<File>,
+    key: &PrivateKey,
+    opts: &SignOptions,
+) -> Result<Vec<u32>, SignError> {
+    sign_with(image, opts, vec![0; 20], |json| Ok(key.envelope(json)?))
+}
+
+fn sign_with(
+    image: &mut Image<File>,
+    opts: &SignOptions,
+    fingerprint: Vec<u8>,
+    encode: impl Fn(&[u8]) -> Result<Vec<u8>, SignError>,
+) -> Result<Vec<u32>, SignError> {
     // (group, objects covered)
     let mut tasks: Vec<(u32, Vec<u32>)> = Vec::new();
     for g in &opts.groups {
@@ -99,12 +124,12 @@ pub fn sign(
             .map(|id| image.descriptor(*id))
             .collect::<crate::Result<_>>()?;
         let json = ImageMetadata::compute(image, &objects, DigestAlg::Sha256)?.to_json();
-        let signed = key.sign(json.as_bytes(), HashAlgorithm::SHA256, passphrase)?;
+        let signed = encode(json.as_bytes())?;
         let mut data: &[u8] = &signed;
         let mut input =
             ObjectInput::new(DataType::SIGNATURE, &mut data).with_metadata(Metadata::Signature {
                 hash_type: HashType::SHA256,
-                fingerprint: fingerprint.to_vec(),
+                fingerprint: fingerprint.clone(),
             });
         input.group = None;
         input.link = Link::Group(group);

@@ -44,9 +44,14 @@ pub struct VerifyOptions {
 pub struct SignatureCheck {
     /// The signature object.
     pub signature: u32,
-    /// The primary fingerprint of the key that made it (zero for DSSE).
+    /// The primary fingerprint of the key that made it (for DSSE, the
+    /// identity of the first key that verified it: zero for plain keys).
     pub fingerprint: [u8; 20],
-    /// The key's first user ID.
+    /// For DSSE, the identities of every key that verified one of the
+    /// envelope's signatures ([`crate::integrity::dsse::PublicKey::id`]);
+    /// for OpenPGP, `fingerprint` alone.
+    pub fingerprints: Vec<[u8; 20]>,
+    /// The key's first user ID (for DSSE, the keys' names).
     pub signer: String,
     /// Objects whose integrity it established.
     pub objects: Vec<u32>,
@@ -306,7 +311,11 @@ impl<'a, R: ReadAt> Verifier<'a, R> {
     }
 
     /// Steps 3 and 4 and 6: the signature verifies, by the named key.
-    fn crypto(&self, sig: &Descriptor) -> Result<clearsign::Verified, VerifyError> {
+    /// Returns also every identity that verified it.
+    fn crypto(
+        &self,
+        sig: &Descriptor,
+    ) -> Result<(clearsign::Verified, Vec<[u8; 20]>), VerifyError> {
         let id = sig.id();
         if sig.size() > MAX_SIGNATURE_SIZE {
             return Err(VerifyError::Malformed {
@@ -325,18 +334,25 @@ impl<'a, R: ReadAt> Verifier<'a, R> {
                     reason: "a DSSE envelope; verify it with --key PUBLIC.pem".into(),
                 });
             }
-            let payload = crate::integrity::dsse::verify(&data, self.dsse_keys).map_err(|e| {
+            let v = crate::integrity::dsse::verify(&data, self.dsse_keys).map_err(|e| {
                 VerifyError::NotValid {
                     id,
                     source: ClearsignError::Invalid(format!("DSSE: {e}")),
                 }
             })?;
             // DSSE signature descriptors carry no fingerprint to bind.
-            return Ok(clearsign::Verified {
-                plaintext: payload,
-                fingerprint: [0; 20],
-                signer: "a DSSE key given with --key".into(),
-            });
+            let keys: Vec<&crate::integrity::dsse::PublicKey> =
+                v.keys.iter().map(|i| &self.dsse_keys[*i]).collect();
+            let mut names: Vec<&str> = keys.iter().map(|k| k.name()).collect();
+            names.dedup();
+            return Ok((
+                clearsign::Verified {
+                    plaintext: v.payload,
+                    fingerprint: keys.first().map_or([0; 20], |k| k.id()),
+                    signer: names.join(", "),
+                },
+                keys.iter().map(|k| k.id()).collect(),
+            ));
         }
         let v = clearsign::verify(&data, self.keyring)
             .map_err(|source| VerifyError::NotValid { id, source })?;
@@ -348,7 +364,8 @@ impl<'a, R: ReadAt> Verifier<'a, R> {
                 actual: fingerprint_hex(&v.fingerprint),
             });
         }
-        Ok(v)
+        let fps = vec![v.fingerprint];
+        Ok((v, fps))
     }
 
     fn check_signature(
@@ -358,7 +375,7 @@ impl<'a, R: ReadAt> Verifier<'a, R> {
         task: &Task,
     ) -> Result<SignatureCheck, VerifyError> {
         let id = sig.id();
-        let v = self.crypto(sig)?;
+        let (v, fingerprints) = self.crypto(sig)?;
         let meta = ImageMetadata::from_json(&v.plaintext).map_err(|e| VerifyError::Malformed {
             id,
             reason: e.to_string(),
@@ -431,6 +448,7 @@ impl<'a, R: ReadAt> Verifier<'a, R> {
         Ok(SignatureCheck {
             signature: id,
             fingerprint: v.fingerprint,
+            fingerprints,
             signer: v.signer,
             objects: wanted,
             legacy: false,
@@ -495,7 +513,7 @@ impl<'a, R: ReadAt> Verifier<'a, R> {
 
     fn check_legacy(&self, sig: &Descriptor, ids: &[u32]) -> Result<SignatureCheck, VerifyError> {
         let id = sig.id();
-        let v = self.crypto(sig)?;
+        let (v, fingerprints) = self.crypto(sig)?;
         let text = String::from_utf8_lossy(&v.plaintext);
         let want = text
             .strip_prefix("SIFHASH:")
@@ -530,6 +548,7 @@ impl<'a, R: ReadAt> Verifier<'a, R> {
         Ok(SignatureCheck {
             signature: id,
             fingerprint: v.fingerprint,
+            fingerprints,
             signer: v.signer,
             objects: ids.to_vec(),
             legacy: true,

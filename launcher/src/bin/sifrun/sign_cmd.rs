@@ -9,14 +9,17 @@ use clap::Args;
 
 use sif::Image;
 use sif::integrity::clearsign::{Keyring, SigningKey};
-use sif::integrity::sign::{SignOptions, sign};
+use sif::integrity::dsse::{PrivateKey, PublicKey};
+use sif::integrity::sign::{SignOptions, sign, sign_dsse};
 use sif::integrity::verify::{Verifier, VerifyOptions, fingerprint_hex};
 
 #[derive(Args)]
 pub struct SignArgs {
-    /// The OpenPGP secret key (armored or binary); a passphrase is asked on
-    /// the terminal or read from SIFRUN_KEY_PASSPHRASE
-    #[arg(long, value_name = "KEY.asc")]
+    /// The OpenPGP secret key (armored or binary; a passphrase is asked on
+    /// the terminal or read from SIFRUN_KEY_PASSPHRASE), or an unencrypted
+    /// PEM private key (ed25519, RSA, ECDSA) for a DSSE signature, as
+    /// Apptainer's `sign --key`
+    #[arg(long, value_name = "KEY.asc|KEY.pem")]
     key: PathBuf,
     /// Sign only this object group (repeatable)
     #[arg(long = "group-id", short = 'g', value_name = "N")]
@@ -50,6 +53,21 @@ pub struct VerifyArgs {
     /// A PEM public key (ed25519, RSA, ECDSA) for DSSE signatures (repeatable)
     #[arg(long = "key", value_name = "PUB.pem")]
     keys: Vec<PathBuf>,
+    /// A PEM X.509 certificate whose key verifies DSSE signatures, once it
+    /// is validated for code signing against the roots (its first block is
+    /// the leaf)
+    #[arg(long, value_name = "LEAF.pem")]
+    certificate: Option<PathBuf>,
+    /// PEM certificates that may link the leaf to a root
+    #[arg(long, value_name = "FILE", requires = "certificate")]
+    certificate_intermediates: Option<PathBuf>,
+    /// PEM root certificates the leaf must chain to (default: the system's
+    /// roots, as Apptainer)
+    #[arg(long, value_name = "FILE", requires = "certificate")]
+    certificate_roots: Option<PathBuf>,
+    /// Online revocation checks (Apptainer's); not supported: refused
+    #[arg(long, requires = "certificate")]
+    ocsp_verify: bool,
     /// The image to verify
     image: PathBuf,
 }
@@ -90,9 +108,6 @@ fn read_hidden_line() -> std::io::Result<String> {
 
 pub fn run_sign(a: &SignArgs) -> Result<()> {
     let key_bytes = std::fs::read(&a.key).with_context(|| format!("--key: {}", a.key.display()))?;
-    let key = SigningKey::from_bytes(&key_bytes)
-        .with_context(|| format!("--key: {}", a.key.display()))?;
-    let pass = passphrase(&key)?;
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -104,12 +119,24 @@ pub fn run_sign(a: &SignArgs) -> Result<()> {
         objects: a.objects.clone(),
         time: None,
     };
-    let ids = sign(&mut image, &key, pass.as_deref(), &opts)
-        .with_context(|| format!("signing {}", a.image.display()))?;
-    let fp = key
-        .fingerprint()
-        .map(|f| fingerprint_hex(&f))
-        .unwrap_or_default();
+    let (ids, fp) = if PrivateKey::is_pem(&key_bytes) {
+        let key = PrivateKey::from_pem(&key_bytes)
+            .with_context(|| format!("--key: {}", a.key.display()))?;
+        let ids = sign_dsse(&mut image, &key, &opts)
+            .with_context(|| format!("signing {}", a.image.display()))?;
+        (ids, format!("{} (DSSE)", a.key.display()))
+    } else {
+        let key = SigningKey::from_bytes(&key_bytes)
+            .with_context(|| format!("--key: {}", a.key.display()))?;
+        let pass = passphrase(&key)?;
+        let ids = sign(&mut image, &key, pass.as_deref(), &opts)
+            .with_context(|| format!("signing {}", a.image.display()))?;
+        let fp = key
+            .fingerprint()
+            .map(|f| fingerprint_hex(&f))
+            .unwrap_or_default();
+        (ids, fp)
+    };
     for id in ids {
         let d = image.descriptor(id)?;
         println!(
@@ -153,14 +180,22 @@ pub fn run_verify(a: &VerifyArgs) -> Result<()> {
     let mut dsse_keys = Vec::new();
     for k in &a.keys {
         let pem = std::fs::read(k).with_context(|| format!("--key: {}", k.display()))?;
-        dsse_keys.push(
-            sif::integrity::dsse::PublicKey::from_pem(&pem)
-                .with_context(|| format!("--key: {}", k.display()))?,
-        );
+        dsse_keys
+            .push(PublicKey::from_pem(&pem).with_context(|| format!("--key: {}", k.display()))?);
+    }
+    if let Some(leaf) = &a.certificate {
+        dsse_keys.push(certificate_key(a, leaf)?);
     }
     let checks = Verifier::new(&image, &ring)
         .with_dsse_keys(&dsse_keys)
         .verify(&opts, |_, _| false)
+        .map_err(|e| match &a.certificate {
+            Some(c) if e.is_not_valid() => anyhow::Error::new(e).context(format!(
+                "signature mismatch: not signed by the key of --certificate {}",
+                c.display()
+            )),
+            _ => anyhow::Error::new(e),
+        })
         .with_context(|| format!("verifying {}", a.image.display()))?;
     if checks.is_empty() {
         bail!("verifying {}: no signature verified", a.image.display());
@@ -185,6 +220,50 @@ pub fn run_verify(a: &VerifyArgs) -> Result<()> {
     }
     println!("sifrun: {}: verified", a.image.display());
     Ok(())
+}
+
+/// The key of `--certificate`, once the certificate is validated against
+/// the roots through the intermediates.
+fn certificate_key(a: &VerifyArgs, leaf_path: &Path) -> Result<PublicKey> {
+    use sif::integrity::certificate::{Roots, leaf_from_pem, pool_from_pem, validate};
+    if a.ocsp_verify {
+        bail!(
+            "--ocsp-verify: online revocation checks are not supported (sifrun does not reach the network); remove revoked certificates from the files instead"
+        );
+    }
+    let read = |flag: &str, p: &Path| {
+        std::fs::read(p).with_context(|| format!("--{flag}: {}", p.display()))
+    };
+    let leaf = leaf_from_pem(&read("certificate", leaf_path)?)
+        .with_context(|| format!("--certificate: {}", leaf_path.display()))?;
+    let intermediates = match &a.certificate_intermediates {
+        Some(p) => pool_from_pem(&read("certificate-intermediates", p)?)
+            .with_context(|| format!("--certificate-intermediates: {}", p.display()))?,
+        None => Vec::new(),
+    };
+    let roots = match &a.certificate_roots {
+        Some(p) => Some(
+            pool_from_pem(&read("certificate-roots", p)?)
+                .with_context(|| format!("--certificate-roots: {}", p.display()))?,
+        ),
+        None => None,
+    };
+    let trusted = match &roots {
+        Some(r) => Roots::Only(r),
+        None => Roots::System,
+    };
+    let against = match &a.certificate_roots {
+        Some(p) => format!("the roots of {}", p.display()),
+        None => "the system's roots".into(),
+    };
+    validate(&leaf, &intermediates, trusted, None).with_context(|| {
+        format!(
+            "--certificate {}: not valid against {against}",
+            leaf_path.display()
+        )
+    })?;
+    PublicKey::from_certificate(&leaf)
+        .with_context(|| format!("--certificate: {}", leaf_path.display()))
 }
 
 #[derive(clap::Subcommand)]
@@ -215,9 +294,8 @@ pub fn run_ecl(cmd: &EclCommand) -> Result<std::process::ExitCode> {
     };
     let parsed = slurm_conf::ecl::Ecl::load_owned_by(ecl, owner(ecl))
         .map_err(|e| anyhow::anyhow!("--ecl: {e}"))?;
-    let ring_owner = parsed.keyring.as_deref().map(owner).unwrap_or(0);
     let file = File::open(image).with_context(|| image.display().to_string())?;
-    let d = launcher::ecl_check::check(&file, image, &parsed, Some(ring_owner))
+    let d = launcher::ecl_check::check(&file, image, &parsed, &|p| Some(owner(p)))
         .with_context(|| format!("ecl check {}", image.display()))?;
     println!(
         "sifrun: ecl: {}: {}{}: {}",
