@@ -34,6 +34,19 @@ pub struct Started {
     pub log: Vec<String>,
 }
 
+/// The holder's PATH: the client directory of the Slurm whose slurmstepd
+/// (`exe`) loads the plugin (`<prefix>/sbin/slurmstepd` -> `<prefix>/bin`)
+/// first when it is not a usual one, so that a batch script in the image gets
+/// the cluster's own srun (issue 13; the launcher looks the client up there).
+fn holder_path(exe: Option<&Path>) -> String {
+    const USUAL: &str = "/usr/local/bin:/usr/bin:/bin";
+    exe.and_then(|e| Some(e.parent()?.parent()?.join("bin")))
+        .filter(|d| d.join("srun").is_file())
+        .and_then(|d| d.to_str().map(str::to_owned))
+        .filter(|d| !USUAL.split(':').any(|u| u == d))
+        .map_or_else(|| USUAL.to_owned(), |d| format!("{d}:{USUAL}"))
+}
+
 /// Starts `launcher slurm-hold`, hands it `request` and waits up to
 /// `timeout` for its report.
 pub fn start(
@@ -53,7 +66,7 @@ pub fn start(
         .arg(&request.image)
         .current_dir(cwd)
         .env_clear()
-        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env("PATH", holder_path(std::env::current_exe().ok().as_deref()))
         .stdin(Stdio::from(OwnedFd::from(theirs)))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -273,6 +286,30 @@ fn decode(line: &[u8]) -> Result<Vec<EnvChange>, PluginError> {
 mod tests {
     use super::*;
     use slurm_conf::protocol::{Stage, VERSION};
+
+    /// A slurmstepd under its own prefix puts that prefix's clients first;
+    /// Debian's (/usr/sbin) and an unknown one leave the usual PATH.
+    #[test]
+    fn the_holder_path_leads_to_the_running_slurms_client() {
+        let usual = "/usr/local/bin:/usr/bin:/bin";
+        let dir = tempfile::tempdir().unwrap();
+        let prefix = dir.path();
+        std::fs::create_dir_all(prefix.join("bin")).unwrap();
+        std::fs::write(prefix.join("bin/srun"), "").unwrap();
+        assert_eq!(
+            holder_path(Some(&prefix.join("sbin/slurmstepd"))),
+            format!("{}:{usual}", prefix.join("bin").display())
+        );
+        assert_eq!(
+            holder_path(Some(&prefix.join("sbin/x/slurmstepd"))),
+            usual,
+            "no srun next to it"
+        );
+        assert_eq!(holder_path(None), usual);
+        if Path::new("/usr/bin/srun").is_file() {
+            assert_eq!(holder_path(Some(Path::new("/usr/sbin/slurmstepd"))), usual);
+        }
+    }
 
     /// Runs `script` as the holder: the launcher is /bin/sh, which takes
     /// the `slurm-hold` argument as the script to run, in `dir`.
