@@ -50,6 +50,15 @@ fn main() {
         .wrap_unsafe_ops(true)
         .generate()
         .unwrap_or_else(|e| panic!("bindgen over <slurm/spank.h> failed ({e}); install libslurm-dev and libclang-dev"));
+    // Slurm 25.05+ reads `slurm_spank_init_failure_mode` (its errno values
+    // arrived with it).
+    println!("cargo::rustc-check-cfg=cfg(slurm_init_failure_mode)");
+    if bindings
+        .to_string()
+        .contains("slurm_err_t_ESPANK_JOB_FAILURE")
+    {
+        println!("cargo:rustc-cfg=slurm_init_failure_mode");
+    }
     bindings
         .write_to_file(out.join("spank_bindings.rs"))
         .expect("writing the bindings");
