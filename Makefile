@@ -37,7 +37,8 @@ all: plugin
 
 # The plugin only (for the Slurm SLURM names, or the system's).
 plugin:
-	SIFRUN_SLURM_PREFIX=$(SLURM) cargo build --release --locked -p spank-plugin --target-dir $(TARGETDIR)
+	$(if $(strip $(SLURM)),SIFRUN_SLURM_PREFIX=$(SLURM),env -u SIFRUN_SLURM_PREFIX) \
+		cargo build --release --locked -p spank-plugin --target-dir $(TARGETDIR)
 
 install: all
 	install -D -m 0755 target/release/sifrun $(DESTDIR)$(BINDIR)/sifrun
