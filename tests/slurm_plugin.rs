@@ -756,7 +756,16 @@ fn tasks_have_no_privilege_and_the_job_environment_never_steers_root_code() {
         .current_dir(d)
         .env("LD_PRELOAD", &evil)
         .env("LD_LIBRARY_PATH", d)
-        .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
+        // The fakes first, then the Slurm the suite runs against (its
+        // clients lead the inherited PATH: tests/run-all, per series).
+        .env(
+            "PATH",
+            format!(
+                "{}:{}",
+                bin.display(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        )
         // SIFRUN_BIND is --sif-bind's variable: a bind is made with the
         // user's rights only, never root's.
         .env("SIFRUN_BIND", "/etc/shadow:/shadow,/root:/rootdir")

@@ -11,6 +11,14 @@
 //! its plugin directory (plugins are opened by absolute path) and munge's
 //! socket directory are bound at their own paths.
 //!
+//! The client must be the one of the Slurm that runs the step: a SPANK
+//! plugin and the daemons' protocol only fit their own series. The plugin
+//! puts the client directory of its slurmstepd (`<prefix>/bin`) first on the
+//! launcher's PATH, so the programs are looked up there first, and a client
+//! outside `/usr` (a Slurm built into `/opt/slurm-25.11`, `/usr/local`) also
+//! gets its own library and plugin directory (`<prefix>/lib/slurm`,
+//! reached through absolute run paths) at its own path.
+//!
 //! [`plan`] is pure: it asks a lookup for the canonical form of host paths.
 
 use std::path::{Component, Path, PathBuf};
@@ -80,23 +88,37 @@ fn inside(host: &Path) -> PathBuf {
     Path::new(HOST_ROOT).join(host.strip_prefix("/").unwrap_or(host))
 }
 
+/// The absolute directories of a PATH value, in order.
+pub(crate) fn path_dirs(path: Option<&std::ffi::OsStr>) -> Vec<PathBuf> {
+    path.map(|p| {
+        std::env::split_paths(p)
+            .filter(|d| d.is_absolute())
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
 /// Plans the client for a host where `canonical` resolves an existing path
-/// (symlinks followed) and answers `None` for a missing one. `None` when the
-/// host has no dynamic loader or no `srun`.
-pub fn plan(canonical: &dyn Fn(&Path) -> Option<PathBuf>) -> Option<ClientPlan> {
+/// (symlinks followed) and answers `None` for a missing one. The programs
+/// are looked up in `search` first (the launcher's PATH), then in the usual
+/// directories. `None` when the host has no dynamic loader or no `srun`.
+pub fn plan(
+    canonical: &dyn Fn(&Path) -> Option<PathBuf>,
+    search: &[PathBuf],
+) -> Option<ClientPlan> {
     let loader = LOADERS.iter().find_map(|l| canonical(Path::new(l)))?;
+    let dirs: Vec<&Path> = search
+        .iter()
+        .map(PathBuf::as_path)
+        .chain(COMMAND_DIRS.iter().map(Path::new))
+        .collect();
     let mut programs = Vec::new();
     for cmd in COMMANDS {
-        if let Some(p) = COMMAND_DIRS
-            .iter()
-            .find_map(|d| canonical(&Path::new(d).join(cmd)))
-        {
+        if let Some(p) = dirs.iter().find_map(|d| canonical(&d.join(cmd))) {
             programs.push((cmd.to_string(), p));
         }
     }
-    if !programs.iter().any(|(c, _)| c == "srun") {
-        return None;
-    }
+    let srun = programs.iter().find(|(c, _)| c == "srun")?.1.clone();
     let mut libs: Vec<PathBuf> = Vec::new();
     for d in LIBRARY_DIRS {
         if let Some(c) = canonical(Path::new(d))
@@ -124,11 +146,12 @@ pub fn plan(canonical: &dyn Fn(&Path) -> Option<PathBuf>) -> Option<ClientPlan> 
             readonly: true,
         })
         .collect();
-    let same: Vec<PathBuf> = PLUGIN_DIRS
+    let mut same: Vec<PathBuf> = PLUGIN_DIRS
         .iter()
         .chain(SAME_PATH_DIRS)
         .filter_map(|d| canonical(Path::new(d)).map(|_| PathBuf::from(d)))
         .collect();
+    same.extend(own_plugin_dir(&srun, canonical).filter(|d| !same.contains(d)));
     for d in same {
         binds.push(BindSpec {
             source: d.clone(),
@@ -155,10 +178,25 @@ pub fn plan(canonical: &dyn Fn(&Path) -> Option<PathBuf>) -> Option<ClientPlan> 
     Some(ClientPlan { binds, scripts })
 }
 
+/// `<prefix>/lib/slurm` (or `lib64/slurm`) of a client outside `/usr`
+/// (`<prefix>/bin/srun`, canonical): its libslurm and plugins, which it opens
+/// by absolute path.
+fn own_plugin_dir(srun: &Path, canonical: &dyn Fn(&Path) -> Option<PathBuf>) -> Option<PathBuf> {
+    let prefix = srun.parent()?.parent()?;
+    if prefix == Path::new("/usr") || prefix == Path::new("/") {
+        return None;
+    }
+    ["lib/slurm", "lib64/slurm"]
+        .iter()
+        .find_map(|d| canonical(&prefix.join(d)))
+}
+
 /// The host's Slurm client below `root` (`/` in production) for a step
 /// whose slurm.conf is `slurm_conf`, with text `conf`: the client's plan,
 /// its binds extended by the SPANK plugins plugstack.conf loads (srun
 /// loads them too), and the host passwd lines of Slurm's service accounts.
+/// The programs are looked up on this process's PATH first (see the module
+/// documentation).
 /// `None` when the host has no client.
 pub fn gather(root: &Path, slurm_conf: &Path, conf: &str) -> Option<(ClientPlan, Vec<String>)> {
     let at = |p: &Path| root.join(p.strip_prefix("/").unwrap_or(p));
@@ -166,7 +204,8 @@ pub fn gather(root: &Path, slurm_conf: &Path, conf: &str) -> Option<(ClientPlan,
         let c = std::fs::canonicalize(at(p)).ok()?;
         Some(Path::new("/").join(c.strip_prefix(root).ok()?))
     };
-    let mut client = plan(&canonical)?;
+    let search = path_dirs(std::env::var_os("PATH").as_deref());
+    let mut client = plan(&canonical, &search)?;
     let conf = SlurmConf::parse(conf);
     let plugins = slurm_conf::slurm::plugstack_plugins(
         &conf.plugstack_path(slurm_conf),
@@ -227,7 +266,7 @@ mod tests {
 
     #[test]
     fn debian_host_golden() {
-        let plan = plan(&debian(&[])).unwrap();
+        let plan = plan(&debian(&[]), &[]).unwrap();
         let binds: Vec<String> = plan
             .binds
             .iter()
@@ -257,7 +296,7 @@ exec /.sifrun/host/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2 \
     #[test]
     fn slurm_under_opt_and_hosts_without_srun() {
         let host = debian(&[("/usr/local/bin/srun", "/opt/slurm/23.02/bin/srun")]);
-        let plan = plan(&host).unwrap();
+        let plan = plan(&host, &[]).unwrap();
         assert!(
             plan.binds
                 .iter()
@@ -272,7 +311,54 @@ exec /.sifrun/host/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2 \
         );
         let bare =
             |p: &Path| (p == Path::new("/lib64/ld-linux-x86-64.so.2")).then(|| p.to_path_buf());
-        assert_eq!(super::plan(&bare), None);
+        assert_eq!(super::plan(&bare, &[]), None);
+    }
+
+    /// Slurm built into its own prefix beside Debian's 22.05 (issue 13): the
+    /// client on the search path (the one of the Slurm running the step) is
+    /// taken, not /usr/bin/srun, with its library and plugin directory at
+    /// its own path.
+    #[test]
+    fn the_client_of_the_running_slurm_is_taken_from_the_search_path() {
+        let cache = "/var/cache/sifrun-slurm/25.11";
+        let srun = format!("{cache}/bin/srun");
+        let sbatch = format!("{cache}/bin/sbatch");
+        let libdir = format!("{cache}/lib/slurm");
+        let extra = [
+            ("/opt/slurm-25.11/bin/srun", srun.as_str()),
+            ("/opt/slurm-25.11/bin/sbatch", sbatch.as_str()),
+            (libdir.as_str(), libdir.as_str()),
+        ];
+        let host = debian(&extra);
+        let search = path_dirs(Some(std::ffi::OsStr::new(
+            "/opt/slurm-25.11/bin:relative:/usr/bin",
+        )));
+        assert_eq!(
+            search,
+            [PathBuf::from("/opt/slurm-25.11/bin"), "/usr/bin".into()]
+        );
+        let plan = plan(&host, &search).unwrap();
+        let srun_script = &plan.scripts.iter().find(|(c, _)| c == "srun").unwrap().1;
+        assert!(
+            srun_script.contains(&format!(" /.sifrun/host{srun} ")),
+            "{srun_script}"
+        );
+        assert!(
+            plan.scripts
+                .iter()
+                .any(|(c, s)| c == "scontrol" && s.contains(" /.sifrun/host/usr/bin/scontrol ")),
+            "a program the prefix lacks still comes from the usual places: {plan:?}"
+        );
+        assert!(
+            plan.binds
+                .iter()
+                .any(|b| b.source == Path::new(&libdir) && b.target == Path::new(&libdir)),
+            "{plan:?}"
+        );
+        // Without the search path, Debian's client (the old behaviour).
+        let plain = super::plan(&host, &[]).unwrap();
+        assert!(plain.scripts[0].1.contains(" /.sifrun/host/usr/bin/srun "));
+        assert!(!plain.binds.iter().any(|b| b.source == Path::new(&libdir)));
     }
 
     /// slurm.conf outside /etc/slurm: its service accounts and the

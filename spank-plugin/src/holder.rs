@@ -34,6 +34,19 @@ pub struct Started {
     pub log: Vec<String>,
 }
 
+/// The holder's PATH: the client directory of the Slurm whose slurmstepd
+/// (`exe`) loads the plugin (`<prefix>/sbin/slurmstepd` -> `<prefix>/bin`)
+/// first when it is not a usual one, so that a batch script in the image gets
+/// the cluster's own srun (issue 13; the launcher looks the client up there).
+fn holder_path(exe: Option<&Path>) -> String {
+    const USUAL: &str = "/usr/local/bin:/usr/bin:/bin";
+    exe.and_then(|e| Some(e.parent()?.parent()?.join("bin")))
+        .filter(|d| d.join("srun").is_file())
+        .and_then(|d| d.to_str().map(str::to_owned))
+        .filter(|d| !USUAL.split(':').any(|u| u == d))
+        .map_or_else(|| USUAL.to_owned(), |d| format!("{d}:{USUAL}"))
+}
+
 /// Starts `launcher slurm-hold`, hands it `request` and waits up to
 /// `timeout` for its report.
 pub fn start(
@@ -53,7 +66,7 @@ pub fn start(
         .arg(&request.image)
         .current_dir(cwd)
         .env_clear()
-        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env("PATH", holder_path(std::env::current_exe().ok().as_deref()))
         .stdin(Stdio::from(OwnedFd::from(theirs)))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -64,16 +77,22 @@ pub fn start(
         })?;
     let pidfd = crate::ffi::pidfd::open(child.id()).ok();
     let bytes = request.encode();
-    std::thread::spawn(move || send_all(&ours, &bytes));
+    let sender = std::thread::spawn(move || send_all(&ours, &bytes));
     let stdout = child.stdout.take().expect("piped");
     let stderr = child.stderr.take().expect("piped");
     let mut reader = Reader::default();
     match reader.wait_report(&stdout, &stderr, Instant::now() + timeout) {
         Ok(env) => {
             reader.drain_ready(&stderr);
+            // The holder has read the whole request.
+            let _ = sender.join();
             // Whatever the holder writes later goes nowhere, without ever
             // filling a pipe it would block on.
-            std::thread::spawn(move || discard(stdout, stderr));
+            if in_contained_hook() {
+                discard_in_processes(stdout, stderr);
+            } else {
+                std::thread::spawn(move || discard(stdout, stderr));
+            }
             Ok(Started {
                 child,
                 pidfd,
@@ -84,6 +103,8 @@ pub fn start(
         Err(e) => {
             let _ = child.kill();
             let _ = child.wait();
+            // The socket's other end is gone with the holder.
+            let _ = sender.join();
             Err(match e {
                 PluginError::NoReport(why) if why.is_empty() => {
                     reader.drain_ready(&stderr);
@@ -107,6 +128,33 @@ fn send_all(sock: &std::os::unix::net::UnixStream, bytes: &[u8]) {
         }
     }
     let _ = sock.shutdown(std::net::Shutdown::Write);
+}
+
+/// Whether this hook runs in the short-lived clone(CLONE_VM) child that
+/// `SlurmdParameters=contain_spank` (Slurm 24.05+) makes for user_init: a
+/// child of slurmstepd running slurmstepd's program (same `comm`; without
+/// it, slurmstepd's parent is slurmd or init). A thread started there dies
+/// with that child, whatever it was doing, and stays in slurmstepd's thread
+/// list (shared memory): slurmstepd's next setegid() then waits for it
+/// forever (seen on 25.11). So the hook leaves no thread running there.
+pub(crate) fn in_contained_hook() -> bool {
+    let comm = |pid: &str| std::fs::read_to_string(format!("/proc/{pid}/comm")).ok();
+    let me = comm("self");
+    me.as_deref() == Some("slurmstepd\n")
+        && me == comm(&std::os::unix::process::parent_id().to_string())
+}
+
+/// [`discard`] by two `cat` processes instead of threads (see
+/// [`in_contained_hook`]); they end when the holder does.
+fn discard_in_processes(stdout: ChildStdout, stderr: ChildStderr) {
+    for input in [Stdio::from(stdout), Stdio::from(stderr)] {
+        let _ = Command::new("/bin/cat")
+            .env_clear()
+            .stdin(input)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+    }
 }
 
 fn discard(mut stdout: ChildStdout, mut stderr: ChildStderr) {
@@ -273,6 +321,57 @@ fn decode(line: &[u8]) -> Result<Vec<EnvChange>, PluginError> {
 mod tests {
     use super::*;
     use slurm_conf::protocol::{Stage, VERSION};
+
+    /// contain_spank: the holder's later output is drained by processes that
+    /// outlive the hook (a holder writing 1 MB after ready never blocks), and
+    /// a test process is not a contained hook.
+    #[test]
+    fn output_after_ready_is_drained_without_threads() {
+        assert!(!in_contained_hook());
+        let mut child = Command::new("/bin/sh")
+            .args([
+                "-c",
+                "head -c 1000000 /dev/zero; head -c 1000000 /dev/zero >&2",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (out, err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+        discard_in_processes(out, err);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while child.try_wait().unwrap().is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "the writer blocked on a full pipe"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// A slurmstepd under its own prefix puts that prefix's clients first;
+    /// Debian's (/usr/sbin) and an unknown one leave the usual PATH.
+    #[test]
+    fn the_holder_path_leads_to_the_running_slurms_client() {
+        let usual = "/usr/local/bin:/usr/bin:/bin";
+        let dir = tempfile::tempdir().unwrap();
+        let prefix = dir.path();
+        std::fs::create_dir_all(prefix.join("bin")).unwrap();
+        std::fs::write(prefix.join("bin/srun"), "").unwrap();
+        assert_eq!(
+            holder_path(Some(&prefix.join("sbin/slurmstepd"))),
+            format!("{}:{usual}", prefix.join("bin").display())
+        );
+        assert_eq!(
+            holder_path(Some(&prefix.join("sbin/x/slurmstepd"))),
+            usual,
+            "no srun next to it"
+        );
+        assert_eq!(holder_path(None), usual);
+        if Path::new("/usr/bin/srun").is_file() {
+            assert_eq!(holder_path(Some(Path::new("/usr/sbin/slurmstepd"))), usual);
+        }
+    }
 
     /// Runs `script` as the holder: the launcher is /bin/sh, which takes
     /// the `slurm-hold` argument as the script to run, in `dir`.

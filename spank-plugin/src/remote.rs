@@ -261,6 +261,15 @@ pub fn stop(r: &mut Ready) {
     use nix::sys::signal::Signal;
     use nix::sys::wait::{Id, WaitPidFlag, waitid};
     use std::os::fd::AsFd;
+    if r.pidfd.as_ref().is_some_and(|fd| !is_pidfd_of(fd, r.pid())) {
+        // Not ours (see is_pidfd_of): forgotten, never closed.
+        let _ = r.pidfd.take().map(std::os::fd::IntoRawFd::into_raw_fd);
+        let pid = r.pid();
+        r.pidfd = crate::ffi::pidfd::open(pid as u32).ok().filter(|_| {
+            r.start_time.is_some()
+                && crate::slurmd::start_time(Path::new("/proc"), pid) == r.start_time
+        });
+    }
     let Some(fd) = &r.pidfd else {
         stop_by_pid(r);
         return;
@@ -275,6 +284,21 @@ pub fn stop(r: &mut Ready) {
         Id::PIDFd(fd.as_fd()),
         WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG,
     );
+}
+
+/// Whether `fd` is, in this process, a descriptor for process `pid`. Under
+/// `SlurmdParameters=contain_spank` (Slurm 24.05+) user_init runs in a
+/// short-lived clone(CLONE_VM) child of slurmstepd that has its own
+/// descriptor table: the descriptor taken there is not in slurmstepd's, and
+/// its number here belongs to something else (or nothing).
+fn is_pidfd_of(fd: &std::os::fd::OwnedFd, pid: i32) -> bool {
+    use std::os::fd::AsRawFd;
+    std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd())).is_ok_and(|t| {
+        t.lines().any(|l| {
+            l.strip_prefix("Pid:")
+                .is_some_and(|v| v.trim() == pid.to_string())
+        })
+    })
 }
 
 /// Whether the process of `fd` ends within `timeout` (the descriptor
@@ -360,6 +384,33 @@ mod tests {
             ns: None,
             task_cwd: None,
         }
+    }
+
+    /// contain_spank: the descriptor user_init took lives in another
+    /// process; the number in slurmstepd is someone else's file. The holder
+    /// is still stopped (through a fresh descriptor) and that file is left
+    /// open.
+    #[test]
+    fn a_descriptor_taken_in_another_process_is_neither_used_nor_closed() {
+        use std::os::fd::{AsRawFd, OwnedFd};
+        let child = sleeper();
+        let others: OwnedFd = std::fs::File::open("/dev/null").unwrap().into();
+        let raw = others.as_raw_fd();
+        let mut r = ready(child, Some(others));
+        r.start_time = crate::slurmd::start_time(Path::new("/proc"), r.pid());
+        assert!(r.start_time.is_some());
+        stop(&mut r);
+        assert!(
+            !matches!(r.child.try_wait(), Ok(None)),
+            "the holder still runs"
+        );
+        drop(r);
+        assert_eq!(
+            std::fs::read_link(format!("/proc/self/fd/{raw}")).ok(),
+            Some(std::path::PathBuf::from("/dev/null")),
+            "someone else's descriptor was closed"
+        );
+        // The test's /dev/null stays open (its owner is gone).
     }
 
     fn sleeper() -> std::process::Child {

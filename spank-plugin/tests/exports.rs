@@ -74,7 +74,13 @@ fn exports_only_the_plugin_interface() {
 
 #[test]
 fn plugin_version_is_the_installed_slurm_release() {
-    let header = std::fs::read_to_string("/usr/include/slurm/slurm_version.h").unwrap();
+    // The Slurm the plugin is built against: SIFRUN_SLURM_PREFIX's, else
+    // the system's.
+    let header = match option_env!("SIFRUN_SLURM_PREFIX").filter(|p| !p.is_empty()) {
+        Some(prefix) => format!("{prefix}/include/slurm/slurm_version.h"),
+        None => "/usr/include/slurm/slurm_version.h".to_owned(),
+    };
+    let header = std::fs::read_to_string(header).unwrap();
     let line = header
         .lines()
         .find(|l| l.starts_with("#define SLURM_VERSION_NUMBER"))
@@ -89,4 +95,16 @@ fn plugin_version_is_the_installed_slurm_release() {
     .unwrap();
     assert_eq!(spank_sifrun::ffi::plugin_version, want);
     assert_eq!(&spank_sifrun::ffi::plugin_name, b"sifrun\0");
+    // 25.05+: a failing init fails the job (ESPANK_JOB_FAILURE), never
+    // drains the node; older headers have no such symbol.
+    #[cfg(slurm_init_failure_mode)]
+    {
+        assert!(want >= 0x19_05_00, "{want:#x}");
+        assert_eq!(spank_sifrun::ffi::slurm_spank_init_failure_mode, 3012);
+    }
+    #[cfg(not(slurm_init_failure_mode))]
+    assert!(
+        want < 0x19_05_00,
+        "{want:#x}: built without slurm_spank_init_failure_mode"
+    );
 }

@@ -34,6 +34,12 @@ pub static plugin_version: c_uint = sys::SLURM_VERSION_NUMBER;
 /// The SPANK plugin interface version.
 #[unsafe(no_mangle)]
 pub static spank_plugin_version: c_uint = 1;
+/// Slurm 25.05 and later: when this required plugin's `slurm_spank_init`
+/// fails, fail the job instead of draining the node (Slurm's default, and
+/// the only behaviour before 25.05). Built only against headers that have it.
+#[cfg(slurm_init_failure_mode)]
+#[unsafe(no_mangle)]
+pub static slurm_spank_init_failure_mode: c_int = sys::slurm_err_t_ESPANK_JOB_FAILURE as c_int;
 
 const ESPANK_SUCCESS: c_int = 0;
 const ESPANK_ERROR: c_int = 1;
