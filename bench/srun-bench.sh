@@ -1,18 +1,100 @@
 #!/usr/bin/env bash
-# Step launch overhead of the plugin, side by side in one run:
-#   srun -nN --sif-image=IMG true   vs   srun -nN true
-# for N = 2 and N = all CPUs of the node. Also prints the per-node setup time
-# the plugin logs ("sifrun: container ready in N ms").
-# Usage (as root, with the cluster and plugin set up as tests/run-all does):
-#   bench/srun-bench.sh [IMAGE] [USER]
+# Step launch overhead of the plugin, side by side:
+#   srun -nN true   vs   srun -nN --sif-image=IMG true
+# The two commands alternate (A B, B A, A B, ...) so that a change of load
+# on the machine hits both alike; medians, means and the ratio of the
+# medians are printed, with `uptime`'s load before and after. Then the
+# set-up phases of one step (--sif-verbose: the holder's phases, the
+# plugin's "container ready" and "task joined") and the mean per-node
+# set-up the plugin logged for the measured steps.
+#
+# Usage (as root):
+#   bench/srun-bench.sh [--setup] [--runs R] [--warmup W] [--tasks N]
+#                       [--user USER] [IMAGE]
+#   --setup    stage target/release/sifrun and libspank_sifrun.so (build
+#              them first: cargo build --release -p launcher -p spank-plugin),
+#              enable the plugin, start tests/slurm/cluster, build a busybox
+#              image as USER when IMAGE is not given; everything is stopped
+#              and removed at the end. Take the cluster lock around it:
+#              flock -o /tmp/sifrun-cluster.lock bench/srun-bench.sh --setup
+#   Without --setup: the cluster and plugin are set up already (as
+#   tests/run-all does) and IMAGE must be given.
+#   --runs R   measured steps per command (default 30); --warmup W (3);
+#   --tasks N  tasks per step (default 2).
 set -euo pipefail
-IMG="${1:?image}"
-USER_="${2:-sifrun-test}"
-N=$(nproc)
-cd /tmp
-runuser -u "$USER_" -- hyperfine -N --warmup 3 --runs 20 \
-    "srun -n2 true" "srun -n2 --sif-image=$IMG true" \
-    "srun -n$N true" "srun -n$N --sif-image=$IMG true"
+cd "$(dirname "$0")/.."
+repo="$PWD"
+runs=30 warmup=3 tasks=2 user=sifrun-test setup=0 image=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --setup) setup=1 ;;
+        --runs) runs="$2"; shift ;;
+        --warmup) warmup="$2"; shift ;;
+        --tasks) tasks="$2"; shift ;;
+        --user) user="$2"; shift ;;
+        -h | --help) sed -n '2,/^set -e/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+        -*) echo "srun-bench: unknown option $1" >&2; exit 2 ;;
+        *) image="$1" ;;
+    esac
+    shift
+done
+[ "$(id -u)" -eq 0 ] || { echo "srun-bench: run as root" >&2; exit 1; }
+
+work="$(mktemp -d /tmp/sifrun-srun-bench.XXXXXX)"
+chmod 0755 "$work"
+chown "$user" "$work"
+conf=/etc/slurm/plugstack.conf.d/sifrun.conf
+stage=""
+cleanup() {
+    if [ "$setup" = 1 ]; then
+        rm -f "$conf"
+        tests/slurm/cluster stop >/dev/null || true
+        [ -n "$stage" ] && rm -rf "$stage"
+    fi
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+if [ "$setup" = 1 ]; then
+    for f in target/release/sifrun target/release/libspank_sifrun.so; do
+        [ -f "$f" ] || { echo "srun-bench: $f missing (cargo build --release -p launcher -p spank-plugin)" >&2; exit 1; }
+    done
+    [ -e "$conf" ] && { echo "srun-bench: $conf exists: another run is using the cluster" >&2; exit 1; }
+    # As tests/run-all: slurmstepd runs the launcher as root, so it is
+    # staged under a root-owned directory no one else may write.
+    install -d -o root -g root -m 0755 /var/lib/sifrun-test
+    stage="$(mktemp -d /var/lib/sifrun-test/bench.XXXXXX)"
+    chmod 0755 "$stage"
+    install -m 0755 target/release/sifrun "$stage/sifrun"
+    install -m 0755 target/release/libspank_sifrun.so "$stage/libspank_sifrun.so"
+    chmod 0666 /dev/fuse
+    echo "required $stage/libspank_sifrun.so launcher=$stage/sifrun runtime_dir=/run/sifrun-bench" > "$conf"
+    tests/slurm/cluster stop >/dev/null
+    tests/slurm/cluster start
+    if [ -z "$image" ]; then
+        runuser -u "$user" -- bash -ec "
+            mkdir -p $work/rootfs/bin && cp /bin/busybox $work/rootfs/bin/
+            for t in sh true; do ln -s busybox $work/rootfs/bin/\$t; done
+            $stage/sifrun build $work/bb.sif $work/rootfs >/dev/null"
+        image="$work/bb.sif"
+    fi
+fi
+[ -n "$image" ] || { echo "srun-bench: IMAGE missing (or use --setup)" >&2; exit 2; }
+
+a="srun -n$tasks true"
+b="srun -n$tasks --sif-image=$image true"
+echo "load before: $(uptime | sed 's/.*load average: //')"
+mark="$(wc -l < /var/log/slurm/slurmd.log 2>/dev/null || echo 0)"
+(cd "$work" && runuser -u "$user" -- python3 "$repo/bench/interleave.py" \
+    --runs "$runs" --warmup "$warmup" "$a" "$b")
+echo "load after: $(uptime | sed 's/.*load average: //')"
+
 echo
-echo "per-node container setup, as logged by the plugin (last 10 steps):"
-grep -o 'sifrun: container ready in [0-9]* ms' /var/log/slurm/slurmd.log | tail -10 | awk '{ s += $5; n++; print } END { if (n) printf "mean %.1f ms\n", s / n }'
+echo "per-node container set-up logged by the plugin for these steps:"
+tail -n +"$((mark + 1))" /var/log/slurm/slurmd.log 2>/dev/null |
+    grep -o 'container ready in [0-9.]* ms' |
+    awk '{ s += $4; n++ } END { if (n) printf "  container ready: mean %.1f ms over %d steps\n", s / n, n }'
+echo
+echo "one step's phases (srun -n$tasks --sif-verbose --sif-image=IMG true):"
+(cd "$work" && runuser -u "$user" -- srun -n"$tasks" --sif-verbose --sif-image="$image" true 2>&1) |
+    grep -E 'phase|ready in|joined' | sed 's/^/  /' || true
