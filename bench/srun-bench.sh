@@ -15,21 +15,28 @@
 #              them first: cargo build --release -p launcher -p spank-plugin),
 #              enable the plugin, start tests/slurm/cluster, build a busybox
 #              image as USER when IMAGE is not given; everything is stopped
-#              and removed at the end. Take the cluster lock around it:
+#              and removed at the end (--sifrun PATH, --plugin PATH: other
+#              builds, to compare two). Take the cluster lock around it:
 #              flock -o /tmp/sifrun-cluster.lock bench/srun-bench.sh --setup
 #   Without --setup: the cluster and plugin are set up already (as
 #   tests/run-all does) and IMAGE must be given.
 #   --runs R   measured steps per command (default 30); --warmup W (3);
+#   --gap S    seconds of rest before each step, so that no step waits for
+#              the previous job's end (default 0.3);
 #   --tasks N  tasks per step (default 2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo="$PWD"
-runs=30 warmup=3 tasks=2 user=sifrun-test setup=0 image=""
+sifrun=target/release/sifrun plugin=target/release/libspank_sifrun.so
+runs=30 warmup=3 gap=0.3 tasks=2 user=sifrun-test setup=0 image=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --setup) setup=1 ;;
         --runs) runs="$2"; shift ;;
         --warmup) warmup="$2"; shift ;;
+        --gap) gap="$2"; shift ;;
+        --sifrun) sifrun="$2"; shift ;;
+        --plugin) plugin="$2"; shift ;;
         --tasks) tasks="$2"; shift ;;
         --user) user="$2"; shift ;;
         -h | --help) sed -n '2,/^set -e/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
@@ -56,7 +63,7 @@ cleanup() {
 trap cleanup EXIT
 
 if [ "$setup" = 1 ]; then
-    for f in target/release/sifrun target/release/libspank_sifrun.so; do
+    for f in "$sifrun" "$plugin"; do
         [ -f "$f" ] || { echo "srun-bench: $f missing (cargo build --release -p launcher -p spank-plugin)" >&2; exit 1; }
     done
     [ -e "$conf" ] && { echo "srun-bench: $conf exists: another run is using the cluster" >&2; exit 1; }
@@ -65,8 +72,8 @@ if [ "$setup" = 1 ]; then
     install -d -o root -g root -m 0755 /var/lib/sifrun-test
     stage="$(mktemp -d /var/lib/sifrun-test/bench.XXXXXX)"
     chmod 0755 "$stage"
-    install -m 0755 target/release/sifrun "$stage/sifrun"
-    install -m 0755 target/release/libspank_sifrun.so "$stage/libspank_sifrun.so"
+    install -m 0755 "$sifrun" "$stage/sifrun"
+    install -m 0755 "$plugin" "$stage/libspank_sifrun.so"
     chmod 0666 /dev/fuse
     echo "required $stage/libspank_sifrun.so launcher=$stage/sifrun runtime_dir=/run/sifrun-bench" > "$conf"
     tests/slurm/cluster stop >/dev/null
@@ -86,14 +93,15 @@ b="srun -n$tasks --sif-image=$image true"
 echo "load before: $(uptime | sed 's/.*load average: //')"
 mark="$(wc -l < /var/log/slurm/slurmd.log 2>/dev/null || echo 0)"
 (cd "$work" && runuser -u "$user" -- python3 "$repo/bench/interleave.py" \
-    --runs "$runs" --warmup "$warmup" "$a" "$b")
+    --runs "$runs" --warmup "$warmup" --gap "$gap" "$a" "$b")
 echo "load after: $(uptime | sed 's/.*load average: //')"
 
 echo
-echo "per-node container set-up logged by the plugin for these steps:"
+echo "where the time goes, per step, from slurmd's log (the steps measured above):"
+python3 bench/step-timeline.py /var/log/slurm/slurmd.log "$((mark + 1))" | sed 's/^/  /'
 tail -n +"$((mark + 1))" /var/log/slurm/slurmd.log 2>/dev/null |
     grep -o 'container ready in [0-9.]* ms' |
-    awk '{ s += $4; n++ } END { if (n) printf "  container ready: mean %.1f ms over %d steps\n", s / n, n }'
+    awk '{ s += $4; n++ } END { if (n) printf "  user_init (the plugin: holder started to ready): mean %.1f ms over %d steps\n", s / n, n }'
 echo
 echo "one step's phases (srun -n$tasks --sif-verbose --sif-image=IMG true):"
 (cd "$work" && runuser -u "$user" -- srun -n"$tasks" --sif-verbose --sif-image="$image" true 2>&1) |
