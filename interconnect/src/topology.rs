@@ -95,6 +95,24 @@ pub(crate) fn nearest_first(devices: &[Local], task_cpus: &[u32]) -> Vec<usize> 
     idx
 }
 
+/// The devices placement hints choose from, read from sysfs below `root`
+/// once (a node's whole PCI bus: read once per step, not per task).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Devices {
+    gpus: Vec<Local>,
+    nics: Vec<Local>,
+}
+
+impl Devices {
+    /// Scans sysfs below `root` for NVIDIA GPUs and RDMA devices.
+    pub fn scan(root: &Path) -> Devices {
+        Devices {
+            gpus: nvidia_gpus(root),
+            nics: rdma_devices(root),
+        }
+    }
+}
+
 /// The hints for a task, as environment settings: `CUDA_VISIBLE_DEVICES`
 /// reordered nearest first (only the devices it already lists, or all when
 /// unset and there are several), `CUDA_DEVICE_ORDER=PCI_BUS_ID` so indices
@@ -109,10 +127,22 @@ pub fn hints(
     if env("SIFRUN_TOPOLOGY").as_deref() == Some("off") || task_cpus.is_empty() {
         return Vec::new();
     }
+    hints_for(&Devices::scan(root), task_cpus, env)
+}
+
+/// [`hints`] over devices scanned before (see [`Devices::scan`]).
+pub fn hints_for(
+    devices: &Devices,
+    task_cpus: &[u32],
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Vec<(String, String)> {
+    if env("SIFRUN_TOPOLOGY").as_deref() == Some("off") || task_cpus.is_empty() {
+        return Vec::new();
+    }
     let mut out = Vec::new();
-    let gpus = nvidia_gpus(root);
+    let gpus = &devices.gpus;
     if gpus.len() > 1 {
-        let order = nearest_first(&gpus, task_cpus);
+        let order = nearest_first(gpus, task_cpus);
         let visible: Option<Vec<usize>> = match env("CUDA_VISIBLE_DEVICES") {
             Some(v) => v.split(',').map(|x| x.trim().parse().ok()).collect(),
             None => Some((0..gpus.len()).collect()),
@@ -131,9 +161,9 @@ pub fn hints(
             }
         }
     }
-    let nics = rdma_devices(root);
+    let nics = &devices.nics;
     if !nics.is_empty() && env("UCX_NET_DEVICES").is_none() {
-        let best = nearest_first(&nics, task_cpus)[0];
+        let best = nearest_first(nics, task_cpus)[0];
         out.push(("UCX_NET_DEVICES".into(), format!("{}:1", nics[best].name)));
     }
     out
@@ -242,5 +272,43 @@ mod tests {
             ],
         );
         assert!(hints(t.path(), &[3], &|_| None).is_empty());
+    }
+
+    /// A step scans the node once; each task's hints from that scan are
+    /// the hints a scan of its own would give. Prints what a scan and a
+    /// task's matching cost on a node with 200 other PCI devices
+    /// (`cargo test -p interconnect --release scanned_once -- --nocapture`).
+    #[test]
+    fn hints_from_one_scan_are_each_tasks_own() {
+        let t = two_sockets();
+        for i in 0..200 {
+            dev(
+                t.path(),
+                &format!("sys/bus/pci/devices/0000:40:{:02x}.{}", i / 8, i % 8),
+                &[("vendor", "0x8086"), ("class", "0x060400")],
+            );
+        }
+        let devices = Devices::scan(t.path());
+        let env = |_: &str| None;
+        for cpus in [vec![0, 1], vec![9], vec![3, 12]] {
+            assert_eq!(
+                hints_for(&devices, &cpus, &env),
+                hints(t.path(), &cpus, &env)
+            );
+        }
+        let off = |k: &str| (k == "SIFRUN_TOPOLOGY").then(|| "off".to_owned());
+        assert!(hints_for(&devices, &[0], &off).is_empty());
+        let n = 50;
+        let started = std::time::Instant::now();
+        for _ in 0..n {
+            std::hint::black_box(Devices::scan(t.path()));
+        }
+        let scan = started.elapsed() / n;
+        let started = std::time::Instant::now();
+        for _ in 0..n {
+            std::hint::black_box(hints_for(&devices, &[0, 1], &env));
+        }
+        let matched = started.elapsed() / n;
+        println!("scan of 205 PCI devices: {scan:?}; one task's hints from it: {matched:?}");
     }
 }

@@ -91,6 +91,10 @@ pub struct Plugin {
     /// Remote context: the plugin itself is unusable for this step (its
     /// configuration, an option, a panic): every task fails with this.
     pub(crate) unusable: Option<String>,
+    /// Remote context: the node's GPUs and RDMA devices, scanned once in
+    /// user_init for the tasks' placement hints (each task only matches
+    /// them to its CPUs).
+    pub(crate) devices: interconnect::topology::Devices,
 }
 
 impl Plugin {
@@ -104,6 +108,7 @@ impl Plugin {
             image_from_container: false,
             trusted_owner,
             unusable: None,
+            devices: interconnect::topology::Devices::default(),
         }
     }
 

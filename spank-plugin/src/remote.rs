@@ -99,7 +99,13 @@ impl Plugin {
         let request = request::build(&self.args, &self.settings, step);
         let ns = request.ns_dir.clone();
         let timeout = Duration::from_secs(self.settings.config.container.setup_timeout);
-        let state = match holder::start(&launcher, &request, &cwd, timeout) {
+        // The node's devices are read while the holder sets the container up.
+        let (started_holder, devices) = std::thread::scope(|scope| {
+            let scan = scope.spawn(|| interconnect::topology::Devices::scan(Path::new("/")));
+            let started_holder = holder::start(&launcher, &request, &cwd, timeout);
+            (started_holder, scan.join().unwrap_or_default())
+        });
+        let state = match started_holder {
             Ok(Started {
                 child,
                 pidfd,
@@ -126,6 +132,7 @@ impl Plugin {
             Err(e) => HolderState::Failed(e),
         };
         self.holder = Some(state);
+        self.devices = devices;
         Ok(())
     }
 
@@ -164,7 +171,7 @@ impl Plugin {
                 ));
             }
         }
-        let hints = placement_hints(sp);
+        let hints = placement_hints(sp, &self.devices);
         for change in &r.env {
             match change {
                 EnvChange::Set(k, v) => sp.setenv(k, v),
@@ -334,8 +341,11 @@ fn stop_by_pid(r: &mut Ready) {
 }
 
 /// GPU and NIC placement hints for this task's CPUs (see
-/// `interconnect::topology`), read from the host's sysfs.
-fn placement_hints(sp: &dyn Spank) -> Vec<(String, String)> {
+/// `interconnect::topology`), from the devices user_init found.
+fn placement_hints(
+    sp: &dyn Spank,
+    devices: &interconnect::topology::Devices,
+) -> Vec<(String, String)> {
     let Ok(set) = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)) else {
         return Vec::new();
     };
@@ -343,7 +353,7 @@ fn placement_hints(sp: &dyn Spank) -> Vec<(String, String)> {
         .filter(|&c| set.is_set(c).unwrap_or(false))
         .map(|c| c as u32)
         .collect();
-    interconnect::topology::hints(Path::new("/"), &cpus, &|k| sp.getenv(k))
+    interconnect::topology::hints_for(devices, &cpus, &|k| sp.getenv(k))
 }
 
 /// Joins the holder's user, then mount namespace; keeps the working directory.
