@@ -61,6 +61,7 @@ cleanup() {
     rm -rf "$work"
 }
 trap cleanup EXIT
+trap 'exit 1' INT TERM
 
 if [ "$setup" = 1 ]; then
     for f in "$sifrun" "$plugin"; do
