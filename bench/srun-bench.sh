@@ -57,6 +57,7 @@ cleanup() {
         rm -f "$conf"
         tests/slurm/cluster stop >/dev/null || true
         [ -n "$stage" ] && rm -rf "$stage"
+        rm -rf /run/sifrun-bench
     fi
     rm -rf "$work"
 }
@@ -102,7 +103,7 @@ echo "where the time goes, per step, from slurmd's log (the steps measured above
 python3 bench/step-timeline.py /var/log/slurm/slurmd.log "$((mark + 1))" | sed 's/^/  /'
 tail -n +"$((mark + 1))" /var/log/slurm/slurmd.log 2>/dev/null |
     grep -o 'container ready in [0-9.]* ms' |
-    awk '{ s += $4; n++ } END { if (n) printf "  user_init (the plugin: holder started to ready): mean %.1f ms over %d steps\n", s / n, n }'
+    awk '{ s += $4; n++ } END { if (n) printf "  user_init waiting for the holder (the plugin log: container ready in): mean %.1f ms over %d steps\n", s / n, n }'
 echo
 echo "one step's phases (srun -n$tasks --sif-verbose --sif-image=IMG true):"
 (cd "$work" && runuser -u "$user" -- srun -n"$tasks" --sif-verbose --sif-image="$image" true 2>&1) |
