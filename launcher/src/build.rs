@@ -177,6 +177,34 @@ struct TempOutput {
     keep: bool,
 }
 
+impl TempOutput {
+    /// A temporary name beside `output`, in the same directory (so that
+    /// the final rename is atomic).
+    fn beside(output: &Path) -> Result<TempOutput, BuildError> {
+        let dir = match output.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let name = output
+            .file_name()
+            .ok_or_else(|| BuildError::OutputIsDirectory(output.to_owned()))?;
+        let mut tmp_name = OsString::from(".");
+        tmp_name.push(name);
+        tmp_name.push(format!(".sifrun-build-{}", std::process::id()));
+        Ok(TempOutput {
+            path: dir.join(tmp_name),
+            keep: false,
+        })
+    }
+
+    /// Renames the finished image to `output`.
+    fn commit(mut self, output: &Path) -> Result<(), BuildError> {
+        fs::rename(&self.path, output).map_err(io_err(output))?;
+        self.keep = true;
+        Ok(())
+    }
+}
+
 impl Drop for TempOutput {
     fn drop(&mut self) {
         if !self.keep {
@@ -194,18 +222,53 @@ pub struct BuildReport {
 }
 
 /// Builds the image described by `opts`.
-// The last two functions over 80 lines in the workspace (issue 11): to be split.
-#[allow(clippy::too_many_lines)]
 pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
     let output = &opts.output;
+    check_output(output, opts.force)?;
+    check_source(&opts.source)?;
+    let tmp = TempOutput::beside(output)?;
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o755)
+        .open(&tmp.path)
+        .map_err(io_err(&tmp.path))?;
+    let create = create_options(opts);
+    let offset = write::first_object_offset(&create, DataType::PARTITION, None)
+        .expect("the default layout has a valid first offset");
+    write_partition(opts, &mut file, &tmp.path, offset)?;
+    // mksquashfs rewrote the file through its own descriptor; ours still
+    // refers to the same inode.
+    let len = file.metadata().map_err(io_err(&tmp.path))?.len();
+    let partition_size = len.checked_sub(offset).filter(|&s| s > 0).ok_or_else(|| {
+        BuildError::NotSquashfs(match &opts.source {
+            Source::Dir(d) | Source::Squashfs(d) => d.clone(),
+        })
+    })?;
+    finish_sif(file, &create, opts.arch, partition_size, &tmp.path)?;
+    tmp.commit(output)?;
+    Ok(BuildReport {
+        output: output.clone(),
+        partition_size,
+        image_size: len,
+    })
+}
+
+/// The output must not be a directory, nor exist unless `force`.
+fn check_output(output: &Path, force: bool) -> Result<(), BuildError> {
     match fs::symlink_metadata(output) {
-        Ok(m) if m.is_dir() => return Err(BuildError::OutputIsDirectory(output.clone())),
-        Ok(_) if !opts.force => return Err(BuildError::OutputExists(output.clone())),
-        Ok(_) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io_err(output)(e)),
+        Ok(m) if m.is_dir() => Err(BuildError::OutputIsDirectory(output.to_owned())),
+        Ok(_) if !force => Err(BuildError::OutputExists(output.to_owned())),
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err(output)(e)),
     }
-    match &opts.source {
+}
+
+/// The source must be a readable directory or a squashfs file.
+fn check_source(source: &Source) -> Result<(), BuildError> {
+    match source {
         Source::Dir(dir) => {
             let m = fs::metadata(dir).map_err(io_err(dir))?;
             if !m.is_dir() {
@@ -226,72 +289,50 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
             }
         }
     }
+    Ok(())
+}
 
-    let dir = match output.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let name = output
-        .file_name()
-        .ok_or_else(|| BuildError::OutputIsDirectory(output.clone()))?;
-    let mut tmp_name = OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".sifrun-build-{}", std::process::id()));
-    let tmp = TempOutput {
-        path: dir.join(tmp_name),
-        keep: false,
-    };
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .mode(0o755)
-        .open(&tmp.path)
-        .map_err(io_err(&tmp.path))?;
-
-    let create = create_options(opts);
-    let offset = write::first_object_offset(&create, DataType::PARTITION, None)
-        .expect("the default layout has a valid first offset");
+/// Writes the squashfs at `offset` of `file` (at `path`): made by
+/// mksquashfs from a directory, or copied from a squashfs file.
+fn write_partition(
+    opts: &BuildOptions,
+    file: &mut File,
+    path: &Path,
+    offset: u64,
+) -> Result<(), BuildError> {
     match &opts.source {
-        Source::Dir(src) => run_mksquashfs(src, &tmp.path, offset, opts)?,
+        Source::Dir(src) => run_mksquashfs(src, path, offset, opts),
         Source::Squashfs(src) => {
             let mut input = File::open(src).map_err(io_err(src))?;
-            file.seek(SeekFrom::Start(offset))
-                .map_err(io_err(&tmp.path))?;
+            file.seek(SeekFrom::Start(offset)).map_err(io_err(path))?;
             // File-to-file copies use copy_file_range (reflinks where supported).
-            io::copy(&mut input, &mut file).map_err(io_err(&tmp.path))?;
+            io::copy(&mut input, file).map_err(io_err(path))?;
+            Ok(())
         }
     }
-    // mksquashfs rewrote the file through its own descriptor; ours still
-    // refers to the same inode.
-    let len = file.metadata().map_err(io_err(&tmp.path))?.len();
-    let partition_size = len.checked_sub(offset).filter(|&s| s > 0).ok_or_else(|| {
-        BuildError::NotSquashfs(match &opts.source {
-            Source::Dir(d) | Source::Squashfs(d) => d.clone(),
-        })
-    })?;
+}
+
+/// Writes the SIF header and the partition's descriptor around the
+/// squashfs already in place, and syncs the file.
+fn finish_sif(
+    file: File,
+    create: &CreateOptions,
+    arch: Arch,
+    partition_size: u64,
+    path: &Path,
+) -> Result<(), BuildError> {
     let partition = ObjectInput::in_place(DataType::PARTITION, partition_size).with_metadata(
         Metadata::Partition {
             fs_type: FsType::SQUASHFS,
             part_type: PartType::PRIMARY_SYSTEM,
-            arch: opts.arch,
+            arch,
         },
     );
-    let image =
-        write::create(file, &create, vec![partition]).map_err(|source| BuildError::Sif {
-            path: tmp.path.clone(),
-            source,
-        })?;
-    let file = image.into_source();
-    file.sync_all().map_err(io_err(&tmp.path))?;
-    fs::rename(&tmp.path, output).map_err(io_err(output))?;
-    let mut tmp = tmp;
-    tmp.keep = true;
-    Ok(BuildReport {
-        output: output.clone(),
-        partition_size,
-        image_size: len,
-    })
+    let image = write::create(file, create, vec![partition]).map_err(|source| BuildError::Sif {
+        path: path.to_owned(),
+        source,
+    })?;
+    image.into_source().sync_all().map_err(io_err(path))
 }
 
 fn run_mksquashfs(

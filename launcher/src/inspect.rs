@@ -28,11 +28,19 @@ fn size(d: &Descriptor) -> String {
 }
 
 /// Renders the summary of `image`, opened from `path`.
-// Over 80 lines (issue 11): to be split like build().
-#[allow(clippy::too_many_lines)]
 pub fn summary<R: ReadAt>(path: &str, image: &Image<R>) -> String {
-    let h = image.header();
     let mut out = String::new();
+    header_section(&mut out, path, image);
+    partitions_section(&mut out, image);
+    signatures_section(&mut out, image);
+    others_section(&mut out, image);
+    texts_section(&mut out, image);
+    out
+}
+
+/// The header: path, size, ID, creation time, architecture, descriptors.
+fn header_section<R: ReadAt>(out: &mut String, path: &str, image: &Image<R>) {
+    let h = image.header();
     let _ = writeln!(out, "Image:         {}", printable(path));
     let _ = writeln!(
         out,
@@ -63,12 +71,20 @@ pub fn summary<R: ReadAt>(path: &str, image: &Image<R>) -> String {
         image.descriptors().len(),
         h.descriptors_total
     );
+}
 
-    let partitions: Vec<&Descriptor> = image.descriptors_of_type(DataType::PARTITION).collect();
-    out.push_str("\nPartitions:\n");
-    if partitions.is_empty() {
+/// A section's title, and "(none)" when it lists nothing.
+fn section_title(out: &mut String, title: &str, empty: bool) {
+    let _ = writeln!(out, "\n{title}:");
+    if empty {
         out.push_str("  (none)\n");
     }
+}
+
+/// The partitions, the container's root marked.
+fn partitions_section<R: ReadAt>(out: &mut String, image: &Image<R>) {
+    let partitions: Vec<&Descriptor> = image.descriptors_of_type(DataType::PARTITION).collect();
+    section_title(out, "Partitions", partitions.is_empty());
     for d in &partitions {
         match d.partition() {
             Ok(p) => {
@@ -92,12 +108,16 @@ pub fn summary<R: ReadAt>(path: &str, image: &Image<R>) -> String {
             }
         }
     }
+}
 
+/// The signatures: what each signs, its hash and signer (not verified).
+fn signatures_section<R: ReadAt>(out: &mut String, image: &Image<R>) {
     let signatures: Vec<&Descriptor> = image.descriptors_of_type(DataType::SIGNATURE).collect();
-    out.push_str("\nSignatures (listed, not verified):\n");
-    if signatures.is_empty() {
-        out.push_str("  (none)\n");
-    }
+    section_title(
+        out,
+        "Signatures (listed, not verified)",
+        signatures.is_empty(),
+    );
     for d in &signatures {
         let target = match d.link() {
             Link::Group(g) => format!("signs group {g}"),
@@ -116,16 +136,16 @@ pub fn summary<R: ReadAt>(path: &str, image: &Image<R>) -> String {
         };
         let _ = writeln!(out, "  [{}] {target}, {hash}, signer {signer}", d.id());
     }
+}
 
+/// Every object that is neither a partition nor a signature.
+fn others_section<R: ReadAt>(out: &mut String, image: &Image<R>) {
     let others: Vec<&Descriptor> = image
         .descriptors()
         .iter()
         .filter(|d| d.data_type() != DataType::PARTITION && d.data_type() != DataType::SIGNATURE)
         .collect();
-    out.push_str("\nOther objects:\n");
-    if others.is_empty() {
-        out.push_str("  (none)\n");
-    }
+    section_title(out, "Other objects", others.is_empty());
     for d in &others {
         let name = d.name();
         let name = if name.is_empty() {
@@ -142,7 +162,10 @@ pub fn summary<R: ReadAt>(path: &str, image: &Image<R>) -> String {
             group(d)
         );
     }
+}
 
+/// The definition files and labels, as text (the first `TEXT_LIMIT` bytes).
+fn texts_section<R: ReadAt>(out: &mut String, image: &Image<R>) {
     for (title, dt) in [
         ("Definition file", DataType::DEFFILE),
         ("Labels", DataType::LABELS),
@@ -167,5 +190,4 @@ pub fn summary<R: ReadAt>(path: &str, image: &Image<R>) -> String {
             }
         }
     }
-    out
 }
