@@ -1,6 +1,7 @@
 //! `sifrun`: run, build and inspect SIF container images.
 #![warn(clippy::too_many_lines)]
 
+mod build_cmd;
 mod hold_cmd;
 mod logging;
 mod mount_cmd;
@@ -38,7 +39,7 @@ enum Command {
     /// Read and edit the objects of a SIF image (siftool's commands and output)
     #[command(subcommand)]
     Sif(sif_cmd::SifCommand),
-    /// Build a SIF image from a directory or a squashfs file
+    /// Build a SIF image from a directory, a squashfs file or an OCI/Docker image
     #[command(
         after_help = "The root filesystem becomes the primary system partition, squashfs, for the \
 host architecture, in object group 1 (Apptainer's layout). SOURCE_DATE_EPOCH makes the \
@@ -47,7 +48,8 @@ image reproducible (nil ID, that time)."
     Build {
         /// The image to write
         image: PathBuf,
-        /// Directory to pack as the container's root filesystem
+        /// Directory to pack as the container's root filesystem, or an image:
+        /// oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE[:NAME:TAG]
         #[arg(
             required_unless_present = "from_squashfs",
             conflicts_with = "from_squashfs"
@@ -69,6 +71,25 @@ image reproducible (nil ID, that time)."
         /// Replace IMAGE if it exists
         #[arg(long)]
         force: bool,
+        /// Architecture to choose from a multi-platform image (default: the host's)
+        #[arg(long)]
+        arch: Option<String>,
+    },
+    /// Make a SIF image from an OCI or Docker image (OUT defaults to NAME_TAG.sif)
+    Pull {
+        /// OUT.sif, or the source when OUT is omitted
+        first: String,
+        /// The source: oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE[:NAME:TAG]
+        source: Option<String>,
+        /// Squashfs compression
+        #[arg(long, default_value = "gzip", value_name = "gzip|zstd|xz|lz4")]
+        compression: Compression,
+        /// Replace the output if it exists
+        #[arg(long)]
+        force: bool,
+        /// Architecture to choose from a multi-platform image (default: the host's)
+        #[arg(long)]
+        arch: Option<String>,
     },
     /// Sign an image's object groups with an OpenPGP key (SIF v2 signatures, as Apptainer)
     Sign(sign_cmd::SignArgs),
@@ -220,7 +241,22 @@ fn run(cli: Cli) -> Result<()> {
             keep_owner,
             keep_root_mode,
             force,
+            arch,
         } => {
+            if let Some(d) = source_dir
+                .as_deref()
+                .filter(|d| build_cmd::is_image_source(d))
+            {
+                let text = d.to_string_lossy().into_owned();
+                return build_cmd::convert(
+                    "build",
+                    image,
+                    &text,
+                    compression,
+                    force,
+                    arch.as_deref(),
+                );
+            }
             let source = match (source_dir, from_squashfs) {
                 (_, Some(f)) => Source::Squashfs(f),
                 (Some(d), None) => Source::Dir(d),
@@ -246,6 +282,13 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
+        Command::Pull {
+            first,
+            source,
+            compression,
+            force,
+            arch,
+        } => build_cmd::pull(first, source, compression, force, arch.as_deref()),
         Command::Mount {
             image,
             dir,
