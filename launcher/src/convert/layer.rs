@@ -82,12 +82,28 @@ pub(crate) fn open(store: &Store, blob: &LayerBlob, what: &str) -> Result<OpenLa
 impl OpenLayer {
     /// The next entry's header.
     pub(crate) fn next(&mut self) -> Result<Option<Entry>, ConvertError> {
-        let e = self.tar.next_entry().map_err(|source| ConvertError::Tar {
-            what: self.what.clone(),
-            source,
-        })?;
+        let e = match self.tar.next_entry() {
+            Ok(e) => e,
+            Err(error) => return Err(self.blame(error)),
+        };
         self.next_index += 1;
         Ok(e)
+    }
+
+    /// The error to report for a broken tar stream: the blob's digest
+    /// mismatch when the blob is not what the manifest names (a corrupt
+    /// blob usually breaks the decompressor first), else the tar error.
+    fn blame(&mut self, error: oci::tar::TarError) -> ConvertError {
+        if let Ok(mut blob) = self.blob.try_borrow_mut()
+            && let Err(e) = io::copy(&mut *blob, &mut io::sink())
+            && oci::digest::VerifyError::from_io(&e).is_some()
+        {
+            return ConvertError::io(&self.what, e);
+        }
+        ConvertError::Tar {
+            what: self.what.clone(),
+            error,
+        }
     }
 
     /// Reads the rest of the layer and checks the `diff_id`, the blob's

@@ -12,6 +12,7 @@
 //! the SIF's labels object. Like `sifrun build`, the SIF is assembled
 //! under a temporary name beside the output and renamed when complete.
 
+pub mod config;
 mod emit;
 mod layer;
 mod source;
@@ -38,17 +39,12 @@ pub const CONFIG_OBJECT: &str = "oci-config.json";
 pub enum ConvertError {
     #[error("{0}: registry pulls are not implemented yet")]
     Registry(String),
-    #[error("{what}: {}", short_io(source))]
-    Io {
-        what: String,
-        #[source]
-        source: io::Error,
-    },
-    #[error("{what}: {source}")]
+    #[error("{}", io_line(what, error))]
+    Io { what: String, error: io::Error },
+    #[error("{what}: {error}")]
     Tar {
         what: String,
-        #[source]
-        source: oci::tar::TarError,
+        error: oci::tar::TarError,
     },
     #[error(transparent)]
     Reference(#[from] oci::reference::ReferenceError),
@@ -82,11 +78,19 @@ fn short_io(e: &io::Error) -> String {
         .unwrap_or_default()
 }
 
+/// `WHAT: ERROR`, or a digest check's own line (which names its object).
+fn io_line(what: &str, e: &io::Error) -> String {
+    match oci::digest::VerifyError::from_io(e) {
+        Some(v) => v.to_string(),
+        None => format!("{what}: {}", short_io(e)),
+    }
+}
+
 impl ConvertError {
     fn io(what: &str, source: io::Error) -> ConvertError {
         ConvertError::Io {
             what: what.to_owned(),
-            source,
+            error: source,
         }
     }
 }

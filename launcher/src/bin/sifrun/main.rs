@@ -123,6 +123,10 @@ image reproducible (nil ID, that time)."
         opts: run_cmd::ContainerArgs,
         /// The image
         image: PathBuf,
+        /// Do not let the runscript of an OCI image evaluate its arguments
+        /// (sets SINGULARITY_NO_EVAL=1 in the container, as Apptainer)
+        #[arg(long)]
+        no_eval: bool,
         /// Arguments for the runscript
         #[arg(allow_hyphen_values = true, value_name = "ARGS")]
         args: Vec<String>,
@@ -214,7 +218,13 @@ fn run(cli: Cli) -> Result<()> {
             let code = run_cmd::run(&opts, image, Action::Exec(run_cmd::os(&command)), "exec")?;
             std::process::exit(code)
         }
-        Command::Run { opts, image, args } => {
+        Command::Run {
+            opts,
+            image,
+            no_eval,
+            args,
+        } => {
+            let opts = opts.for_run(&image, no_eval);
             let code = run_cmd::run(&opts, image, Action::Run(run_cmd::os(&args)), "run")?;
             std::process::exit(code)
         }
