@@ -66,7 +66,11 @@ fn walk(root: &Path, owners: &BTreeMap<String, (u32, u32)>) -> BTreeMap<String, 
                 ('l', s(&fs::read_link(e.path()).unwrap()).to_owned())
             } else {
                 let data = fs::read(e.path()).unwrap();
-                ('f', format!("{} bytes, {:x}", data.len(), md5ish(&data)))
+                let links = m.nlink();
+                (
+                    'f',
+                    format!("{} bytes, {:x}, {links} links", data.len(), md5ish(&data)),
+                )
             };
             let key = s(&r).to_owned();
             let owner = owners.get(&key).copied().unwrap_or((m.uid(), m.gid()));
@@ -331,6 +335,11 @@ fn each_source_form_matches_umoci_unpack() {
         assert_eq!(got["home/u"].owner, (1234, 1234), "{form}");
         assert_eq!(got["home/u"].mode, 0o700, "{form}");
         assert_eq!(got["work/passwd-link"].detail, "../etc/passwd", "{form}");
+        assert!(
+            got["etc/shared-link"].detail.ends_with(", 2 links"),
+            "{form}: {:?}",
+            got["etc/shared-link"]
+        );
         for gone in ["gone", "etc/removed", "opq/old"] {
             assert!(!got.contains_key(gone), "{form}: {gone}");
         }
