@@ -16,8 +16,6 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
-use launcher::build::{self, BuildOptions, Compression, Source};
-
 #[derive(Parser)]
 #[command(
     name = "sifrun",
@@ -45,52 +43,9 @@ enum Command {
 host architecture, in object group 1 (Apptainer's layout). SOURCE_DATE_EPOCH makes the \
 image reproducible (nil ID, that time)."
     )]
-    Build {
-        /// The image to write
-        image: PathBuf,
-        /// Directory to pack as the container's root filesystem, or an image:
-        /// oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE[:NAME:TAG]
-        #[arg(
-            required_unless_present = "from_squashfs",
-            conflicts_with = "from_squashfs"
-        )]
-        source_dir: Option<PathBuf>,
-        /// Use this squashfs file as the root filesystem instead of a directory
-        #[arg(long, value_name = "FILE")]
-        from_squashfs: Option<PathBuf>,
-        /// Squashfs compression
-        #[arg(long, default_value = "gzip", value_name = "gzip|zstd|xz|lz4")]
-        compression: Compression,
-        /// Keep file owners from the source (default: everything owned by root)
-        #[arg(long)]
-        keep_owner: bool,
-        /// Keep the source directory's mode for the image's root directory
-        /// (default: 0755, so every user can enter it)
-        #[arg(long)]
-        keep_root_mode: bool,
-        /// Replace IMAGE if it exists
-        #[arg(long)]
-        force: bool,
-        /// Architecture to choose from a multi-platform image (default: the host's)
-        #[arg(long)]
-        arch: Option<String>,
-    },
+    Build(build_cmd::BuildArgs),
     /// Make a SIF image from an OCI or Docker image (OUT defaults to NAME_TAG.sif)
-    Pull {
-        /// OUT.sif, or the source when OUT is omitted
-        first: String,
-        /// The source: oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE[:NAME:TAG]
-        source: Option<String>,
-        /// Squashfs compression
-        #[arg(long, default_value = "gzip", value_name = "gzip|zstd|xz|lz4")]
-        compression: Compression,
-        /// Replace the output if it exists
-        #[arg(long)]
-        force: bool,
-        /// Architecture to choose from a multi-platform image (default: the host's)
-        #[arg(long)]
-        arch: Option<String>,
-    },
+    Pull(build_cmd::PullArgs),
     /// Sign an image's object groups with an OpenPGP key (SIF v2 signatures, as Apptainer)
     Sign(sign_cmd::SignArgs),
     /// Verify an image's signatures: every object group by default
@@ -243,62 +198,8 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Build {
-            image,
-            source_dir,
-            from_squashfs,
-            compression,
-            keep_owner,
-            keep_root_mode,
-            force,
-            arch,
-        } => {
-            if let Some(d) = source_dir
-                .as_deref()
-                .filter(|d| build_cmd::is_image_source(d))
-            {
-                let text = d.to_string_lossy().into_owned();
-                return build_cmd::convert(
-                    "build",
-                    image,
-                    &text,
-                    compression,
-                    force,
-                    arch.as_deref(),
-                );
-            }
-            let source = match (source_dir, from_squashfs) {
-                (_, Some(f)) => Source::Squashfs(f),
-                (Some(d), None) => Source::Dir(d),
-                (None, None) => unreachable!("clap requires one source"),
-            };
-            let opts = BuildOptions {
-                output: image,
-                source,
-                compression,
-                keep_owner,
-                keep_root_mode,
-                force,
-                source_date_epoch: build::source_date_epoch_from_env()
-                    .map_err(anyhow::Error::msg)?,
-                arch: sif::Arch::host(),
-            };
-            let report = build::build(&opts).context("build")?;
-            println!(
-                "sifrun: built {} ({} bytes, squashfs partition {} bytes)",
-                report.output.display(),
-                report.image_size,
-                report.partition_size
-            );
-            Ok(())
-        }
-        Command::Pull {
-            first,
-            source,
-            compression,
-            force,
-            arch,
-        } => build_cmd::pull(first, source, compression, force, arch.as_deref()),
+        Command::Build(a) => build_cmd::run_build(a),
+        Command::Pull(a) => build_cmd::run_pull(a),
         Command::Mount {
             image,
             dir,
