@@ -311,6 +311,7 @@ fn each_source_form_matches_umoci_unpack() {
         format!("oci:{}:t", s(&images.join("layout"))),
         format!("oci-archive:{}", s(&images.join("oci.tar"))),
         format!("docker-archive:{}", s(&images.join("docker.tar"))),
+        format!("oci:{}:t", s(&images.join("zstd"))),
     ] {
         let sif = build(work.path(), &form);
         let mut got = sif_tree(&sif, work.path());
