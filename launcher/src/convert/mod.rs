@@ -152,7 +152,8 @@ pub fn convert(opts: &ConvertOptions) -> Result<ConvertReport, ConvertError> {
     for blob in &image.layers {
         layers.push(layer::headers(&store, blob, what)?);
     }
-    let mut tree = oci::tree::merge(&layers)?;
+    let in_source = |e: oci::tree::TreeError| ConvertError::Other(format!("{what}: {e}"));
+    let mut tree = oci::tree::merge(&layers).map_err(in_source)?;
     for w in tree.warnings() {
         tracing::warn!("{what}: {w}");
     }
@@ -163,7 +164,7 @@ pub fn convert(opts: &ConvertOptions) -> Result<ConvertReport, ConvertError> {
         &mut tree,
         time,
     );
-    tree.apply(layers.len(), &extra)?;
+    tree.apply(layers.len(), &extra).map_err(in_source)?;
     let plan = tree.plan();
     let inputs = emit::Inputs {
         store: &store,
