@@ -17,6 +17,8 @@ mod emit;
 mod layer;
 mod source;
 mod squash;
+#[cfg(test)]
+mod tests;
 
 use std::fs::OpenOptions;
 use std::io;
@@ -285,7 +287,7 @@ fn finish(
 }
 
 #[cfg(test)]
-mod tests {
+mod unit {
     use super::*;
 
     #[test]
