@@ -141,6 +141,29 @@ fn rfc3339(secs: i64) -> String {
     )
 }
 
+/// Pass 1: the image a source names and its layers' headers, every
+/// digest checked.
+fn read_image(
+    opts: &ConvertOptions,
+) -> Result<(source::Store, source::Image, Vec<oci::tree::Layer>), ConvertError> {
+    let what = opts.source_text.as_str();
+    let store = source::Store::open(&opts.source, what)?;
+    let image = source::resolve(&store, &opts.source, &opts.wanted, what)?;
+    if image.config.architecture != opts.wanted.architecture {
+        tracing::warn!(
+            "{what}: the image is for {}, not {}",
+            image.config.architecture,
+            opts.wanted.architecture
+        );
+    }
+    let layers = image
+        .layers
+        .iter()
+        .map(|blob| layer::headers(&store, blob, what))
+        .collect::<Result<_, _>>()?;
+    Ok((store, image, layers))
+}
+
 /// Converts the image `opts.source` names into a SIF at `opts.output`.
 pub fn convert(opts: &ConvertOptions) -> Result<ConvertReport, ConvertError> {
     let what = opts.source_text.as_str();
@@ -148,12 +171,7 @@ pub fn convert(opts: &ConvertOptions) -> Result<ConvertReport, ConvertError> {
         return Err(ConvertError::Registry(what.to_owned()));
     }
     build::check_output(&opts.output, opts.force)?;
-    let store = source::Store::open(&opts.source, what)?;
-    let image = source::resolve(&store, &opts.source, &opts.wanted, what)?;
-    let mut layers = Vec::with_capacity(image.layers.len());
-    for blob in &image.layers {
-        layers.push(layer::headers(&store, blob, what)?);
-    }
+    let (store, image, layers) = read_image(opts)?;
     let in_source = |e: oci::tree::TreeError| ConvertError::Other(format!("{what}: {e}"));
     let mut tree = oci::tree::merge(&layers).map_err(in_source)?;
     for w in tree.warnings() {
@@ -167,7 +185,6 @@ pub fn convert(opts: &ConvertOptions) -> Result<ConvertReport, ConvertError> {
         time,
     );
     tree.apply(layers.len(), &extra).map_err(in_source)?;
-    let plan = tree.plan();
     let inputs = emit::Inputs {
         store: &store,
         blobs: &image.layers,
@@ -176,15 +193,45 @@ pub fn convert(opts: &ConvertOptions) -> Result<ConvertReport, ConvertError> {
         extra_data: &extra_data,
         what,
     };
-    let labels = apptainer::labels_json(&apptainer::labels(&image.config, &provenance));
+    let objects = Objects {
+        config: &image.config_bytes,
+        labels: apptainer::labels_json(&apptainer::labels(&image.config, &provenance)),
+        arch: &image.config.architecture,
+    };
+    let image_size = write_sif(opts, &inputs, &tree.plan(), &objects)?;
+    Ok(ConvertReport {
+        output: opts.output.clone(),
+        image_size,
+        layers: layers.len(),
+        manifest_digest: image.manifest_digest.map(|d| d.to_string()),
+    })
+}
+
+/// What the SIF holds besides the partition.
+struct Objects<'a> {
+    config: &'a [u8],
+    labels: String,
+    /// The image's architecture (Go name).
+    arch: &'a str,
+}
+
+/// Pass 2 into mksquashfs, then the SIF around it, under a temporary name
+/// renamed to the output when complete; returns the image's size.
+fn write_sif(
+    opts: &ConvertOptions,
+    inputs: &emit::Inputs<'_>,
+    plan: &[oci::tree::Emission],
+    objects: &Objects<'_>,
+) -> Result<u64, ConvertError> {
     let tmp = TempOutput::beside(&opts.output)?;
+    let shown = tmp.path.display().to_string();
     let file = OpenOptions::new()
         .read(true)
         .write(true)
         .create_new(true)
         .mode(0o755)
         .open(&tmp.path)
-        .map_err(|e| ConvertError::io(&tmp.path.display().to_string(), e))?;
+        .map_err(|e| ConvertError::io(&shown, e))?;
     let create = build::create_options_for(opts.source_date_epoch);
     let offset = write::first_object_offset(&create, DataType::PARTITION, None)
         .expect("the default layout has a valid first offset");
@@ -195,31 +242,18 @@ pub fn convert(opts: &ConvertOptions) -> Result<ConvertReport, ConvertError> {
         .map(|e| ("SOURCE_DATE_EPOCH", e.max(0).to_string()))
         .into_iter()
         .collect();
-    squash::run(&argv, &env, |w| inputs.write(&plan, w))?;
+    squash::run(&argv, &env, |w| inputs.write(plan, w))?;
     let len = file
         .metadata()
-        .map_err(|e| ConvertError::io(&tmp.path.display().to_string(), e))?
+        .map_err(|e| ConvertError::io(&shown, e))?
         .len();
-    let partition_size = len
-        .checked_sub(offset)
-        .filter(|&s| s > 0)
-        .ok_or_else(|| ConvertError::Other(format!("{what}: mksquashfs wrote nothing")))?;
-    finish(
-        file,
-        &create,
-        &tmp.path,
-        partition_size,
-        &image.config_bytes,
-        &labels,
-    )?;
-    let image_size = std::fs::metadata(&tmp.path).map(|m| m.len()).unwrap_or(len);
+    let partition_size = len.checked_sub(offset).filter(|&s| s > 0).ok_or_else(|| {
+        ConvertError::Other(format!("{}: mksquashfs wrote nothing", opts.source_text))
+    })?;
+    finish(file, &create, &tmp.path, partition_size, objects)?;
+    let image_size = std::fs::metadata(&tmp.path).map_or(len, |m| m.len());
     tmp.commit(&opts.output)?;
-    Ok(ConvertReport {
-        output: opts.output.clone(),
-        image_size,
-        layers: layers.len(),
-        manifest_digest: image.manifest_digest.map(|d| d.to_string()),
-    })
+    Ok(image_size)
 }
 
 fn provenance(opts: &ConvertOptions, image: &source::Image, time: i64) -> Provenance {
@@ -260,10 +294,9 @@ fn finish(
     create: &CreateOptions,
     path: &std::path::Path,
     partition_size: u64,
-    config: &[u8],
-    labels: &str,
+    objects: &Objects<'_>,
 ) -> Result<(), ConvertError> {
-    let arch = Arch::host();
+    let arch = Arch::from_go_name(objects.arch).unwrap_or(Arch::UNKNOWN);
     let partition = ObjectInput::in_place(DataType::PARTITION, partition_size).with_metadata(
         Metadata::Partition {
             fs_type: FsType::SQUASHFS,
@@ -271,8 +304,8 @@ fn finish(
             arch,
         },
     );
-    let mut labels_r = labels.as_bytes();
-    let mut config_r = config;
+    let mut labels_r = objects.labels.as_bytes();
+    let mut config_r = objects.config;
     let mut labels_obj = ObjectInput::new(DataType::LABELS, &mut labels_r);
     labels_obj.name = "labels.json".into();
     let mut config_obj = ObjectInput::new(DataType::GENERIC_JSON, &mut config_r);
