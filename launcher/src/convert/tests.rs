@@ -179,3 +179,79 @@ fn a_missing_tag_names_the_tags() {
     .to_string();
     assert!(e.contains("no image tagged \"nope\"; tags: t"), "{e}");
 }
+
+/// Wraps the layout's manifest in a nested two-platform index (amd64 is
+/// the real image, arm64 a copy with another config) under tag "multi".
+fn multi_platform(dir: &Path) {
+    let index: serde_json::Value =
+        serde_json::from_slice(&fs::read(dir.join("index.json")).unwrap()).unwrap();
+    let amd = index["manifests"][0].clone();
+    let blobs = dir.join("blobs/sha256");
+    let amd_digest = amd["digest"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:");
+    let mut m: serde_json::Value =
+        serde_json::from_slice(&fs::read(blobs.join(amd_digest)).unwrap()).unwrap();
+    let config_digest = m["config"]["digest"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:");
+    let config = fs::read_to_string(blobs.join(config_digest))
+        .unwrap()
+        .replace("amd64", "arm64")
+        .replace("/d", "/arm");
+    let (cd, cs) = put(dir, config.as_bytes());
+    m["config"]["digest"] = cd.to_string().into();
+    m["config"]["size"] = cs.into();
+    let (md, ms) = put(dir, m.to_string().as_bytes());
+    let platform = |arch: &str| serde_json::json!({"architecture": arch, "os": "linux"});
+    let mut amd_entry = amd.clone();
+    amd_entry["annotations"] = serde_json::json!({});
+    amd_entry["platform"] = platform("amd64");
+    let arm_entry = serde_json::json!({
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": md.to_string(), "size": ms, "platform": platform("arm64")
+    });
+    let nested = serde_json::json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [amd_entry, arm_entry]
+    });
+    let (nd, ns) = put(dir, nested.to_string().as_bytes());
+    let top = serde_json::json!({"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.index.v1+json", "digest": nd.to_string(), "size": ns,
+        "annotations": {"org.opencontainers.image.ref.name": "multi"}
+    }]});
+    fs::write(dir.join("index.json"), top.to_string()).unwrap();
+}
+
+#[test]
+fn a_multi_platform_index_picks_the_wanted_architecture() {
+    let dir = tempfile::tempdir().unwrap();
+    layout(dir.path());
+    multi_platform(dir.path());
+    let src = Source::OciDir {
+        dir: dir.path().to_owned(),
+        tag: Some("multi".into()),
+    };
+    let store = source::Store::open(&src, "t").unwrap();
+    let pick = |arch: &str| {
+        let w = Wanted {
+            architecture: arch.into(),
+            variant: None,
+        };
+        source::resolve(&store, &src, &w, "t")
+    };
+    let amd = pick("amd64").unwrap();
+    assert_eq!(amd.config.architecture, "amd64");
+    assert!(amd.index_digest.is_some());
+    let arm = pick("arm64").unwrap();
+    assert_eq!(arm.config.architecture, "arm64");
+    assert_eq!(
+        config::workdir_of(&arm.config_bytes).unwrap(),
+        Path::new("/arm")
+    );
+    assert_ne!(arm.manifest_digest, amd.manifest_digest);
+    let e = pick("riscv64").unwrap_err().to_string();
+    assert!(e.contains("riscv64"), "{e}");
+}
