@@ -95,8 +95,12 @@ pub(crate) fn run(
         .wait()
         .map_err(|e| ConvertError::io("mksquashfs", e))?;
     let text = String::from_utf8_lossy(&err_reader.join().unwrap_or_default()).into_owned();
-    fed?;
-    if !status.success() || complaint(&text).is_some() {
+    // A broken pipe means mksquashfs stopped reading: its own words say why.
+    let broken_pipe = matches!(&fed, Err(ConvertError::Io { error, .. }) if error.kind() == io::ErrorKind::BrokenPipe);
+    if !broken_pipe {
+        fed?;
+    }
+    if broken_pipe || !status.success() || complaint(&text).is_some() {
         let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
         return Err(ConvertError::Other(format!(
             "mksquashfs failed ({status}): {}",
@@ -175,5 +179,17 @@ mod tests {
         })
         .unwrap_err();
         assert_eq!(e.to_string(), "feed broke");
+        // mksquashfs quits early: its words, not the broken pipe.
+        let quits: Vec<OsString> =
+            vec!["sh".into(), "-c".into(), "echo Could not go on >&2".into()];
+        let e = run(&quits, &[], |w| {
+            loop {
+                if let Err(e) = w.write_all(&[0; 65536]) {
+                    return Err(ConvertError::io("mksquashfs input", e));
+                }
+            }
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("Could not go on"), "{e}");
     }
 }
