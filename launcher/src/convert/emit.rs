@@ -147,7 +147,7 @@ impl Inputs<'_> {
                 self.what, id.layer
             )));
         }
-        let copied = io::copy(&mut (&mut l.tar).take(e.size), out).map_err(wio)?;
+        let copied = copy(&mut (&mut l.tar).take(e.size), out, self.what)?;
         if copied != e.size {
             return Err(ConvertError::Other(format!(
                 "{}: layer {}: {} ends early",
@@ -157,6 +157,21 @@ impl Inputs<'_> {
             )));
         }
         pad(out, e.size)
+    }
+}
+
+/// Copies `r` to `out`; a read error names the source, a write error
+/// mksquashfs's input.
+fn copy(r: &mut impl Read, out: &mut dyn Write, what: &str) -> Result<u64, ConvertError> {
+    let mut buf = vec![0u8; 1 << 16];
+    let mut n = 0u64;
+    loop {
+        let got = r.read(&mut buf).map_err(|e| ConvertError::io(what, e))?;
+        if got == 0 {
+            return Ok(n);
+        }
+        out.write_all(&buf[..got]).map_err(wio)?;
+        n += got as u64;
     }
 }
 
