@@ -352,6 +352,10 @@ fn each_source_form_matches_umoci_unpack() {
             "{inspect}"
         );
         assert!(inspect.contains("\"oci-config.json\""), "{inspect}");
+        assert!(
+            inspect.contains(&format!("\nSource:        {form} (")),
+            "{inspect}"
+        );
     }
 }
 
