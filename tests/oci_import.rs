@@ -312,6 +312,8 @@ fn each_source_form_matches_umoci_unpack() {
         format!("oci-archive:{}", s(&images.join("oci.tar"))),
         format!("docker-archive:{}", s(&images.join("docker.tar"))),
         format!("oci:{}:t", s(&images.join("zstd"))),
+        format!("oci-archive:{}:t", s(&images.join("oci.tar"))),
+        format!("docker-archive:{}:img:t", s(&images.join("docker.tar"))),
     ] {
         let sif = build(work.path(), &form);
         let mut got = sif_tree(&sif, work.path());
@@ -536,6 +538,30 @@ fn pull_names_the_image_as_apptainer() {
         .unwrap();
     ok(out);
     assert!(work.path().join("oci.tar_latest.sif").exists());
+    let named = work.path().join("named.sif");
+    ok(sifrun(&[
+        "pull",
+        s(&named),
+        &format!("docker-archive:{}:img:t", s(&images.join("docker.tar"))),
+    ]));
+    assert!(named.exists());
+    fails(
+        sifrun(&[
+            "pull",
+            s(&named),
+            &format!("oci-archive:{}", s(&images.join("oci.tar"))),
+        ]),
+        "already exists (use --force to replace it)",
+    );
+    fails(
+        sifrun(&[
+            "build",
+            s(&work.path().join("other.sif")),
+            &format!("docker-archive:{}:nope:t", s(&images.join("docker.tar"))),
+        ]),
+        "no image tagged",
+    );
+    assert!(!work.path().join("other.sif").exists());
     fails(
         sifrun(&["pull", "docker://alpine:3"]),
         "docker://alpine:3: registry pulls are not implemented yet",
