@@ -125,11 +125,16 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> BuildError + '_ {
 
 /// The SIF creation options for a build.
 pub fn create_options(opts: &BuildOptions) -> CreateOptions {
+    create_options_for(opts.source_date_epoch)
+}
+
+/// The SIF creation options for a build at `SOURCE_DATE_EPOCH` (if set).
+pub(crate) fn create_options_for(source_date_epoch: Option<i64>) -> CreateOptions {
     let mut c = CreateOptions {
         launch_script: APPTAINER_LAUNCH_SCRIPT.into(),
         ..CreateOptions::default()
     };
-    if let Some(epoch) = opts.source_date_epoch {
+    if let Some(epoch) = source_date_epoch {
         c.id = Some([0; 16]);
         c.time = Some(epoch);
     }
@@ -172,15 +177,15 @@ pub fn mksquashfs_args(
 }
 
 /// Removes the temporary output unless the build completed.
-struct TempOutput {
-    path: PathBuf,
+pub(crate) struct TempOutput {
+    pub(crate) path: PathBuf,
     keep: bool,
 }
 
 impl TempOutput {
     /// A temporary name beside `output`, in the same directory (so that
     /// the final rename is atomic).
-    fn beside(output: &Path) -> Result<TempOutput, BuildError> {
+    pub(crate) fn beside(output: &Path) -> Result<TempOutput, BuildError> {
         let dir = match output.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
@@ -198,7 +203,7 @@ impl TempOutput {
     }
 
     /// Renames the finished image to `output`.
-    fn commit(mut self, output: &Path) -> Result<(), BuildError> {
+    pub(crate) fn commit(mut self, output: &Path) -> Result<(), BuildError> {
         fs::rename(&self.path, output).map_err(io_err(output))?;
         self.keep = true;
         Ok(())
@@ -256,7 +261,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport, BuildError> {
 }
 
 /// The output must not be a directory, nor exist unless `force`.
-fn check_output(output: &Path, force: bool) -> Result<(), BuildError> {
+pub(crate) fn check_output(output: &Path, force: bool) -> Result<(), BuildError> {
     match fs::symlink_metadata(output) {
         Ok(m) if m.is_dir() => Err(BuildError::OutputIsDirectory(output.to_owned())),
         Ok(_) if !force => Err(BuildError::OutputExists(output.to_owned())),

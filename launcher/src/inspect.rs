@@ -31,6 +31,7 @@ fn size(d: &Descriptor) -> String {
 pub fn summary<R: ReadAt>(path: &str, image: &Image<R>) -> String {
     let mut out = String::new();
     header_section(&mut out, path, image);
+    source_line(&mut out, image);
     partitions_section(&mut out, image);
     signatures_section(&mut out, image);
     others_section(&mut out, image);
@@ -71,6 +72,32 @@ fn header_section<R: ReadAt>(out: &mut String, path: &str, image: &Image<R>) {
         image.descriptors().len(),
         h.descriptors_total
     );
+}
+
+/// `Source:` for an image converted from an OCI image: the source as given
+/// and the manifest digest, from the labels object.
+fn source_line<R: ReadAt>(out: &mut String, image: &Image<R>) {
+    const FROM: &str = "org.label-schema.usage.singularity.deffile.from";
+    const DIGEST: &str = "io.sifrun.source.digest";
+    for d in image.descriptors_of_type(DataType::LABELS) {
+        let mut buf = vec![0u8; d.size().min(TEXT_LIMIT) as usize];
+        if image.read_object_at(d, &mut buf, 0).is_err() {
+            continue;
+        }
+        let Ok(labels) = serde_json::from_slice::<std::collections::BTreeMap<String, String>>(&buf)
+        else {
+            continue;
+        };
+        if let Some(from) = labels.get(FROM).filter(|_| labels.contains_key(DIGEST)) {
+            let _ = writeln!(
+                out,
+                "Source:        {} ({})",
+                printable(from),
+                printable(&labels[DIGEST])
+            );
+            return;
+        }
+    }
 }
 
 /// A section's title, and "(none)" when it lists nothing.

@@ -22,6 +22,8 @@ pub mod bind;
 pub mod build;
 pub(crate) mod command;
 #[allow(missing_docs)]
+pub mod convert;
+#[allow(missing_docs)]
 pub mod ecl_check;
 pub mod env;
 #[allow(missing_docs)]

@@ -1,6 +1,7 @@
 //! `sifrun`: run, build and inspect SIF container images.
 #![warn(clippy::too_many_lines)]
 
+mod build_cmd;
 mod hold_cmd;
 mod logging;
 mod mount_cmd;
@@ -14,8 +15,6 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-
-use launcher::build::{self, BuildOptions, Compression, Source};
 
 #[derive(Parser)]
 #[command(
@@ -38,38 +37,15 @@ enum Command {
     /// Read and edit the objects of a SIF image (siftool's commands and output)
     #[command(subcommand)]
     Sif(sif_cmd::SifCommand),
-    /// Build a SIF image from a directory or a squashfs file
+    /// Build a SIF image from a directory, a squashfs file or an OCI/Docker image
     #[command(
         after_help = "The root filesystem becomes the primary system partition, squashfs, for the \
 host architecture, in object group 1 (Apptainer's layout). SOURCE_DATE_EPOCH makes the \
 image reproducible (nil ID, that time)."
     )]
-    Build {
-        /// The image to write
-        image: PathBuf,
-        /// Directory to pack as the container's root filesystem
-        #[arg(
-            required_unless_present = "from_squashfs",
-            conflicts_with = "from_squashfs"
-        )]
-        source_dir: Option<PathBuf>,
-        /// Use this squashfs file as the root filesystem instead of a directory
-        #[arg(long, value_name = "FILE")]
-        from_squashfs: Option<PathBuf>,
-        /// Squashfs compression
-        #[arg(long, default_value = "gzip", value_name = "gzip|zstd|xz|lz4")]
-        compression: Compression,
-        /// Keep file owners from the source (default: everything owned by root)
-        #[arg(long)]
-        keep_owner: bool,
-        /// Keep the source directory's mode for the image's root directory
-        /// (default: 0755, so every user can enter it)
-        #[arg(long)]
-        keep_root_mode: bool,
-        /// Replace IMAGE if it exists
-        #[arg(long)]
-        force: bool,
-    },
+    Build(build_cmd::BuildArgs),
+    /// Make a SIF image from an OCI or Docker image (OUT defaults to NAME_TAG.sif)
+    Pull(build_cmd::PullArgs),
     /// Sign an image's object groups with an OpenPGP key (SIF v2 signatures, as Apptainer)
     Sign(sign_cmd::SignArgs),
     /// Verify an image's signatures: every object group by default
@@ -102,6 +78,10 @@ image reproducible (nil ID, that time)."
         opts: run_cmd::ContainerArgs,
         /// The image
         image: PathBuf,
+        /// Do not let the runscript of an OCI image evaluate its arguments
+        /// (sets SINGULARITY_NO_EVAL=1 in the container, as Apptainer)
+        #[arg(long)]
+        no_eval: bool,
         /// Arguments for the runscript
         #[arg(allow_hyphen_values = true, value_name = "ARGS")]
         args: Vec<String>,
@@ -193,7 +173,13 @@ fn run(cli: Cli) -> Result<()> {
             let code = run_cmd::run(&opts, image, Action::Exec(run_cmd::os(&command)), "exec")?;
             std::process::exit(code)
         }
-        Command::Run { opts, image, args } => {
+        Command::Run {
+            opts,
+            image,
+            no_eval,
+            args,
+        } => {
+            let opts = opts.for_run(&image, no_eval);
             let code = run_cmd::run(&opts, image, Action::Run(run_cmd::os(&args)), "run")?;
             std::process::exit(code)
         }
@@ -212,40 +198,8 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Build {
-            image,
-            source_dir,
-            from_squashfs,
-            compression,
-            keep_owner,
-            keep_root_mode,
-            force,
-        } => {
-            let source = match (source_dir, from_squashfs) {
-                (_, Some(f)) => Source::Squashfs(f),
-                (Some(d), None) => Source::Dir(d),
-                (None, None) => unreachable!("clap requires one source"),
-            };
-            let opts = BuildOptions {
-                output: image,
-                source,
-                compression,
-                keep_owner,
-                keep_root_mode,
-                force,
-                source_date_epoch: build::source_date_epoch_from_env()
-                    .map_err(anyhow::Error::msg)?,
-                arch: sif::Arch::host(),
-            };
-            let report = build::build(&opts).context("build")?;
-            println!(
-                "sifrun: built {} ({} bytes, squashfs partition {} bytes)",
-                report.output.display(),
-                report.image_size,
-                report.partition_size
-            );
-            Ok(())
-        }
+        Command::Build(a) => build_cmd::run_build(a),
+        Command::Pull(a) => build_cmd::run_pull(a),
         Command::Mount {
             image,
             dir,

@@ -71,6 +71,21 @@ pub struct ContainerArgs {
 }
 
 impl ContainerArgs {
+    /// The options for `sifrun run`: an OCI image's `WORKDIR` becomes the
+    /// working directory unless `--pwd` was given; `--no-eval` sets
+    /// `SINGULARITY_NO_EVAL=1` for the runscript (Apptainer's switch).
+    pub fn for_run(&self, image: &std::path::Path, no_eval: bool) -> ContainerArgs {
+        let mut a = self.clone();
+        if a.pwd.is_none() {
+            a.pwd = launcher::convert::config::image_workdir(image);
+        }
+        if no_eval {
+            a.env.push("SINGULARITY_NO_EVAL=1".into());
+            a.env.push("APPTAINER_NO_EVAL=1".into());
+        }
+        a
+    }
+
     fn launch(&self, image: PathBuf, action: Action) -> Result<Launch> {
         let pid_namespace = !matches!(action, Action::Hold(_));
         let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
