@@ -404,6 +404,7 @@ fn ecl_item2_joining_or_tracing_a_steps_container_changes_nothing_it_serves() {
     let d = a.user_dir();
     let img = a.image("approved.sif");
     let evil = evil_probe(d.path());
+    assert_the_bind_works_on_a_namespace_the_user_owns(d.path(), &evil);
     let t = tag();
     let mut child = spawn(
         srun_cmd(&[
@@ -466,20 +467,62 @@ fn ecl_item2_joining_or_tracing_a_steps_container_changes_nothing_it_serves() {
     assert!(problems.is_empty(), "{problems:#?}");
 }
 
-/// `sifrun exec` is unprivileged: its container is the user's own, so the
-/// user can join it and change what that one container shows; without
-/// privilege that cannot be prevented (docs/security.md: the site ECL on
-/// exec guards against mistakes, the plugin's ECL enforces). What holds: the
-/// attack stays inside that one container; a concurrent and a later exec
-/// of the approved image still run the approved bytes.
+/// The positive control of the item-2 tests: the same nsenter and bind
+/// do work against a user and mount namespace the user owns
+/// (`unshare -Urm`), so their failure on a container is the container's
+/// doing, not a broken tool.
+fn assert_the_bind_works_on_a_namespace_the_user_owns(dir: &Path, evil: &Path) {
+    let target = dir.join("control-target");
+    fs::write(&target, "original\n").unwrap();
+    let mut ns = Running(Some(
+        Command::new("unshare")
+            .args(["-Urm", "sleep", "30"])
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap(),
+    ));
+    let pid = ns.id().to_string();
+    let t = Instant::now();
+    while fs::read_link(format!("/proc/{pid}/ns/mnt")).ok()
+        == fs::read_link("/proc/self/ns/mnt").ok()
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "unshare did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let nsenter = |args: &[&str]| {
+        Command::new("nsenter")
+            .args(["--preserve-credentials", "-U", "-m", "-t", &pid, "--"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let bind = nsenter(&["/bin/busybox", "mount", "-o", "bind", s(evil), s(&target)]);
+    let seen = nsenter(&["cat", s(&target)]);
+    let _ = ns.kill();
+    let (o, e) = out_text(&seen);
+    assert!(
+        o.contains(PROBE_HACKED),
+        "the control: nsenter and bind did not work on the user's own namespace: {bind:?} {o}{e}"
+    );
+}
+
+/// Item 2 against `sifrun exec` with the site ECL: a second process of the
+/// user joins the namespaces of an exec container of the approved image
+/// (its task's and its own sifrun process's) and binds a file over
+/// /bin/probe. Denied (the mount fails): the attacked container, a
+/// concurrent one and a later one all run the approved probe.
 #[test]
-fn ecl_item2_joining_one_exec_container_changes_no_other() {
+fn ecl_item2_joining_an_exec_container_changes_nothing_it_serves() {
     let Some(a) = Attacks::for_phase("ecl") else {
         return;
     };
     let d = a.user_dir();
     let img = a.image("approved.sif");
     let evil = evil_probe(d.path());
+    assert_the_bind_works_on_a_namespace_the_user_owns(d.path(), &evil);
     let (ta, tb) = (tag(), tag());
     let mut victim = spawn(
         exec_cmd(&[s(&img), "sh", "-c", &waiting(&ta, "sh /bin/probe")]),
@@ -491,34 +534,30 @@ fn ecl_item2_joining_one_exec_container_changes_no_other() {
     );
     wait_ready(&mut victim, d.path(), &ta).expect("the approved image runs");
     wait_ready(&mut other, d.path(), &tb).expect("the approved image runs");
+    let me = my_uid();
     let mut tried = Vec::new();
-    for task in tasks_with(&ta) {
-        tried.extend(bind_over_probe(task.pid, &evil));
+    for p in procs_matching(&format!("go-{ta}")) {
+        if p.uids[0] == me && !p.cmdline.contains("nsenter") {
+            tried.extend(bind_over_probe(p.pid, &evil));
+        }
     }
+    assert!(!tried.is_empty(), "no process of the exec container found");
     go(d.path(), &ta);
     go(d.path(), &tb);
     let victim = finish(victim, Duration::from_secs(60));
     let other = finish(other, Duration::from_secs(60));
-    // The positive control of both item-2 tests: the same nsenter and bind
-    // do change what a container the user owns runs (`sifrun exec` is
-    // unprivileged; docs/admin.md), so their failure on a step is the
-    // ECL path's doing.
-    let (vo, ve) = out_text(&victim);
-    assert!(
-        vo.contains(PROBE_HACKED),
-        "the attack did not reach the user's own exec container ({tried:#?}): {vo}{ve}"
-    );
-    let (o, e) = out_text(&other);
-    assert!(
-        o.contains(PROBE_APPROVED) && !o.contains(PROBE_HACKED),
-        "{o}{e}"
-    );
     let later = exec_in(d.path(), &[s(&img), "sh", "/bin/probe"]);
-    let (o, e) = out_text(&later);
-    assert!(
-        o.contains(PROBE_APPROVED) && !o.contains(PROBE_HACKED),
-        "{o}{e}"
-    );
+    for (what, out) in [
+        ("attacked", &victim),
+        ("concurrent", &other),
+        ("later", &later),
+    ] {
+        let (o, e) = out_text(out);
+        assert!(
+            o.contains(PROBE_APPROVED) && !o.contains(PROBE_HACKED),
+            "{what} exec after the attacks ({tried:#?}): {o}{e}"
+        );
+    }
 }
 
 // ---------------------------------------------------------------- item 3
@@ -750,8 +789,10 @@ fn ecl_item5_control_the_same_files_readable_admit_only_the_approved_image() {
 // ---------------------------------------------------------------- item 6
 
 /// Compiles the decoy: it forks (vfork, cheap) until the kernel's last PID
-/// is `target - 1` or 20 s have passed, then leaves a child at the next PID
-/// that logs every catchable signal it gets; prints the child's PID.
+/// is `target - 1`, then leaves a child at the next PID that logs every
+/// catchable signal it gets, and prints the child's PID; when another
+/// process takes the PID first it goes round the PID space again, for up
+/// to 30 s (then prints 0).
 fn decoy_program(dir: &Path) -> PathBuf {
     let src = dir.join("decoy.c");
     fs::write(
@@ -769,16 +810,20 @@ static void got(int s) { int fd = open(rec, O_WRONLY | O_APPEND | O_CREAT, 0644)
 static long last(void) { long v = 0; FILE *f = fopen("/proc/sys/kernel/ns_last_pid", "r");
   if (f) { if (fscanf(f, "%ld", &v) != 1) v = 0; fclose(f); } return v; }
 int main(int argc, char **argv) {
-  long target = atol(argv[1]); rec = argv[2]; time_t end = time(0) + 20;
+  long target = atol(argv[1]); rec = argv[2]; time_t end = time(0) + 30;
   while (time(0) < end) {
     for (int i = 0; i < 64; i++) { pid_t p = vfork(); if (p == 0) _exit(0); if (p > 0) waitpid(p, 0, 0); }
-    long l = last(); if (l >= target - 65 && l < target) break; }
-  while (last() < target - 1 && last() >= target - 65) { pid_t p = vfork(); if (p == 0) _exit(0); if (p > 0) waitpid(p, 0, 0); }
-  pid_t d = fork();
-  if (d == 0) { int nul = open("/dev/null", O_RDWR); dup2(nul, 0); dup2(nul, 1); dup2(nul, 2);
-    setsid(); for (int s = 1; s < 32; s++) if (s != SIGKILL && s != SIGSTOP) signal(s, got);
-    for (;;) pause(); }
-  printf("%d\n", (int)d); return 0; }
+    long l = last(); if (l < target - 65 || l >= target) continue;
+    while (last() < target - 1 && last() >= target - 65) { pid_t p = vfork(); if (p == 0) _exit(0); if (p > 0) waitpid(p, 0, 0); }
+    if (last() != target - 1) continue;
+    pid_t d = fork();
+    if (d == 0) { int nul = open("/dev/null", O_RDWR); dup2(nul, 0); dup2(nul, 1); dup2(nul, 2);
+      setsid(); for (int s = 1; s < 32; s++) if (s != SIGKILL && s != SIGSTOP) signal(s, got);
+      for (;;) pause(); }
+    if (d == target) { printf("%d\n", (int)d); return 0; }
+    /* Another process took the PID first: go round again. */
+    if (d > 0) { kill(d, SIGKILL); waitpid(d, 0, 0); } }
+  printf("0\n"); return 0; }
 "#,
     )
     .unwrap();
@@ -1047,12 +1092,13 @@ fn ecl_item7_a_relative_pwd_never_runs_an_image_outside_image_dirs() {
 
 // ------------------------------------------------- --sif-writable-tmpfs
 
-/// `--sif-writable-tmpfs` on the ECL path: the step may write anywhere in
-/// its container (the tmpfs over the image) and sees its writes, but the
-/// writes are the step's own: a concurrent step and a later one of the
-/// approved image run the approved probe, and the root-owned image file
-/// is unchanged. Rewriting the image's files in the tmpfs changes nothing
-/// the ECL admitted.
+/// `--sif-writable-tmpfs` on the ECL path works: the task may write where
+/// the image lets it (the image's world-writable `/scratch`, read-only
+/// without the option, the positive control) and reads its writes back.
+/// It is no way around the ECL: the image's own files stay root's (writing
+/// over /bin/probe is refused), the writes are the step's own (a
+/// concurrent step of the same image sees neither), and the admitted image
+/// file is unchanged.
 #[test]
 fn ecl_writable_tmpfs_works_and_changes_nothing_the_ecl_admitted() {
     let Some(a) = Attacks::for_phase("ecl") else {
@@ -1062,13 +1108,20 @@ fn ecl_writable_tmpfs_works_and_changes_nothing_the_ecl_admitted() {
     let before = fs::read(&img).unwrap();
     let d = a.user_dir();
     let opt = format!("--sif-image={}", img.display());
+    let write = "echo written > /scratch/new && cat /scratch/new";
+    let out = srun_in(d.path(), &["-n1", &opt, "sh", "-c", write]);
+    let (o, e) = out_text(&out);
+    assert!(
+        !out.status.success() && !o.contains("written"),
+        "the control: without the option the image is read-only: {o}{e}"
+    );
     let t = tag();
-    let rewrite = format!(
-        "echo 'echo {PROBE_HACKED}' > /bin/probe && touch /new-file && ls /new-file && sh /bin/probe; {}",
+    let script = format!(
+        "{write}; echo 'echo {PROBE_HACKED}' > /bin/probe || echo probe-refused; {}",
         waiting(&t, "sh /bin/probe")
     );
     let mut writer = spawn(
-        srun_cmd(&["-n1", &opt, "--sif-writable-tmpfs", "sh", "-c", &rewrite]),
+        srun_cmd(&["-n1", &opt, "--sif-writable-tmpfs", "sh", "-c", &script]),
         d.path(),
     );
     let job = wait_ready(&mut writer, d.path(), &t).expect("the writable step runs");
@@ -1081,26 +1134,25 @@ fn ecl_writable_tmpfs_works_and_changes_nothing_the_ecl_admitted() {
             &opt,
             "--sif-writable-tmpfs",
             "sh",
-            "/bin/probe",
+            "-c",
+            "cat /scratch/new; sh /bin/probe",
         ],
     );
     go(d.path(), &t);
     let out = finish(writer, Duration::from_secs(60));
     let (o, e) = out_text(&out);
     assert!(
-        out.status.success() && o.contains("/new-file") && o.contains(PROBE_HACKED),
+        out.status.success() && o.contains("written"),
         "the writable tmpfs does not work on the ECL path: {o}{e}"
+    );
+    assert!(
+        o.contains("probe-refused") && o.contains(PROBE_APPROVED) && !o.contains(PROBE_HACKED),
+        "the tmpfs let the task replace an image file: {o}{e}"
     );
     let (co, ce) = out_text(&concurrent);
     assert!(
-        co.contains(PROBE_APPROVED) && !co.contains(PROBE_HACKED),
+        co.contains(PROBE_APPROVED) && !co.contains("written") && !co.contains(PROBE_HACKED),
         "a concurrent step saw another step's tmpfs: {co}{ce}"
-    );
-    let later = srun_in(d.path(), &["-n1", &opt, "sh", "/bin/probe"]);
-    let (lo, le) = out_text(&later);
-    assert!(
-        lo.contains(PROBE_APPROVED) && !lo.contains(PROBE_HACKED),
-        "a later step: {lo}{le}"
     );
     assert!(
         fs::read(&img).unwrap() == before,
@@ -1214,14 +1266,17 @@ fn cpu_seconds(pid: i32) -> f64 {
 const SERVER_PEAK_KIB: u64 = (64 + 64) << 10;
 
 /// Runs `script` (with busybox bound at /busybox) in `img` by `how`
-/// (exec or srun), waits until it is ready, and returns the image
-/// server's peak RSS (KiB), its CPU seconds, and the task's output.
+/// (exec or srun) and returns the image server's peak RSS (KiB), the CPU
+/// seconds it spent while the script ran, and the task's output.
 fn serve_and_measure(a: &Attacks, img: &Path, how: &str, script: &str) -> (u64, f64, String) {
     let d = a.user_dir();
-    let t = tag();
-    let body = format!(
-        "{script}; echo ${{SLURM_JOB_ID:--}} > ready-{t}; while [ ! -e go-{t} ]; do /busybox sleep 0.1; done"
-    );
+    let (t0, t) = (tag(), tag());
+    let checkpoint = |t: &str| {
+        format!(
+            "echo ${{SLURM_JOB_ID:--}} > ready-{t}; while [ ! -e go-{t} ]; do /busybox sleep 0.1; done"
+        )
+    };
+    let body = format!("{}; {script}; {}", checkpoint(&t0), checkpoint(&t));
     let cmd = match how {
         "exec" => exec_cmd(&[
             "-B",
@@ -1243,7 +1298,7 @@ fn serve_and_measure(a: &Attacks, img: &Path, how: &str, script: &str) -> (u64, 
         ]),
     };
     let mut child = spawn(cmd, d.path());
-    let job = wait_ready(&mut child, d.path(), &t);
+    let job = wait_ready(&mut child, d.path(), &t0);
     let Some(job) = job else {
         let (o, e) = out_text(&finish(child, Duration::from_secs(10)));
         panic!("{how} of {img:?} failed: {o}{e}");
@@ -1257,7 +1312,14 @@ fn serve_and_measure(a: &Attacks, img: &Path, how: &str, script: &str) -> (u64, 
                 .pid
         }
     };
-    let (peak, cpu) = (vm_hwm_kib(server), cpu_seconds(server));
+    // The server's CPU for what the script asked of it, not for its start.
+    let before = cpu_seconds(server);
+    go(d.path(), &t0);
+    assert!(
+        wait_ready(&mut child, d.path(), &t).is_some(),
+        "{how}: {script} did not finish"
+    );
+    let (peak, cpu) = (vm_hwm_kib(server), cpu_seconds(server) - before);
     go(d.path(), &t);
     let out = finish(child, Duration::from_secs(60));
     let (o, e) = out_text(&out);

@@ -83,8 +83,8 @@ const APPLETS: &[&str] = &[
     "test", "readlink",
 ];
 
-/// A root for an image: busybox, `/etc/image-marker` holding `marker`, and
-/// `/bin/probe`, a script printing [`PROBE_APPROVED`] and `marker`.
+/// A root for an image: busybox, `/etc/image-marker` holding `marker`, a
+/// world-writable `/scratch`, and `/bin/probe`, a script printing [`PROBE_APPROVED`] and `marker`.
 pub fn probe_root(dir: &Path, marker: &str) -> PathBuf {
     use std::fs;
     use std::os::unix::fs::{PermissionsExt, symlink};
@@ -96,6 +96,10 @@ pub fn probe_root(dir: &Path, marker: &str) -> PathBuf {
     for c in APPLETS {
         symlink("busybox", root.join("bin").join(c)).unwrap();
     }
+    // A directory anyone may write, as images have for scratch space
+    // (--sif-writable-tmpfs makes it writable inside).
+    fs::create_dir_all(root.join("scratch")).unwrap();
+    fs::set_permissions(root.join("scratch"), fs::Permissions::from_mode(0o1777)).unwrap();
     fs::write(root.join("etc/image-marker"), format!("{marker}\n")).unwrap();
     let probe = root.join("bin/probe");
     fs::write(
