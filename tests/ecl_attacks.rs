@@ -809,13 +809,14 @@ static void got(int s) { int fd = open(rec, O_WRONLY | O_APPEND | O_CREAT, 0644)
   char b[16]; int n = snprintf(b, sizeof b, "%d\n", s); if (fd >= 0) { write(fd, b, n); close(fd); } }
 static long last(void) { long v = 0; FILE *f = fopen("/proc/sys/kernel/ns_last_pid", "r");
   if (f) { if (fscanf(f, "%ld", &v) != 1) v = 0; fclose(f); } return v; }
+static void spin(int n) { for (int i = 0; i < n; i++) { pid_t p = vfork(); if (p == 0) _exit(0); if (p > 0) waitpid(p, 0, 0); } }
 int main(int argc, char **argv) {
   long target = atol(argv[1]); rec = argv[2]; time_t end = time(0) + 30;
+  long max = 32768; FILE *f = fopen("/proc/sys/kernel/pid_max", "r");
+  if (f) { if (fscanf(f, "%ld", &max) != 1) max = 32768; fclose(f); }
   while (time(0) < end) {
-    for (int i = 0; i < 64; i++) { pid_t p = vfork(); if (p == 0) _exit(0); if (p > 0) waitpid(p, 0, 0); }
-    long l = last(); if (l < target - 65 || l >= target) continue;
-    while (last() < target - 1 && last() >= target - 65) { pid_t p = vfork(); if (p == 0) _exit(0); if (p > 0) waitpid(p, 0, 0); }
-    if (last() != target - 1) continue;
+    long dist = ((target - 1 - last()) % max + max) % max;
+    if (dist > 0) { spin(dist > 256 ? 64 : 1); continue; }
     pid_t d = fork();
     if (d == 0) { int nul = open("/dev/null", O_RDWR); dup2(nul, 0); dup2(nul, 1); dup2(nul, 2);
       setsid(); for (int s = 1; s < 32; s++) if (s != SIGKILL && s != SIGSTOP) signal(s, got);
@@ -881,12 +882,11 @@ fn recycled_pid_is_never_signalled(a: &Attacks, img: &Path) -> Option<bool> {
             .output()
             .unwrap());
         let pid: i32 = String::from_utf8(out).unwrap().trim().parse().unwrap();
-        let guard = KillOnDrop(pid);
+        // 0: the decoy gave up (and left no child).
         if pid == h.pid {
-            decoy = Some(guard);
+            decoy = Some(KillOnDrop(pid));
         }
-        // Otherwise another process took the PID first (or the 20 s
-        // ran out): the guard kills the decoy now.
+        // Otherwise the PID stayed taken by another process for 30 s.
         eprintln!(
             "holder {} killed; decoy at its PID: {decoy:?} (got {pid})",
             h.pid
