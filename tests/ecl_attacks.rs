@@ -135,6 +135,32 @@ fn exec_cmd(args: &[&str]) -> Command {
     c
 }
 
+/// `srun -n1 --sif-image=IMG ARGS…`, not yet started.
+fn step(img: &Path, args: &[&str]) -> Command {
+    let mut c = srun_cmd(&["-n1", &format!("--sif-image={}", img.display())]);
+    c.args(args);
+    c
+}
+
+/// [`step`] in `dir` (its PWD too), run to its end.
+fn step_in(dir: &Path, img: &Path, args: &[&str]) -> Output {
+    step(img, args)
+        .current_dir(dir)
+        .env("PWD", dir)
+        .output()
+        .unwrap()
+}
+
+/// Asserts that `out` shows the approved probe's marker and never the
+/// marker of rewritten or substituted bytes.
+fn assert_approved(what: &str, out: &Output) {
+    let (o, e) = out_text(out);
+    assert!(
+        o.contains(PROBE_APPROVED) && !o.contains(PROBE_HACKED),
+        "{what}: {o}{e}"
+    );
+}
+
 /// A task script: writes its job id (or `-`) to `ready-TAG` in its cwd,
 /// waits for `go-TAG`, then runs `then`.
 fn waiting(tag: &str, then: &str) -> String {
@@ -191,6 +217,15 @@ fn step_servers(job: &str) -> Vec<Proc> {
         .into_iter()
         .filter(|p| p.cmdline.contains(&format!("{job}.")))
         .collect()
+}
+
+/// The set-up of `phase`, a fresh directory of the user's and their own
+/// unsigned image in it (with `marker`); `None` outside the phase.
+fn with_users_image(phase: &str, marker: &str) -> Option<(Attacks, tempfile::TempDir, PathBuf)> {
+    let a = Attacks::for_phase(phase)?;
+    let d = a.user_dir();
+    let img = users_image(d.path(), marker);
+    Some((a, d, img))
 }
 
 /// The user's unsigned image (user-owned, writable) with `marker`.
@@ -310,11 +345,9 @@ fn users_copy_is_refused(a: &Attacks, cmd: &dyn Fn(&Path, &str) -> Command, what
 /// above would see if the pin let the copy through.
 #[test]
 fn plain_item1_control_the_rewrite_reaches_the_task_without_a_pin() {
-    let Some(a) = Attacks::for_phase("plain") else {
+    let Some((_a, d, img)) = with_users_image("plain", "plain-image") else {
         return;
     };
-    let d = a.user_dir();
-    let img = users_image(d.path(), "plain-image");
     let (out, started) = rewrite_after_check(d.path(), &img, &|img, script| {
         exec_cmd(&[s(img), "sh", "-c", script])
     });
@@ -330,19 +363,7 @@ fn ecl_item1_a_users_copy_rewritten_after_the_check_never_runs_in_a_step() {
     let Some(a) = Attacks::for_phase("ecl") else {
         return;
     };
-    users_copy_is_refused(
-        &a,
-        &|img, script| {
-            srun_cmd(&[
-                "-n1",
-                &format!("--sif-image={}", img.display()),
-                "sh",
-                "-c",
-                script,
-            ])
-        },
-        "srun",
-    );
+    users_copy_is_refused(&a, &|img, script| step(img, &["sh", "-c", script]), "srun");
 }
 
 #[test]
@@ -407,13 +428,7 @@ fn ecl_item2_joining_or_tracing_a_steps_container_changes_nothing_it_serves() {
     assert_the_bind_works_on_a_namespace_the_user_owns(d.path(), &evil);
     let t = tag();
     let mut child = spawn(
-        srun_cmd(&[
-            "-n1",
-            &format!("--sif-image={}", img.display()),
-            "sh",
-            "-c",
-            &waiting(&t, "sh /bin/probe"),
-        ]),
+        step(&img, &["sh", "-c", &waiting(&t, "sh /bin/probe")]),
         d.path(),
     );
     let job = wait_ready(&mut child, d.path(), &t).expect("the approved image runs");
@@ -552,11 +567,7 @@ fn ecl_item2_joining_an_exec_container_changes_nothing_it_serves() {
         ("concurrent", &other),
         ("later", &later),
     ] {
-        let (o, e) = out_text(out);
-        assert!(
-            o.contains(PROBE_APPROVED) && !o.contains(PROBE_HACKED),
-            "{what} exec after the attacks ({tried:#?}): {o}{e}"
-        );
+        assert_approved(&format!("{what} exec after the attacks ({tried:#?})"), out);
     }
 }
 
@@ -580,16 +591,7 @@ fn ecl_item3_tables_past_the_signed_partition_are_never_served() {
     let d = a.user_dir();
     let t = tag();
     let ran = format!("RAN-{t}");
-    let out = srun_in(
-        d.path(),
-        &[
-            "-n1",
-            &format!("--sif-image={}", img.display()),
-            "sh",
-            "-c",
-            &format!("echo {ran}"),
-        ],
-    );
+    let out = step_in(d.path(), &img, &["sh", "-c", &format!("echo {ran}")]);
     let (o, e) = out_text(&out);
     assert!(
         !out.status.success() && !o.contains(&ran),
@@ -614,12 +616,8 @@ fn plain_item3_tables_past_the_partition_are_never_served() {
     cut_partition_before_tables(&img);
     let ran = format!("RAN-{}", tag());
     let script = format!("echo {ran}");
-    let opt = format!("--sif-image={}", img.display());
     for (what, out) in [
-        (
-            "srun",
-            srun_in(d.path(), &["-n1", &opt, "sh", "-c", &script]),
-        ),
+        ("srun", step_in(d.path(), &img, &["sh", "-c", &script])),
         ("exec", exec_in(d.path(), &[s(&img), "sh", "-c", &script])),
     ] {
         let (o, e) = out_text(&out);
@@ -645,13 +643,10 @@ fn ecl_item4_nothing_the_user_can_signal_holds_root_privilege() {
     let d = a.user_dir();
     let t = tag();
     let mut child = spawn(
-        srun_cmd(&[
-            "-n1",
-            &format!("--sif-image={}", a.image("big.sif").display()),
-            "sh",
-            "-c",
-            &waiting(&t, "sh /bin/probe"),
-        ]),
+        step(
+            &a.image("big.sif"),
+            &["sh", "-c", &waiting(&t, "sh /bin/probe")],
+        ),
         d.path(),
     );
     let mut violations = std::collections::BTreeSet::new();
@@ -680,8 +675,11 @@ fn ecl_item4_nothing_the_user_can_signal_holds_root_privilege() {
     }
     go(d.path(), &t);
     let out = finish(child, Duration::from_secs(60));
-    let (o, e) = out_text(&out);
     eprintln!("{samples} samples of /proc while the step started");
+    assert!(
+        samples > 0,
+        "the step started before /proc was sampled once"
+    );
     assert!(
         violations.is_empty(),
         "processes the user can signal with root's uid or capabilities: {violations:#?}"
@@ -690,7 +688,7 @@ fn ecl_item4_nothing_the_user_can_signal_holds_root_privilege() {
         stopped.is_empty(),
         "the user stopped root's part of the step: {stopped:#?}"
     );
-    assert!(o.contains(PROBE_APPROVED), "{o}{e}");
+    assert_approved("the big image after the sampling", &out);
 }
 
 /// Whether `pid` is in the initial user namespace (ours, as tests/run-all
@@ -733,8 +731,7 @@ fn hidden_item5_an_admin_file_the_user_cannot_read_fails_closed() {
                 "exec of {img:?} must refuse, saying the site file cannot be read: {o}{e}"
             ));
         }
-        let opt = format!("--sif-image={}", img.display());
-        let out = srun_in(d.path(), &["-n1", &opt, "sh", "-c", &script]);
+        let out = step_in(d.path(), img, &["sh", "-c", &script]);
         let (o, e) = out_text(&out);
         if out.status.success() || ran.exists() || o.contains("-image") || o.contains("unsigned") {
             problems.push(format!("a step of {img:?} ran a task: {o}{e}"));
@@ -753,20 +750,14 @@ fn hidden_item5_an_admin_file_the_user_cannot_read_fails_closed() {
 /// a step, and the approved image runs in both.
 #[test]
 fn ecl_item5_control_the_same_files_readable_admit_only_the_approved_image() {
-    let Some(a) = Attacks::for_phase("ecl") else {
+    let Some((a, d, mine)) = with_users_image("ecl", "user-unsigned") else {
         return;
     };
-    let d = a.user_dir();
-    let mine = users_image(d.path(), "user-unsigned");
     let approved = a.image("approved.sif");
     for img in [&mine, &approved] {
-        let opt = format!("--sif-image={}", img.display());
         for (how, out) in [
             ("exec", exec_in(d.path(), &[s(img), "sh", "/bin/probe"])),
-            (
-                "srun",
-                srun_in(d.path(), &["-n1", &opt, "sh", "/bin/probe"]),
-            ),
+            ("srun", step_in(d.path(), img, &["sh", "/bin/probe"])),
         ] {
             let (o, e) = out_text(&out);
             if img == &approved {
@@ -789,10 +780,11 @@ fn ecl_item5_control_the_same_files_readable_admit_only_the_approved_image() {
 // ---------------------------------------------------------------- item 6
 
 /// Compiles the decoy: it forks (vfork, cheap) until the kernel's last PID
-/// is `target - 1`, then leaves a child at the next PID that logs every
-/// catchable signal it gets, and prints the child's PID; when another
-/// process takes the PID first it goes round the PID space again, for up
-/// to 30 s (then prints 0).
+/// is close below `target`, then forks children one PID after another
+/// until one gets `target`: that one stays, logging every catchable signal
+/// it gets, the others end; prints `target`. When other processes take
+/// the PID first (a busy machine) it goes round the PID space again, for
+/// up to 40 s (then prints 0).
 fn decoy_program(dir: &Path) -> PathBuf {
     let src = dir.join("decoy.c");
     fs::write(
@@ -805,25 +797,39 @@ fn decoy_program(dir: &Path) -> PathBuf {
 #include <unistd.h>
 #include <sys/wait.h>
 static const char *rec;
-static void got(int s) { int fd = open(rec, O_WRONLY | O_APPEND | O_CREAT, 0644);
+static void got_signal(int s) { int fd = open(rec, O_WRONLY | O_APPEND | O_CREAT, 0644);
   char b[16]; int n = snprintf(b, sizeof b, "%d\n", s); if (fd >= 0) { write(fd, b, n); close(fd); } }
 static long last(void) { long v = 0; FILE *f = fopen("/proc/sys/kernel/ns_last_pid", "r");
   if (f) { if (fscanf(f, "%ld", &v) != 1) v = 0; fclose(f); } return v; }
 static void spin(int n) { for (int i = 0; i < n; i++) { pid_t p = vfork(); if (p == 0) _exit(0); if (p > 0) waitpid(p, 0, 0); } }
 int main(int argc, char **argv) {
-  long target = atol(argv[1]); rec = argv[2]; time_t end = time(0) + 30;
+  long target = atol(argv[1]); rec = argv[2]; time_t end = time(0) + 40;
   long max = 32768; FILE *f = fopen("/proc/sys/kernel/pid_max", "r");
   if (f) { if (fscanf(f, "%ld", &max) != 1) max = 32768; fclose(f); }
   while (time(0) < end) {
     long dist = ((target - 1 - last()) % max + max) % max;
-    if (dist > 0) { spin(dist > 256 ? 64 : 1); continue; }
-    pid_t d = fork();
-    if (d == 0) { int nul = open("/dev/null", O_RDWR); dup2(nul, 0); dup2(nul, 1); dup2(nul, 2);
-      setsid(); for (int s = 1; s < 32; s++) if (s != SIGKILL && s != SIGSTOP) signal(s, got);
-      for (;;) pause(); }
-    if (d == target) { printf("%d\n", (int)d); return 0; }
-    /* Another process took the PID first: go round again. */
-    if (d > 0) { kill(d, SIGKILL); waitpid(d, 0, 0); } }
+    if (dist > 200) { spin(64); continue; }
+    /* Close by: fork children that stay until released, one PID after
+       another, past the target; the one that gets it stays as the decoy. */
+    int fds[2]; if (pipe(fds)) return 1;
+    pid_t kids[300]; int n = 0, got = 0;
+    while (n < 300) {
+      pid_t p = fork();
+      if (p == 0) {
+        close(fds[1]);
+        if (getpid() == target) { close(fds[0]); int nul = open("/dev/null", O_RDWR); dup2(nul, 0); dup2(nul, 1); dup2(nul, 2);
+          setsid(); for (int s = 1; s < 32; s++) if (s != SIGKILL && s != SIGSTOP) signal(s, got_signal);
+          for (;;) pause(); }
+        char c; if (read(fds[0], &c, 1) < 0) _exit(1); _exit(0); }
+      if (p < 0) break;
+      if (p == target) { got = 1; break; }
+      kids[n++] = p;
+      long past = ((p - target) % max + max) % max;
+      if (past < max / 2) break;
+    }
+    close(fds[0]); close(fds[1]);
+    for (int i = 0; i < n; i++) waitpid(kids[i], 0, 0);
+    if (got) { printf("%ld\n", target); return 0; } }
   printf("0\n"); return 0; }
 "#,
     )
@@ -846,13 +852,14 @@ fn recycled_pid_is_never_signalled(a: &Attacks, img: &Path) -> Option<bool> {
     let d = a.user_dir();
     let t = tag();
     let mut child = spawn(
-        srun_cmd(&[
-            "-n1",
-            &format!("--sif-image={}", img.display()),
-            "sh",
-            "-c",
-            &format!("echo $SLURM_JOB_ID > ready-{t}; exec sleep 120"),
-        ]),
+        step(
+            img,
+            &[
+                "sh",
+                "-c",
+                &format!("echo $SLURM_JOB_ID > ready-{t}; exec sleep 120"),
+            ],
+        ),
         d.path(),
     );
     let job = wait_ready(&mut child, d.path(), &t).expect("the image runs");
@@ -934,11 +941,9 @@ fn ecl_item6_no_process_of_the_step_is_the_users_to_kill() {
 /// nothing).
 #[test]
 fn plain_item6_root_never_signals_a_recycled_holder_pid() {
-    let Some(a) = Attacks::for_phase("plain") else {
+    let Some((a, _dir, img)) = with_users_image("plain", "plain-image") else {
         return;
     };
-    let d = a.user_dir();
-    let img = users_image(d.path(), "plain-image");
     let landed = (0..3).any(|_| {
         recycled_pid_is_never_signalled(&a, &img).expect("the unprivileged path has a holder")
     });
@@ -987,11 +992,10 @@ fn ecl_item7_a_flipping_link_never_runs_an_image_outside_image_dirs() {
     let link = d.path().join("flip.sif");
     std::os::unix::fs::symlink(a.image("approved.sif"), &link).unwrap();
     let (stop, h) = flipper(link.clone(), a.image("approved.sif"), a.outside());
-    let opt = format!("--sif-image={}", link.display());
     let mut approved = 0;
     let mut outside = Vec::new();
     for _ in 0..20 {
-        let out = srun_in(d.path(), &["-n1", &opt, "cat", "/etc/image-marker"]);
+        let out = step_in(d.path(), &link, &["cat", "/etc/image-marker"]);
         let (o, e) = out_text(&out);
         if o.contains("outside-image-dirs") {
             outside.push(e);
@@ -1013,11 +1017,9 @@ fn ecl_item7_a_flipping_link_never_runs_an_image_outside_image_dirs() {
 /// the approved image and the user's unsigned one.
 #[test]
 fn ecl_item7_a_flipping_link_never_runs_an_unsigned_image_in_exec() {
-    let Some(a) = Attacks::for_phase("ecl") else {
+    let Some((a, d, mine)) = with_users_image("ecl", "user-unsigned") else {
         return;
     };
-    let d = a.user_dir();
-    let mine = users_image(d.path(), "user-unsigned");
     let link = d.path().join("flip.sif");
     std::os::unix::fs::symlink(a.image("approved.sif"), &link).unwrap();
     let (stop, h) = flipper(link.clone(), a.image("approved.sif"), mine);
@@ -1109,7 +1111,7 @@ fn ecl_writable_tmpfs_works_and_changes_nothing_the_ecl_admitted() {
     let d = a.user_dir();
     let opt = format!("--sif-image={}", img.display());
     let write = "echo written > /scratch/new && cat /scratch/new";
-    let out = srun_in(d.path(), &["-n1", &opt, "sh", "-c", write]);
+    let out = step_in(d.path(), &img, &["sh", "-c", write]);
     let (o, e) = out_text(&out);
     assert!(
         !out.status.success() && !o.contains("written"),
@@ -1162,17 +1164,14 @@ fn ecl_writable_tmpfs_works_and_changes_nothing_the_ecl_admitted() {
 
 #[test]
 fn plain_item7_max_binds_counts_every_bind_of_a_comma_list() {
-    let Some(a) = Attacks::for_phase("plain") else {
+    let Some((_a, d, img)) = with_users_image("plain", "plain-image") else {
         return;
     };
-    let d = a.user_dir();
-    let img = users_image(d.path(), "plain-image");
     let marker = d.path().join("ran-on-host");
-    let out = srun_in(
+    let out = step_in(
         d.path(),
+        &img,
         &[
-            "-n1",
-            &format!("--sif-image={}", img.display()),
             "--sif-bind=/etc:/a,/usr:/b,/var:/c",
             "sh",
             "-c",
@@ -1187,15 +1186,10 @@ fn plain_item7_max_binds_counts_every_bind_of_a_comma_list() {
     assert!(e.contains("bind"), "no reason naming the binds: {e}");
     assert!(!marker.exists(), "a task ran");
     // One bind is allowed: the limit is what refused.
-    let out = srun_in(
+    let out = step_in(
         d.path(),
-        &[
-            "-n1",
-            &format!("--sif-image={}", img.display()),
-            "--sif-bind=/etc:/a",
-            "cat",
-            "/etc/image-marker",
-        ],
+        &img,
+        &["--sif-bind=/etc:/a", "cat", "/etc/image-marker"],
     );
     let (o, e) = out_text(&out);
     assert!(o.contains("plain-image"), "one bind: {o}{e}");
@@ -1287,15 +1281,16 @@ fn serve_and_measure(a: &Attacks, img: &Path, how: &str, script: &str) -> (u64, 
             "-c",
             &body,
         ]),
-        _ => srun_cmd(&[
-            "-n1",
-            &format!("--sif-image={}", img.display()),
-            "--sif-bind=/bin/busybox:/busybox",
-            "/busybox",
-            "sh",
-            "-c",
-            &body,
-        ]),
+        _ => step(
+            img,
+            &[
+                "--sif-bind=/bin/busybox:/busybox",
+                "/busybox",
+                "sh",
+                "-c",
+                &body,
+            ],
+        ),
     };
     let mut child = spawn(cmd, d.path());
     let job = wait_ready(&mut child, d.path(), &t0);
@@ -1408,11 +1403,10 @@ fn trusted_item9_untrusted_plugstack_paths_refuse_the_step() {
         fs::rename(&evil, &launcher).unwrap();
     }
     let task_ran = d.path().join("task-ran");
-    let out = srun_in(
+    let out = step_in(
         d.path(),
+        &a.image("approved.sif"),
         &[
-            "-n1",
-            &format!("--sif-image={}", a.image("approved.sif").display()),
             "sh",
             "-c",
             &format!("touch {}; cat /etc/image-marker", task_ran.display()),
@@ -1459,15 +1453,7 @@ fn mounts_in(a: &Attacks, img: &Path) {
     let d = a.user_dir();
     let out = exec_in(d.path(), &[s(img), "cat", "/proc/self/mountinfo"]);
     assert_mounts_safe("exec", &out);
-    let out = srun_in(
-        d.path(),
-        &[
-            "-n1",
-            &format!("--sif-image={}", img.display()),
-            "cat",
-            "/proc/self/mountinfo",
-        ],
-    );
+    let out = step_in(d.path(), img, &["cat", "/proc/self/mountinfo"]);
     assert_mounts_safe("srun", &out);
 }
 
@@ -1481,21 +1467,18 @@ fn ecl_item10_every_mount_is_nosuid_nodev() {
 
 #[test]
 fn plain_item10_every_mount_is_nosuid_nodev() {
-    let Some(a) = Attacks::for_phase("plain") else {
+    let Some((a, _dir, img)) = with_users_image("plain", "plain-image") else {
         return;
     };
-    let d = a.user_dir();
-    mounts_in(&a, &users_image(d.path(), "plain-image"));
+    mounts_in(&a, &img);
 }
 
 /// `sifrun mount` applies the site ECL as exec does.
 #[test]
 fn ecl_item10_sifrun_mount_refuses_an_image_the_ecl_denies() {
-    let Some(a) = Attacks::for_phase("ecl") else {
+    let Some((_a, d, mine)) = with_users_image("ecl", "user-unsigned") else {
         return;
     };
-    let d = a.user_dir();
-    let mine = users_image(d.path(), "user-unsigned");
     let dir = d.path().join("mnt");
     fs::create_dir(&dir).unwrap();
     let mut child = Command::new(sifrun_bin())
