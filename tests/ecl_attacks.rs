@@ -642,6 +642,10 @@ fn ecl_item4_nothing_the_user_can_signal_holds_root_privilege() {
     let me = my_uid();
     let d = a.user_dir();
     let t = tag();
+    // Only the processes started from here on are sampled, so that a
+    // sample takes a millisecond and a short window (the holder between
+    // its exec and taking root) is caught.
+    let before: std::collections::HashSet<i32> = all_pids().into_iter().collect();
     let mut child = spawn(
         step(
             &a.image("big.sif"),
@@ -657,7 +661,8 @@ fn ecl_item4_nothing_the_user_can_signal_holds_root_privilege() {
     while !ready.exists() && child.try_wait().unwrap().is_none() {
         assert!(started.elapsed() < Duration::from_secs(60), "no task ran");
         samples += 1;
-        for p in procs_matching("") {
+        let new = all_pids().into_iter().filter(|pid| !before.contains(pid));
+        for p in new.filter_map(proc_info) {
             let mine = p.uids[0] == me || p.uids[2] == me;
             let nobody = p.uids.contains(&65534);
             // Capabilities count in the initial user namespace only (in

@@ -244,14 +244,21 @@ pub fn proc_info(pid: i32) -> Option<Proc> {
     })
 }
 
-/// Every process whose command line contains `needle`.
-pub fn procs_matching(needle: &str) -> Vec<Proc> {
+/// The PIDs /proc lists now, but this process's.
+pub fn all_pids() -> Vec<i32> {
     let me = std::process::id() as i32;
     std::fs::read_dir("/proc")
         .unwrap()
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
         .filter(|&pid| pid != me)
+        .collect()
+}
+
+/// Every process whose command line contains `needle`.
+pub fn procs_matching(needle: &str) -> Vec<Proc> {
+    all_pids()
+        .into_iter()
         .filter_map(proc_info)
         .filter(|p| p.cmdline.contains(needle))
         .collect()
