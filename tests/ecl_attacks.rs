@@ -679,7 +679,16 @@ fn ecl_item4_nothing_the_user_can_signal_holds_root_privilege() {
             let step_part = p.cmdline.contains("slurm-hold") || p.cmdline.starts_with("slurmstepd");
             if step_part && !mine && kill("STOP", p.pid).status.success() {
                 let _ = kill("CONT", p.pid);
-                stopped.insert(format!("{p:?}"));
+                // A child of slurmstepd that has just become the user's
+                // task may be stopped (its uids were read before it
+                // dropped to the user); root's part may not: a process
+                // that is not the user's after the signal counts. (One
+                // that was the user's and took root afterwards is what
+                // the check above finds.)
+                let now = proc_info(p.pid);
+                if now.is_some_and(|q| q.uids[0] != me && q.uids[2] != me) {
+                    stopped.insert(format!("{p:?}"));
+                }
             }
         }
     }
