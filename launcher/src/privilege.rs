@@ -27,14 +27,37 @@ pub fn drop_to_effective_user() -> io::Result<()> {
     Ok(())
 }
 
+/// The job user of an ECL step's holder: the plugin starts it as root (all
+/// uids 0, so that the user can never signal it) and names the user in
+/// [`slurm_conf::protocol::HOLD_USER_ENV`]; a holder started with the
+/// user's effective uid (an older plugin) is that user.
+fn job_user() -> io::Result<crate::privileged::UserCreds> {
+    if !geteuid().is_root() {
+        return Ok(crate::privileged::UserCreds::current());
+    }
+    let bad = || {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "started as root without a valid {}",
+                slurm_conf::protocol::HOLD_USER_ENV
+            ),
+        )
+    };
+    let value = std::env::var(slurm_conf::protocol::HOLD_USER_ENV).map_err(|_| bad())?;
+    let (uid, gid, groups) = slurm_conf::protocol::decode_hold_user(&value).ok_or_else(bad)?;
+    Ok(crate::privileged::UserCreds { uid, gid, groups })
+}
+
 /// The privileged (ECL) path of a Slurm step: slurmstepd started the
-/// holder with root's real uid and the job user's effective uid; take
+/// holder with root's real uid (and the job user's effective uid, or root's
+/// with the user named in the environment: see [`job_user`]); take
 /// root back entirely (real, effective and saved uid and gid 0, so that
 /// no process of the user's may signal it), drop the user's groups and
 /// stay non-dumpable (nobody may trace it). Returns the user's identity,
 /// for the children that act as the user.
 pub fn become_root() -> io::Result<crate::privileged::UserCreds> {
-    let user = crate::privileged::UserCreds::current();
+    let user = job_user()?;
     if !getuid().is_root() {
         return Err(io::Error::new(
             io::ErrorKind::PermissionDenied,

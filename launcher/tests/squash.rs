@@ -374,91 +374,12 @@ fn hostile_sizes_are_refused_without_allocating() {
     }
 }
 
-#[path = "squash/craft.rs"]
+// The crafting helpers are shared with the end-to-end suites.
+#[path = "../../tests/src/craft.rs"]
+#[allow(dead_code)]
 mod craft;
 
-use craft::{BLOCK, FILE, NOT_SET, Sb, W};
-
-/// 8 KiB metadata blocks of zeros that compress about 480 times, behind a
-/// valid root: the inode and directory tables inflate to a gigabyte each
-/// (n = 120,000 gives a 4 MB image); a file's block list runs on into them
-/// (4 Mi sparse blocks); the superblock declares 2^32 - 1 inodes.
-fn zeros_image(n: usize) -> Vec<u8> {
-    let mut w = W::new();
-    let data = w.pos();
-    w.b.extend_from_slice(b"hello");
-    let names = craft::listing(&[(b"big".to_vec(), 68, 2, FILE), (b"f".to_vec(), 32, 1, FILE)]);
-    let inode_table = w.pos();
-    let mut block0 = craft::dir_inode(3, 0, 0, names.len() as u32);
-    block0.extend(craft::file_inode(
-        1,
-        data as u32,
-        (u32::MAX, 0),
-        5,
-        &[5 | 1 << 24],
-    ));
-    block0.extend(craft::ext_file_inode(2, 0, (1u64 << 22) * u64::from(BLOCK)));
-    block0.resize(8192, 0);
-    w.meta(&block0);
-    w.zero_blocks(n);
-    let dir_table = w.pos();
-    let mut d = names;
-    d.resize(8192, 0);
-    w.meta(&d);
-    w.zero_blocks(n);
-    let id_table = w.ids();
-    let bytes_used = w.pos();
-    w.finish(Sb {
-        inode_count: u32::MAX,
-        frag_count: 0,
-        root: 0,
-        bytes_used,
-        id_table,
-        inode_table,
-        dir_table,
-        frag_table: NOT_SET,
-        export_table: NOT_SET,
-    })
-}
-
-/// A fragment table of `count` entries whose index repeats one pointer
-/// (a 1 MB index for 64 Mi fragments); the file is sparse past its tables.
-/// Returns the bytes and the length the file must have.
-fn fragments_image(count: u32) -> (Vec<u8>, u64) {
-    let mut w = W::new();
-    let data = w.pos();
-    w.b.extend_from_slice(b"tail!tail!");
-    let inode_table = w.pos();
-    let names = craft::listing(&[(b"t".to_vec(), 32, 1, FILE)]);
-    let mut block0 = craft::dir_inode(2, 0, 0, names.len() as u32);
-    block0.extend(craft::file_inode(1, 0, (count - 1, 0), 10, &[]));
-    w.meta(&block0);
-    let dir_table = w.pos();
-    w.meta(&names);
-    let mut entries = Vec::new();
-    for _ in 0..512 {
-        entries.extend_from_slice(&data.to_le_bytes());
-        entries.extend_from_slice(&(10u32 | 1 << 24).to_le_bytes());
-        entries.extend_from_slice(&0u32.to_le_bytes());
-    }
-    let block = w.meta(&entries)[0];
-    let frag_table = w.pos();
-    w.u64s(std::iter::repeat_n(block, (count as usize).div_ceil(512)));
-    let id_table = w.ids();
-    let len = u64::from(count) + 4096;
-    let bytes = w.finish(Sb {
-        inode_count: 2,
-        frag_count: count,
-        root: 0,
-        bytes_used: len,
-        id_table,
-        inode_table,
-        dir_table,
-        frag_table,
-        export_table: NOT_SET,
-    });
-    (bytes, len)
-}
+use craft::{FILE, NOT_SET, Sb, W, fragments_image, zeros_image};
 
 fn vm_hwm_kib() -> u64 {
     let status = fs::read_to_string("/proc/self/status").unwrap();
@@ -557,38 +478,7 @@ fn thread_cpu() -> std::time::Duration {
 #[test]
 fn readdir_of_200k_names_is_linear() {
     let n = 200_000u32;
-    let mut w = W::new();
-    let data = w.pos();
-    w.b.push(b'x');
-    let entries: Vec<_> = (0..n)
-        .map(|i| (format!("f{i:06}").into_bytes(), 40u16, 1u32, FILE))
-        .collect();
-    let names = craft::listing(&entries);
-    let inode_table = w.pos();
-    let mut block0 = craft::ext_dir_inode(2, 0, 0, names.len() as u32);
-    block0.extend(craft::file_inode(
-        1,
-        data as u32,
-        (u32::MAX, 0),
-        1,
-        &[1 | 1 << 24],
-    ));
-    w.meta(&block0);
-    let dir_table = w.pos();
-    w.meta(&names);
-    let id_table = w.ids();
-    let bytes_used = w.pos();
-    let img = w.finish(Sb {
-        inode_count: 2,
-        frag_count: 0,
-        root: 0,
-        bytes_used,
-        id_table,
-        inode_table,
-        dir_table,
-        frag_table: NOT_SET,
-        export_table: NOT_SET,
-    });
+    let img = craft::wide_image(n);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("wide.img");
     fs::write(&path, img).unwrap();
@@ -633,7 +523,7 @@ fn readdir_of_200k_names_is_linear() {
 /// id table (with `bytes_used` claiming them). Returns the file's bytes
 /// and the partition's length.
 fn trailing_image(ids_outside: bool) -> (Vec<u8>, u64) {
-    let mut w = W::new();
+    let mut w = W::default();
     let names = craft::listing(&[(b"f".to_vec(), 32, 1, FILE)]);
     let inode_table = w.pos();
     let mut block0 = craft::dir_inode(2, 0, 0, names.len() as u32);
@@ -656,7 +546,6 @@ fn trailing_image(ids_outside: bool) -> (Vec<u8>, u64) {
         inode_table,
         dir_table,
         frag_table: NOT_SET,
-        export_table: NOT_SET,
     });
     let secret = img.len() as u32;
     img.extend_from_slice(b"SECRET");

@@ -32,6 +32,35 @@ pub const VERSION: u32 = 1;
 /// The most bytes a request may have (the job's environment dominates).
 pub const MAX_REQUEST: u64 = 64 << 20;
 
+/// The environment variable naming the job user (`UID:GID:G1,G2,…`) to a
+/// holder of an ECL step. Such a holder is started with root's real,
+/// effective and saved uid (so that no process of the user's may signal it
+/// from its first instruction, issue 12 item 4); it acts as the user only
+/// in the children it drops to that identity. Only root can start a
+/// process with euid 0, so the variable is the plugin's.
+pub const HOLD_USER_ENV: &str = "SIFRUN_HOLD_USER";
+
+/// The value of [`HOLD_USER_ENV`] for `uid`, `gid` and `groups`.
+pub fn encode_hold_user(uid: u32, gid: u32, groups: &[u32]) -> String {
+    let groups: Vec<String> = groups.iter().map(u32::to_string).collect();
+    format!("{uid}:{gid}:{}", groups.join(","))
+}
+
+/// Reads a [`HOLD_USER_ENV`] value: `(uid, gid, groups)`.
+pub fn decode_hold_user(value: &str) -> Option<(u32, u32, Vec<u32>)> {
+    let mut parts = value.splitn(3, ':');
+    let uid = parts.next()?.parse().ok()?;
+    let gid = parts.next()?.parse().ok()?;
+    let groups = match parts.next()? {
+        "" => Vec::new(),
+        list => list
+            .split(',')
+            .map(|g| g.parse().ok())
+            .collect::<Option<Vec<u32>>>()?,
+    };
+    Some((uid, gid, groups))
+}
+
 /// A message that could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum ProtocolError {
@@ -405,6 +434,22 @@ mod tests {
             "{\"version\":1,\"outcome\":{}}",
         ] {
             assert!(Report::decode_line(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn hold_user_round_trips_and_rejects_garbage() {
+        assert_eq!(
+            encode_hold_user(1001, 1002, &[1002, 27]),
+            "1001:1002:1002,27"
+        );
+        assert_eq!(
+            decode_hold_user("1001:1002:1002,27"),
+            Some((1001, 1002, vec![1002, 27]))
+        );
+        assert_eq!(decode_hold_user("1001:1002:"), Some((1001, 1002, vec![])));
+        for bad in ["", "1001", "1001:1002", "x:1:", "1:2:3,,4", "-1:2:"] {
+            assert_eq!(decode_hold_user(bad), None, "{bad}");
         }
     }
 }

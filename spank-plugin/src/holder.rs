@@ -60,13 +60,18 @@ pub fn start(
             launcher: launcher.to_owned(),
             source,
         })?;
-    let mut child = Command::new(launcher)
+    let mut command = Command::new(launcher);
+    command
         .arg("slurm-hold")
         .arg(format!("--slurm-step={}", request.step))
         .arg(&request.image)
         .current_dir(cwd)
         .env_clear()
-        .env("PATH", holder_path(std::env::current_exe().ok().as_deref()))
+        .env("PATH", holder_path(std::env::current_exe().ok().as_deref()));
+    if request.ecl_config.is_some() {
+        as_root_for(&mut command);
+    }
+    let mut child = command
         .stdin(Stdio::from(OwnedFd::from(theirs)))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -115,6 +120,30 @@ pub fn start(
             })
         }
     }
+}
+
+/// An ECL step's holder starts as root for good (issue 12 item 4):
+/// slurmstepd's user_init has root's real uid and the user's effective
+/// uid, and exec would make the user's uid the saved one, letting the user
+/// signal the holder until it took root back. `setuid(0)` in the child
+/// (real uid 0 allows it) makes exec keep uid 0 everywhere; the user's
+/// identity, which the holder's children take, goes in
+/// [`slurm_conf::protocol::HOLD_USER_ENV`].
+fn as_root_for(command: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    let groups: Vec<u32> = nix::unistd::getgroups()
+        .unwrap_or_default()
+        .into_iter()
+        .map(nix::unistd::Gid::as_raw)
+        .collect();
+    let user = slurm_conf::protocol::encode_hold_user(
+        nix::unistd::geteuid().as_raw(),
+        nix::unistd::getegid().as_raw(),
+        &groups,
+    );
+    command
+        .env(slurm_conf::protocol::HOLD_USER_ENV, user)
+        .uid(0);
 }
 
 fn send_all(sock: &std::os::unix::net::UnixStream, bytes: &[u8]) {

@@ -83,8 +83,8 @@ const APPLETS: &[&str] = &[
     "test", "readlink",
 ];
 
-/// A root for an image: busybox, `/etc/image-marker` holding `marker`, and
-/// `/bin/probe`, a script printing [`PROBE_APPROVED`] and `marker`.
+/// A root for an image: busybox, `/etc/image-marker` holding `marker`, a
+/// world-writable `/scratch`, and `/bin/probe`, a script printing [`PROBE_APPROVED`] and `marker`.
 pub fn probe_root(dir: &Path, marker: &str) -> PathBuf {
     use std::fs;
     use std::os::unix::fs::{PermissionsExt, symlink};
@@ -96,6 +96,10 @@ pub fn probe_root(dir: &Path, marker: &str) -> PathBuf {
     for c in APPLETS {
         symlink("busybox", root.join("bin").join(c)).unwrap();
     }
+    // A directory anyone may write, as images have for scratch space
+    // (--sif-writable-tmpfs makes it writable inside).
+    fs::create_dir_all(root.join("scratch")).unwrap();
+    fs::set_permissions(root.join("scratch"), fs::Permissions::from_mode(0o1777)).unwrap();
     fs::write(root.join("etc/image-marker"), format!("{marker}\n")).unwrap();
     let probe = root.join("bin/probe");
     fs::write(
@@ -240,14 +244,21 @@ pub fn proc_info(pid: i32) -> Option<Proc> {
     })
 }
 
-/// Every process whose command line contains `needle`.
-pub fn procs_matching(needle: &str) -> Vec<Proc> {
+/// The PIDs /proc lists now, but this process's.
+pub fn all_pids() -> Vec<i32> {
     let me = std::process::id() as i32;
     std::fs::read_dir("/proc")
         .unwrap()
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
         .filter(|&pid| pid != me)
+        .collect()
+}
+
+/// Every process whose command line contains `needle`.
+pub fn procs_matching(needle: &str) -> Vec<Proc> {
+    all_pids()
+        .into_iter()
         .filter_map(proc_info)
         .filter(|p| p.cmdline.contains(needle))
         .collect()

@@ -1,7 +1,11 @@
-//! A tiny squashfs writer for hostile images (issue 12 item 8): exact
-//! control over every table, which mksquashfs would never produce. Metadata
-//! is stored uncompressed, except the zero-filled blocks, which are one
-//! fixed zstd frame that inflates 8 KiB from 17 bytes.
+//! A tiny squashfs writer for hostile images (issue 12 items 3 and 8):
+//! exact control over every table, which mksquashfs would never produce.
+//! Metadata is stored uncompressed, except the zero-filled blocks, which are
+//! one fixed zstd frame that inflates 8 KiB from 17 bytes.
+//!
+//! The one copy: the end-to-end suites use it as `sifrun_tests::craft`, the
+//! launcher's squashfs reader tests (launcher/tests/squash.rs) include this
+//! file by path.
 
 /// The block size of crafted images.
 pub const BLOCK: u32 = 4096;
@@ -70,6 +74,13 @@ impl W {
                 at
             })
             .collect()
+    }
+
+    /// Writes `data` (at most 8 KiB) as one uncompressed metadata block;
+    /// returns where it starts (its 2-byte header, then `data` verbatim).
+    pub fn meta_uncompressed(&mut self, data: &[u8]) -> u64 {
+        assert!(data.len() <= META, "one metadata block holds 8 KiB");
+        self.meta(data)[0]
     }
 
     /// `n` metadata blocks of 8 KiB of zeros (19 bytes each on disk).
