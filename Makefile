@@ -55,3 +55,14 @@ uninstall:
 	rm -f $(DESTDIR)$(BINDIR)/sifrun $(DESTDIR)$(PLUGINDIR)/libspank_sifrun.so
 
 .PHONY: all plugin install uninstall plugin-path
+
+# Debian package for the Slurm SLURM names, or Debian's without SLURM=
+# (packaging/make-deb, dpkg-deb): target/deb/sifrun-slurm<series>_<version>_<arch>.deb
+# with /usr/bin/sifrun, the plugin in PLUGINDIR, a commented
+# /etc/slurm/plugstack.conf.d/sifrun.conf and the docs (docs/admin.md, Install).
+DEBDIR ?= target/deb
+
+deb: all
+	packaging/make-deb "$(SLURM)" "$(PLUGINDIR)" "$(TARGETDIR)/release/libspank_sifrun.so" target/release/sifrun "$(DEBDIR)"
+
+.PHONY: deb
