@@ -143,3 +143,31 @@ fn an_untrusted_runtime_dir_fails_a_container_step() {
     assert!(p.holder.is_none());
     p.task_init(&Fake::remote()).unwrap();
 }
+
+/// A job epilog under a configuration it cannot trust logs the cause and
+/// succeeds: a failed job epilog drains the node (found live on 25.11),
+/// and the steps that configuration governed have already failed closed.
+#[test]
+fn an_untrusted_admin_file_never_fails_the_job_epilog() {
+    let t = crate::fake::scratch();
+    let open = t.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    chmod(&open, 0o777);
+    let admin = open.join("admin.toml");
+    std::fs::write(&admin, "[users]\nmax_binds = 1\n").unwrap();
+    chmod(&admin, 0o644);
+    let args = [format!("config={}", admin.display())];
+    let mut p = Plugin::new(Some(my_uid()));
+    let mut sp = Fake::remote();
+    sp.job_id = Some(4242);
+    sp.job_uid = Some(my_uid());
+    p.job_epilog(&sp, &args).unwrap();
+    let log = sp.log.borrow();
+    assert!(
+        log.iter()
+            .any(|l| l.starts_with("error: sifrun: job 4242 epilog: ")
+                && l.contains(&format!("{}: mode 0777", open.display()))
+                && l.ends_with("records ignored")),
+        "{log:?}"
+    );
+}

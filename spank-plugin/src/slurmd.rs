@@ -12,6 +12,11 @@ impl Plugin {
     /// `slurm_spank_job_epilog` (slurmd, as root, when the job ends on this
     /// node): kills every holder of the job that is still there and drops the
     /// job's records.
+    ///
+    /// Never fails: a configuration it cannot trust is logged as an error
+    /// and the sweep still runs by command line. A failed job epilog drains
+    /// the node (Slurm 25.11 does it at once), and the steps that
+    /// configuration governed have already failed closed in slurmstepd.
     pub fn job_epilog(
         &mut self,
         sp: &dyn Spank,
@@ -21,7 +26,10 @@ impl Plugin {
         // A broken configuration still sweeps (by command line only).
         let taken = self.take_plugstack_args(plugstack_args);
         let (Some(job), Some(uid)) = (sp.job_id(), sp.job_uid()) else {
-            return taken;
+            if let Err(e) = &taken {
+                sp.error(&format!("sifrun: job epilog: {e}"));
+            }
+            return Ok(());
         };
         let dir = self.settings.runtime_dir();
         // Root removes files there: not in a directory others may change.
@@ -31,7 +39,7 @@ impl Plugin {
         }) {
             Ok(()) => Some(dir.as_path()),
             Err(e) => {
-                sp.info(&format!("sifrun: job {job} epilog: {e}; records ignored"));
+                sp.error(&format!("sifrun: job {job} epilog: {e}; records ignored"));
                 None
             }
         };
@@ -56,7 +64,7 @@ impl Plugin {
                 "sifrun: job {job} epilog: killed leftover container holders {killed:?}"
             ));
         }
-        taken
+        Ok(())
     }
 }
 
