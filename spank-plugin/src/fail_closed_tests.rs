@@ -19,10 +19,10 @@ fn chmod(p: &Path, mode: u32) {
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
 }
 
-/// Slurm 22.05 runs the step after a failed remote init, without the
-/// options init did not register: the task would run on the host.
-#[test]
-fn an_untrusted_admin_file_fails_every_task_in_slurmstepd() {
+/// An admin file in a directory anyone may write (0777): the scratch
+/// directory (keep it alive), that directory, and the plugstack arguments
+/// naming the file.
+fn untrusted_admin_file() -> (tempfile::TempDir, std::path::PathBuf, [String; 1]) {
     let t = crate::fake::scratch();
     let open = t.path().join("open");
     std::fs::create_dir(&open).unwrap();
@@ -31,6 +31,14 @@ fn an_untrusted_admin_file_fails_every_task_in_slurmstepd() {
     std::fs::write(&admin, "[users]\nmax_binds = 1\n").unwrap();
     chmod(&admin, 0o644);
     let args = [format!("config={}", admin.display())];
+    (t, open, args)
+}
+
+/// Slurm 22.05 runs the step after a failed remote init, without the
+/// options init did not register: the task would run on the host.
+#[test]
+fn an_untrusted_admin_file_fails_every_task_in_slurmstepd() {
+    let (_scratch, open, args) = untrusted_admin_file();
     for image in [Some("/i.sif"), None] {
         let mut p = Plugin::new(Some(my_uid()));
         let sp = Fake::remote();
@@ -149,14 +157,7 @@ fn an_untrusted_runtime_dir_fails_a_container_step() {
 /// and the steps that configuration governed have already failed closed.
 #[test]
 fn an_untrusted_admin_file_never_fails_the_job_epilog() {
-    let t = crate::fake::scratch();
-    let open = t.path().join("open");
-    std::fs::create_dir(&open).unwrap();
-    chmod(&open, 0o777);
-    let admin = open.join("admin.toml");
-    std::fs::write(&admin, "[users]\nmax_binds = 1\n").unwrap();
-    chmod(&admin, 0o644);
-    let args = [format!("config={}", admin.display())];
+    let (_scratch, open, args) = untrusted_admin_file();
     let mut p = Plugin::new(Some(my_uid()));
     let mut sp = Fake::remote();
     sp.job_id = Some(4242);
