@@ -4,7 +4,8 @@
 //! (whiteouts, hard links, symlinked parents, path safety) and Apptainer's
 //! `/.singularity.d` layout generated from an image config.
 //!
-//! Nothing here touches the network or the filesystem; the launcher
+//! Nothing here touches the network or the filesystem, except the
+//! registry client behind the feature `net` ([`registry`]); the launcher
 //! orchestrates the conversion (see `docs/architecture.md`). How the
 //! pieces fit (`notes-coord/oci-design.md` §3.4):
 //!
@@ -34,11 +35,14 @@
 #![warn(clippy::too_many_lines)]
 
 pub mod apptainer;
+pub mod auth;
 pub mod digest;
 pub mod layout;
 pub mod manifest;
 pub mod media;
 pub mod platform;
 pub mod reference;
+#[cfg(feature = "net")]
+pub mod registry;
 pub mod tar;
 pub mod tree;
