@@ -305,3 +305,6 @@ fn header(resp: &ureq::http::Response<ureq::Body>, name: &str) -> Option<String>
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
 }
+
+#[cfg(test)]
+mod tests;
