@@ -469,10 +469,6 @@ fn hostile_inputs_fail_with_one_line_and_leave_nothing() {
         sifrun(&["build", o, "oci-archive:/nonexistent/x.tar"]),
         "build: oci-archive:/nonexistent/x.tar: no such file or directory",
     );
-    fails(
-        sifrun(&["build", o, "docker://alpine"]),
-        "registry pulls are not implemented yet",
-    );
     // A changed blob.
     let bad = work.path().join("bad");
     ok(Command::new("cp")
@@ -562,8 +558,4 @@ fn pull_names_the_image_as_apptainer() {
         "no image tagged",
     );
     assert!(!work.path().join("other.sif").exists());
-    fails(
-        sifrun(&["pull", "docker://alpine:3"]),
-        "docker://alpine:3: registry pulls are not implemented yet",
-    );
 }

@@ -1,5 +1,7 @@
-//! `sifrun build`/`pull` from an OCI image: `oci:DIR[:TAG]`,
-//! `oci-archive:FILE[:TAG]`, `docker-archive:FILE[:NAME:TAG]`.
+//! `sifrun build`/`pull` from an OCI image: `docker://REF` (a registry:
+//! the blobs are downloaded and verified into a temporary directory
+//! first, see `registry`), `oci:DIR[:TAG]`, `oci-archive:FILE[:TAG]`,
+//! `docker-archive:FILE[:NAME:TAG]`.
 //!
 //! Two streaming passes over the layers (see the `oci` crate's recipe):
 //! pass 1 reads the headers and checks every blob's digest and each
@@ -12,9 +14,11 @@
 //! the SIF's labels object. Like `sifrun build`, the SIF is assembled
 //! under a temporary name beside the output and renamed when complete.
 
+pub mod cleanup;
 pub mod config;
 mod emit;
 mod layer;
+mod registry;
 mod source;
 mod squash;
 #[cfg(test)]
@@ -39,7 +43,7 @@ pub const CONFIG_OBJECT: &str = "oci-config.json";
 /// Why a conversion failed; each names the source or file involved.
 #[derive(Debug, thiserror::Error)]
 pub enum ConvertError {
-    #[error("{0}: registry pulls are not implemented yet")]
+    #[error("{0}: not a local image source")]
     Registry(String),
     #[error("{}", io_line(what, error))]
     Io { what: String, error: io::Error },
@@ -109,6 +113,11 @@ pub struct ConvertOptions {
     pub source_date_epoch: Option<i64>,
     /// The platform to pick from an index.
     pub wanted: Wanted,
+    /// `docker://` over plain HTTP (`--nohttps`).
+    pub plain_http: bool,
+    /// Where downloaded blobs go (`$SIFRUN_TMPDIR`); `None`: the output's
+    /// directory.
+    pub tmpdir: Option<PathBuf>,
 }
 
 /// What a conversion made.
@@ -141,14 +150,31 @@ fn rfc3339(secs: i64) -> String {
     )
 }
 
+/// What pass 1 gives: where the blobs are (and the temporary directory
+/// holding them, for a registry), the image, its layers' headers.
+type Read1 = (
+    Option<cleanup::TempDir>,
+    source::Store,
+    source::Image,
+    Vec<oci::tree::Layer>,
+);
+
 /// Pass 1: the image a source names and its layers' headers, every
 /// digest checked.
-fn read_image(
-    opts: &ConvertOptions,
-) -> Result<(source::Store, source::Image, Vec<oci::tree::Layer>), ConvertError> {
+fn read_image(opts: &ConvertOptions) -> Result<Read1, ConvertError> {
     let what = opts.source_text.as_str();
-    let store = source::Store::open(&opts.source, what)?;
-    let image = source::resolve(&store, &opts.source, &opts.wanted, what)?;
+    let (tmp, store, image) = match &opts.source {
+        Source::Docker(r) => {
+            let (tmp, image) = registry::fetch(r, opts)?;
+            let store = source::Store::Dir(tmp.path.clone());
+            (Some(tmp), store, image)
+        }
+        _ => {
+            let store = source::Store::open(&opts.source, what)?;
+            let image = source::resolve(&store, &opts.source, &opts.wanted, what)?;
+            (None, store, image)
+        }
+    };
     if image.config.architecture != opts.wanted.architecture {
         tracing::warn!(
             "{what}: the image is for {}, not {}",
@@ -161,17 +187,15 @@ fn read_image(
         .iter()
         .map(|blob| layer::headers(&store, blob, what))
         .collect::<Result<_, _>>()?;
-    Ok((store, image, layers))
+    Ok((tmp, store, image, layers))
 }
 
 /// Converts the image `opts.source` names into a SIF at `opts.output`.
 pub fn convert(opts: &ConvertOptions) -> Result<ConvertReport, ConvertError> {
     let what = opts.source_text.as_str();
-    if let Source::Docker(_) = opts.source {
-        return Err(ConvertError::Registry(what.to_owned()));
-    }
     build::check_output(&opts.output, opts.force)?;
-    let (store, image, layers) = read_image(opts)?;
+    // `_blobs` (a registry's downloads) lives until the SIF is written.
+    let (_blobs, store, image, layers) = read_image(opts)?;
     let in_source = |e: oci::tree::TreeError| ConvertError::Other(format!("{what}: {e}"));
     let mut tree = oci::tree::merge(&layers).map_err(in_source)?;
     for w in tree.warnings() {
@@ -224,19 +248,35 @@ fn write_sif(
     objects: &Objects<'_>,
 ) -> Result<u64, ConvertError> {
     let tmp = TempOutput::beside(&opts.output)?;
-    let shown = tmp.path.display().to_string();
+    cleanup::register(&tmp.path);
+    let result = write_sif_at(opts, inputs, plan, objects, &tmp.path);
+    cleanup::unregister(&tmp.path);
+    let image_size = result?;
+    tmp.commit(&opts.output)?;
+    Ok(image_size)
+}
+
+/// [`write_sif`] into the temporary file `path`.
+fn write_sif_at(
+    opts: &ConvertOptions,
+    inputs: &emit::Inputs<'_>,
+    plan: &[oci::tree::Emission],
+    objects: &Objects<'_>,
+    path: &std::path::Path,
+) -> Result<u64, ConvertError> {
+    let shown = path.display().to_string();
     let file = OpenOptions::new()
         .read(true)
         .write(true)
         .create_new(true)
         .mode(0o755)
-        .open(&tmp.path)
+        .open(path)
         .map_err(|e| ConvertError::io(&shown, e))?;
     let create = build::create_options_for(opts.source_date_epoch);
     let offset = write::first_object_offset(&create, DataType::PARTITION, None)
         .expect("the default layout has a valid first offset");
     let root = nix::unistd::geteuid().is_root();
-    let argv = squash::args(&tmp.path, offset, opts.compression, root);
+    let argv = squash::args(path, offset, opts.compression, root);
     let env: Vec<(&str, String)> = opts
         .source_date_epoch
         .map(|e| ("SOURCE_DATE_EPOCH", e.max(0).to_string()))
@@ -250,10 +290,8 @@ fn write_sif(
     let partition_size = len.checked_sub(offset).filter(|&s| s > 0).ok_or_else(|| {
         ConvertError::Other(format!("{}: mksquashfs wrote nothing", opts.source_text))
     })?;
-    finish(file, &create, &tmp.path, partition_size, objects)?;
-    let image_size = std::fs::metadata(&tmp.path).map_or(len, |m| m.len());
-    tmp.commit(&opts.output)?;
-    Ok(image_size)
+    finish(file, &create, path, partition_size, objects)?;
+    Ok(std::fs::metadata(path).map_or(len, |m| m.len()))
 }
 
 fn provenance(opts: &ConvertOptions, image: &source::Image, time: i64) -> Provenance {

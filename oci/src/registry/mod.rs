@@ -64,6 +64,18 @@ pub enum RegistryError {
         /// The transport's complaint.
         detail: String,
     },
+    /// The TLS handshake failed (not retried).
+    #[error(
+        "registry {registry}: {what}: TLS failed: {detail} (a plain-HTTP registry needs --nohttps)"
+    )]
+    Tls {
+        /// `host[:port]`.
+        registry: String,
+        /// What was being fetched.
+        what: String,
+        /// The TLS library's complaint.
+        detail: String,
+    },
     /// The registry stopped answering.
     #[error("registry {registry}: no data for {} s while {what}", secs.as_secs())]
     Timeout {

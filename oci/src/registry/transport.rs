@@ -98,10 +98,29 @@ impl Client {
                 secs: self.opts.read_timeout,
             };
         }
-        RegistryError::Transport {
-            registry: self.registry().to_owned(),
-            what: what.to_owned(),
-            detail: short(&e.to_string()),
+        let registry = self.registry().to_owned();
+        let (what, detail) = (what.to_owned(), short(&e.to_string()));
+        match e {
+            ureq::Error::Tls(_) | ureq::Error::NativeTls(_) | ureq::Error::Der(_) => {
+                RegistryError::Tls {
+                    registry,
+                    what,
+                    detail,
+                }
+            }
+            ureq::Error::Io(_)
+            | ureq::Error::ConnectionFailed
+            | ureq::Error::Timeout(_)
+            | ureq::Error::Protocol(_)
+            | ureq::Error::BodyStalled => RegistryError::Transport {
+                registry,
+                what,
+                detail,
+            },
+            _ => RegistryError::Refused {
+                registry,
+                detail: format!("{what}: {detail}"),
+            },
         }
     }
 

@@ -14,7 +14,8 @@ pub struct BuildArgs {
     /// The image to write
     image: PathBuf,
     /// Directory to pack as the container's root filesystem, or an image:
-    /// oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE[:NAME:TAG]
+    /// docker://[REGISTRY/]NAME[:TAG|@sha256:DIGEST], oci:DIR[:TAG],
+    /// oci-archive:FILE[:TAG], docker-archive:FILE[:NAME:TAG]
     #[arg(
         required_unless_present = "from_squashfs",
         conflicts_with = "from_squashfs"
@@ -36,9 +37,19 @@ pub struct BuildArgs {
     /// Replace IMAGE if it exists
     #[arg(long)]
     force: bool,
+    #[command(flatten)]
+    image_args: ImageArgs,
+}
+
+/// What `build` and `pull` from an image source share.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct ImageArgs {
     /// Architecture to choose from a multi-platform image (default: the host's)
     #[arg(long)]
     arch: Option<String>,
+    /// Talk plain HTTP (no TLS) to the docker:// registry
+    #[arg(long = "nohttps", visible_alias = "no-https")]
+    nohttps: bool,
 }
 
 /// `sifrun pull`'s arguments.
@@ -46,7 +57,8 @@ pub struct BuildArgs {
 pub struct PullArgs {
     /// OUT.sif, or the source when OUT is omitted
     first: String,
-    /// The source: oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE[:NAME:TAG]
+    /// The source: docker://[REGISTRY/]NAME[:TAG|@sha256:DIGEST], oci:DIR[:TAG],
+    /// oci-archive:FILE[:TAG], docker-archive:FILE[:NAME:TAG]
     source: Option<String>,
     /// Squashfs compression
     #[arg(long, default_value = "gzip", value_name = "gzip|zstd|xz|lz4")]
@@ -54,9 +66,8 @@ pub struct PullArgs {
     /// Replace the output if it exists
     #[arg(long)]
     force: bool,
-    /// Architecture to choose from a multi-platform image (default: the host's)
-    #[arg(long)]
-    arch: Option<String>,
+    #[command(flatten)]
+    image_args: ImageArgs,
 }
 
 /// `sifrun build`: from an image source, a directory or a squashfs file.
@@ -69,7 +80,7 @@ pub fn run_build(a: BuildArgs) -> anyhow::Result<()> {
             &text,
             a.compression,
             a.force,
-            a.arch.as_deref(),
+            &a.image_args,
         );
     }
     let source = match (a.source_dir, a.from_squashfs) {
@@ -99,7 +110,7 @@ pub fn run_build(a: BuildArgs) -> anyhow::Result<()> {
 
 /// `sifrun pull`.
 pub fn run_pull(a: PullArgs) -> anyhow::Result<()> {
-    pull(a.first, a.source, a.compression, a.force, a.arch.as_deref())
+    pull(a.first, a.source, a.compression, a.force, &a.image_args)
 }
 
 /// Whether `text` names an image source rather than a directory: it starts
@@ -129,10 +140,12 @@ pub fn convert(
     source_text: &str,
     compression: Compression,
     force: bool,
-    arch: Option<&str>,
+    image_args: &ImageArgs,
 ) -> anyhow::Result<()> {
     let fail = || cmd.to_owned();
     let source = Source::parse(source_text).with_context(fail)?;
+    // Temporary files go on SIGINT/SIGTERM/SIGHUP too (before any thread).
+    convert::cleanup::on_signals().context("blocking signals")?;
     let opts = ConvertOptions {
         output,
         source_text: source_text.to_owned(),
@@ -140,7 +153,11 @@ pub fn convert(
         compression,
         force,
         source_date_epoch: build::source_date_epoch_from_env().map_err(anyhow::Error::msg)?,
-        wanted: wanted(arch).with_context(fail)?,
+        wanted: wanted(image_args.arch.as_deref()).with_context(fail)?,
+        plain_http: image_args.nohttps,
+        tmpdir: std::env::var_os("SIFRUN_TMPDIR")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from),
     };
     let report = convert::convert(&opts).with_context(fail)?;
     println!(
@@ -162,7 +179,7 @@ pub fn pull(
     second: Option<String>,
     compression: Compression,
     force: bool,
-    arch: Option<&str>,
+    image_args: &ImageArgs,
 ) -> anyhow::Result<()> {
     let (output, source) = match second {
         Some(s) => (PathBuf::from(first), s),
@@ -173,7 +190,7 @@ pub fn pull(
             "pull: {source}: not an image source (docker://, oci:, oci-archive:, docker-archive:)"
         );
     }
-    convert("pull", output, &source, compression, force, arch)
+    convert("pull", output, &source, compression, force, image_args)
 }
 
 #[cfg(test)]

@@ -1,0 +1,284 @@
+//! `docker://` sources: the manifest (an index goes through the platform
+//! choice), the config, and the layers downloaded in parallel into a
+//! private temporary directory (`$SIFRUN_TMPDIR`, default the output's
+//! directory) laid out as an OCI layout's `blobs/sha256/`, each blob's
+//! size and digest checked while it streams. The conversion then reads
+//! them as it reads a local layout (and checks the digests again).
+
+use std::fs::{File, OpenOptions};
+use std::io::{IsTerminal, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use oci::auth::creds::{self, Environment};
+use oci::digest::Digest;
+use oci::layout;
+use oci::manifest::{self, Descriptor, MAX_CONFIG_BYTES, Parsed};
+use oci::media;
+use oci::platform::{self, MAX_INDEX_DEPTH, Wanted};
+use oci::reference::Reference;
+use oci::registry::{Client, Options, RegistryError};
+
+use super::cleanup::TempDir;
+use super::source::{Image, LayerBlob};
+use super::{ConvertError, ConvertOptions};
+
+/// Concurrent blob downloads (oci-design.md §2.4).
+const MAX_CONNECTIONS: usize = 4;
+
+impl From<RegistryError> for ConvertError {
+    fn from(e: RegistryError) -> Self {
+        ConvertError::Other(e.to_string())
+    }
+}
+
+/// The client options: `--nohttps`, the user's credential, and
+/// `SIFRUN_REGISTRY_TIMEOUT` (seconds without data before giving up).
+fn options(reference: &Reference, opts: &ConvertOptions) -> Result<Options, ConvertError> {
+    let read = |p: &Path| -> Option<String> {
+        let f = File::open(p).ok()?;
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::Read::take(f, creds::MAX_CONFIG_BYTES), &mut s)
+            .ok()?;
+        Some(s)
+    };
+    let credential = creds::lookup(&Environment::from_process(), reference.domain(), read)
+        .map_err(|e| ConvertError::Other(e.to_string()))?;
+    if let Some((_, origin)) = &credential {
+        tracing::info!(registry = reference.domain(), "credentials from {origin}");
+    }
+    let mut o = Options {
+        plain_http: opts.plain_http,
+        credential,
+        ..Options::default()
+    };
+    if let Some(t) = std::env::var("SIFRUN_REGISTRY_TIMEOUT")
+        .ok()
+        .filter(|v| !v.is_empty())
+    {
+        let secs: u64 = t.parse().ok().filter(|&s| s > 0).ok_or_else(|| {
+            ConvertError::Other(format!(
+                "SIFRUN_REGISTRY_TIMEOUT={t:?}: not a number of seconds"
+            ))
+        })?;
+        o.read_timeout = Duration::from_secs(secs);
+        o.connect_timeout = o.connect_timeout.min(o.read_timeout);
+    }
+    Ok(o)
+}
+
+/// Where the temporary directory goes: `opts.tmpdir`, else the output's
+/// directory.
+fn temp_parent(opts: &ConvertOptions) -> PathBuf {
+    opts.tmpdir
+        .clone()
+        .unwrap_or_else(|| match opts.output.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+            _ => PathBuf::from("."),
+        })
+}
+
+/// The manifest for `wanted`: through indexes, each fetched by digest.
+fn manifest_for(
+    client: &Client,
+    reference: &Reference,
+    wanted: &Wanted,
+    what: &str,
+) -> Result<(manifest::Manifest, Digest, Option<Digest>), ConvertError> {
+    let mut fetched = client.manifest(&reference.fetch_ref())?;
+    let mut index_digest = None;
+    for _ in 0..MAX_INDEX_DEPTH {
+        match manifest::parse_manifest(&fetched.bytes, fetched.content_type.as_deref(), what)? {
+            Parsed::Manifest(m) => return Ok((m, fetched.digest, index_digest)),
+            Parsed::Index(i) => {
+                index_digest = Some(fetched.digest.clone());
+                let desc = platform::select(&i, wanted, what)?;
+                let size = desc.size;
+                fetched = client.manifest(&desc.digest.to_string())?;
+                if fetched.bytes.len() as u64 != size {
+                    return Err(ConvertError::Other(format!(
+                        "{what}: manifest {}: size {} bytes, expected {size}",
+                        desc.digest,
+                        fetched.bytes.len()
+                    )));
+                }
+            }
+        }
+    }
+    Err(ConvertError::Other(format!(
+        "{what}: indexes nested deeper than {MAX_INDEX_DEPTH}"
+    )))
+}
+
+/// Fetches the image `reference` names into a new temporary directory.
+pub(crate) fn fetch(
+    reference: &Reference,
+    opts: &ConvertOptions,
+) -> Result<(TempDir, Image), ConvertError> {
+    let what = opts.source_text.as_str();
+    let client = Client::new(reference, options(reference, opts)?);
+    let (m, manifest_digest, index_digest) = manifest_for(&client, reference, &opts.wanted, what)?;
+    let config_bytes = client.blob_bytes(&m.config, MAX_CONFIG_BYTES)?;
+    let config = manifest::parse_config(&config_bytes, m.layers.len(), what)?;
+    let layers = m
+        .layers
+        .iter()
+        .zip(&config.rootfs.diff_ids)
+        .map(|(l, diff_id)| {
+            Ok(LayerBlob {
+                member: layout::blob_path(&l.digest),
+                size: Some(l.size),
+                digest: Some(l.digest.clone()),
+                compression: Some(media::layer_compression(&l.media_type)?),
+                diff_id: diff_id.clone(),
+            })
+        })
+        .collect::<Result<Vec<_>, media::MediaError>>()?;
+    let parent = temp_parent(opts);
+    let dir = TempDir::new_in(&parent).map_err(|e| {
+        ConvertError::io(
+            &format!("{what}: temporary directory in {}", parent.display()),
+            e,
+        )
+    })?;
+    let blobs = dir.path.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs)
+        .map_err(|e| ConvertError::io(&blobs.display().to_string(), e))?;
+    download(&client, &m.layers, &dir.path, what)?;
+    let image = Image {
+        config_digest: m.config.digest.clone(),
+        config_bytes,
+        config,
+        manifest_digest: Some(manifest_digest),
+        index_digest,
+        layers,
+    };
+    Ok((dir, image))
+}
+
+/// Progress on a terminal: one line, rewritten at most twice a second.
+struct Progress {
+    tty: bool,
+    total: u64,
+    done: AtomicU64,
+    layers_done: AtomicUsize,
+    layers: usize,
+    last: Mutex<Instant>,
+    start: Instant,
+}
+
+impl Progress {
+    fn show(&self, force: bool) {
+        if !self.tty {
+            return;
+        }
+        let Ok(mut last) = self.last.lock() else {
+            return;
+        };
+        if !force && last.elapsed() < Duration::from_millis(500) {
+            return;
+        }
+        *last = Instant::now();
+        let done = self.done.load(Ordering::Relaxed);
+        let secs = self.start.elapsed().as_secs_f64().max(0.001);
+        let mib = |b: u64| b as f64 / f64::from(1 << 20);
+        eprint!(
+            "\rsifrun: layers {}/{}, {:.1}/{:.1} MiB, {:.1} MiB/s   ",
+            self.layers_done.load(Ordering::Relaxed),
+            self.layers,
+            mib(done),
+            mib(self.total),
+            mib(done) / secs
+        );
+        let _ = std::io::stderr().flush();
+    }
+}
+
+/// Downloads `layers` into `dir/blobs/sha256/`, largest first, up to
+/// [`MAX_CONNECTIONS`] at a time; a blob gets its final name only once
+/// verified.
+fn download(
+    client: &Client,
+    layers: &[Descriptor],
+    dir: &Path,
+    what: &str,
+) -> Result<(), ConvertError> {
+    let mut order: Vec<&Descriptor> = layers.iter().collect();
+    order.sort_by_key(|d| (std::cmp::Reverse(d.size), d.digest.to_string()));
+    order.dedup_by_key(|d| d.digest.clone());
+    let progress = Progress {
+        tty: std::io::stderr().is_terminal(),
+        total: order.iter().map(|d| d.size).sum(),
+        done: AtomicU64::new(0),
+        layers_done: AtomicUsize::new(0),
+        layers: order.len(),
+        last: Mutex::new(Instant::now()),
+        start: Instant::now(),
+    };
+    let next = AtomicUsize::new(0);
+    let failed: Mutex<Option<ConvertError>> = Mutex::new(None);
+    std::thread::scope(|s| {
+        for _ in 0..MAX_CONNECTIONS.min(order.len()) {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(d) = order.get(i) else { return };
+                    if failed.lock().map_or(true, |f| f.is_some()) {
+                        return;
+                    }
+                    if let Err(e) = one_blob(client, d, dir, what, &progress) {
+                        if let Ok(mut f) = failed.lock() {
+                            f.get_or_insert(e);
+                        }
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    progress.show(true);
+    if progress.tty {
+        eprintln!();
+    }
+    match failed
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+    {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+fn one_blob(
+    client: &Client,
+    d: &Descriptor,
+    dir: &Path,
+    what: &str,
+    progress: &Progress,
+) -> Result<(), ConvertError> {
+    let name = dir.join(layout::blob_path(&d.digest));
+    let partial = name.with_extension("partial");
+    let shown = format!("{what}: {}", partial.display());
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&partial)
+        .map_err(|e| ConvertError::io(&shown, e))?;
+    let before = AtomicU64::new(0);
+    client.blob_to(d, &mut f, &|n| {
+        let prev = before.swap(n, Ordering::Relaxed);
+        progress
+            .done
+            .fetch_add(n.saturating_sub(prev), Ordering::Relaxed);
+        progress.show(false);
+    })?;
+    std::fs::rename(&partial, &name).map_err(|e| ConvertError::io(&shown, e))?;
+    progress.layers_done.fetch_add(1, Ordering::Relaxed);
+    tracing::debug!(blob = %d.digest, size = d.size, "downloaded");
+    Ok(())
+}

@@ -1,0 +1,606 @@
+//! `sifrun pull docker://…` (issue 14, stage 2) against Debian's
+//! `docker-registry` (the distribution registry) started on 127.0.0.1 by
+//! the test, once anonymous and once with htpasswd Basic auth; images
+//! pushed with `skopeo copy` from the tests/oci/make-images fixtures. The
+//! pulled SIF must hold the same tree as the `oci-archive:` import of the
+//! same image. Failures (wrong credentials, a corrupted blob in the
+//! registry's storage, a registry that stops answering) give one line, no
+//! output file, no temporary directory. The bearer-token flow, redirects
+//! and 429 retries are tested against a fake registry in
+//! `oci/src/registry/tests.rs` (the Debian registry needs a token server
+//! for bearer tokens).
+
+use std::fs;
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest as _, Sha256};
+use sifrun_tests::{containers_can_run, ok, require, s, scratch, sifrun, sifrun_bin};
+
+const MAKE_IMAGES: &str = include_str!("oci/make-images");
+
+/// The fixture images, made once per process.
+fn images() -> Option<&'static Path> {
+    static DIR: OnceLock<Option<(tempfile::TempDir, PathBuf)>> = OnceLock::new();
+    DIR.get_or_init(|| {
+        if !(require("umoci")
+            && require("skopeo")
+            && require("mksquashfs")
+            && require("unsquashfs")
+            && require("docker-registry")
+            && require("htpasswd"))
+        {
+            return None;
+        }
+        let tmp = scratch();
+        let dir = tmp.path().join("img");
+        ok(Command::new("bash")
+            .args(["-c", MAKE_IMAGES, "make-images", s(&dir)])
+            .output()
+            .unwrap());
+        multi_arch_layout(&dir);
+        Some((tmp, dir))
+    })
+    .as_ref()
+    .map(|(_, d)| d.as_path())
+}
+
+fn sha256(data: &[u8]) -> String {
+    format!("{:x}", Sha256::digest(data))
+}
+
+fn put_blob(layout: &Path, data: &[u8]) -> (String, usize) {
+    let hex = sha256(data);
+    fs::write(layout.join("blobs/sha256").join(&hex), data).unwrap();
+    (format!("sha256:{hex}"), data.len())
+}
+
+/// `DIR/multi`: the fixture as a two-platform index (tag `multi`): the
+/// image as linux/amd64 and, with its config saying arm64, linux/arm64.
+fn multi_arch_layout(dir: &Path) {
+    let l = dir.join("multi");
+    ok(Command::new("cp")
+        .args(["-r", s(&dir.join("layout")), s(&l)])
+        .output()
+        .unwrap());
+    let blob = |d: &str| fs::read(l.join("blobs/sha256").join(&d[7..])).unwrap();
+    let index: serde_json::Value =
+        serde_json::from_slice(&fs::read(l.join("index.json")).unwrap()).unwrap();
+    let amd = index["manifests"][0].clone();
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&blob(amd["digest"].as_str().unwrap())).unwrap();
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&blob(manifest["config"]["digest"].as_str().unwrap())).unwrap();
+    config["architecture"] = "arm64".into();
+    let (cd, cs) = put_blob(&l, &serde_json::to_vec(&config).unwrap());
+    manifest["config"]["digest"] = cd.into();
+    manifest["config"]["size"] = cs.into();
+    let (md, ms) = put_blob(&l, &serde_json::to_vec(&manifest).unwrap());
+    let entry = |digest: &serde_json::Value, size: &serde_json::Value, arch: &str| {
+        serde_json::json!({"mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": digest, "size": size, "platform": {"architecture": arch, "os": "linux"}})
+    };
+    let image_index = serde_json::json!({"schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [entry(&amd["digest"], &amd["size"], "amd64"), entry(&md.into(), &ms.into(), "arm64")]});
+    let (id, is) = put_blob(&l, &serde_json::to_vec(&image_index).unwrap());
+    let top = serde_json::json!({"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.index.v1+json", "digest": id, "size": is,
+        "annotations": {"org.opencontainers.image.ref.name": "multi"}}]});
+    fs::write(l.join("index.json"), serde_json::to_vec(&top).unwrap()).unwrap();
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A `docker-registry` on 127.0.0.1 with its own config and storage,
+/// run as the unprivileged test user when the tests run as root.
+struct Registry {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Registry {
+    fn start(htpasswd: bool) -> Registry {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let port = free_port();
+        let mut cfg = format!(
+            "version: 0.1\nlog: {{level: error}}\nstorage: {{filesystem: {{rootdirectory: {}}}}}\n\
+             http: {{addr: 127.0.0.1:{port}, secret: test}}\n",
+            s(&d.join("storage"))
+        );
+        if htpasswd {
+            let line = ok(Command::new("htpasswd")
+                .args(["-Bbn", "user", "pass"])
+                .output()
+                .unwrap());
+            fs::write(d.join("htpasswd"), line).unwrap();
+            cfg.push_str(&format!(
+                "auth: {{htpasswd: {{realm: sifrun-test, path: {}}}}}\n",
+                s(&d.join("htpasswd"))
+            ));
+        }
+        fs::write(d.join("registry.yml"), cfg).unwrap();
+        let mut cmd = Command::new("docker-registry");
+        let as_user = nix_is_root() && user_exists("sifrun-test");
+        if as_user {
+            ok(Command::new("chown")
+                .args(["-R", "sifrun-test:", s(d)])
+                .output()
+                .unwrap());
+            cmd = Command::new("setpriv");
+            cmd.args([
+                "--reuid=sifrun-test",
+                "--regid=sifrun-test",
+                "--clear-groups",
+            ])
+            .arg("docker-registry");
+        }
+        let child = cmd
+            .args(["serve", s(&d.join("registry.yml"))])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let r = Registry { child, port, dir };
+        let t = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "docker-registry did not start"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        r
+    }
+
+    fn name(&self, repo: &str) -> String {
+        format!("127.0.0.1:{}/{repo}", self.port)
+    }
+
+    /// `skopeo copy` of `source` to `REPO` in this registry.
+    fn push(&self, source: &str, repo: &str, creds: bool, extra: &[&str]) {
+        let mut c = Command::new("skopeo");
+        c.args(["copy", "--quiet", "--dest-tls-verify=false"]);
+        if creds {
+            c.args(["--dest-creds", "user:pass"]);
+        }
+        c.args(extra)
+            .arg(source)
+            .arg(format!("docker://{}", self.name(repo)));
+        ok(c.output().unwrap());
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn nix_is_root() -> bool {
+    String::from_utf8(Command::new("id").arg("-u").output().unwrap().stdout)
+        .unwrap()
+        .trim()
+        == "0"
+}
+
+fn user_exists(u: &str) -> bool {
+    Command::new("id")
+        .arg(u)
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn fails(out: Output, want: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "succeeded; stderr: {err}");
+    assert!(err.contains(want), "stderr {err:?} lacks {want:?}");
+    assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err}");
+}
+
+/// `unsquashfs -lln` of the SIF's partition (names, modes, owners, sizes,
+/// link targets), without Apptainer's labels (which name the source).
+fn listing(sif: &Path) -> Vec<String> {
+    let f = fs::File::open(sif).unwrap();
+    let off = sif::Image::open(&f)
+        .unwrap()
+        .primary_partition()
+        .unwrap()
+        .offset();
+    let out = ok(Command::new("unsquashfs")
+        .args(["-lln", "-o", &off.to_string(), s(sif)])
+        .output()
+        .unwrap());
+    String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("squashfs-root") && !l.ends_with("labels.json"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Contents: every regular file's bytes, by path.
+fn contents(sif: &Path, dest: &Path) -> Vec<(String, String)> {
+    let f = fs::File::open(sif).unwrap();
+    let off = sif::Image::open(&f)
+        .unwrap()
+        .primary_partition()
+        .unwrap()
+        .offset();
+    ok(Command::new("unsquashfs")
+        .args(["-n", "-o", &off.to_string(), "-d", s(dest), s(sif)])
+        .output()
+        .unwrap());
+    let mut v = Vec::new();
+    let mut stack = vec![dest.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let m = fs::symlink_metadata(&p).unwrap();
+            if m.is_dir() {
+                stack.push(p);
+            } else if m.is_file() && !p.ends_with("labels.json") {
+                let rel = s(p.strip_prefix(dest).unwrap()).to_owned();
+                v.push((rel, sha256(&fs::read(&p).unwrap())));
+            }
+        }
+    }
+    v.sort();
+    v
+}
+
+fn arch_of(sif: &Path) -> String {
+    let out = String::from_utf8(ok(sifrun(&["inspect", s(sif)]))).unwrap();
+    out.lines()
+        .find_map(|l| l.strip_prefix("Architecture:"))
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+/// `sifrun pull [extra] OUT SOURCE` with `env` (credentials cleared first).
+fn pull_env(out: &Path, source: &str, extra: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(sifrun_bin());
+    c.arg("pull").args(extra).args([s(out), source]);
+    c.env("SOURCE_DATE_EPOCH", "1700000000")
+        .env_remove("SIFRUN_DOCKER_USERNAME")
+        .env_remove("SIFRUN_DOCKER_PASSWORD")
+        .env_remove("REGISTRY_AUTH_FILE")
+        .env_remove("DOCKER_CONFIG")
+        .env("HOME", "/nonexistent");
+    c.envs(env.iter().copied());
+    c.output().unwrap()
+}
+
+fn assert_same_image(a: &Path, b: &Path, work: &Path) {
+    assert_eq!(
+        listing(a),
+        listing(b),
+        "{} and {} list differently",
+        s(a),
+        s(b)
+    );
+    let (da, db) = (work.join("ca"), work.join("cb"));
+    let _ = fs::remove_dir_all(&da);
+    let _ = fs::remove_dir_all(&db);
+    assert_eq!(contents(a, &da), contents(b, &db));
+}
+
+/// The manifest digest `pull` printed.
+fn printed_digest(out: &[u8]) -> String {
+    let text = String::from_utf8_lossy(out);
+    let i = text.find("manifest sha256:").expect("a manifest digest") + "manifest ".len();
+    text[i..i + 71].to_owned()
+}
+
+#[test]
+fn registry_pulls_match_the_archive_import() {
+    let Some(images) = images() else { return };
+    let reg = Registry::start(false);
+    let layout = format!("oci:{}:t", s(&images.join("layout")));
+    reg.push(&layout, "test/img:t", false, &[]);
+    reg.push(
+        &format!("oci:{}:t", s(&images.join("zstd"))),
+        "test/zstd:t",
+        false,
+        &[],
+    );
+    reg.push(&layout, "test/v2s2:t", false, &["--format", "v2s2"]);
+    let work = scratch();
+    let w = work.path();
+    let reference = w.join("archive.sif");
+    ok(pull_env(
+        &reference,
+        &format!("oci-archive:{}", s(&images.join("oci.tar"))),
+        &[],
+        &[],
+    ));
+    let mut digest = String::new();
+    for repo in ["test/img:t", "test/zstd:t", "test/v2s2:t"] {
+        let out = w.join("pulled.sif");
+        let _ = fs::remove_file(&out);
+        let stdout = ok(pull_env(
+            &out,
+            &format!("docker://{}", reg.name(repo)),
+            &["--nohttps"],
+            &[],
+        ));
+        assert_same_image(&reference, &out, w);
+        if repo == "test/img:t" {
+            digest = printed_digest(&stdout);
+            let info = String::from_utf8(ok(sifrun(&["inspect", s(&out)]))).unwrap();
+            let want = format!("Source:        docker://{} ({digest})", reg.name(repo));
+            assert!(info.contains(&want), "{info} lacks {want}");
+        }
+    }
+    // By digest, and the default name Apptainer gives it.
+    let by_digest = format!("docker://{}@{digest}", reg.name("test/img"));
+    let out = Command::new(sifrun_bin())
+        .args(["pull", "--nohttps", &by_digest])
+        .env("SOURCE_DATE_EPOCH", "1700000000")
+        .current_dir(w)
+        .output()
+        .unwrap();
+    ok(out);
+    let named = w.join(format!("img@{}.sif", digest.replace(':', "_")));
+    assert!(named.exists(), "{} missing", s(&named));
+    assert_same_image(&reference, &named, w);
+    let wrong = format!(
+        "docker://{}@sha256:{}",
+        reg.name("test/img"),
+        "0".repeat(64)
+    );
+    fails(
+        pull_env(&w.join("wrong.sif"), &wrong, &["--nohttps"], &[]),
+        "not found (no such tag or digest)",
+    );
+    // Tag default name.
+    let out = Command::new(sifrun_bin())
+        .args([
+            "pull",
+            "--nohttps",
+            &format!("docker://{}", reg.name("test/img:t")),
+        ])
+        .current_dir(w)
+        .output()
+        .unwrap();
+    ok(out);
+    assert!(w.join("img_t.sif").exists());
+    // The same run output as the archive's image.
+    if containers_can_run() {
+        let a = ok(sifrun(&["run", s(&reference)]));
+        let b = ok(sifrun(&["run", s(&w.join("img_t.sif"))]));
+        assert_eq!(a, b);
+        assert!(!a.is_empty());
+    }
+}
+
+#[test]
+fn multi_platform_index_picks_the_platform() {
+    let Some(images) = images() else { return };
+    if std::env::consts::ARCH != "x86_64" {
+        eprintln!("skipping: the fixture's default platform is amd64");
+        return;
+    }
+    let reg = Registry::start(false);
+    reg.push(
+        &format!("oci:{}:multi", s(&images.join("multi"))),
+        "test/multi:t",
+        false,
+        &["--all"],
+    );
+    let work = scratch();
+    let src = format!("docker://{}", reg.name("test/multi:t"));
+    let host = work.path().join("host.sif");
+    ok(pull_env(&host, &src, &["--nohttps"], &[]));
+    assert_eq!(arch_of(&host), "amd64");
+    let arm = work.path().join("arm.sif");
+    ok(pull_env(&arm, &src, &["--nohttps", "--arch", "arm64"], &[]));
+    assert_eq!(arch_of(&arm), "arm64");
+    fails(
+        pull_env(
+            &work.path().join("x.sif"),
+            &src,
+            &["--nohttps", "--arch", "s390x"],
+            &[],
+        ),
+        "s390x",
+    );
+}
+
+#[test]
+fn htpasswd_registry_credentials() {
+    let Some(images) = images() else { return };
+    let reg = Registry::start(true);
+    reg.push(
+        &format!("oci:{}:t", s(&images.join("layout"))),
+        "test/img:t",
+        true,
+        &[],
+    );
+    let work = scratch();
+    let w = work.path();
+    let src = format!("docker://{}", reg.name("test/img:t"));
+    let out = w.join("out.sif");
+    fails(
+        pull_env(&out, &src, &["--nohttps"], &[]),
+        "authentication required for test/img",
+    );
+    let e = pull_env(
+        &out,
+        &src,
+        &["--nohttps"],
+        &[
+            ("SIFRUN_DOCKER_USERNAME", "user"),
+            ("SIFRUN_DOCKER_PASSWORD", "wrong"),
+        ],
+    );
+    assert!(!String::from_utf8_lossy(&e.stderr).contains("wrong"));
+    fails(
+        e,
+        "unauthorized: the credentials from SIFRUN_DOCKER_USERNAME/SIFRUN_DOCKER_PASSWORD were refused",
+    );
+    fails(
+        pull_env(
+            &out,
+            &src,
+            &["--nohttps"],
+            &[("SIFRUN_DOCKER_USERNAME", "user")],
+        ),
+        "set both SIFRUN_DOCKER_USERNAME and SIFRUN_DOCKER_PASSWORD",
+    );
+    ok(pull_env(
+        &out,
+        &src,
+        &["--nohttps"],
+        &[
+            ("SIFRUN_DOCKER_USERNAME", "user"),
+            ("SIFRUN_DOCKER_PASSWORD", "pass"),
+        ],
+    ));
+    fs::remove_file(&out).unwrap();
+    // REGISTRY_AUTH_FILE (containers' auth.json), then ~/.docker/config.json.
+    let auth = w.join("auth.json");
+    fs::write(
+        &auth,
+        format!(
+            r#"{{"auths":{{"127.0.0.1:{}":{{"auth":"dXNlcjpwYXNz"}}}}}}"#,
+            reg.port
+        ),
+    )
+    .unwrap();
+    ok(pull_env(
+        &out,
+        &src,
+        &["--nohttps"],
+        &[("REGISTRY_AUTH_FILE", s(&auth))],
+    ));
+    fs::remove_file(&out).unwrap();
+    fs::create_dir_all(w.join("home/.docker")).unwrap();
+    fs::write(
+        w.join("home/.docker/config.json"),
+        format!(
+            r#"{{"auths":{{"http://127.0.0.1:{}":{{"username":"user","password":"pass"}}}}}}"#,
+            reg.port
+        ),
+    )
+    .unwrap();
+    ok(pull_env(
+        &out,
+        &src,
+        &["--nohttps"],
+        &[("HOME", s(&w.join("home")))],
+    ));
+    fs::write(
+        w.join("home/.docker/config.json"),
+        r#"{"credHelpers":{"127.0.0.1":"x"},"auths":{}}"#,
+    )
+    .unwrap();
+    fs::write(
+        w.join("home/.docker/config.json"),
+        format!(r#"{{"credHelpers":{{"127.0.0.1:{}":"pass"}}}}"#, reg.port),
+    )
+    .unwrap();
+    fails(
+        pull_env(
+            &w.join("h.sif"),
+            &src,
+            &["--nohttps"],
+            &[("HOME", s(&w.join("home")))],
+        ),
+        "kept by docker-credential-pass",
+    );
+}
+
+/// Nothing in `dir` (the output's directory or `SIFRUN_TMPDIR`).
+fn empty(dir: &Path) {
+    let left: Vec<_> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "left behind in {}: {left:?}", s(dir));
+}
+
+#[test]
+fn failures_give_one_line_and_leave_nothing() {
+    let Some(images) = images() else { return };
+    let reg = Registry::start(false);
+    reg.push(
+        &format!("oci:{}:t", s(&images.join("layout"))),
+        "test/img:t",
+        false,
+        &[],
+    );
+    let work = scratch();
+    let (outdir, tmpdir) = (work.path().join("out"), work.path().join("tmp"));
+    fs::create_dir(&outdir).unwrap();
+    fs::create_dir(&tmpdir).unwrap();
+    fs::set_permissions(&tmpdir, fs::Permissions::from_mode(0o755)).unwrap();
+    let out = outdir.join("x.sif");
+    let src = format!("docker://{}", reg.name("test/img:t"));
+    let tmp_env = [("SIFRUN_TMPDIR", s(&tmpdir))];
+    // TLS to a plain-HTTP registry: not retried, says what to do.
+    fails(
+        pull_env(&out, &src, &[], &tmp_env),
+        "a plain-HTTP registry needs --nohttps",
+    );
+    fails(
+        pull_env(
+            &out,
+            &format!("docker://{}", reg.name("test/img:nope")),
+            &["--nohttps"],
+            &tmp_env,
+        ),
+        "not found (no such tag or digest)",
+    );
+    // A corrupted layer in the registry's storage.
+    let storage = reg.dir.path().join("storage");
+    let find = ok(Command::new("find")
+        .args([s(&storage), "-name", "data", "-size", "+100k"])
+        .output()
+        .unwrap());
+    let blob = PathBuf::from(String::from_utf8(find).unwrap().lines().next().unwrap());
+    let mut data = fs::read(&blob).unwrap();
+    data[100] ^= 0xff;
+    fs::write(&blob, data).unwrap();
+    fails(
+        pull_env(&out, &src, &["--nohttps"], &tmp_env),
+        "content has digest",
+    );
+    empty(&outdir);
+    empty(&tmpdir);
+    // A registry that accepts connections and never answers.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let t = Instant::now();
+    fails(
+        pull_env(
+            &out,
+            &format!("docker://127.0.0.1:{port}/test/img:t"),
+            &["--nohttps"],
+            &[("SIFRUN_REGISTRY_TIMEOUT", "2"), tmp_env[0]],
+        ),
+        "no data for 2 s while waiting for manifest test/img:t",
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        t.elapsed()
+    );
+    drop(silent);
+    empty(&outdir);
+    empty(&tmpdir);
+}
