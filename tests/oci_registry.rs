@@ -604,3 +604,110 @@ fn failures_give_one_line_and_leave_nothing() {
     empty(&outdir);
     empty(&tmpdir);
 }
+
+/// A fake registry serving the fixture layout's manifest and config, that
+/// sends half of every layer and then stalls (a registry dying
+/// mid-download).
+fn stalling_registry(layout: &Path) -> u16 {
+    use std::io::{BufRead, BufReader, Write};
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let index: serde_json::Value =
+        serde_json::from_slice(&fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let manifest_digest = index["manifests"][0]["digest"].as_str().unwrap().to_owned();
+    let blobs = layout.join("blobs/sha256");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&fs::read(blobs.join(&manifest_digest[7..])).unwrap()).unwrap();
+    let config = manifest["config"]["digest"].as_str().unwrap().to_owned();
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(mut c) = c else { return };
+            let (blobs, manifest_digest, config) =
+                (blobs.clone(), manifest_digest.clone(), config.clone());
+            std::thread::spawn(move || {
+                let mut r = BufReader::new(c.try_clone().unwrap());
+                loop {
+                    let mut line = String::new();
+                    if r.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let path = line.split_whitespace().nth(1).unwrap_or("").to_owned();
+                    loop {
+                        let mut h = String::new();
+                        if r.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
+                            break;
+                        }
+                    }
+                    let (digest, kind) = if path.contains("/manifests/") {
+                        (
+                            manifest_digest.clone(),
+                            "application/vnd.oci.image.manifest.v1+json",
+                        )
+                    } else {
+                        (
+                            path.rsplit('/').next().unwrap().to_owned(),
+                            "application/octet-stream",
+                        )
+                    };
+                    let data = fs::read(blobs.join(&digest[7..])).unwrap_or_default();
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: {kind}\r\nContent-Length: {}\r\n\r\n",
+                        data.len()
+                    );
+                    let _ = c.write_all(head.as_bytes());
+                    if digest == manifest_digest || digest == config {
+                        let _ = c.write_all(&data);
+                    } else {
+                        let _ = c.write_all(&data[..data.len() / 2]);
+                        std::thread::sleep(Duration::from_secs(60));
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn sigterm_mid_download_removes_the_temporary_files() {
+    let Some(images) = images() else { return };
+    let port = stalling_registry(&images.join("layout"));
+    let work = scratch();
+    let tmpdir = work.path().join("tmp");
+    fs::create_dir(&tmpdir).unwrap();
+    let out = work.path().join("x.sif");
+    let mut child = Command::new(sifrun_bin())
+        .args([
+            "pull",
+            "--nohttps",
+            s(&out),
+            &format!("docker://127.0.0.1:{port}/test/img:t"),
+        ])
+        .env("SIFRUN_TMPDIR", s(&tmpdir))
+        .env("SIFRUN_REGISTRY_TIMEOUT", "60")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the partial blob is there, then stop the pull.
+    let t = Instant::now();
+    let partial = || {
+        fs::read_dir(&tmpdir).unwrap().flatten().any(|d| {
+            fs::read_dir(d.path().join("blobs/sha256")).is_ok_and(|mut e| {
+                e.any(|f| f.is_ok_and(|f| f.path().extension().is_some_and(|x| x == "partial")))
+            })
+        })
+    };
+    while !partial() {
+        assert!(t.elapsed() < Duration::from_secs(20), "no download started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    ok(Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .output()
+        .unwrap());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(128 + 15));
+    empty(&tmpdir);
+    assert!(!out.exists());
+}

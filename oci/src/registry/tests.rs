@@ -101,6 +101,10 @@ fn serve(c: TcpStream, seen: &Mutex<Vec<Seen>>, handler: &Handler) {
             let (k, v) = h.split_once(':').unwrap();
             headers.insert(k.to_ascii_lowercase(), v.trim().to_owned());
         }
+        if let Some(n) = headers.get("content-length") {
+            let mut body = vec![0; n.parse().unwrap()];
+            std::io::Read::read_exact(&mut r, &mut body).unwrap();
+        }
         let req = Seen { path, headers };
         let n = {
             let mut s = seen.lock().unwrap();
@@ -381,4 +385,39 @@ fn digests_are_checked() {
     let _ = std::fs::remove_file(&dir);
     assert!(matches!(e, RegistryError::Verify(_)), "{e}");
     assert!(e.to_string().contains("content has digest"), "{e}");
+}
+
+#[test]
+fn identity_token_is_an_oauth2_refresh_grant() {
+    let fake = Fake::start(|req, _| {
+        let auth = req.headers.get("authorization").map(String::as_str);
+        if req.path.starts_with("/token") {
+            assert_eq!(
+                req.headers.get("content-type").map(String::as_str),
+                Some("application/x-www-form-urlencoded")
+            );
+            return ok(br#"{"access_token":"fresh","expires_in":60}"#, &[]);
+        }
+        if auth == Some("Bearer fresh") {
+            return ok(MANIFEST, &[]);
+        }
+        let realm = format!(
+            "Bearer realm=\"http://{}/token\",service=\"fake\"",
+            req.headers["host"]
+        );
+        Reply::Http(401, vec![("WWW-Authenticate".into(), realm)], Vec::new())
+    });
+    let cred = Some((
+        Credential::IdentityToken("refresh-me".into()),
+        Origin::Environment,
+    ));
+    let c = client(
+        &fake,
+        Options {
+            credential: cred,
+            ..opts()
+        },
+    );
+    assert_eq!(c.manifest("t").unwrap().bytes, MANIFEST);
+    assert!(fake.seen().iter().any(|s| s.path == "/token"));
 }

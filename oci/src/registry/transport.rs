@@ -308,8 +308,13 @@ impl Client {
                 }
                 req = req.header("Authorization", &basic(username, password).0);
             }
-            Some((Credential::IdentityToken(_), _)) => {
-                return Err(self.refused(&"identity tokens (OAuth2 refresh) are not supported yet; set SIFRUN_DOCKER_USERNAME/SIFRUN_DOCKER_PASSWORD"));
+            Some((Credential::IdentityToken(refresh), _)) => {
+                if plain && host != self.registry() {
+                    return Err(self.refused(&format!(
+                        "refusing to send credentials over plain HTTP to {host}"
+                    )));
+                }
+                return self.oauth2(realm, c.param("service"), &scope, refresh, &what);
             }
             None => {}
         }
@@ -319,6 +324,40 @@ impl Client {
         }
         let body = read_capped(resp.into_body().into_reader(), &what, MAX_TOKEN_BYTES)
             .map_err(|e| self.body_error(e, &what))?;
+        let token = endpoint::parse_token(&body, realm).map_err(|e| self.refused(&e))?;
+        Ok(Auth(format!("Bearer {}", token.token)))
+    }
+}
+
+impl Client {
+    /// An OAuth2 refresh-token grant (`identitytoken` of `docker login`
+    /// with a token service): `POST realm` with a form.
+    fn oauth2(
+        &self,
+        realm: &str,
+        service: Option<&str>,
+        scope: &str,
+        refresh: &str,
+        what: &str,
+    ) -> Result<Auth, RegistryError> {
+        let q = endpoint::query_escape;
+        let form = format!(
+            "grant_type=refresh_token&service={}&scope={}&client_id=sifrun&refresh_token={}",
+            q(service.unwrap_or_default()),
+            q(scope),
+            q(refresh)
+        );
+        let resp = self
+            .agent
+            .post(realm)
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .send(form.as_str())
+            .map_err(|e| self.transport(what, &e))?;
+        if !resp.status().is_success() {
+            return Err(self.status_error(resp, what));
+        }
+        let body = read_capped(resp.into_body().into_reader(), what, MAX_TOKEN_BYTES)
+            .map_err(|e| self.body_error(e, what))?;
         let token = endpoint::parse_token(&body, realm).map_err(|e| self.refused(&e))?;
         Ok(Auth(format!("Bearer {}", token.token)))
     }
