@@ -25,6 +25,8 @@ enum Reply {
     Http(u16, Vec<(String, String)>, Vec<u8>),
     /// Headers never come.
     Stall,
+    /// Headers announcing the whole body, half of it, then nothing.
+    Half(Vec<u8>),
 }
 
 fn ok(body: &[u8], headers: &[(&str, &str)]) -> Reply {
@@ -113,6 +115,13 @@ fn serve(c: TcpStream, seen: &Mutex<Vec<Seen>>, handler: &Handler) {
         };
         match handler(&req, n) {
             Reply::Stall => {
+                std::thread::sleep(Duration::from_secs(30));
+                return;
+            }
+            Reply::Half(body) => {
+                let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+                let _ = w.write_all(head.as_bytes());
+                let _ = w.write_all(&body[..body.len() / 2]);
                 std::thread::sleep(Duration::from_secs(30));
                 return;
             }
@@ -420,4 +429,38 @@ fn identity_token_is_an_oauth2_refresh_grant() {
     );
     assert_eq!(c.manifest("t").unwrap().bytes, MANIFEST);
     assert!(fake.seen().iter().any(|s| s.path == "/token"));
+}
+
+#[test]
+fn a_blob_that_stops_midway_times_out_naming_the_progress() {
+    let blob = vec![7u8; 4096];
+    let d = Digest::of(&blob);
+    let b2 = blob.clone();
+    let fake = Fake::start(move |_, _| Reply::Half(b2.clone()));
+    let c = client(
+        &fake,
+        Options {
+            attempts: 1,
+            ..opts()
+        },
+    );
+    let desc = Descriptor {
+        media_type: media::OCI_CONFIG.into(),
+        digest: d.clone(),
+        size: blob.len() as u64,
+        platform: None,
+        annotations: BTreeMap::new(),
+    };
+    let path = std::env::temp_dir().join(format!("oci-reg-stall-{}", std::process::id()));
+    let mut f = std::fs::File::create(&path).unwrap();
+    let start = Instant::now();
+    let e = c.blob_to(&desc, &mut f, &|_| {}).unwrap_err();
+    let _ = std::fs::remove_file(&path);
+    assert!(start.elapsed() < Duration::from_secs(10));
+    let text = e.to_string();
+    assert!(matches!(e, RegistryError::Timeout { .. }), "{text}");
+    assert!(
+        text.contains(&format!("reading blob {d} (after 2048 bytes)")),
+        "{text}"
+    );
 }
