@@ -464,3 +464,25 @@ fn a_blob_that_stops_midway_times_out_naming_the_progress() {
         "{text}"
     );
 }
+
+#[test]
+fn oversized_manifests_and_tokens_are_refused() {
+    let fake = Fake::start(|req, _| {
+        if req.path.starts_with("/token") {
+            return ok(&vec![b' '; (2 << 20) as usize], &[]);
+        }
+        if req.path.contains("/auth/") {
+            let realm = format!("Bearer realm=\"http://{}/token\"", req.headers["host"]);
+            return Reply::Http(401, vec![("WWW-Authenticate".into(), realm)], Vec::new());
+        }
+        ok(&vec![b' '; (5 << 20) as usize], &[])
+    });
+    let e = client(&fake, opts()).manifest("t").unwrap_err().to_string();
+    assert!(e.contains("more than 4194304 bytes"), "{e}");
+    let r = Reference::parse(&format!("{}/auth/img", fake.base())).unwrap();
+    let e = Client::new(&r, opts())
+        .manifest("t")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("more than 1048576 bytes"), "{e}");
+}
