@@ -486,3 +486,15 @@ fn oversized_manifests_and_tokens_are_refused() {
         .to_string();
     assert!(e.contains("more than 1048576 bytes"), "{e}");
 }
+
+#[test]
+fn unknown_hosts_fail_at_once() {
+    let r = Reference::parse("no-such-host.invalid/test/img:t").unwrap();
+    let start = Instant::now();
+    let e = Client::new(&r, opts())
+        .manifest("t")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("host not found"), "{e}");
+    assert!(start.elapsed() < Duration::from_secs(5), "retried: {e}");
+}

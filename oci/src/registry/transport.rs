@@ -108,6 +108,17 @@ impl Client {
                     detail,
                 }
             }
+            // A name that does not resolve is not retried.
+            ureq::Error::HostNotFound => RegistryError::Refused {
+                registry,
+                detail: format!("{what}: host not found"),
+            },
+            ureq::Error::Io(io) if io.to_string().contains("failed to lookup address") => {
+                RegistryError::Refused {
+                    registry,
+                    detail: format!("{what}: host not found ({detail})"),
+                }
+            }
             ureq::Error::Io(_)
             | ureq::Error::ConnectionFailed
             | ureq::Error::Timeout(_)
