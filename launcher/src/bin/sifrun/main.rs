@@ -45,6 +45,9 @@ image reproducible (nil ID, that time)."
     )]
     Build(build_cmd::BuildArgs),
     /// Make a SIF image from an OCI or Docker image (OUT defaults to NAME_TAG.sif)
+    #[command(
+        after_help = "docker:// credentials: SIFRUN_DOCKER_USERNAME and SIFRUN_DOCKER_PASSWORD, else $REGISTRY_AUTH_FILE, else $DOCKER_CONFIG/config.json or ~/.docker/config.json. Layers are downloaded into $SIFRUN_TMPDIR (default: the output's directory). SIFRUN_REGISTRY_TIMEOUT: seconds without data before giving up (default 60)."
+    )]
     Pull(build_cmd::PullArgs),
     /// Sign an image's object groups with an OpenPGP key (SIF v2 signatures, as Apptainer)
     Sign(sign_cmd::SignArgs),
