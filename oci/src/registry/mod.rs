@@ -6,6 +6,7 @@
 //! for 408/429/5xx and connection failures; a connect timeout and a
 //! "no data for N seconds" timeout on every read.
 
+mod resume;
 mod transport;
 
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -229,7 +230,10 @@ impl Client {
 
     /// Streams blob `desc` into `out` (truncated first, and again before
     /// each retry), checking its size and digest; `progress` gets the byte
-    /// count as it grows. On error `out` holds no verified content.
+    /// count as it grows. A connection that breaks is resumed where it
+    /// stopped when the registry takes ranges (the digest's hash state
+    /// carries on), else the blob is fetched again. On error `out` holds no
+    /// verified content.
     pub fn blob_to(
         &self,
         desc: &Descriptor,
@@ -247,7 +251,8 @@ impl Client {
             out.set_len(0).map_err(local)?;
             out.seek(SeekFrom::Start(0)).map_err(local)?;
             let resp = self.get(&url, None, &what)?;
-            let mut v = Verifier::new(resp.into_body().into_reader(), what.clone(), u64::MAX)
+            let body = resume::Resumable::new(self, &url, &what, resp);
+            let mut v = Verifier::new(body, what.clone(), u64::MAX)
                 .expect(Some(desc.size), Some(desc.digest.clone()));
             let copied = copy(&mut v, out, progress);
             let count = v.count();

@@ -27,6 +27,8 @@ enum Reply {
     Stall,
     /// Headers announcing the whole body, half of it, then nothing.
     Half(Vec<u8>),
+    /// Like `Half`, with `Accept-Ranges: bytes`, then the connection closes.
+    HalfThenClose(Vec<u8>),
 }
 
 fn ok(body: &[u8], headers: &[(&str, &str)]) -> Reply {
@@ -116,6 +118,16 @@ fn serve(c: TcpStream, seen: &Mutex<Vec<Seen>>, handler: &Handler) {
         match handler(&req, n) {
             Reply::Stall => {
                 std::thread::sleep(Duration::from_secs(30));
+                return;
+            }
+            Reply::HalfThenClose(body) => {
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nAccept-Ranges: bytes\r\nContent-Length: {}\r\n\r\n",
+                    body.len()
+                );
+                let _ = w.write_all(head.as_bytes());
+                let _ = w.write_all(&body[..body.len() / 2]);
+                let _ = w.shutdown(std::net::Shutdown::Both);
                 return;
             }
             Reply::Half(body) => {
@@ -497,4 +509,48 @@ fn unknown_hosts_fail_at_once() {
         .to_string();
     assert!(e.contains("host not found"), "{e}");
     assert!(start.elapsed() < Duration::from_secs(5), "retried: {e}");
+}
+
+#[test]
+fn a_broken_download_resumes_with_a_range() {
+    let blob: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    let d = Digest::of(&blob);
+    let b2 = blob.clone();
+    let fake = Fake::start(move |req, _| match req.headers.get("range") {
+        None => Reply::HalfThenClose(b2.clone()),
+        Some(r) => {
+            let from: usize = r
+                .strip_prefix("bytes=")
+                .unwrap()
+                .trim_end_matches('-')
+                .parse()
+                .unwrap();
+            let range = format!("bytes {from}-{}/{}", b2.len() - 1, b2.len());
+            Reply::Http(
+                206,
+                vec![("Content-Range".into(), range)],
+                b2[from..].to_vec(),
+            )
+        }
+    });
+    let c = client(&fake, opts());
+    let desc = Descriptor {
+        media_type: media::OCI_CONFIG.into(),
+        digest: d,
+        size: blob.len() as u64,
+        platform: None,
+        annotations: BTreeMap::new(),
+    };
+    let path = std::env::temp_dir().join(format!("oci-reg-resume-{}", std::process::id()));
+    let mut f = std::fs::File::create(&path).unwrap();
+    c.blob_to(&desc, &mut f, &|_| {}).unwrap();
+    let got = std::fs::read(&path).unwrap();
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(got, blob);
+    let seen = fake.seen();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(
+        seen[1].headers.get("range").map(String::as_str),
+        Some("bytes=50000-")
+    );
 }

@@ -143,6 +143,7 @@ impl Client {
         accept: Option<&str>,
         what: &str,
         auth: Option<&Auth>,
+        from: Option<u64>,
     ) -> Result<Response<Body>, RegistryError> {
         let origin = url.to_owned();
         let mut url = url.to_owned();
@@ -150,6 +151,9 @@ impl Client {
             let mut req = self.agent.get(&url);
             if let Some(a) = accept {
                 req = req.header("Accept", a);
+            }
+            if let Some(n) = from {
+                req = req.header("Range", &format!("bytes={n}-"));
             }
             if let Some(a) = auth.filter(|_| endpoint::same_origin(&origin, &url)) {
                 req = req.header("Authorization", &a.0);
@@ -184,11 +188,22 @@ impl Client {
         accept: Option<&str>,
         what: &str,
     ) -> Result<Response<Body>, RegistryError> {
+        self.get_from(url, accept, what, None)
+    }
+
+    /// [`Client::get`], from byte `from` on (`Range: bytes=FROM-`).
+    pub(super) fn get_from(
+        &self,
+        url: &str,
+        accept: Option<&str>,
+        what: &str,
+        from: Option<u64>,
+    ) -> Result<Response<Body>, RegistryError> {
         let mut attempt = 0;
         let mut authenticated = false;
         loop {
             let auth = self.auth.lock().map(|a| a.clone()).unwrap_or(None);
-            let result = self.send(url, accept, what, auth.as_ref());
+            let result = self.send(url, accept, what, auth.as_ref(), from);
             let retry = match result {
                 Ok(resp) if resp.status().is_success() => return Ok(resp),
                 Ok(resp) if resp.status().as_u16() == 401 && !authenticated => {
