@@ -120,6 +120,14 @@ pub struct ConvertOptions {
     pub tmpdir: Option<PathBuf>,
 }
 
+/// A phase of the conversion, on a terminal only (quiet otherwise).
+fn status(line: &str) {
+    use std::io::IsTerminal;
+    if io::stderr().is_terminal() {
+        eprintln!("sifrun: {line}");
+    }
+}
+
 /// What a conversion made.
 #[derive(Debug)]
 pub struct ConvertReport {
@@ -182,6 +190,7 @@ fn read_image(opts: &ConvertOptions) -> Result<Read1, ConvertError> {
             opts.wanted.architecture
         );
     }
+    status(&format!("reading {} layers", image.layers.len()));
     let layers = image
         .layers
         .iter()
@@ -222,6 +231,7 @@ pub fn convert(opts: &ConvertOptions) -> Result<ConvertReport, ConvertError> {
         labels: apptainer::labels_json(&apptainer::labels(&image.config, &provenance)),
         arch: &image.config.architecture,
     };
+    status(&format!("writing {}", opts.output.display()));
     let image_size = write_sif(opts, &inputs, &tree.plan(), &objects)?;
     Ok(ConvertReport {
         output: opts.output.clone(),
