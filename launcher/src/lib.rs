@@ -30,6 +30,7 @@ pub mod env;
 pub mod fuse;
 pub(crate) mod hold;
 pub(crate) mod host_binds;
+pub mod imagecache;
 pub(crate) mod init;
 #[allow(missing_docs)]
 pub mod inspect;

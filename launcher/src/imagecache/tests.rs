@@ -1,0 +1,180 @@
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use super::*;
+
+const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+fn cache(dir: &Path) -> Cache {
+    let mut c = Cache::new(dir.to_owned());
+    c.heartbeat = Duration::from_millis(100);
+    c.wait_timeout = Duration::from_secs(60);
+    c
+}
+
+fn key() -> Key {
+    Key::new(DIGEST, "gzip").unwrap()
+}
+
+fn entries(d: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(d)
+        .map(|r| {
+            r.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+#[test]
+fn keys_are_checked() {
+    assert!(Key::new("sha256:abc", "gzip").is_err());
+    assert!(Key::new(&DIGEST.to_uppercase(), "gzip").is_err());
+    assert!(Key::new(DIGEST, "../x").is_err());
+    assert!(Cache::new("/c".into()).entry_path(&key()).ends_with(
+        "v1/sif/sha256/0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef.gzip.sif"
+    ));
+}
+
+#[test]
+fn converts_once_then_uses_the_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cache(dir.path());
+    let lines = Mutex::new(Vec::new());
+    let progress = |l: &str| lines.lock().unwrap().push(l.to_owned());
+    let first = c
+        .ensure(&key(), "img", &progress, |out| {
+            fs::write(out, b"SIF").map_err(|e| e.to_string())
+        })
+        .unwrap();
+    assert!(first.converted);
+    assert_eq!(fs::read(&first.path).unwrap(), b"SIF");
+    let mode = fs::metadata(&first.path).unwrap().mode() & 0o777;
+    assert_eq!(mode, 0o444);
+    let second = c
+        .ensure(&key(), "img", &progress, |_| {
+            panic!("must not convert again")
+        })
+        .unwrap();
+    assert!(!second.converted);
+    assert_eq!(second.path, first.path);
+    assert!(entries(&c.dir("lock")).is_empty());
+    assert!(entries(&c.dir("tmp")).is_empty());
+    assert_eq!(*lines.lock().unwrap(), ["img: converting into the cache"]);
+}
+
+#[test]
+fn a_failure_leaves_no_entry_and_is_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cache(dir.path());
+    let e = c
+        .ensure(&key(), "img", &|_| {}, |out| {
+            fs::write(out, b"half").unwrap();
+            Err("layer 2: digest mismatch".into())
+        })
+        .unwrap_err();
+    assert_eq!(e.to_string(), "layer 2: digest mismatch");
+    assert!(entries(&c.dir("sif/sha256")).is_empty());
+    assert!(entries(&c.dir("lock")).is_empty());
+    assert!(entries(&c.dir("tmp")).is_empty());
+    let f: Failure = serde_json::from_slice(&fs::read(c.fail_path(&key())).unwrap()).unwrap();
+    assert_eq!(f.message, "layer 2: digest mismatch");
+    // A new request converts again, and success removes the record.
+    c.ensure(&key(), "img", &|_| {}, |out| {
+        fs::write(out, b"SIF").map_err(|e| e.to_string())
+    })
+    .unwrap();
+    assert!(!c.fail_path(&key()).exists());
+}
+
+#[test]
+fn threads_share_one_conversion() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cache(dir.path());
+    let conversions = AtomicUsize::new(0);
+    let paths = Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                let r = c
+                    .ensure(&key(), "img", &|_| {}, |out| {
+                        conversions.fetch_add(1, Ordering::SeqCst);
+                        std::thread::sleep(Duration::from_millis(1500));
+                        fs::write(out, b"SIF").map_err(|e| e.to_string())
+                    })
+                    .unwrap();
+                paths.lock().unwrap().push(r.path);
+            });
+        }
+    });
+    assert_eq!(conversions.load(Ordering::SeqCst), 1);
+    let paths = paths.into_inner().unwrap();
+    assert_eq!(paths.len(), 4);
+    assert!(paths.iter().all(|p| *p == c.entry_path(&key())));
+}
+
+#[test]
+fn a_waiter_reports_the_converters_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cache(dir.path());
+    std::thread::scope(|s| {
+        let converter = s.spawn(|| {
+            c.ensure(&key(), "img", &|_| {}, |_| {
+                std::thread::sleep(Duration::from_millis(1500));
+                Err("manifest too big".into())
+            })
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let waiter = c
+            .ensure(&key(), "img", &|_| {}, |_| panic!("must not convert"))
+            .unwrap_err();
+        assert!(
+            waiter.to_string().contains("failed")
+                && waiter.to_string().contains("manifest too big"),
+            "{waiter}"
+        );
+        assert!(converter.join().unwrap().is_err());
+    });
+}
+
+#[test]
+fn a_dead_owners_lock_is_broken() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cache(dir.path());
+    c.make_dirs().unwrap();
+    let mut dead = Owner::me();
+    dead.pid_start += 1;
+    fs::write(c.lock_path(&key()), serde_json::to_vec(&dead).unwrap()).unwrap();
+    let work = c.work_dir(&key(), &dead);
+    fs::create_dir(&work).unwrap();
+    fs::write(work.join("image.sif"), b"half").unwrap();
+    let lines = Mutex::new(Vec::new());
+    let r = c
+        .ensure(
+            &key(),
+            "img",
+            &|l| lines.lock().unwrap().push(l.to_owned()),
+            |out| fs::write(out, b"SIF").map_err(|e| e.to_string()),
+        )
+        .unwrap();
+    assert!(r.converted);
+    let lines = lines.into_inner().unwrap();
+    assert!(lines[0].contains("broke a stale cache lock"), "{lines:?}");
+    assert!(
+        entries(&c.dir("tmp")).is_empty(),
+        "the dead converter's work is removed"
+    );
+    assert!(entries(&c.dir("lock")).is_empty());
+}
+
+#[test]
+fn a_foreign_entry_is_not_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cache(dir.path());
+    c.make_dirs().unwrap();
+    let p = c.entry_path(&key());
+    fs::write(&p, b"planted").unwrap();
+    fs::set_permissions(&p, fs::Permissions::from_mode(0o666)).unwrap();
+    assert_eq!(c.lookup(&key()).unwrap(), None);
+}
