@@ -711,3 +711,156 @@ fn sigterm_mid_download_removes_the_temporary_files() {
     empty(&tmpdir);
     assert!(!out.exists());
 }
+
+/// `sifrun REF_CMD [--nohttps] ...` with the cache at `cache` (credentials
+/// cleared).
+fn cached(cache: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(sifrun_bin());
+    c.args(args)
+        .env("SIFRUN_CACHEDIR", cache)
+        .env_remove("SIFRUN_DOCKER_USERNAME")
+        .env_remove("SIFRUN_DOCKER_PASSWORD")
+        .env_remove("REGISTRY_AUTH_FILE")
+        .env_remove("DOCKER_CONFIG")
+        .env("HOME", "/nonexistent");
+    c
+}
+
+fn cache_entries(cache: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(cache.join("v1/sif/sha256"))
+        .map(|r| {
+            r.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Issue 14 stage 3: `sifrun resolve` gives the pushed digest; N
+/// concurrent `sifrun exec docker://…` of a new image make one conversion
+/// into the cache (the others wait for it or find it published) and all
+/// run it; a digest-pinned exec of a cached image needs no registry; a
+/// moved tag resolves to the new digest and converts once more.
+#[test]
+fn cached_exec_converts_once() {
+    let Some(images) = images() else { return };
+    let reg = Registry::start(false);
+    reg.push(
+        &format!("oci:{}:t", s(&images.join("layout"))),
+        "test/img:t",
+        false,
+        &[],
+    );
+    let work = scratch();
+    let w = work.path();
+    let cache = w.join("cache");
+    let src = format!("docker://{}", reg.name("test/img:t"));
+    let pulled = ok(pull_env(&w.join("p.sif"), &src, &["--nohttps"], &[]));
+    let digest = printed_digest(&pulled);
+    // resolve, plain and JSON.
+    let pin = ok(cached(&cache, &["resolve", "--nohttps", &src])
+        .output()
+        .unwrap());
+    let want_pin = format!("{}@{digest}", reg.name("test/img"));
+    assert_eq!(String::from_utf8_lossy(&pin).trim(), want_pin);
+    let json = ok(cached(&cache, &["resolve", "--json", "--nohttps", &src])
+        .output()
+        .unwrap());
+    let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    assert_eq!(v["digest"], digest.as_str());
+    assert_eq!(v["manifest"], digest.as_str());
+    assert_eq!(v["pin"], want_pin.as_str());
+    fails(
+        cached(
+            &cache,
+            &[
+                "resolve",
+                "--nohttps",
+                &format!("docker://{}", reg.name("test/none:t")),
+            ],
+        )
+        .output()
+        .unwrap(),
+        "test/none",
+    );
+    assert!(cache_entries(&cache).is_empty(), "resolve converts nothing");
+    if !containers_can_run() {
+        return;
+    }
+    let n = 4;
+    let children: Vec<Child> = (0..n)
+        .map(|_| {
+            cached(&cache, &["exec", "--nohttps", &src, "cat", "/etc/passwd"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut converting = 0;
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{err}");
+        assert!(String::from_utf8_lossy(&out.stdout).starts_with("root:x:0:0"));
+        converting += err.matches("converting into the cache").count();
+    }
+    assert_eq!(converting, 1, "exactly one conversion");
+    let hex = &digest["sha256:".len()..];
+    assert_eq!(cache_entries(&cache), [format!("{hex}.gzip.sif")]);
+    assert!(
+        fs::read_dir(cache.join("v1/lock"))
+            .unwrap()
+            .next()
+            .is_none()
+    );
+    // The cached image by digest: no registry needed.
+    let port = reg.port;
+    drop(reg);
+    let by_digest = format!("docker://127.0.0.1:{port}/test/img@{digest}");
+    let out = cached(
+        &cache,
+        &["exec", "--nohttps", &by_digest, "cat", "/etc/passwd"],
+    )
+    .output()
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(!err.contains("converting"), "{err}");
+}
+
+/// A tag moved to another image resolves to the new digest, and the next
+/// exec converts the new image once more (both entries stay).
+#[test]
+fn a_moved_tag_is_converted_again() {
+    let Some(images) = images() else { return };
+    if !containers_can_run() {
+        return;
+    }
+    let reg = Registry::start(false);
+    let work = scratch();
+    let cache = work.path().join("cache");
+    let src = format!("docker://{}", reg.name("test/img:t"));
+    let mut digests = Vec::new();
+    for fixture in ["layout", "zstd"] {
+        reg.push(
+            &format!("oci:{}:t", s(&images.join(fixture))),
+            "test/img:t",
+            false,
+            &[],
+        );
+        let out = cached(&cache, &["exec", "--nohttps", &src, "cat", "/etc/passwd"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{err}");
+        assert_eq!(err.matches("converting into the cache").count(), 1, "{err}");
+        let pin = ok(cached(&cache, &["resolve", "--nohttps", &src])
+            .output()
+            .unwrap());
+        digests.push(String::from_utf8_lossy(&pin).trim().to_owned());
+    }
+    assert_ne!(digests[0], digests[1]);
+    assert_eq!(cache_entries(&cache).len(), 2);
+}

@@ -19,6 +19,7 @@ pub mod config;
 mod emit;
 mod layer;
 mod registry;
+pub use registry::{Resolved, resolve};
 mod source;
 mod squash;
 #[cfg(test)]

@@ -37,7 +37,7 @@ impl From<RegistryError> for ConvertError {
 
 /// The client options: `--nohttps`, the user's credential, and
 /// `SIFRUN_REGISTRY_TIMEOUT` (seconds without data before giving up).
-fn options(reference: &Reference, opts: &ConvertOptions) -> Result<Options, ConvertError> {
+fn options(reference: &Reference, plain_http: bool) -> Result<Options, ConvertError> {
     let read = |p: &Path| -> Option<String> {
         let f = File::open(p).ok()?;
         let mut s = String::new();
@@ -51,7 +51,7 @@ fn options(reference: &Reference, opts: &ConvertOptions) -> Result<Options, Conv
         tracing::info!(registry = reference.domain(), "credentials from {origin}");
     }
     let mut o = Options {
-        plain_http: opts.plain_http,
+        plain_http,
         credential,
         ..Options::default()
     };
@@ -113,13 +113,38 @@ fn manifest_for(
     )))
 }
 
+/// What a reference names now (`sifrun resolve`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Resolved {
+    /// What the tag (or digest) points to: an index or a manifest.
+    pub digest: Digest,
+    /// The manifest for the platform chosen (equal to `digest` unless
+    /// that is an index).
+    pub manifest: Digest,
+}
+
+/// Resolves `reference` to digests: the manifests only, no blobs.
+pub fn resolve(
+    reference: &Reference,
+    plain_http: bool,
+    wanted: &Wanted,
+    what: &str,
+) -> Result<Resolved, ConvertError> {
+    let client = Client::new(reference, options(reference, plain_http)?);
+    let (_, manifest, index) = manifest_for(&client, reference, wanted, what)?;
+    Ok(Resolved {
+        digest: index.unwrap_or_else(|| manifest.clone()),
+        manifest,
+    })
+}
+
 /// Fetches the image `reference` names into a new temporary directory.
 pub(crate) fn fetch(
     reference: &Reference,
     opts: &ConvertOptions,
 ) -> Result<(TempDir, Image), ConvertError> {
     let what = opts.source_text.as_str();
-    let client = Client::new(reference, options(reference, opts)?);
+    let client = Client::new(reference, options(reference, opts.plain_http)?);
     let (m, manifest_digest, index_digest) = manifest_for(&client, reference, &opts.wanted, what)?;
     let config_bytes = client.blob_bytes(&m.config, MAX_CONFIG_BYTES)?;
     let config = manifest::parse_config(&config_bytes, m.layers.len(), what)?;

@@ -46,10 +46,10 @@ pub struct BuildArgs {
 pub struct ImageArgs {
     /// Architecture to choose from a multi-platform image (default: the host's)
     #[arg(long)]
-    arch: Option<String>,
+    pub arch: Option<String>,
     /// Talk plain HTTP (no TLS) to the docker:// registry
     #[arg(long = "nohttps", visible_alias = "no-https")]
-    nohttps: bool,
+    pub nohttps: bool,
 }
 
 /// `sifrun pull`'s arguments.
@@ -126,7 +126,7 @@ pub fn is_image_source(text: &Path) -> bool {
 }
 
 /// The platform to choose: `--arch` or the host's.
-fn wanted(arch: Option<&str>) -> anyhow::Result<Wanted> {
+pub fn wanted(arch: Option<&str>) -> anyhow::Result<Wanted> {
     Ok(match arch {
         Some(a) => Wanted::parse_arch(a)?,
         None => Wanted::host()?,

@@ -2,6 +2,7 @@
 #![warn(clippy::too_many_lines)]
 
 mod build_cmd;
+mod cache_cmd;
 mod hold_cmd;
 mod logging;
 mod mount_cmd;
@@ -49,6 +50,8 @@ image reproducible (nil ID, that time)."
         after_help = "docker:// credentials: SIFRUN_DOCKER_USERNAME and SIFRUN_DOCKER_PASSWORD, else $REGISTRY_AUTH_FILE, else $DOCKER_CONFIG/config.json or ~/.docker/config.json. Layers are downloaded into $SIFRUN_TMPDIR (default: the output's directory). SIFRUN_REGISTRY_TIMEOUT: seconds without data before giving up (default 60)."
     )]
     Pull(build_cmd::PullArgs),
+    /// Print the digest a docker:// reference points to now (REGISTRY/NAME@sha256:…)
+    Resolve(cache_cmd::ResolveArgs),
     /// Sign an image's object groups with an OpenPGP key (SIF v2 signatures, as Apptainer)
     Sign(sign_cmd::SignArgs),
     /// Verify an image's signatures: every object group by default
@@ -68,7 +71,9 @@ image reproducible (nil ID, that time)."
     Exec {
         #[command(flatten)]
         opts: run_cmd::ContainerArgs,
-        /// The image
+        #[command(flatten)]
+        source: build_cmd::ImageArgs,
+        /// The image: a SIF file, or docker://REF (converted once into the cache)
         image: PathBuf,
         /// The command and its arguments
         #[arg(required = true, allow_hyphen_values = true, value_name = "COMMAND")]
@@ -79,7 +84,9 @@ image reproducible (nil ID, that time)."
     Run {
         #[command(flatten)]
         opts: run_cmd::ContainerArgs,
-        /// The image
+        #[command(flatten)]
+        source: build_cmd::ImageArgs,
+        /// The image: a SIF file, or docker://REF (converted once into the cache)
         image: PathBuf,
         /// Do not let the runscript of an OCI image evaluate its arguments
         /// (sets SINGULARITY_NO_EVAL=1 in the container, as Apptainer)
@@ -93,7 +100,9 @@ image reproducible (nil ID, that time)."
     Shell {
         #[command(flatten)]
         opts: run_cmd::ContainerArgs,
-        /// The image
+        #[command(flatten)]
+        source: build_cmd::ImageArgs,
+        /// The image: a SIF file, or docker://REF (converted once into the cache)
         image: PathBuf,
     },
     /// (For the SPANK plugin) set up a step's container and hold it for tasks to join;
@@ -170,24 +179,33 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Exec {
             opts,
+            source,
             image,
             command,
         } => {
+            let image = cache_cmd::image_path(image, &source).context("exec")?;
             let code = run_cmd::run(&opts, image, Action::Exec(run_cmd::os(&command)), "exec")?;
             std::process::exit(code)
         }
         Command::Run {
             opts,
+            source,
             image,
             no_eval,
             args,
         } => {
+            let image = cache_cmd::image_path(image, &source).context("run")?;
             let opts = opts.for_run(&image, no_eval);
             let code = run_cmd::run(&opts, image, Action::Run(run_cmd::os(&args)), "run")?;
             std::process::exit(code)
         }
         Command::SlurmHold(args) => std::process::exit(hold_cmd::run(&args)),
-        Command::Shell { opts, image } => {
+        Command::Shell {
+            opts,
+            source,
+            image,
+        } => {
+            let image = cache_cmd::image_path(image, &source).context("shell")?;
             let code = run_cmd::run(&opts, image, Action::Shell(vec![]), "shell")?;
             std::process::exit(code)
         }
@@ -203,6 +221,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Build(a) => build_cmd::run_build(a),
         Command::Pull(a) => build_cmd::run_pull(a),
+        Command::Resolve(a) => cache_cmd::run_resolve(&a),
         Command::Mount {
             image,
             dir,
