@@ -762,7 +762,7 @@ fn cached_exec_converts_once() {
     let pin = ok(cached(&cache, &["resolve", "--nohttps", &src])
         .output()
         .unwrap());
-    let want_pin = format!("{}@{digest}", reg.name("test/img"));
+    let want_pin = format!("{}@{digest}", reg.name("test/img:t"));
     assert_eq!(String::from_utf8_lossy(&pin).trim(), want_pin);
     let json = ok(cached(&cache, &["resolve", "--json", "--nohttps", &src])
         .output()
@@ -828,6 +828,19 @@ fn cached_exec_converts_once() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(!err.contains("converting"), "{err}");
+    // Inside a job, resolve gives the job's pin of the same image (no
+    // registry needed); a pin of another image is ignored.
+    let pinned = ok(cached(&cache, &["resolve", "--nohttps", &src])
+        .env("SLURM_SIFRUN_IMAGE_PIN", &want_pin)
+        .output()
+        .unwrap());
+    assert_eq!(String::from_utf8_lossy(&pinned).trim(), want_pin);
+    let other = format!("127.0.0.1:{port}/test/other:t@{digest}");
+    let out = cached(&cache, &["resolve", "--nohttps", &src])
+        .env("SLURM_SIFRUN_IMAGE_PIN", &other)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the registry is gone");
 }
 
 /// A tag moved to another image resolves to the new digest, and the next

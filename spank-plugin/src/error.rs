@@ -60,6 +60,21 @@ pub enum PluginError {
         /// `--sif-image`.
         image: String,
     },
+    /// A registry image on a cluster whose ECL only runs signed images.
+    #[error(
+        "{0}: images converted from Docker/OCI are unsigned, and this cluster's execution control \
+list only runs signed images; ask your administrator to convert and sign it (sifrun pull + \
+sifrun sign) and use that SIF"
+    )]
+    Unsigned(String),
+    /// `sifrun resolve` failed.
+    #[error("{image}: cannot resolve: {message}")]
+    Resolve {
+        /// The image.
+        image: String,
+        /// The launcher's reason.
+        message: String,
+    },
     /// The launcher could not be started.
     #[error("cannot start the launcher {}: {source}", launcher.display())]
     Spawn {

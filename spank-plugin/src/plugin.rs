@@ -95,6 +95,9 @@ pub struct Plugin {
     /// user_init for the tasks' placement hints (each task only matches
     /// them to its CPUs).
     pub(crate) devices: interconnect::topology::Devices,
+    /// Local context: the pin of a `docker://` image, for the FFI layer to
+    /// put in the command's environment ([`crate::image_pin::PIN_ENV`]).
+    pub image_pin: Option<String>,
 }
 
 impl Plugin {
@@ -109,6 +112,7 @@ impl Plugin {
             trusted_owner,
             unusable: None,
             devices: interconnect::topology::Devices::default(),
+            image_pin: None,
         }
     }
 
@@ -224,7 +228,8 @@ impl Plugin {
         let from_env = self.args.apply_env(|k| sp.getenv(k));
         if context != Context::Remote {
             from_env?;
-            return check_policy(&self.args, &self.settings.config);
+            check_policy(&self.args, &self.settings.config)?;
+            return self.pin_registry_image(sp, Path::new(OCI_CONF));
         }
         if let Err(e) = from_env {
             // Some variables may be left unapplied (the image among them).
@@ -249,6 +254,30 @@ impl Plugin {
         {
             self.holder = Some(HolderState::Failed(e));
         }
+        Ok(())
+    }
+
+    /// Local context: a `docker://` image (`--sif-image`, or `--container`
+    /// where Slurm has no OCI runtime) is resolved once, here, and pinned
+    /// for every step (see [`crate::image_pin`]); refused with an ECL.
+    pub fn pin_registry_image(
+        &mut self,
+        sp: &dyn Spank,
+        oci_conf: &Path,
+    ) -> Result<(), PluginError> {
+        use crate::image_pin;
+        let image = match &self.args.image {
+            Some(i) => Some(i.clone()),
+            None => sp.getenv("SLURM_CONTAINER").filter(|_| !oci_conf.exists()),
+        };
+        let Some(image) = image.filter(|i| image_pin::is_registry_image(i)) else {
+            return Ok(());
+        };
+        if self.settings.config.ecl.activated {
+            return Err(image_pin::unsigned(&image));
+        }
+        let pin = image_pin::resolve(&self.settings.launcher(), &image, &|k| sp.getenv(k))?;
+        self.image_pin = Some(pin);
         Ok(())
     }
 

@@ -81,7 +81,9 @@ impl Plugin {
             return Ok(());
         }
         // users.image_dirs is judged by the holder on the file it opens.
-        if !step.cwd_known && !self.args.image.as_deref().unwrap_or("").starts_with('/') {
+        let given = self.args.image.as_deref().unwrap_or("");
+        if !step.cwd_known && !given.starts_with('/') && !crate::image_pin::is_registry_image(given)
+        {
             self.holder = Some(HolderState::Failed(PluginError::Task(format!(
                 "{}: a relative image needs the job's working directory, and the job's PWD is not an absolute path",
                 self.args.image.as_deref().unwrap_or("")

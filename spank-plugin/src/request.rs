@@ -76,7 +76,7 @@ pub fn step_name(sp: &dyn Spank) -> String {
 /// The image as an absolute path (relative ones are relative to the task's cwd).
 pub fn image_path(a: &Args, cwd: &str) -> String {
     let image = a.image.clone().unwrap_or_default();
-    if image.starts_with('/') {
+    if image.starts_with('/') || crate::image_pin::is_registry_image(&image) {
         image
     } else {
         format!("{}/{image}", cwd.trim_end_matches('/'))

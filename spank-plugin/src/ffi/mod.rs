@@ -247,7 +247,15 @@ pub extern "C" fn slurm_spank_init_post_opt(
         // (measured: one thread), so nothing reads the environment meanwhile.
         unsafe { std::env::set_var("SLURM_CONTAINER", old) };
     }
-    guard(sp, Report::Error, |p, h| p.init_post_opt(h))
+    guard(sp, Report::Error, |p, h| {
+        p.init_post_opt(h)?;
+        if let Some(pin) = p.image_pin.take() {
+            // SAFETY: as above, one thread; srun passes its environment to
+            // the steps, sbatch to the batch job (SLURM_* in every --export).
+            unsafe { std::env::set_var(crate::image_pin::PIN_ENV, pin) };
+        }
+        Ok(())
+    })
 }
 
 /// The SLURM_CONTAINER a command inherited, hidden while it parses options.

@@ -35,20 +35,54 @@ fn docker_ref(text: &str) -> Result<Reference> {
     }
 }
 
-/// `sifrun resolve`: prints `REGISTRY/NAME@sha256:DIGEST`, the digest the
-/// tag points to now (an index for a multi-platform image).
+/// The variable that carries a job's resolved image from the submitting
+/// side to every step (oci-design.md §6.4): `REGISTRY/NAME:TAG@sha256:HEX`.
+pub const PIN_ENV: &str = "SLURM_SIFRUN_IMAGE_PIN";
+
+fn truthy(v: Option<&str>) -> bool {
+    matches!(v, Some("1" | "true" | "yes"))
+}
+
+/// `reference` pinned by `pin` when the pin names the same image
+/// (registry, repository and tag); `None` otherwise.
+fn pinned_by(reference: &Reference, pin: Option<&str>) -> Option<Reference> {
+    let p = Reference::parse(pin?).ok()?;
+    let same = p.name() == reference.name() && p.tag() == reference.tag();
+    match (same, p.digest()) {
+        (true, Some(d)) if reference.digest().is_none_or(|r| r == d) => {
+            Some(reference.with_digest(d.clone()))
+        }
+        _ => {
+            tracing::warn!("{PIN_ENV}={}: not a pin of {reference}; ignored", pin?);
+            None
+        }
+    }
+}
+
+/// `sifrun resolve`: prints `REGISTRY/NAME:TAG@sha256:DIGEST`, the digest
+/// the tag points to now (an index for a multi-platform image); inside a
+/// job whose pin names the same image, the pin.
 pub fn run_resolve(a: &ResolveArgs) -> Result<()> {
     let fail = || format!("resolve: {}", a.source);
     let reference = docker_ref(&a.source).with_context(fail)?;
-    let wanted = wanted(a.image_args.arch.as_deref()).with_context(fail)?;
-    let r = convert::resolve(&reference, a.image_args.nohttps, &wanted, &a.source)
-        .with_context(fail)?;
-    let pin = format!("{}@{}", reference.name(), r.digest);
+    let plain_http =
+        a.image_args.nohttps || truthy(std::env::var("SIFRUN_NOHTTPS").ok().as_deref());
+    let (digest, manifest) = match pinned_by(&reference, std::env::var(PIN_ENV).ok().as_deref()) {
+        Some(p) => (p.digest().cloned(), None),
+        None => {
+            let wanted = wanted(a.image_args.arch.as_deref()).with_context(fail)?;
+            let r =
+                convert::resolve(&reference, plain_http, &wanted, &a.source).with_context(fail)?;
+            (Some(r.digest), Some(r.manifest))
+        }
+    };
+    let digest = digest.expect("a pin has a digest");
+    let pin = reference.with_digest(digest.clone()).to_string();
     if a.json {
         let v = serde_json::json!({
             "ref": reference.to_string(),
-            "digest": r.digest.to_string(),
-            "manifest": r.manifest.to_string(),
+            "digest": digest.to_string(),
+            "manifest": manifest.map(|m| m.to_string()),
             "pin": pin,
         });
         println!("{v}");
@@ -69,28 +103,70 @@ pub fn image_path(image: PathBuf, args: &ImageArgs) -> Result<PathBuf> {
         return Ok(image);
     };
     let reference = docker_ref(&text)?;
+    let plain_http = args.nohttps || truthy(std::env::var("SIFRUN_NOHTTPS").ok().as_deref());
     let cache = Cache::new(Cache::user_root()?);
+    ensure(&cache, &reference, &text, args.arch.as_deref(), plain_http)
+}
+
+/// A Slurm step's `docker://` image (`sifrun slurm-hold`, as the user):
+/// the job's pin when it names the same image, the cache at
+/// `SIFRUN_CACHEDIR`, `XDG_CACHE_HOME` or `HOME` of the job's environment.
+pub fn step_image(text: &str, job_env: &[(String, String)]) -> Result<PathBuf> {
+    let get = |k: &str| {
+        job_env
+            .iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.as_str())
+            .filter(|v| !v.is_empty())
+    };
+    let root = match (get("SIFRUN_CACHEDIR"), get("XDG_CACHE_HOME"), get("HOME")) {
+        (Some(d), _, _) => PathBuf::from(d),
+        (None, Some(x), _) => PathBuf::from(x).join("sifrun"),
+        (None, None, Some(h)) => PathBuf::from(h).join(".cache/sifrun"),
+        _ => bail!("{text}: no cache directory: the job has no SIFRUN_CACHEDIR or HOME"),
+    };
+    let mut reference = docker_ref(text)?;
+    if let Some(p) = pinned_by(&reference, get(PIN_ENV)) {
+        reference = p;
+    }
+    ensure(
+        &Cache::new(root),
+        &reference,
+        text,
+        None,
+        truthy(get("SIFRUN_NOHTTPS")),
+    )
+}
+
+/// The cache's entry for `reference` on this host's platform (or `arch`).
+fn ensure(
+    cache: &Cache,
+    reference: &Reference,
+    text: &str,
+    arch: Option<&str>,
+    plain_http: bool,
+) -> Result<PathBuf> {
     // A digest with an entry is a platform manifest: no network needed.
     if let Some(d) = reference.digest()
         && let Some(p) = cache.lookup(&Key::new(&d.to_string(), CACHE_COMPRESSION.name())?)?
     {
         return Ok(p);
     }
-    let wanted = wanted(args.arch.as_deref())?;
-    let resolved = convert::resolve(&reference, args.nohttps, &wanted, &text)?;
+    let wanted = wanted(arch)?;
+    let resolved = convert::resolve(reference, plain_http, &wanted, text)?;
     let key = Key::new(&resolved.manifest.to_string(), CACHE_COMPRESSION.name())?;
     let pinned = reference.with_digest(resolved.manifest);
     let progress = |l: &str| eprintln!("sifrun: {l}");
-    let entry = cache.ensure(&key, &text, &progress, |out| {
+    let entry = cache.ensure(&key, text, &progress, |out| {
         let opts = ConvertOptions {
             output: out.to_owned(),
-            source_text: text.clone(),
+            source_text: text.to_owned(),
             source: Source::Docker(pinned),
             compression: CACHE_COMPRESSION,
             force: false,
             source_date_epoch: None,
             wanted,
-            plain_http: args.nohttps,
+            plain_http,
             tmpdir: std::env::var_os("SIFRUN_TMPDIR")
                 .filter(|v| !v.is_empty())
                 .map(PathBuf::from),
@@ -100,4 +176,35 @@ pub fn image_path(image: PathBuf, args: &ImageArgs) -> Result<PathBuf> {
             .map_err(|e| e.to_string())
     })?;
     Ok(entry.path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const D: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn pins_apply_to_their_image_only() {
+        let r = docker_ref("docker://reg.example:5000/a/b:t").unwrap();
+        let pin = format!("reg.example:5000/a/b:t@{D}");
+        let p = pinned_by(&r, Some(&pin)).unwrap();
+        assert_eq!(p.digest().unwrap().to_string(), D);
+        assert!(pinned_by(&r, Some(&format!("reg.example:5000/a/b:u@{D}"))).is_none());
+        assert!(pinned_by(&r, Some(&format!("reg.example:5000/a/c:t@{D}"))).is_none());
+        assert!(pinned_by(&r, Some("reg.example:5000/a/b:t")).is_none());
+        assert!(pinned_by(&r, None).is_none());
+        // docker://alpine is docker.io/library/alpine:latest.
+        let hub = docker_ref("docker://alpine").unwrap();
+        assert!(pinned_by(&hub, Some(&format!("docker.io/library/alpine:latest@{D}"))).is_some());
+    }
+
+    #[test]
+    fn a_steps_cache_comes_from_the_job() {
+        let env = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+            v.iter().map(|(a, b)| ((*a).into(), (*b).into())).collect()
+        };
+        let e = step_image("docker://reg.example/a:t", &env(&[])).unwrap_err();
+        assert!(e.to_string().contains("no cache directory"), "{e}");
+    }
 }

@@ -39,6 +39,11 @@ impl<T, E: Into<anyhow::Error>> AtStage<T> for Result<T, E> {
     }
 }
 
+/// Why an ECL step refuses a `docker://` image.
+const UNSIGNED: &str = "images converted from Docker/OCI are unsigned, and this cluster's \
+execution control list only runs signed images; ask your administrator to convert and sign it \
+(sifrun pull + sifrun sign) and use that SIF";
+
 /// Runs the holder; returns its exit status. Every failure is reported on
 /// standard output before the holder ends.
 pub fn run(args: &HoldArgs) -> i32 {
@@ -69,6 +74,13 @@ fn hold(args: &HoldArgs) -> Result<i32, Failure> {
             ),
         ));
     }
+    let docker = request
+        .image
+        .to_str()
+        .filter(|t| t.starts_with("docker://"));
+    if let (Some(text), Some(_)) = (docker, &request.ecl_config) {
+        return Err(Failure(Stage::Image, anyhow::anyhow!("{text}: {UNSIGNED}")));
+    }
     if let (Some(config), Some(ns_dir)) = (&request.ecl_config, &request.ns_dir) {
         return privileged(request.clone(), config.clone(), ns_dir.clone());
     }
@@ -82,6 +94,14 @@ fn hold(args: &HoldArgs) -> Result<i32, Failure> {
         .context("slurm-hold")
         .at(Stage::Privileges)?;
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+    let mut request = request;
+    if let Some(text) = request
+        .image
+        .to_str()
+        .filter(|t| t.starts_with("docker://"))
+    {
+        request.image = crate::cache_cmd::step_image(text, &request.job_env).at(Stage::Image)?;
+    }
     let image_dirs = request.image_dirs.clone();
     let image = open_in_dirs(&request.image, &image_dirs).at(Stage::Image)?;
     let l = to_launch(request, Some(image), &cwd).at(Stage::Request)?;
