@@ -877,3 +877,109 @@ fn a_moved_tag_is_converted_again() {
     assert_ne!(digests[0], digests[1]);
     assert_eq!(cache_entries(&cache).len(), 2);
 }
+
+/// Whether the live cluster with the plugin runs (tests/run-all starts it).
+fn cluster_up() -> bool {
+    let up = sifrun_tests::have("srun")
+        && Command::new("sinfo")
+            .arg("-h")
+            .output()
+            .is_ok_and(|o| o.status.success())
+        && Path::new("/etc/slurm/plugstack.conf.d/sifrun.conf").exists();
+    if !up {
+        assert!(
+            std::env::var_os("SIFRUN_REQUIRE_CLUSTER").is_none(),
+            "the test cluster with the plugin must be running (tests/run-all starts it)"
+        );
+        eprintln!("skipping: no test cluster with the plugin");
+    }
+    up
+}
+
+/// Issue 14 stage 3 under Slurm: `srun --sif-image=docker://REF` resolves
+/// the tag once on the submitting side (every task sees the pin), the
+/// step's holder converts the pinned digest into the user's cache and
+/// serves it; concurrent steps share one cache entry; `--container=docker://`
+/// works the same; a later step uses the entry as it is.
+#[test]
+fn slurm_steps_run_registry_images_from_the_cache() {
+    let Some(images) = images() else { return };
+    if !cluster_up() || !containers_can_run() {
+        return;
+    }
+    let reg = Registry::start(false);
+    reg.push(
+        &format!("oci:{}:t", s(&images.join("layout"))),
+        "test/img:t",
+        false,
+        &[],
+    );
+    let work = scratch();
+    let cache = work.path().join("cache");
+    let src = format!("docker://{}", reg.name("test/img:t"));
+    let pin = ok(cached(&cache, &["resolve", "--nohttps", &src])
+        .output()
+        .unwrap());
+    let pin = String::from_utf8_lossy(&pin).trim().to_owned();
+    let srun = |option: &str| {
+        let mut c = Command::new("srun");
+        c.args([
+            "-n2",
+            option,
+            "sh",
+            "-c",
+            "head -1 /etc/passwd; echo PIN=$SLURM_SIFRUN_IMAGE_PIN",
+        ])
+        .env("SIFRUN_CACHEDIR", &cache)
+        .env("SIFRUN_NOHTTPS", "1")
+        .env_remove("SLURM_SIFRUN_IMAGE_PIN")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        c
+    };
+    let image_opt = format!("--sif-image={src}");
+    let steps: Vec<Child> = (0..3).map(|_| srun(&image_opt).spawn().unwrap()).collect();
+    for step in steps {
+        let out = step.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(text.matches("root:x:0:0").count(), 2, "{text}");
+        assert_eq!(text.matches(&format!("PIN={pin}\n")).count(), 2, "{text}");
+    }
+    let entries = cache_entries(&cache);
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert!(
+        fs::read_dir(cache.join("v1/lock"))
+            .unwrap()
+            .next()
+            .is_none()
+    );
+    let entry = cache.join("v1/sif/sha256").join(&entries[0]);
+    let ino = |p: &Path| std::os::unix::fs::MetadataExt::ino(&fs::metadata(p).unwrap());
+    let before = ino(&entry);
+    // Slurm's --container (no oci.conf here): the same image, from the cache.
+    let out = srun(&format!("--container={src}")).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(text.matches(&format!("PIN={pin}\n")).count(), 2, "{text}");
+    assert_eq!(
+        ino(&entry),
+        before,
+        "the cached entry was used, not converted again"
+    );
+    assert_eq!(cache_entries(&cache).len(), 1);
+    // A tag that does not exist fails on the submitting side, in one line.
+    let bad = format!("--sif-image=docker://{}", reg.name("test/none:t"));
+    let out = srun(&bad).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("cannot resolve"), "{err}");
+}
