@@ -930,6 +930,7 @@ fn slurm_steps_run_registry_images_from_the_cache() {
             "-c",
             "head -1 /etc/passwd; echo PIN=$SLURM_SIFRUN_IMAGE_PIN",
         ])
+        .current_dir(work.path())
         .env("SIFRUN_CACHEDIR", &cache)
         .env("SIFRUN_NOHTTPS", "1")
         .env_remove("SLURM_SIFRUN_IMAGE_PIN")
