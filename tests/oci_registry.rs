@@ -977,6 +977,32 @@ fn slurm_steps_run_registry_images_from_the_cache() {
         "the cached entry was used, not converted again"
     );
     assert_eq!(cache_entries(&cache).len(), 1);
+    // A batch job: the script runs in the image with the pin, and an srun
+    // inside it (in the container, no launcher there) reuses the pin.
+    fs::write(
+        work.path().join("job.sh"),
+        "#!/bin/sh\necho BATCH=$SLURM_SIFRUN_IMAGE_PIN\n\
+         srun -n1 sh -c 'echo INNER=$SLURM_SIFRUN_IMAGE_PIN; head -1 /etc/passwd'\n",
+    )
+    .unwrap();
+    let out = Command::new("sbatch")
+        .args(["--wait", "-o", "batch.out", &image_opt, "job.sh"])
+        .current_dir(work.path())
+        .env("SIFRUN_CACHEDIR", &cache)
+        .env("SIFRUN_NOHTTPS", "1")
+        .env_remove("SLURM_SIFRUN_IMAGE_PIN")
+        .output()
+        .unwrap();
+    let text = fs::read_to_string(work.path().join("batch.out")).unwrap_or_default();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains(&format!("BATCH={pin}\n")), "{text}");
+    assert!(text.contains(&format!("INNER={pin}\n")), "{text}");
+    assert!(text.contains("root:x:0:0"), "{text}");
+    assert_eq!(ino(&entry), before);
     // A tag that does not exist fails on the submitting side, in one line.
     let bad = format!("--sif-image=docker://{}", reg.name("test/none:t"));
     let out = srun(&bad).output().unwrap();

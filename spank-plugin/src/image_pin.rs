@@ -19,6 +19,10 @@ use crate::error::PluginError;
 /// The variable that carries the pin to the steps.
 pub const PIN_ENV: &str = "SLURM_SIFRUN_IMAGE_PIN";
 
+/// The image (as given) [`PIN_ENV`] is the pin of: a nested `srun` of the
+/// same image reuses the pin without running the launcher.
+pub const PIN_OF_ENV: &str = "SLURM_SIFRUN_IMAGE_PIN_OF";
+
 /// The transport of registry images.
 pub const DOCKER: &str = "docker://";
 
@@ -195,7 +199,11 @@ mod tests {
         p.settings.launcher = Some(l.clone());
         p.option(Opt::Image, Some("docker://r/a:t")).unwrap();
         p.pin_registry_image(&local, none).unwrap();
-        assert_eq!(p.image_pin.as_deref(), Some("r/a:t@sha256:1"));
+        assert_eq!(
+            p.image_pin.as_ref().map(|(_, p)| p.as_str()),
+            Some("r/a:t@sha256:1")
+        );
+        assert_eq!(p.image_pin.as_ref().unwrap().0, "docker://r/a:t");
         // --container=docker:// without an OCI runtime; with one it is Slurm's.
         let mut with_container = Fake::default();
         with_container
@@ -204,11 +212,31 @@ mod tests {
         let mut p = Plugin::new(None);
         p.settings.launcher = Some(l.clone());
         p.pin_registry_image(&with_container, none).unwrap();
-        assert_eq!(p.image_pin.as_deref(), Some("r/a:t@sha256:1"));
+        assert_eq!(
+            p.image_pin.as_ref().map(|(_, p)| p.as_str()),
+            Some("r/a:t@sha256:1")
+        );
         let mut p = Plugin::new(None);
         p.settings.launcher = Some(l.clone());
         p.pin_registry_image(&with_container, &l).unwrap();
         assert_eq!(p.image_pin, None);
+        // A nested srun of the job's image reuses the job's pin, without
+        // the launcher; another image is resolved.
+        let mut nested = Fake::default();
+        nested
+            .env
+            .insert(PIN_OF_ENV.into(), "docker://r/a:t".into());
+        nested.env.insert(PIN_ENV.into(), "r/a:t@sha256:0".into());
+        let mut p = Plugin::new(None);
+        p.settings.launcher = Some("/nonexistent/sifrun".into());
+        p.option(Opt::Image, Some("docker://r/a:t")).unwrap();
+        p.pin_registry_image(&nested, none).unwrap();
+        assert_eq!(p.image_pin.as_ref().unwrap().1, "r/a:t@sha256:0");
+        let mut p = Plugin::new(None);
+        p.settings.launcher = Some(l.clone());
+        p.option(Opt::Image, Some("docker://r/b:t")).unwrap();
+        p.pin_registry_image(&nested, none).unwrap();
+        assert_eq!(p.image_pin.as_ref().unwrap().1, "r/a:t@sha256:1");
         // An activated ECL refuses before resolving.
         let mut p = Plugin::new(None);
         p.settings.launcher = Some("/nonexistent/sifrun".into());

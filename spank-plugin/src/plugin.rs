@@ -95,9 +95,10 @@ pub struct Plugin {
     /// user_init for the tasks' placement hints (each task only matches
     /// them to its CPUs).
     pub(crate) devices: interconnect::topology::Devices,
-    /// Local context: the pin of a `docker://` image, for the FFI layer to
-    /// put in the command's environment ([`crate::image_pin::PIN_ENV`]).
-    pub image_pin: Option<String>,
+    /// Local context: a `docker://` image as given and its pin, for the FFI
+    /// layer to put in the command's environment
+    /// ([`crate::image_pin::PIN_OF_ENV`], [`crate::image_pin::PIN_ENV`]).
+    pub image_pin: Option<(String, String)>,
 }
 
 impl Plugin {
@@ -276,8 +277,16 @@ impl Plugin {
         if self.settings.config.ecl.activated {
             return Err(image_pin::unsigned(&image));
         }
-        let pin = image_pin::resolve(&self.settings.launcher(), &image, &|k| sp.getenv(k))?;
-        self.image_pin = Some(pin);
+        // Inside a job of the same image (a nested srun, maybe in a
+        // container without the launcher): the job's pin.
+        let pin = match (
+            sp.getenv(image_pin::PIN_OF_ENV),
+            sp.getenv(image_pin::PIN_ENV),
+        ) {
+            (Some(of), Some(pin)) if of == image && !pin.is_empty() => pin,
+            _ => image_pin::resolve(&self.settings.launcher(), &image, &|k| sp.getenv(k))?,
+        };
+        self.image_pin = Some((image, pin));
         Ok(())
     }
 

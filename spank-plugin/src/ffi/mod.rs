@@ -249,10 +249,13 @@ pub extern "C" fn slurm_spank_init_post_opt(
     }
     guard(sp, Report::Error, |p, h| {
         p.init_post_opt(h)?;
-        if let Some(pin) = p.image_pin.take() {
+        if let Some((image, pin)) = p.image_pin.take() {
             // SAFETY: as above, one thread; srun passes its environment to
             // the steps, sbatch to the batch job (SLURM_* in every --export).
-            unsafe { std::env::set_var(crate::image_pin::PIN_ENV, pin) };
+            unsafe {
+                std::env::set_var(crate::image_pin::PIN_OF_ENV, image);
+                std::env::set_var(crate::image_pin::PIN_ENV, pin);
+            }
         }
         Ok(())
     })
