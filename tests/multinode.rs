@@ -9,7 +9,9 @@
 //!   all nodes share and containers bind (images, job output; /tmp is
 //!   each node's own);
 //! - `SIFRUN_MULTINODE_NODES`: the node names;
-//! - `SIFRUN_MPI_IMAGE`: tests/mpi/mpi-check's Open MPI image;
+//! - `SIFRUN_MPI_IMAGE`: tests/mpi/mpi-check's Open MPI image, and
+//!   `SIFRUN_MPI_IMAGE_OPTION` the srun option naming it (`container`, the
+//!   default, or `sif-image`, as tests/run-all sets it per series);
 //! - `SIFRUN_REQUIRE_MULTINODE=1`: a missing cluster fails instead of
 //!   skipping.
 //!
@@ -243,10 +245,16 @@ srun -N{n} -n{n} --{directive}={other} sh -c '{TASK_LINE}' other\n",
         other = other.display(),
     );
     std::fs::write(dir.path().join("job.sh"), script).unwrap();
-    let out = run_in(dir.path(), "sbatch", &["--wait", "-o", "job.out", "job.sh"]);
-    let job_out = std::fs::read_to_string(dir.path().join("job.out")).unwrap_or_default();
+    let out = run_in(
+        dir.path(),
+        "sbatch",
+        &["--parsable", "-o", "job.out", "job.sh"],
+    );
     let (stdout, stderr) = text(&out);
-    assert!(out.status.success(), "{job_out}{stdout}{stderr}");
+    assert!(out.status.success(), "{stdout}{stderr}");
+    let state = wait_for_job(stdout.trim().split(';').next().unwrap());
+    let job_out = std::fs::read_to_string(dir.path().join("job.out")).unwrap_or_default();
+    assert_eq!(state, "COMPLETED", "{job_out}");
     let batch = by_host(&job_out, "batch");
     assert_eq!(batch.len(), 1, "{job_out}");
     let (host, tasks) = batch.iter().next().unwrap();
@@ -259,6 +267,32 @@ srun -N{n} -n{n} --{directive}={other} sh -c '{TASK_LINE}' other\n",
     // step's are gone when the second starts.)
     assert_per_node(&job_out, "step", nodes, 1, "inside-the-image");
     assert_per_node(&job_out, "other", nodes, 1, "inside-the-other");
+}
+
+/// Waits for batch job `id` to end; returns its final state. (Polled every
+/// 50 ms: `sbatch --wait` polls at growing intervals, up to 30 s late.)
+fn wait_for_job(id: &str) -> String {
+    let mut state = String::new();
+    poll_until(
+        &format!("job {id} to end"),
+        std::time::Duration::from_secs(180),
+        || {
+            let out = Command::new("scontrol")
+                .args(["show", "job", "-o", id])
+                .output()
+                .unwrap();
+            state = String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("JobState="))
+                .unwrap_or("")
+                .to_owned();
+            !matches!(
+                state.as_str(),
+                "" | "PENDING" | "CONFIGURING" | "RUNNING" | "COMPLETING"
+            )
+        },
+    );
+    state
 }
 
 #[test]
@@ -283,6 +317,10 @@ fn mpi(per_node: usize) {
         );
         return;
     };
+    // 24.11+ cannot run a --container step with --mpi=pmix without an
+    // oci.conf (tests/mpi/mpi-check): tests/run-all names sif-image there.
+    let option =
+        std::env::var("SIFRUN_MPI_IMAGE_OPTION").unwrap_or_else(|_| "container".to_owned());
     let dir = shared_scratch(&base);
     let ranks = per_node * nodes.len();
     let out = Command::new("srun")
@@ -290,7 +328,7 @@ fn mpi(per_node: usize) {
             &format!("-N{}", nodes.len()),
             &format!("-n{ranks}"),
             "--mpi=pmix",
-            &format!("--container={}", mpi_image.to_string_lossy()),
+            &format!("--{option}={}", mpi_image.to_string_lossy()),
             "/usr/local/bin/mpi_hello",
         ])
         .env("OMPI_MCA_btl_tcp_if_include", "10.77.0.0/24")
