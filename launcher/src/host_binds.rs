@@ -90,7 +90,15 @@ pub fn host_binds(root: &Path, req: &Request<'_>) -> Result<HostBinds, HostBindE
         same_path.extend(interconnect::netfs::mounts(&mountinfo, req.netfs_types));
     }
     if let Some(conf) = req.slurm_conf {
-        let spool = slurm_conf::slurm::SlurmConf::parse(conf).spool_dir();
+        // A per-node SlurmdSpoolDir (`%n`, `%h`) as this node's slurmd has it.
+        let node = req
+            .env
+            .iter()
+            .find(|(k, _)| k == "SLURMD_NODENAME")
+            .map(|(_, v)| v.as_str());
+        let host = nix::unistd::gethostname().ok();
+        let host = host.as_ref().and_then(|h| h.to_str());
+        let spool = slurm_conf::slurm::SlurmConf::parse(conf).spool_dir_on(node, host);
         same_path.extend(interconnect::pmix::binds(req.env, &spool, &|p| {
             at(p).exists()
         }));

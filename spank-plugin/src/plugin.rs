@@ -38,9 +38,6 @@ pub const DEFAULT_LAUNCHER: &str = "/usr/local/bin/sifrun";
 /// Where per-step records live unless `runtime_dir=` says otherwise.
 pub const DEFAULT_RUNTIME_DIR: &str = "/run/sifrun";
 
-/// Slurm's OCI runtime configuration; when it exists, `--container` is Slurm's.
-pub const OCI_CONF: &str = "/etc/slurm/oci.conf";
-
 /// What plugstack.conf says.
 #[derive(Clone, Debug, Default)]
 pub struct Settings {
@@ -237,7 +234,7 @@ impl Plugin {
             return Ok(());
         }
         if let Some(value) = sp.getenv("SLURM_CONTAINER")
-            && let Err(e) = self.honour_native_container(&value, Path::new(OCI_CONF))
+            && let Err(e) = self.honour_native_container(&value, &crate::request::oci_conf_path(sp))
         {
             // slurmstepd neither stops the step nor shows this error to the
             // user: keep it for task_init, which fails every task with it.

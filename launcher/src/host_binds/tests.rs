@@ -184,3 +184,23 @@ fn network_filesystems_and_pmix_at_their_paths_in_order() {
     let plain = host_binds(root.path(), &request(&env)).unwrap();
     assert!(plain.binds.is_empty(), "{plain:?}");
 }
+
+/// Several slurmd on one machine, each with its own spool
+/// (`SlurmdSpoolDir=…%n`): PMIx gets this node's (`SLURMD_NODENAME`).
+#[test]
+fn a_per_node_spool_directory_is_this_nodes() {
+    let root = tempfile::tempdir().unwrap();
+    for d in ["/var/spool/slurmd-n2/x", "/var/spool/slurmd-n1/x"] {
+        touch(root.path(), d);
+    }
+    let env = [
+        ("SLURM_MPI_TYPE".to_owned(), "pmix".to_owned()),
+        ("SLURMD_NODENAME".to_owned(), "n2".to_owned()),
+    ];
+    let req = Request {
+        slurm_conf: Some("SlurmdSpoolDir=/var/spool/slurmd-%n\n"),
+        ..request(&env)
+    };
+    let b = host_binds(root.path(), &req).unwrap();
+    assert_eq!(shown(&b), ["/var/spool/slurmd-n2 -> /var/spool/slurmd-n2"]);
+}
