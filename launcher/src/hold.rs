@@ -35,9 +35,6 @@ pub struct Hold {
     /// Log each set-up phase with its duration on standard error (the
     /// caller sets the log filter from it; see `sifrun -v`).
     pub verbose: bool,
-    /// The step's command, read ahead into the page cache once the root is
-    /// set up (see `crate::prefetch`).
-    pub command: Option<String>,
 }
 
 impl Default for Hold {
@@ -48,7 +45,6 @@ impl Default for Hold {
             image_file: None,
             slurm_conf: PathBuf::from(DEFAULT_SLURM_CONF),
             verbose: false,
-            command: None,
         }
     }
 }
@@ -61,8 +57,6 @@ pub(crate) struct Holding<'a> {
     pub(crate) through_shell: bool,
     pub(crate) job_env: &'a [(String, String)],
     pub(crate) slurm_client: bool,
-    /// The step's command, to read ahead (see `crate::prefetch`).
-    pub(crate) command: Option<&'a str>,
 }
 
 /// The holder's container process: set up the root, report the tasks'
@@ -79,9 +73,6 @@ pub(crate) fn hold(h: &Holding<'_>, sys: Linux, signals: &SigSet) -> i32 {
     }
     drop(sys);
     crate::launch::phase_done("apply", started);
-    if let Some(command) = h.command {
-        crate::prefetch::start(command, &task_path(h.env));
-    }
     let ready = match ready_report(h, None) {
         Ok(r) => r,
         Err(failed) => {
@@ -125,18 +116,6 @@ pub(crate) fn ready_report(h: &Holding<'_>, as_user: Option<(u32, u32)>) -> Resu
     Ok(Report::ready(slurm_conf::task_env::delta(
         h.job_env, &task_env,
     )))
-}
-
-/// The tasks' PATH before the image's scripts: the user's, or the base one.
-fn task_path(env: &ContainerEnv) -> String {
-    env.user
-        .iter()
-        .rev()
-        .find(|(k, _)| k == "PATH")
-        .map(|(_, v)| v.as_str())
-        .or(env.base.get("PATH").map(String::as_str))
-        .unwrap_or(crate::env::DEFAULT_PATH)
-        .to_owned()
 }
 
 /// The Slurm client's programs first on the tasks' PATH.
@@ -212,16 +191,6 @@ mod tests {
 
     fn kv(k: &str, v: &str) -> (String, String) {
         (k.to_owned(), v.to_owned())
-    }
-
-    #[test]
-    fn the_command_is_looked_up_on_the_tasks_path() {
-        let mut env = ContainerEnv::default();
-        assert_eq!(task_path(&env), crate::env::DEFAULT_PATH);
-        env.base.insert("PATH".into(), "/base".into());
-        assert_eq!(task_path(&env), "/base");
-        env.user.push(kv("PATH", "/mine"));
-        assert_eq!(task_path(&env), "/mine", "the user's setting wins");
     }
 
     #[test]

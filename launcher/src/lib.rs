@@ -7,8 +7,7 @@
 //! ([`launch`]), the host integration's binds (`host_binds`), the Slurm
 //! client of a batch step ([`slurm_client`]), the plan ([`plan`]), the
 //! command (`command`), staging (`stage`), the container root (`apply`),
-//! the container's processes (`init`, and `hold` for a Slurm step, which
-//! reads the step's command ahead: `prefetch`), all
+//! the container's processes (`init`, and `hold` for a Slurm step), all
 //! namespace and mount operations through one seam (`syscall`, the only
 //! module allowed `unsafe`). A Slurm step under an activated ECL takes the
 //! privileged path instead ([`privileged`]: root's mount namespace, the
@@ -37,7 +36,6 @@ pub mod inspect;
 pub mod launch;
 pub mod pin;
 pub mod plan;
-pub(crate) mod prefetch;
 pub mod privilege;
 pub mod privileged;
 pub mod sanitize;

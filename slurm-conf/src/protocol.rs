@@ -163,12 +163,6 @@ pub struct Request {
     pub verbosity: u8,
     /// The job's environment, which the tasks' is computed from.
     pub job_env: Vec<(String, String)>,
-    /// The step's command (its argv[0]) when it is not a batch script: the
-    /// holder reads it (and its ELF interpreter and libraries) ahead into
-    /// the fresh image mount's page cache while slurmstepd starts the
-    /// tasks, so that their exec does not wait for it. A hint only.
-    #[serde(default)]
-    pub command: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -368,20 +362,7 @@ mod tests {
                 ("PATH".into(), "/usr/bin".into()),
                 ("ODD".into(), "two\nlines \"quoted\" \u{0}nul".into()),
             ],
-            command: Some("hostname".into()),
         }
-    }
-
-    /// `command` is a hint a plugin may leave out.
-    #[test]
-    fn a_request_without_a_command_reads() {
-        let mut r = request();
-        r.command = None;
-        let json = String::from_utf8(r.encode()).unwrap();
-        assert!(json.contains("\"command\":null"), "{json}");
-        let without = json.replace(",\"command\":null", "");
-        assert!(!without.contains("command"), "{without}");
-        assert_eq!(Request::decode(without.as_bytes()).unwrap(), r);
     }
 
     #[test]

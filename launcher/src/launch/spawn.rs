@@ -41,7 +41,6 @@ pub(super) fn spawn(
                     through_shell: p.wrapped,
                     job_env,
                     slurm_client: h.slurm_client && p.client,
-                    command: h.command.as_deref(),
                 },
                 sys,
                 signals,

@@ -122,8 +122,6 @@ fn build(l: &Launch, user: &UserCreds, loop_path: &Path, ns: &NsDir) -> Result<R
         through_shell: prepared.wrapped,
         job_env: &side.env,
         slurm_client: hold.slurm_client && prepared.client,
-        // The kernel's squashfs on a loop device: nothing read ahead.
-        command: None,
     };
     ready_report(&holding, Some((user.uid, user.gid)))
 }
