@@ -14,7 +14,10 @@ step without an ECL), hands it a request, and times, per run:
 The three kinds alternate, one holder each. Medians are printed.
 
 Usage (as an ordinary user with /dev/fuse, e.g. runuser -u sifrun-test --):
-  bench/holder-bench.py [--runs N] [--task 'CMD ARGS'] [--warm 'PATH ...'] SIFRUN IMAGE
+  bench/holder-bench.py [--runs N] [--task 'CMD ARGS'] [--warm 'PATH ...']
+                        [--command NAME] SIFRUN IMAGE
+--command sends the step's command (argv[0]) as the plugin does, so that
+the holder decompresses it ahead.
 """
 import argparse
 import json
@@ -23,16 +26,19 @@ import subprocess
 import time
 
 
-def request(image):
+def request(image, command):
     # slurm_conf::protocol::Request, version 1 (every field it requires).
-    return (json.dumps({
+    r = {
         "version": 1, "step": "1.0", "image": image, "ecl_config": None,
         "binds": [], "env": [], "pwd": None, "writable_tmpfs": False,
         "no_home": True, "gpu": "none", "netfs": False, "netfs_types": [],
         "fabric_libraries": False, "allow_umad": False, "slurm_client": False,
         "slurm_conf": "/etc/slurm/slurm.conf", "verbosity": 0,
         "job_env": [["PATH", "/usr/bin:/bin"], ["HOME", "/tmp"]],
-    }) + "\n").encode()
+    }
+    if command:
+        r["command"] = command
+    return (json.dumps(r) + "\n").encode()
 
 
 def one(args, kind):
@@ -41,7 +47,7 @@ def one(args, kind):
         [args.sifrun, "slurm-hold", "--slurm-step=1.0", args.image],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL, cwd="/tmp", env={"PATH": "/usr/bin:/bin"})
-    holder.stdin.write(request(args.image))
+    holder.stdin.write(request(args.image, args.command))
     holder.stdin.close()
     line = holder.stdout.readline()
     ready = time.perf_counter()
@@ -79,6 +85,8 @@ def main():
     p.add_argument("--runs", type=int, default=15)
     p.add_argument("--task", default="/bin/true")
     p.add_argument("--warm", default="", help="image paths to read before the task")
+    p.add_argument("--command", default="",
+                   help="the step's command in the request (its blocks are decompressed ahead)")
     p.add_argument("sifrun")
     p.add_argument("image")
     args = p.parse_args()
