@@ -39,7 +39,6 @@ use crate::syscall::Linux;
 
 mod ahead;
 mod ecl_gate;
-mod elf;
 mod error;
 pub(crate) mod host;
 mod spawn;
@@ -206,7 +205,7 @@ pub fn launch(l: &Launch) -> Result<i32, LaunchError> {
     let host = timed("host facts", || host::gather(l, host_facts()?))?;
     check_image_root(l, &served, &host.facts)?;
     let prepared = timed("plan", || prepare(l, &served, &host))?;
-    let ahead = step_command(l, &prepared);
+    let ahead = step_command(l, &served, &prepared);
     let synth = timed("synthesise targets", || {
         let mut synth = Synth::new(&served.squash);
         for (p, k) in &prepared.plan.synth {
@@ -229,11 +228,13 @@ pub fn launch(l: &Launch) -> Result<i32, LaunchError> {
     spawn::serve_and_wait(l, &served, session, child, signals, ahead)
 }
 
-/// A Slurm step's command ([`Hold::command`]) and the tasks' PATH, to
-/// decompress ahead (see `ahead`).
-fn step_command(l: &Launch, p: &Prepared) -> Option<(String, String)> {
+/// The image inode of a Slurm step's command ([`Hold::command`]), found
+/// the way the tasks' exec will find it (see `ahead`).
+fn step_command(l: &Launch, served: &Served, p: &Prepared) -> Option<u64> {
     let Action::Hold(h) = &l.action else {
         return None;
     };
-    Some((h.command.clone()?, ahead::task_path(&p.env).to_owned()))
+    let tree = served.squash.as_ref();
+    let file = ahead::command_file(tree, h.command.as_deref()?, ahead::task_path(&p.env))?;
+    served.squash.lookup_path(&file)
 }
