@@ -35,6 +35,9 @@ pub struct Hold {
     /// Log each set-up phase with its duration on standard error (the
     /// caller sets the log filter from it; see `sifrun -v`).
     pub verbose: bool,
+    /// The step's command, whose blocks the image server decompresses
+    /// ahead (see `Squash::prefetch_file`).
+    pub command: Option<String>,
 }
 
 impl Default for Hold {
@@ -45,6 +48,7 @@ impl Default for Hold {
             image_file: None,
             slurm_conf: PathBuf::from(DEFAULT_SLURM_CONF),
             verbose: false,
+            command: None,
         }
     }
 }

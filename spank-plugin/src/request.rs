@@ -29,6 +29,8 @@ pub struct Step {
     pub slurm_conf: PathBuf,
     /// The job's environment.
     pub job_env: Vec<(String, String)>,
+    /// The command of a step that is not a batch script (its argv[0]).
+    pub command: Option<String>,
 }
 
 impl Step {
@@ -36,10 +38,15 @@ impl Step {
     pub fn of(sp: &dyn Spank) -> Step {
         let argv = sp.job_argv();
         let pwd = sp.getenv("PWD").filter(|p| p.starts_with('/'));
-        let batch_script = (sp.step_id() == Some(BATCH_STEP))
+        let batch = sp.step_id() == Some(BATCH_STEP);
+        let batch_script = batch
             .then(|| argv.first().cloned())
             .flatten()
             .filter(|s| s.starts_with('/') && !s.contains([',', ':']));
+        let command = (!batch)
+            .then(|| argv.first().cloned())
+            .flatten()
+            .filter(|c| !c.is_empty());
         Step {
             name: step_name(sp),
             // Only an absolute PWD says where the job is (a relative one
@@ -49,6 +56,7 @@ impl Step {
             batch_script,
             slurm_conf: slurm_conf_path(sp),
             job_env: sp.job_env(),
+            command,
         }
     }
 }
@@ -132,6 +140,7 @@ pub fn build(a: &Args, s: &Settings, step: Step) -> Request {
         slurm_conf: step.slurm_conf,
         verbosity: u8::from(a.verbose),
         job_env: step.job_env,
+        command: step.command,
     }
 }
 
@@ -160,6 +169,7 @@ mod tests {
             batch_script: batch_script.map(str::to_owned),
             slurm_conf: DEFAULT_SLURM_CONF.into(),
             job_env: vec![("PATH".into(), "/usr/bin".into())],
+            command: batch_script.is_none().then(|| "hostname".into()),
         }
     }
 
@@ -275,8 +285,26 @@ mod tests {
             Some("/var/spool/slurmd/job00042/slurm_script")
         );
         assert_eq!(s.cwd, "/");
+        assert_eq!(
+            s.command, None,
+            "a batch script is no command to read ahead"
+        );
         sp.step_id = Some(3);
         assert_eq!(Step::of(&sp).name, "42.3");
         assert_eq!(Step::of(&sp).batch_script, None);
+    }
+
+    /// The holder reads a step's command ahead: argv[0], as srun gave it.
+    #[test]
+    fn a_steps_command_goes_to_the_holder() {
+        let mut sp = Fake::remote();
+        sp.step_id = Some(0);
+        *sp.argv.borrow_mut() = vec!["hostname".into(), "-f".into()];
+        let s = Step::of(&sp);
+        assert_eq!(s.command.as_deref(), Some("hostname"));
+        let r = build(&args(), &Settings::default(), s);
+        assert_eq!(r.command.as_deref(), Some("hostname"));
+        sp.argv.borrow_mut().clear();
+        assert_eq!(Step::of(&sp).command, None);
     }
 }

@@ -164,6 +164,19 @@ pub(crate) fn wait_signal(set: &nix::sys::signal::SigSet) -> io::Result<(i32, bo
     Ok((sig, info.si_code <= 0))
 }
 
+/// Puts the calling thread in the idle scheduling class (`SCHED_IDLE`): it
+/// runs only on a CPU nothing else wants. Lowering one's own class needs no
+/// privilege.
+pub(crate) fn idle_thread() -> io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` is a valid sched_param for the duration of the call;
+    // pid 0 is the calling thread.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// A C string for exec, refusing interior NULs with a clear error.
 pub(crate) fn cstring(s: &std::ffi::OsStr) -> io::Result<CString> {
     use std::os::unix::ffi::OsStrExt;

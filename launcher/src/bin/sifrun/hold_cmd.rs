@@ -159,6 +159,7 @@ pub fn to_launch(
             image_file,
             slurm_conf: r.slurm_conf,
             verbose: r.verbosity > 0,
+            command: r.command,
         }),
         tuning: Tuning::default(),
         threads: launcher::serve::default_threads(),
