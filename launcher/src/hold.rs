@@ -38,6 +38,9 @@ pub struct Hold {
     /// The step's command, whose blocks the image server decompresses
     /// ahead (see `Squash::prefetch_file`).
     pub command: Option<String>,
+    /// This node's name as slurmstepd has it (`%n` in a per-node
+    /// `SlurmdSpoolDir`); `None`: the host name stands in.
+    pub node_name: Option<String>,
 }
 
 impl Default for Hold {
@@ -49,6 +52,7 @@ impl Default for Hold {
             slurm_conf: PathBuf::from(DEFAULT_SLURM_CONF),
             verbose: false,
             command: None,
+            node_name: None,
         }
     }
 }

@@ -226,7 +226,7 @@ pub fn gather(root: &Path, slurm_conf: &Path, conf: &str) -> Option<(ClientPlan,
     // A slurm.conf outside the directories bound above: a configless node's
     // copy in slurmd's spool (`<SlurmdSpoolDir>/conf-cache`), which the
     // batch script's SLURM_CONF names, at its own path.
-    if let Some(dir) = slurm_conf.parent().filter(|d| d.is_absolute())
+    if let Some(dir) = slurm_conf.parent().filter(|d| is_conf_cache(d))
         && canonical(dir).is_some()
         && !client
             .binds
@@ -241,6 +241,18 @@ pub fn gather(root: &Path, slurm_conf: &Path, conf: &str) -> Option<(ClientPlan,
     }
     let passwd = std::fs::read_to_string(at(Path::new("/etc/passwd"))).unwrap_or_default();
     Some((client, conf.service_accounts(&passwd)))
+}
+
+/// Whether `dir` is where a configless slurmd keeps the configuration it
+/// fetched: `<SlurmdSpoolDir>/conf-cache`, or `/run/slurm/conf` (newer
+/// series). Only such a directory is bound for a `SLURM_CONF` outside the
+/// ones bound already: any other directory of a slurm.conf (`/etc` for a
+/// Slurm built with `--sysconfdir=/etc`, `/usr/local/etc`, `/`) would cover
+/// the image's own.
+fn is_conf_cache(dir: &Path) -> bool {
+    dir.is_absolute()
+        && (dir.file_name() == Some(std::ffi::OsStr::new("conf-cache"))
+            || dir == Path::new("/run/slurm/conf"))
 }
 
 #[cfg(test)]
@@ -462,5 +474,18 @@ exec /.sifrun/host/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2 \
             .filter(|b| b.target.starts_with("/etc/slurm"))
             .collect();
         assert_eq!(etc.len(), 1, "bound once: {client:?}");
+        // A Slurm built with --sysconfdir=/etc (or /usr/local/etc): its
+        // slurm.conf's directory is no configless cache and is not bound,
+        // or the host's /etc would cover the image's.
+        put("/etc/slurm.conf", "ClusterName=c\n");
+        put("/usr/local/etc/slurm.conf", "ClusterName=c\n");
+        for conf in ["/etc/slurm.conf", "/usr/local/etc/slurm.conf"] {
+            let (client, _) = gather(r, Path::new(conf), "").unwrap();
+            let dir = Path::new(conf).parent().unwrap();
+            assert!(
+                !client.binds.iter().any(|b| b.target == dir),
+                "{conf}: {client:?}"
+            );
+        }
     }
 }

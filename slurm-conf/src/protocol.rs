@@ -169,6 +169,11 @@ pub struct Request {
     /// first exec finds them in the server's cache. A hint only.
     #[serde(default)]
     pub command: Option<String>,
+    /// This node's name as slurmstepd has it (its own `SLURMD_NODENAME`,
+    /// never the job's variable, which the user sets): expands `%n` in a
+    /// per-node `SlurmdSpoolDir`. `None`: the host name stands in.
+    #[serde(default)]
+    pub node_name: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -369,6 +374,7 @@ mod tests {
                 ("ODD".into(), "two\nlines \"quoted\" \u{0}nul".into()),
             ],
             command: Some("hostname".into()),
+            node_name: Some("n1".into()),
         }
     }
 

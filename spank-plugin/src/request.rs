@@ -31,6 +31,8 @@ pub struct Step {
     pub job_env: Vec<(String, String)>,
     /// The command of a step that is not a batch script (its argv[0]).
     pub command: Option<String>,
+    /// This node's name from slurmstepd's own environment (never the job's).
+    pub node_name: Option<String>,
 }
 
 impl Step {
@@ -57,6 +59,9 @@ impl Step {
             slurm_conf: slurm_conf_path(sp),
             job_env: sp.job_env(),
             command,
+            node_name: sp
+                .process_getenv("SLURMD_NODENAME")
+                .filter(|n| !n.is_empty()),
         }
     }
 }
@@ -141,6 +146,7 @@ pub fn build(a: &Args, s: &Settings, step: Step) -> Request {
         verbosity: u8::from(a.verbose),
         job_env: step.job_env,
         command: step.command,
+        node_name: step.node_name,
     }
 }
 
@@ -170,6 +176,7 @@ mod tests {
             slurm_conf: DEFAULT_SLURM_CONF.into(),
             job_env: vec![("PATH".into(), "/usr/bin".into())],
             command: batch_script.is_none().then(|| "hostname".into()),
+            node_name: None,
         }
     }
 
@@ -228,6 +235,19 @@ mod tests {
         sp.env.insert("PWD".into(), "/home/u".into());
         let s = Step::of(&sp);
         assert!(s.cwd_known && s.cwd == "/home/u");
+    }
+
+    #[test]
+    fn the_node_name_is_slurmstepds_own_never_the_jobs() {
+        let mut sp = Fake::remote();
+        sp.env.insert("SLURMD_NODENAME".into(), "other".into());
+        assert_eq!(
+            Step::of(&sp).node_name,
+            None,
+            "the job's variable is the user's"
+        );
+        sp.process_env.insert("SLURMD_NODENAME".into(), "n2".into());
+        assert_eq!(Step::of(&sp).node_name.as_deref(), Some("n2"));
     }
 
     #[test]

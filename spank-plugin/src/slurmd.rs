@@ -104,7 +104,12 @@ pub fn sweep(
         let _ = std::fs::remove_file(entry.path());
     }
     let marker = format!("--slurm-step={prefix}");
-    let own = node_namespaces(proc_root, "self");
+    let own = node_namespaces(proc_root, "self").filter(|own| {
+        // In init's namespaces (a real node: one slurmd per kernel), every
+        // holder of the job on this kernel is this node's, whatever
+        // namespaces it may have moved to: no filter.
+        node_namespaces(proc_root, "1").as_ref() != Some(own)
+    });
     for entry in std::fs::read_dir(proc_root).into_iter().flatten().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
             continue;
@@ -140,11 +145,14 @@ fn node_namespaces(proc_root: &Path, who: &str) -> Option<Vec<std::path::PathBuf
 }
 
 /// Whether process `pid` is on the node the epilog runs on: its network and
-/// UTS namespaces are the epilog's own. On a real node every process is; on
-/// one kernel shared by several test nodes, one node's epilog must not kill
-/// another node's holders of the same job (still serving that node's tasks,
-/// or in their grace period). When either side's namespaces cannot be read,
-/// the process counts as this node's (the sweep errs on killing).
+/// UTS namespaces are the epilog's own. Asked only when slurmd does not run
+/// in init's namespaces: on one kernel shared by several test nodes, one
+/// node's epilog must not kill another node's holders of the same job
+/// (still serving that node's tasks, or in their grace period). On a real
+/// node (slurmd in init's namespaces) every holder of the job counts, even
+/// one moved into a namespace of its own. When either side's namespaces
+/// cannot be read, the process counts as this node's (the sweep errs on
+/// killing).
 fn on_this_node(own: Option<&[std::path::PathBuf]>, proc_root: &Path, pid: i32) -> bool {
     match (own, node_namespaces(proc_root, &pid.to_string())) {
         (Some(own), Some(theirs)) => own == theirs.as_slice(),
@@ -257,7 +265,12 @@ mod tests {
             std::os::unix::fs::symlink(net, d.join("ns/net")).unwrap();
             std::os::unix::fs::symlink(uts, d.join("ns/uts")).unwrap();
         };
-        // The epilog runs on node 1 (net:[1], uts:[1]).
+        // The epilog runs on node 1 (net:[1], uts:[1]), not in init's.
+        let init = proc.join("1");
+        std::fs::create_dir_all(init.join("ns")).unwrap();
+        std::fs::write(init.join("cmdline"), "/sbin/init\0").unwrap();
+        std::os::unix::fs::symlink("net:[0]", init.join("ns/net")).unwrap();
+        std::os::unix::fs::symlink("uts:[0]", init.join("ns/uts")).unwrap();
         fake("self", "net:[1]", "uts:[1]");
         fake("20", "net:[1]", "uts:[1]");
         fake("21", "net:[2]", "uts:[2]");
@@ -274,6 +287,16 @@ mod tests {
         let mut got = sweep(None, &proc, 42, me, |_| {});
         got.sort();
         assert_eq!(got, [20, 24], "only node 1's holders");
+
+        // A real node: slurmd (so the epilog) in init's namespaces; a
+        // holder the user moved into other namespaces is still swept.
+        std::fs::remove_file(init.join("ns/net")).unwrap();
+        std::fs::remove_file(init.join("ns/uts")).unwrap();
+        std::os::unix::fs::symlink("net:[1]", init.join("ns/net")).unwrap();
+        std::os::unix::fs::symlink("uts:[1]", init.join("ns/uts")).unwrap();
+        let mut got = sweep(None, &proc, 42, me, |_| {});
+        got.sort();
+        assert_eq!(got, [20, 21, 22, 23, 24], "a real node: every holder");
 
         // Without its own namespaces readable, the epilog sweeps as before.
         std::fs::remove_dir_all(proc.join("self")).unwrap();

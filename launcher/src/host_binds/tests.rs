@@ -40,6 +40,7 @@ fn request<'a>(env: &'a [(String, String)]) -> Request<'a> {
         netfs_types: &[],
         env,
         slurm_conf: None,
+        node_name: None,
     }
 }
 
@@ -186,7 +187,9 @@ fn network_filesystems_and_pmix_at_their_paths_in_order() {
 }
 
 /// Several slurmd on one machine, each with its own spool
-/// (`SlurmdSpoolDir=…%n`): PMIx gets this node's (`SLURMD_NODENAME`).
+/// (`SlurmdSpoolDir=…%n`): PMIx gets this node's, by the name slurmstepd
+/// gave, never by the job's `SLURMD_NODENAME` (the user's to set; root
+/// binds the directory on the ECL path).
 #[test]
 fn a_per_node_spool_directory_is_this_nodes() {
     let root = tempfile::tempdir().unwrap();
@@ -195,10 +198,11 @@ fn a_per_node_spool_directory_is_this_nodes() {
     }
     let env = [
         ("SLURM_MPI_TYPE".to_owned(), "pmix".to_owned()),
-        ("SLURMD_NODENAME".to_owned(), "n2".to_owned()),
+        ("SLURMD_NODENAME".to_owned(), "n1".to_owned()),
     ];
     let req = Request {
         slurm_conf: Some("SlurmdSpoolDir=/var/spool/slurmd-%n\n"),
+        node_name: Some("n2"),
         ..request(&env)
     };
     let b = host_binds(root.path(), &req).unwrap();

@@ -6,7 +6,7 @@
 //! `bench/holder-bench.py`; the FUSE round trips cost little, the
 //! decompression most). The holder looks the command up in the image
 //! before it forks the container; after the fork a thread of the server,
-//! in the idle scheduling class, decompresses the program's blocks into
+//! at nice 19, decompresses the program's blocks into
 //! the server's cache while the container is set up and slurmstepd starts
 //! the tasks, on CPU time no one else wants. The kernel's page cache is
 //! left alone: the exec still reads only the pages it needs.

@@ -153,6 +153,10 @@ pub(crate) fn gather(l: &Launch, facts: HostFacts) -> Result<HostSide, LaunchErr
             netfs_types: &types,
             env: &env,
             slurm_conf: slurm_conf.as_ref().map(|(_, text)| text.as_str()),
+            node_name: match &l.action {
+                Action::Hold(h) => h.node_name.as_deref(),
+                _ => None,
+            },
         },
     )?;
     for w in &binds.warnings {

@@ -88,8 +88,9 @@ pub(super) fn serve_and_wait(
         let _ = std::thread::Builder::new()
             .name("sifrun-ahead".into())
             .spawn(move || {
-                // Only time no one else wants: the container's set-up,
-                // slurmstepd and the tasks come first.
+                // At nice 19: the container's set-up, slurmstepd and the
+                // tasks come first (not SCHED_IDLE: the thread takes the
+                // block cache's locks, briefly, and must not stall there).
                 let _ = syscall::idle_thread();
                 let blocks = squash.warm_file(ino, super::ahead::MAX_AHEAD);
                 tracing::debug!(ino, blocks, "the step's command decompressed ahead");

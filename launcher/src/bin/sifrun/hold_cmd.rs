@@ -160,6 +160,7 @@ pub fn to_launch(
             slurm_conf: r.slurm_conf,
             verbose: r.verbosity > 0,
             command: r.command,
+            node_name: r.node_name,
         }),
         tuning: Tuning::default(),
         threads: launcher::serve::default_threads(),
