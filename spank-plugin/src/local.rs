@@ -78,9 +78,9 @@ impl Plugin {
         }
         if !std::path::Path::new(value).is_dir() {
             sp.info(&format!(
-                "sifrun: Slurm runs --container itself on this cluster ({} exists); \
-                 sifrun's plugin leaves --container={value} to it: use --sif-image={value} \
-                 for sifrun's container",
+                "sifrun: --container={value} goes to Slurm's own OCI runtime on this cluster \
+                 ({} exists), not to sifrun's plugin; --sif-image={value} runs it in sifrun's \
+                 container",
                 oci_conf.display()
             ));
         }
@@ -122,7 +122,7 @@ mod tests {
         let log = sp.log.borrow();
         assert_eq!(log.len(), 1, "{log:?}");
         assert!(
-            log[0].contains("Slurm runs --container itself")
+            log[0].contains("goes to Slurm's own OCI runtime")
                 && log[0].contains(&t.path().join("oci.conf").display().to_string())
                 && log[0].contains("--sif-image=/data/img.sif"),
             "{log:?}"
