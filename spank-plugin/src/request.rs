@@ -76,13 +76,6 @@ pub fn slurm_conf_path(sp: &dyn Spank) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(DEFAULT_SLURM_CONF))
 }
 
-/// Slurm's OCI runtime configuration as slurmstepd reads it: `oci.conf`
-/// next to its slurm.conf ([`slurm_conf_path`]; a configless node's copy is
-/// in slurmd's spool). When it exists, `--container` is Slurm's.
-pub fn oci_conf_path(sp: &dyn Spank) -> PathBuf {
-    slurm_conf_path(sp).with_file_name("oci.conf")
-}
-
 /// The step's name in requests and runtime records: `JOB.STEP`.
 pub fn step_name(sp: &dyn Spank) -> String {
     let job = sp.job_id().map_or("unknown".into(), |j| j.to_string());
@@ -272,24 +265,6 @@ mod tests {
         sp.process_env
             .insert("SLURM_CONF".into(), "rel.conf".into());
         assert_eq!(slurm_conf_path(&sp), Path::new(DEFAULT_SLURM_CONF));
-    }
-
-    #[test]
-    fn oci_conf_is_next_to_slurmstepds_slurm_conf() {
-        let mut sp = Fake::remote();
-        assert_eq!(oci_conf_path(&sp), Path::new("/etc/slurm/oci.conf"));
-        sp.env
-            .insert("SLURM_CONF".into(), "/home/u/slurm.conf".into());
-        assert_eq!(oci_conf_path(&sp), Path::new("/etc/slurm/oci.conf"));
-        sp.process_env.insert(
-            "SLURM_CONF".into(),
-            "/var/spool/slurmd/conf-cache/slurm.conf".into(),
-        );
-        assert_eq!(
-            oci_conf_path(&sp),
-            Path::new("/var/spool/slurmd/conf-cache/oci.conf"),
-            "configless: slurmd's copy"
-        );
     }
 
     #[test]

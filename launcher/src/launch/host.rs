@@ -134,6 +134,7 @@ pub(crate) fn gather(l: &Launch, facts: HostFacts) -> Result<HostSide, LaunchErr
     make_workdir(l)?;
     let env: Vec<(String, String)> = match &l.action {
         Action::Hold(h) => h.job_env.clone(),
+        _ if l.host_env.is_some() => l.host_env.clone().unwrap_or_default(),
         _ => std::env::vars_os()
             .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
             .collect(),

@@ -77,6 +77,10 @@ pub struct Launch {
     pub netfs_types: Vec<String>,
     /// What the host's InfiniBand, Slingshot and Omni-Path give.
     pub fabric: interconnect::fabric::Policy,
+    /// The host environment to start from instead of the process's (`sifrun
+    /// exec --host-env-file`: Slurm's oci.conf `%e` file, when Slurm runs
+    /// sifrun as its OCI runtime); a Slurm step's holder has the job's.
+    pub host_env: Option<Vec<(String, String)>>,
 }
 
 /// Logs the end of set-up phase `name`, begun at `started`.

@@ -178,6 +178,7 @@ pub fn to_launch(
             libraries: r.fabric_libraries,
             allow_umad: r.allow_umad,
         },
+        host_env: None,
     })
 }
 
