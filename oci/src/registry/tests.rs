@@ -317,6 +317,47 @@ fn redirects_drop_credentials_across_origins() {
 }
 
 #[test]
+fn a_401_from_a_redirect_target_gets_no_credentials() {
+    // Whoever the registry redirects to may name a token realm of its own:
+    // the user's credentials must never reach it.
+    let realm = Fake::start(|_, _| ok(br#"{"token":"stolen"}"#, &[]));
+    let cdn = {
+        let challenge = format!(
+            "Bearer realm=\"http://{}/token\",service=\"x\"",
+            realm.base()
+        );
+        Fake::start(move |req, _| {
+            assert!(
+                !req.headers.contains_key("authorization"),
+                "credentials leaked to the CDN"
+            );
+            status(401, &[("WWW-Authenticate", &challenge)])
+        })
+    };
+    let cdn_url = format!("http://{}/signed?sig=SECRET", cdn.base());
+    let fake = Fake::start(move |_, _| status(307, &[("Location", &cdn_url)]));
+    let c = client(
+        &fake,
+        Options {
+            credential: creds("user", "pass"),
+            ..opts()
+        },
+    );
+    let e = c.manifest("t").unwrap_err().to_string();
+    assert!(
+        realm.seen().is_empty(),
+        "the foreign realm was asked: {:?}",
+        realm.seen()
+    );
+    assert!(!cdn.seen().is_empty());
+    assert!(
+        e.contains("HTTP 401") && e.contains(&cdn.base()) && e.contains("redirected"),
+        "{e}"
+    );
+    assert!(!e.contains("SECRET"), "{e}");
+}
+
+#[test]
 fn retries_429_and_5xx_then_gives_up() {
     let fake = Fake::start(|_, n| match n {
         0 => status(429, &[("Retry-After", "0")]),

@@ -136,7 +136,7 @@ impl Client {
     }
 
     /// GET `url` with its redirects; the registry's credentials go only to
-    /// the registry's own origin.
+    /// the registry's own origin. Returns the answer and the URL that gave it.
     fn send(
         &self,
         url: &str,
@@ -144,7 +144,7 @@ impl Client {
         what: &str,
         auth: Option<&Auth>,
         from: Option<u64>,
-    ) -> Result<Response<Body>, RegistryError> {
+    ) -> Result<(Response<Body>, String), RegistryError> {
         let origin = url.to_owned();
         let mut url = url.to_owned();
         for _ in 0..=MAX_REDIRECTS {
@@ -162,7 +162,7 @@ impl Client {
             let status = resp.status().as_u16();
             let location = header(&resp, "location");
             let (301 | 302 | 303 | 307 | 308, Some(loc)) = (status, location) else {
-                return Ok(resp);
+                return Ok((resp, url));
             };
             let next = endpoint::resolve_location(&url, &loc).map_err(|e| self.refused(&e))?;
             if url.starts_with("https:") && !next.starts_with("https:") {
@@ -205,8 +205,15 @@ impl Client {
             let auth = self.auth.lock().map(|a| a.clone()).unwrap_or(None);
             let result = self.send(url, accept, what, auth.as_ref(), from);
             let retry = match result {
-                Ok(resp) if resp.status().is_success() => return Ok(resp),
-                Ok(resp) if resp.status().as_u16() == 401 && !authenticated => {
+                Ok((resp, _)) if resp.status().is_success() => return Ok(resp),
+                // A 401 from a host the registry redirected to is not the
+                // registry's challenge: the credentials never go there.
+                Ok((resp, at))
+                    if resp.status().as_u16() == 401 && !endpoint::same_origin(url, &at) =>
+                {
+                    return Err(self.foreign_401(&at, what));
+                }
+                Ok((resp, _)) if resp.status().as_u16() == 401 && !authenticated => {
                     authenticated = true;
                     let a = self.authenticate(&resp)?;
                     *self
@@ -215,7 +222,7 @@ impl Client {
                         .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(a);
                     continue;
                 }
-                Ok(resp) if retryable_status(resp.status().as_u16()) => {
+                Ok((resp, _)) if retryable_status(resp.status().as_u16()) => {
                     let now = SystemTime::now()
                         .duration_since(UNIX_EPOCH)
                         .map_or(0, |d| d.as_secs());
@@ -224,7 +231,7 @@ impl Client {
                     let err = self.status_error(resp, what);
                     (err, after)
                 }
-                Ok(resp) => return Err(self.status_error(resp, what)),
+                Ok((resp, _)) => return Err(self.status_error(resp, what)),
                 Err(e @ RegistryError::Transport { .. }) => (e, None),
                 Err(e) => return Err(e),
             };
@@ -234,6 +241,20 @@ impl Client {
             tracing::warn!("{}; retrying", retry.0);
             sleep_backoff(&self.opts, attempt, retry.1);
             attempt += 1;
+        }
+    }
+
+    /// A 401 from `at`, a redirect target outside the registry's origin.
+    fn foreign_401(&self, at: &str, what: &str) -> RegistryError {
+        let host = endpoint::split_url(at).map_or("?", |(_, h, _)| h);
+        RegistryError::Status {
+            registry: self.registry().to_owned(),
+            what: what.to_owned(),
+            detail: format!(
+                "HTTP 401 from {host}, where the registry redirected; \
+                 credentials are sent only to the registry itself"
+            ),
+            status: 401,
         }
     }
 
