@@ -218,6 +218,15 @@ fn imf_fixdate(v: &str) -> Option<u64> {
     let [hh, mm, ss] = t.as_slice() else {
         return None;
     };
+    // Bounded fields keep the arithmetic below far from overflow.
+    let in_range = (1..=31).contains(&d)
+        && (1900..=9999).contains(&y)
+        && (0..24).contains(hh)
+        && (0..60).contains(mm)
+        && (0..=60).contains(ss);
+    if !in_range {
+        return None;
+    }
     // Days from civil (Howard Hinnant's algorithm).
     let y2 = if m <= 2 { y - 1 } else { y };
     let era = y2.div_euclid(400);
@@ -350,6 +359,30 @@ mod tests {
             Some(Duration::ZERO)
         );
         assert_eq!(retry_after("soon", 0, cap), None);
+    }
+
+    #[test]
+    fn retry_after_dates_out_of_range_are_ignored() {
+        let cap = Duration::from_secs(120);
+        for v in [
+            "Sun, 06 Nov 9223372036854775807 08:49:37 GMT",
+            "Sun, 9223372036854775807 Nov 1994 08:49:37 GMT",
+            "Sun, 06 Nov 1994 9223372036854775807:49:37 GMT",
+            "Sun, 06 Nov 1994 08:9223372036854775807:37 GMT",
+            "Sun, 06 Nov 1994 08:49:9223372036854775807 GMT",
+            "Sun, 06 Nov -9223372036854775807 08:49:37 GMT",
+            "Sun, 00 Nov 1994 08:49:37 GMT",
+            "Sun, 06 Nov 1994 24:00:00 GMT",
+            "Sun, 06 Nov 1994 08:60:00 GMT",
+            "Sun, 06 Nov 1994 08:49:61 GMT",
+            "Sun, 06 Nov 1899 08:49:37 GMT",
+        ] {
+            assert_eq!(retry_after(v, 0, cap), None, "{v}");
+        }
+        assert_eq!(
+            retry_after("Fri, 31 Dec 9999 23:59:60 GMT", 0, cap),
+            Some(cap)
+        );
     }
 
     #[test]
