@@ -22,19 +22,25 @@ pub const DEFAULT_TOKEN_SECONDS: u64 = 60;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EndpointError {
     /// Not `http://` or `https://` with a host.
-    #[error("{url:?}: not an http(s) URL")]
+    #[error("{:?}: not an http(s) URL", without_query(.url))]
     NotHttp {
         /// The URL (never with credentials: registries do not put any there).
         url: String,
     },
     /// The token endpoint's answer has no token.
-    #[error("token endpoint {realm}: answer without a token ({why})")]
+    #[error("token endpoint {}: answer without a token ({why})", without_query(.realm))]
     NoToken {
         /// The endpoint.
         realm: String,
         /// What was wrong.
         why: String,
     },
+}
+
+/// `url` without its query and fragment, for messages: presigned URLs
+/// carry their signature there.
+pub fn without_query(url: &str) -> &str {
+    url.split(['?', '#']).next().unwrap_or(url)
 }
 
 /// The registry's base URL: `https://HOST` (`http://` with `plain_http`),
@@ -341,6 +347,24 @@ mod tests {
         assert!(!same_origin(cur, "https://reg.io/x"));
         assert!(!same_origin(cur, "http://reg.io:5000/x"));
         assert!(!same_origin(cur, "https://cdn.io/x"));
+    }
+
+    #[test]
+    fn messages_show_urls_without_their_query() {
+        let e = resolve_location(
+            "https://r.io/v2/x",
+            "ftp://cdn.io/b?X-Amz-Signature=SECRET#f",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("ftp://cdn.io/b") && !e.contains("SECRET"), "{e}");
+        let e = parse_token(b"{}", "https://auth.io/token?sig=SECRET")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("https://auth.io/token") && !e.contains("SECRET"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -358,6 +358,21 @@ fn a_401_from_a_redirect_target_gets_no_credentials() {
 }
 
 #[test]
+fn redirect_errors_do_not_show_the_query() {
+    let fake = Fake::start(|_, _| {
+        status(
+            307,
+            &[("Location", "ftp://cdn.example/b?X-Amz-Signature=SECRET")],
+        )
+    });
+    let e = client(&fake, opts()).manifest("t").unwrap_err().to_string();
+    assert!(
+        e.contains("ftp://cdn.example/b") && !e.contains("SECRET"),
+        "{e}"
+    );
+}
+
+#[test]
 fn retries_429_and_5xx_then_gives_up() {
     let fake = Fake::start(|_, n| match n {
         0 => status(429, &[("Retry-After", "0")]),

@@ -99,7 +99,12 @@ impl Client {
             };
         }
         let registry = self.registry().to_owned();
-        let (what, detail) = (what.to_owned(), short(&e.to_string()));
+        // ureq's BadUri quotes the URL, query (signature) included.
+        let detail = match e {
+            ureq::Error::BadUri(_) => "bad URI".to_owned(),
+            _ => short(&e.to_string()),
+        };
+        let what = what.to_owned();
         match e {
             ureq::Error::Tls(_) | ureq::Error::NativeTls(_) | ureq::Error::Der(_) => {
                 RegistryError::Tls {
@@ -166,7 +171,10 @@ impl Client {
             };
             let next = endpoint::resolve_location(&url, &loc).map_err(|e| self.refused(&e))?;
             if url.starts_with("https:") && !next.starts_with("https:") {
-                return Err(self.refused(&format!("{what}: redirect from https to {next} refused")));
+                return Err(self.refused(&format!(
+                    "{what}: redirect from https to {} refused",
+                    endpoint::without_query(&next)
+                )));
             }
             tracing::debug!(what, "redirected");
             url = next;
@@ -337,13 +345,16 @@ impl Client {
         let (scheme, host, _) = endpoint::split_url(realm).map_err(|e| self.refused(&e))?;
         let plain = !scheme.eq_ignore_ascii_case("https");
         if plain && !self.opts.plain_http {
-            return Err(self.refused(&format!("token realm {realm} is not https")));
+            return Err(self.refused(&format!(
+                "token realm {} is not https",
+                endpoint::without_query(realm)
+            )));
         }
         let scope = c
             .param("scope")
             .map_or_else(|| endpoint::pull_scope(&self.reference), str::to_owned);
         let url = endpoint::token_url(realm, c.param("service"), &scope);
-        let what = format!("token from {realm}");
+        let what = format!("token from {}", endpoint::without_query(realm));
         let mut req = self.agent.get(&url);
         match &self.opts.credential {
             Some((Credential::RegistryToken(t), _)) => return Ok(Auth(format!("Bearer {t}"))),
