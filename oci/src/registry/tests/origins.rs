@@ -129,5 +129,10 @@ fn a_self_signed_certificate_is_refused() {
     assert!(matches!(e, RegistryError::Tls { .. }), "{text}");
     assert!(!text.contains('\n'), "{text}");
     assert!(text.contains("certificate verify failed"), "{text}");
+    assert!(text.contains("add its CA"), "{text}");
+    assert!(
+        !text.contains("--nohttps"),
+        "not a plain-HTTP registry: {text}"
+    );
     assert_eq!(*requests.lock().unwrap(), 0);
 }
