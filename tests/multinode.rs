@@ -16,7 +16,9 @@
 //!   skipping.
 //!
 //! Tests named `multinode_` run on the cluster started with slurm.conf in
-//! /etc/slurm; `configless_` ones on the cluster started `--configless`.
+//! /etc/slurm; `configless_` ones on the cluster started `--configless`;
+//! `fault_` ones (one node fails) in phases, each after multinode-check
+//! broke the second node as root.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -402,4 +404,237 @@ fn configless_steps_and_a_containerised_batch_script_run() {
     assert!(out.status.success(), "{stdout}{stderr}");
     assert_per_node(&stdout, "task", &nodes, 2, "inside-the-image");
     nested_batch(&base, &nodes, "container");
+}
+
+// Failure on one node (run by tests/slurm/multinode-check, which prepares
+// each fault as root in the second node's namespaces and checks after each
+// phase that nothing is left on any node: holder, mount, record, process of
+// the user, job). The images are in `fault/` of the shared directory.
+
+/// The fault directory and the node that fails (the second), or `None`.
+fn fault() -> Option<(PathBuf, Vec<String>, String)> {
+    let (base, nodes) = cluster()?;
+    let bad = nodes.get(1).expect("at least 2 nodes").clone();
+    Some((base.join("fault"), nodes, bad))
+}
+
+/// A task's line: `TAG HOST USERNS MARKER` (as [`TASK_LINE`], without the
+/// sleep).
+const TASK_ECHO: &str =
+    "echo $0 $(hostname) $(readlink /proc/self/ns/user) $(cat /etc/image-marker)";
+
+/// Asserts that every task line tagged `tag` comes from inside the image
+/// (a task on the host has no /etc/image-marker: [`by_host`] fails on the
+/// shorter line) and none from `bad`; returns the hosts seen.
+fn tasks_in_image_none_on(out: &str, tag: &str, bad: &str) -> Vec<String> {
+    let m = by_host(out, tag);
+    assert!(!m.contains_key(bad), "a task ran on {bad}: {out}");
+    assert!(
+        m.values()
+            .flatten()
+            .all(|(_, mk)| *mk == "inside-the-image"),
+        "a task ran outside the image: {out}"
+    );
+    m.keys().map(|h| (*h).to_owned()).collect()
+}
+
+/// The lines of srun's stderr that are not srun's own.
+fn foreign_lines(stderr: &str) -> Vec<&str> {
+    stderr
+        .lines()
+        .filter(|l| !l.starts_with("srun: "))
+        .collect()
+}
+
+/// Builds the images of the fault tests before multinode-check breaks them
+/// on one node: `fault/{missing,unreadable,holder,slurmd}/img.sif`.
+#[test]
+fn fault_prepare() {
+    let Some((dir, _, _)) = fault() else {
+        return;
+    };
+    use std::os::unix::fs::PermissionsExt;
+    let img = image(&dir, "img", "inside-the-image");
+    for sub in ["missing", "unreadable", "holder", "slurmd"] {
+        let d = dir.join(sub);
+        std::fs::create_dir_all(&d).unwrap();
+        // Slurm writes nothing here; the tasks mark that they run.
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::copy(&img, d.join("img.sif")).unwrap();
+    }
+}
+
+/// The image of `fault/SUB` cannot be opened on the second node (missing:
+/// an empty directory is bound over `fault/SUB` there; unreadable: a
+/// mode-000 copy over the file): the step fails, the one `sifrun:` line
+/// names that node and the image, its tasks never run (on the host or
+/// elsewhere), every other node's tasks run in the image.
+fn image_fails_on_one_node(sub: &str, why: &str) {
+    let Some((dir, nodes, bad)) = fault() else {
+        return;
+    };
+    let img = dir.join(sub).join("img.sif");
+    let out = run_in(
+        &dir,
+        "srun",
+        &[
+            &format!("-N{}", nodes.len()),
+            &format!("-n{}", 2 * nodes.len()),
+            &format!("--container={}", img.display()),
+            "sh",
+            "-c",
+            TASK_ECHO,
+            "task",
+        ],
+    );
+    let (stdout, stderr) = text(&out);
+    eprintln!("{stdout}{stderr}");
+    assert!(!out.status.success(), "{stdout}{stderr}");
+    let hosts = tasks_in_image_none_on(&stdout, "task", &bad);
+    let good: Vec<String> = nodes.iter().filter(|n| **n != bad).cloned().collect();
+    assert_eq!(
+        hosts, good,
+        "the other nodes ran their tasks: {stdout}{stderr}"
+    );
+    let lines = foreign_lines(&stderr);
+    assert_eq!(lines.len(), 1, "one line says what failed: {stderr}");
+    let line = lines[0];
+    assert!(
+        line.contains(&format!("sifrun: {bad}: "))
+            && line.contains(s(&img))
+            && line.contains(why)
+            && line.ends_with("(the task was not started)"),
+        "the line names the node, the image and why: {stderr}"
+    );
+    // Slurm's own lines name the node too.
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.starts_with(&format!("srun: error: {bad}: task"))),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn fault_image_missing_on_one_node() {
+    image_fails_on_one_node("missing", "No such file");
+}
+
+#[test]
+fn fault_image_unreadable_on_one_node() {
+    image_fails_on_one_node("unreadable", "ermission denied");
+}
+
+/// A step of `2 × nodes` tasks in `fault/SUB/img.sif` whose tasks each mark
+/// `fault/SUB/running.RANK` once they run in the image (multinode-check
+/// then breaks the second node) and then run `body`; ended by
+/// `--kill-on-bad-exit` when one task fails, by `timeout` (a failed test)
+/// after 120 s. Returns srun's output.
+fn long_step(sub: &str, body: &str) -> (Output, std::time::Duration) {
+    let (dir, nodes, _) = fault().unwrap();
+    let d = dir.join(sub);
+    let script = format!("{TASK_ECHO}; : > \"$1/running.$SLURM_PROCID\"; {body}");
+    let started = std::time::Instant::now();
+    let out = run_in(
+        &d,
+        "timeout",
+        &[
+            "120",
+            "srun",
+            &format!("-N{}", nodes.len()),
+            &format!("-n{}", 2 * nodes.len()),
+            "--kill-on-bad-exit=1",
+            &format!("--container={}", d.join("img.sif").display()),
+            "sh",
+            "-c",
+            &script,
+            "task",
+            s(&d),
+        ],
+    );
+    let took = started.elapsed();
+    assert_ne!(
+        out.status.code(),
+        Some(124),
+        "the step did not end: {:?}",
+        text(&out)
+    );
+    (out, took)
+}
+
+/// multinode-check SIGKILLs the second node's holder once every task runs:
+/// its FUSE server dies with it, the image is gone for that node's tasks
+/// (ENOTCONN), they fail, and `--kill-on-bad-exit` ends the others.
+#[test]
+fn fault_holder_killed_on_one_node() {
+    let Some((_, nodes, bad)) = fault() else {
+        return;
+    };
+    let (out, _) = long_step(
+        "holder",
+        // (The hostname taken before: no program of the image runs after.)
+        "h=$(hostname); while cat /etc/image-marker >/dev/null; do sleep 0.2; done; echo lost $0 $h; exit 3",
+    );
+    let (stdout, stderr) = text(&out);
+    eprintln!("{stdout}{stderr}");
+    assert!(!out.status.success(), "{stdout}{stderr}");
+    let m = by_host(&stdout, "task");
+    let hosts: Vec<&str> = m.keys().copied().collect();
+    assert_eq!(hosts, nodes, "every task started in the image: {stdout}");
+    assert!(
+        m.values()
+            .flatten()
+            .all(|(_, mk)| *mk == "inside-the-image"),
+        "{stdout}"
+    );
+    let lost: BTreeSet<&str> = stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("lost task "))
+        .collect();
+    assert_eq!(
+        lost,
+        BTreeSet::from([bad.as_str()]),
+        "only the node whose holder died lost its image: {stdout}{stderr}"
+    );
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.starts_with(&format!("srun: error: {bad}: task"))
+                && l.ends_with("Exited with exit code 3")),
+        "the line naming the node: {stderr}"
+    );
+}
+
+/// multinode-check SIGKILLs the second node's slurmd once every task runs
+/// (SlurmdTimeout is short there): slurmctld marks the node down and ends
+/// the job; srun says which node failed. (multinode-check then starts the
+/// slurmd again, which reports the orphaned step and has it killed.)
+#[test]
+fn fault_slurmd_killed_on_one_node() {
+    let Some((_, nodes, bad)) = fault() else {
+        return;
+    };
+    let (out, took) = long_step("slurmd", "while :; do sleep 1; done");
+    let (stdout, stderr) = text(&out);
+    eprintln!("{stdout}{stderr}");
+    assert!(!out.status.success(), "{stdout}{stderr}");
+    let m = by_host(&stdout, "task");
+    let hosts: Vec<&str> = m.keys().copied().collect();
+    assert_eq!(hosts, nodes, "every task started in the image: {stdout}");
+    assert!(
+        m.values()
+            .flatten()
+            .all(|(_, mk)| *mk == "inside-the-image"),
+        "{stdout}"
+    );
+    let failures: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("Node failure"))
+        .collect();
+    // (srun may say it again when the step's end reaches it.)
+    let line = format!("srun: error: Node failure on {bad}");
+    assert!(
+        !failures.is_empty() && failures.iter().all(|l| *l == line),
+        "the line naming the node ({took:?}): {stderr}"
+    );
 }

@@ -505,6 +505,23 @@ mod tests {
             remote.log.borrow()[0],
             "error: sifrun: exec: /x.sif: not a SIF image (the task was not started)"
         );
+        // On a node of a multi-node step: the node's name, from its first
+        // task only (every task of the node fails alike).
+        let mut first = Fake::remote();
+        first
+            .env
+            .insert("SLURMD_NODENAME".into(), "sifrun-n2".into());
+        first.env.insert("SLURM_LOCALID".into(), "0".into());
+        let mut second = Fake::remote();
+        second.env = first.env.clone();
+        second.env.insert("SLURM_LOCALID".into(), "1".into());
+        p.task_init(&first).unwrap_err();
+        p.task_init(&second).unwrap_err();
+        assert_eq!(
+            *first.log.borrow(),
+            ["error: sifrun: sifrun-n2: exec: /x.sif: not a SIF image (the task was not started)"]
+        );
+        assert!(second.log.borrow().is_empty(), "{:?}", second.log.borrow());
         p.option(Opt::Image, Some("/img.sif")).unwrap();
         assert!(p.option(Opt::Image, Some("/other.sif")).is_err());
     }
