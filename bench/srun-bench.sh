@@ -24,11 +24,15 @@
 #   --gap S    seconds of rest before each step, so that no step waits for
 #              the previous job's end (default 0.3);
 #   --tasks N  tasks per step (default 2).
+#   --slurm PREFIX  with --setup: the Slurm series installed under PREFIX
+#              (tests/slurm/build-slurm: /opt/slurm-25.11) instead of
+#              Debian's; its cluster, its clients first on PATH, and by
+#              default the plugin built for it (make plugin SLURM=PREFIX).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo="$PWD"
 sifrun=target/release/sifrun plugin=target/release/libspank_sifrun.so
-runs=30 warmup=3 gap=0.3 tasks=2 user=sifrun-test setup=0 image=""
+runs=30 warmup=3 gap=0.3 tasks=2 user=sifrun-test setup=0 image="" slurm="" plugin_given=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --setup) setup=1 ;;
@@ -36,7 +40,8 @@ while [ $# -gt 0 ]; do
         --warmup) warmup="$2"; shift ;;
         --gap) gap="$2"; shift ;;
         --sifrun) sifrun="$2"; shift ;;
-        --plugin) plugin="$2"; shift ;;
+        --plugin) plugin="$2"; plugin_given=1; shift ;;
+        --slurm) slurm="$2"; shift ;;
         --tasks) tasks="$2"; shift ;;
         --user) user="$2"; shift ;;
         -h | --help) sed -n '2,/^set -e/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
@@ -46,6 +51,10 @@ while [ $# -gt 0 ]; do
     shift
 done
 [ "$(id -u)" -eq 0 ] || { echo "srun-bench: run as root" >&2; exit 1; }
+if [ -n "$slurm" ]; then
+    [ "$plugin_given" = 1 ] || plugin="$(make -s plugin-path SLURM="$slurm")"
+    export PATH="$slurm/bin:$PATH"
+fi
 
 work="$(mktemp -d /tmp/sifrun-srun-bench.XXXXXX)"
 chmod 0755 "$work"
@@ -79,7 +88,7 @@ if [ "$setup" = 1 ]; then
     chmod 0666 /dev/fuse
     echo "required $stage/libspank_sifrun.so launcher=$stage/sifrun runtime_dir=/run/sifrun-bench" > "$conf"
     tests/slurm/cluster stop >/dev/null
-    tests/slurm/cluster start
+    tests/slurm/cluster start ${slurm:+"$slurm"}
     if [ -z "$image" ]; then
         runuser -u "$user" -- bash -ec "
             mkdir -p $work/rootfs/bin && cp /bin/busybox $work/rootfs/bin/
@@ -92,9 +101,9 @@ fi
 
 a="srun -n$tasks true"
 b="srun -n$tasks --sif-image=$image true"
-echo "load before: $(uptime | sed 's/.*load average: //')"
+echo "Slurm: $(srun --version); load before: $(uptime | sed 's/.*load average: //')"
 mark="$(wc -l < /var/log/slurm/slurmd.log 2>/dev/null || echo 0)"
-(cd "$work" && runuser -u "$user" -- python3 "$repo/bench/interleave.py" \
+(cd "$work" && runuser -u "$user" -- env PATH="$PATH" python3 "$repo/bench/interleave.py" \
     --runs "$runs" --warmup "$warmup" --gap "$gap" "$a" "$b")
 echo "load after: $(uptime | sed 's/.*load average: //')"
 
@@ -106,5 +115,5 @@ tail -n +"$((mark + 1))" /var/log/slurm/slurmd.log 2>/dev/null |
     awk '{ s += $4; n++ } END { if (n) printf "  user_init waiting for the holder (the plugin log: container ready in): mean %.1f ms over %d steps\n", s / n, n }'
 echo
 echo "one step's phases (srun -n$tasks --sif-verbose --sif-image=IMG true):"
-(cd "$work" && runuser -u "$user" -- srun -n"$tasks" --sif-verbose --sif-image="$image" true 2>&1) |
+(cd "$work" && runuser -u "$user" -- env PATH="$PATH" srun -n"$tasks" --sif-verbose --sif-image="$image" true 2>&1) |
     grep -E 'phase|ready in|joined' | sed 's/^/  /' || true

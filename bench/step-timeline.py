@@ -22,8 +22,8 @@ EVENTS = [
     ("launch response sent", r"Sending launch resp"),
     ("last task reaped", r"task \d+ \(\d+\) exited"),
     ("step's processes killed, I/O closing", r"Waiting for IO"),
-    ("slurmstepd done", r"done with job"),
-    ("job epilog done", r"completed epilog for jobid"),
+    ("slurmstepd done", r"done with (job|step)"),  # "step" from 24.11
+    ("job epilog done", r"(?i)completed epilog for jobid"),  # "JobId=" from 24.11
 ]
 
 
@@ -46,7 +46,7 @@ def parse(path, first):
                 steps[launch.group(1)] = {"launch": t}
                 continue
             if job is None:
-                jm = re.search(r"jobid \[?(\d+)", msg)
+                jm = re.search(r"(?i)jobid[ =]\[?(\d+)", msg)
                 job = jm.group(1) if jm else None
             if job in steps:
                 for name, pattern in EVENTS:

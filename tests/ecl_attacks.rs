@@ -498,8 +498,16 @@ fn assert_the_bind_works_on_a_namespace_the_user_owns(dir: &Path, evil: &Path) {
     ));
     let pid = ns.id().to_string();
     let t = Instant::now();
-    while fs::read_link(format!("/proc/{pid}/ns/mnt")).ok()
-        == fs::read_link("/proc/self/ns/mnt").ok()
+    // Ready once unshare has exec'd sleep: its uid map is written and its
+    // mount namespace made (a new mount namespace alone can be seen before
+    // the map is written, and nsenter then joins a namespace where the
+    // user has no capability yet).
+    while fs::read_to_string(format!("/proc/{pid}/comm"))
+        .ok()
+        .as_deref()
+        != Some("sleep\n")
+        || fs::read_link(format!("/proc/{pid}/ns/mnt")).ok()
+            == fs::read_link("/proc/self/ns/mnt").ok()
     {
         assert!(
             t.elapsed() < Duration::from_secs(10),

@@ -128,6 +128,11 @@ fn setup() -> Option<(tempfile::TempDir, std::path::PathBuf)> {
 
 /// A busybox image with a marker file, built as the test user in /tmp.
 fn image(dir: &std::path::Path) -> std::path::PathBuf {
+    image_with_marker(dir, "inside-the-image\n")
+}
+
+/// [`image`] with another marker.
+fn image_with_marker(dir: &std::path::Path, marker: &str) -> std::path::PathBuf {
     use std::fs;
     use std::os::unix::fs::symlink;
     let root = dir.join("rootfs");
@@ -138,7 +143,7 @@ fn image(dir: &std::path::Path) -> std::path::PathBuf {
     for c in ["sh", "id", "cat", "readlink", "echo", "ls", "sleep", "true"] {
         symlink("busybox", root.join("bin").join(c)).unwrap();
     }
-    fs::write(root.join("etc/image-marker"), "inside-the-image\n").unwrap();
+    fs::write(root.join("etc/image-marker"), marker).unwrap();
     let img = dir.join("step.sif");
     ok(sifrun(&[
         "build",
@@ -385,6 +390,69 @@ fn slurms_own_container_option_runs_the_image_and_never_a_stale_one() {
     let out = run(&["-n1", &opt, "--sif-image=/tmp/other.sif", "true"], None);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("name different images"));
+}
+
+/// srun, sbatch and salloc export SLURM_CONTAINER and (23.02+)
+/// SLURM_CONTAINER_ID only where they are unset, so inside a batch job
+/// started with `--container=A --container-id=…` both stay the job's: a
+/// nested `srun --container=B --container-id=…` must still run exactly B,
+/// and a plain `srun` the job's A (issue 13; run-all runs this suite on
+/// every series).
+#[test]
+fn nested_steps_get_exactly_their_own_container_on_this_series() {
+    let Some((dir, img)) = setup() else { return };
+    let other_dir = dir.path().join("other");
+    std::fs::create_dir(&other_dir).unwrap();
+    let other = image_with_marker(&other_dir, "the-other-image\n");
+    let help = srun(&["--help"]);
+    let with_id = String::from_utf8_lossy(&help.stdout).contains("--container-id");
+    let id = |v: &str| {
+        if with_id {
+            format!("--container-id={v}")
+        } else {
+            String::new()
+        }
+    };
+    let script = format!(
+        "#!/bin/sh\n\
+echo \"batch $(cat /etc/image-marker)\"\n\
+srun -n1 --container={other} {step_id} sh -c 'echo \"own $(cat /etc/image-marker) $SLURM_CONTAINER\"'\n\
+srun -n1 sh -c 'echo \"inherited $(cat /etc/image-marker) $SLURM_CONTAINER\"'\n",
+        other = other.display(),
+        step_id = id("step-b"),
+    );
+    std::fs::write(dir.path().join("nested.sh"), script).unwrap();
+    let mut args = vec![
+        "--wait".to_owned(),
+        "-o".to_owned(),
+        "nested.out".to_owned(),
+        format!("--container={}", img.display()),
+    ];
+    if with_id {
+        args.push(id("job-a"));
+    }
+    args.push("nested.sh".to_owned());
+    let out = Command::new("sbatch")
+        .args(&args)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let text = std::fs::read_to_string(dir.path().join("nested.out")).unwrap_or_default();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with("srun: ")).collect();
+    assert_eq!(
+        lines,
+        vec![
+            "batch inside-the-image".to_owned(),
+            format!("own the-other-image {}", other.display()),
+            format!("inherited inside-the-image {}", img.display()),
+        ],
+        "{text}"
+    );
 }
 
 /// An image whose environment script sets variables, one of them Slurm's.

@@ -70,6 +70,14 @@ pub enum EnvError {
         /// The name.
         name: String,
     },
+    /// A `--host-env-file` entry that is not an assignment.
+    #[error("--host-env-file: entry {entry}: {text:?}: expected NAME=VALUE")]
+    EnvironEntry {
+        /// The entry number (1-based).
+        entry: usize,
+        /// The entry.
+        text: String,
+    },
     /// An `--env-file` line that is not an assignment.
     #[error("--env-file: line {line}: {text:?}: expected NAME=VALUE")]
     FileLine {
@@ -89,6 +97,31 @@ pub struct ContainerEnv {
     pub user: Vec<(String, String)>,
     /// Things worth a warning (ignored settings).
     pub warnings: Vec<String>,
+}
+
+/// A whole environment written to a file, as Slurm's oci.conf
+/// `CreateEnvFile` writes `%e`: `NAME=VALUE` entries ended by NUL
+/// (`CreateEnvFile=null`), or by newlines (`=newline`, when the file has no
+/// NUL; a value with a newline cannot be told apart there). Entries that
+/// are not UTF-8 are left out, as the process's own are; one without `=`
+/// is an error.
+pub fn parse_environ_file(bytes: &[u8]) -> Result<Vec<(String, String)>, EnvError> {
+    let sep = if bytes.contains(&0) { 0 } else { b'\n' };
+    let mut out = Vec::new();
+    for (i, entry) in bytes.split(|&b| b == sep).enumerate() {
+        if entry.is_empty() {
+            continue;
+        }
+        let Ok(text) = std::str::from_utf8(entry) else {
+            continue;
+        };
+        let (k, v) = text.split_once('=').ok_or_else(|| EnvError::EnvironEntry {
+            entry: i + 1,
+            text: text.to_owned(),
+        })?;
+        out.push((k.to_owned(), v.to_owned()));
+    }
+    Ok(out)
 }
 
 fn valid_name(n: &str) -> bool {
@@ -232,6 +265,32 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn environ_files_as_slurm_writes_them() {
+        let nul = b"A=1\0MULTI=x\ny\0BASH_FUNC_m%%=() { :; }\0\xff=skipped\0EMPTY=\0";
+        assert_eq!(
+            parse_environ_file(nul).unwrap(),
+            vec![
+                ("A".into(), "1".into()),
+                ("MULTI".into(), "x\ny".into()),
+                ("BASH_FUNC_m%%".into(), "() { :; }".into()),
+                ("EMPTY".into(), String::new()),
+            ]
+        );
+        assert_eq!(
+            parse_environ_file(b"A=1\nB=a=b\n").unwrap(),
+            vec![("A".into(), "1".into()), ("B".into(), "a=b".into())]
+        );
+        assert_eq!(
+            parse_environ_file(b"A=1\0junk\0").unwrap_err(),
+            EnvError::EnvironEntry {
+                entry: 2,
+                text: "junk".into()
+            }
+        );
+        assert!(parse_environ_file(b"").unwrap().is_empty());
     }
 
     #[test]

@@ -35,6 +35,12 @@ pub struct Hold {
     /// Log each set-up phase with its duration on standard error (the
     /// caller sets the log filter from it; see `sifrun -v`).
     pub verbose: bool,
+    /// The step's command, whose blocks the image server decompresses
+    /// ahead (see `Squash::prefetch_file`).
+    pub command: Option<String>,
+    /// This node's name as slurmstepd has it (`%n` in a per-node
+    /// `SlurmdSpoolDir`); `None`: the host name stands in.
+    pub node_name: Option<String>,
 }
 
 impl Default for Hold {
@@ -45,6 +51,8 @@ impl Default for Hold {
             image_file: None,
             slurm_conf: PathBuf::from(DEFAULT_SLURM_CONF),
             verbose: false,
+            command: None,
+            node_name: None,
         }
     }
 }

@@ -36,6 +36,9 @@ pub struct Request<'a> {
     /// For a Slurm step, the text of its slurm.conf (slurmd's spool
     /// directory, for PMIx); `None` outside Slurm.
     pub slurm_conf: Option<&'a str>,
+    /// For a Slurm step, this node's name as slurmstepd has it (`%n`);
+    /// never taken from `env`, which is the job's and the user's to set.
+    pub node_name: Option<&'a str>,
 }
 
 /// The binds, in mount order (network filesystems, PMIx, GPU, fabric).
@@ -90,7 +93,13 @@ pub fn host_binds(root: &Path, req: &Request<'_>) -> Result<HostBinds, HostBindE
         same_path.extend(interconnect::netfs::mounts(&mountinfo, req.netfs_types));
     }
     if let Some(conf) = req.slurm_conf {
-        let spool = slurm_conf::slurm::SlurmConf::parse(conf).spool_dir();
+        // A per-node SlurmdSpoolDir (`%n`, `%h`) as this node's slurmd has
+        // it: the node name from slurmstepd, not from the job's environment
+        // (root binds the directory on the ECL path).
+        let node = req.node_name;
+        let host = nix::unistd::gethostname().ok();
+        let host = host.as_ref().and_then(|h| h.to_str());
+        let spool = slurm_conf::slurm::SlurmConf::parse(conf).spool_dir_on(node, host);
         same_path.extend(interconnect::pmix::binds(req.env, &spool, &|p| {
             at(p).exists()
         }));

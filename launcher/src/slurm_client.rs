@@ -223,8 +223,36 @@ pub fn gather(root: &Path, slurm_conf: &Path, conf: &str) -> Option<(ClientPlan,
             readonly: true,
         });
     }
+    // A slurm.conf outside the directories bound above: a configless node's
+    // copy in slurmd's spool (`<SlurmdSpoolDir>/conf-cache`), which the
+    // batch script's SLURM_CONF names, at its own path.
+    if let Some(dir) = slurm_conf.parent().filter(|d| is_conf_cache(d))
+        && canonical(dir).is_some()
+        && !client
+            .binds
+            .iter()
+            .any(|b| b.source == b.target && dir.starts_with(&b.target))
+    {
+        client.binds.push(BindSpec {
+            source: dir.to_path_buf(),
+            target: dir.to_path_buf(),
+            readonly: true,
+        });
+    }
     let passwd = std::fs::read_to_string(at(Path::new("/etc/passwd"))).unwrap_or_default();
     Some((client, conf.service_accounts(&passwd)))
+}
+
+/// Whether `dir` is where a configless slurmd keeps the configuration it
+/// fetched: `<SlurmdSpoolDir>/conf-cache`, or `/run/slurm/conf` (newer
+/// series). Only such a directory is bound for a `SLURM_CONF` outside the
+/// ones bound already: any other directory of a slurm.conf (`/etc` for a
+/// Slurm built with `--sysconfdir=/etc`, `/usr/local/etc`, `/`) would cover
+/// the image's own.
+fn is_conf_cache(dir: &Path) -> bool {
+    dir.is_absolute()
+        && (dir.file_name() == Some(std::ffi::OsStr::new("conf-cache"))
+            || dir == Path::new("/run/slurm/conf"))
 }
 
 #[cfg(test)]
@@ -415,5 +443,49 @@ exec /.sifrun/host/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2 \
             Path::new("/x/p.conf")
         );
         assert_eq!(client.scripts[0].0, "srun");
+    }
+
+    /// Configless: slurm.conf is slurmd's copy in its spool directory; the
+    /// batch script's srun reads it there (SLURM_CONF), so that directory
+    /// is bound at its own path, read-only; /etc/slurm's is covered already.
+    #[test]
+    fn gather_binds_a_configless_nodes_conf_cache() {
+        use std::fs;
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        let put = |p: &str, text: &str| {
+            let p = r.join(p.trim_start_matches('/'));
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(p, text).unwrap();
+        };
+        put("/lib64/ld-linux-x86-64.so.2", "");
+        put("/usr/bin/srun", "");
+        put("/var/spool/slurmd/conf-cache/slurm.conf", "ClusterName=c\n");
+        put("/etc/slurm/slurm.conf", "ClusterName=c\n");
+        let cache = Path::new("/var/spool/slurmd/conf-cache");
+        let (client, _) = gather(r, &cache.join("slurm.conf"), "ClusterName=c\n").unwrap();
+        let to_cache: Vec<&BindSpec> = client.binds.iter().filter(|b| b.target == cache).collect();
+        assert_eq!(to_cache.len(), 1, "{client:?}");
+        assert!(to_cache[0].source == cache && to_cache[0].readonly);
+        let (client, _) = gather(r, Path::new("/etc/slurm/slurm.conf"), "").unwrap();
+        let etc: Vec<&BindSpec> = client
+            .binds
+            .iter()
+            .filter(|b| b.target.starts_with("/etc/slurm"))
+            .collect();
+        assert_eq!(etc.len(), 1, "bound once: {client:?}");
+        // A Slurm built with --sysconfdir=/etc (or /usr/local/etc): its
+        // slurm.conf's directory is no configless cache and is not bound,
+        // or the host's /etc would cover the image's.
+        put("/etc/slurm.conf", "ClusterName=c\n");
+        put("/usr/local/etc/slurm.conf", "ClusterName=c\n");
+        for conf in ["/etc/slurm.conf", "/usr/local/etc/slurm.conf"] {
+            let (client, _) = gather(r, Path::new(conf), "").unwrap();
+            let dir = Path::new(conf).parent().unwrap();
+            assert!(
+                !client.binds.iter().any(|b| b.target == dir),
+                "{conf}: {client:?}"
+            );
+        }
     }
 }

@@ -6,6 +6,7 @@ use std::fs::{self, File};
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use launcher::squash::{Data, FileKind, Squash, Tuning};
 
@@ -593,4 +594,42 @@ fn nothing_outside_the_partition_is_served() {
     assert!(Squash::open(file.clone(), 4096, tuning).is_ok());
     let err = Squash::open_partition(file, 4096, len, tuning).unwrap_err();
     assert!(err.to_string().contains("exceeds the"), "{err}");
+}
+
+/// A file warmed ahead is in the cache: the reads that follow are cache
+/// hits and read back exactly.
+#[test]
+fn a_file_warmed_ahead_is_read_from_the_cache() {
+    if !have_mksquashfs() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src");
+    tree(&src);
+    let img = d.path().join("img.sqfs");
+    mksquashfs(&src, &img, &[]);
+    let tuning = Tuning {
+        prefetch_threads: 0,
+        ..Tuning::default()
+    };
+    let sq = Squash::open(Arc::new(File::open(&img).unwrap()), 0, tuning).unwrap();
+    let ino = sq.lookup_path(Path::new("/dir/text")).unwrap();
+    let size = fs::metadata(src.join("dir/text")).unwrap().len();
+    let full = size / u64::from(sq.block_size());
+    assert_eq!(sq.warm_file(ino, 1), 1, "only the first block");
+    let warmed = sq.warm_file(ino, u64::MAX);
+    assert!(
+        warmed >= full && warmed <= full + 1,
+        "{warmed} blocks of {size} bytes"
+    );
+    let dir = sq.lookup_path(Path::new("/dir")).unwrap();
+    assert_eq!(sq.warm_file(dir, u64::MAX), 0, "a directory has no blocks");
+    let decompressed = |sq: &Squash| sq.stats.blocks_decompressed.load(Ordering::Relaxed);
+    let before = decompressed(&sq);
+    check(&sq, &src, ino, Path::new("dir/text"));
+    // Only the tail, in a fragment, may still need decompressing.
+    assert!(
+        decompressed(&sq) <= before + 1,
+        "the reads found the blocks decompressed"
+    );
 }

@@ -3,7 +3,8 @@
 //! after the plugin in plugstack.conf (here), the admin config file
 //! ([`admin`]), the execution control list that decides which signed images
 //! may run ([`ecl`], the admin file's `[ecl]` table), Slurm's own files
-//! ([`slurm`]: slurm.conf, plugstack.conf), the plugin↔holder request and
+//! ([`slurm`]: slurm.conf, plugstack.conf; [`oci`]: whether Slurm runs
+//! `--container` itself), the plugin↔holder request and
 //! report ([`protocol`]), the tasks' environment ([`task_env`]) and the
 //! checks on paths root trusts ([`trusted`]).
 #![forbid(unsafe_code)]
@@ -12,6 +13,7 @@
 
 pub mod admin;
 pub mod ecl;
+pub mod oci;
 pub mod protocol;
 pub mod slurm;
 pub mod task_env;

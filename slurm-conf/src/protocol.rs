@@ -163,6 +163,17 @@ pub struct Request {
     pub verbosity: u8,
     /// The job's environment, which the tasks' is computed from.
     pub job_env: Vec<(String, String)>,
+    /// The step's command (its argv[0]) when it is not a batch script: the
+    /// holder's image server decompresses its blocks ahead while the
+    /// container is set up and slurmstepd starts the tasks, so that their
+    /// first exec finds them in the server's cache. A hint only.
+    #[serde(default)]
+    pub command: Option<String>,
+    /// This node's name as slurmstepd has it (its own `SLURMD_NODENAME`,
+    /// never the job's variable, which the user sets): expands `%n` in a
+    /// per-node `SlurmdSpoolDir`. `None`: the host name stands in.
+    #[serde(default)]
+    pub node_name: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -362,7 +373,21 @@ mod tests {
                 ("PATH".into(), "/usr/bin".into()),
                 ("ODD".into(), "two\nlines \"quoted\" \u{0}nul".into()),
             ],
+            command: Some("hostname".into()),
+            node_name: Some("n1".into()),
         }
+    }
+
+    /// `command` is a hint a plugin may leave out.
+    #[test]
+    fn a_request_without_a_command_reads() {
+        let mut r = request();
+        r.command = None;
+        let json = String::from_utf8(r.encode()).unwrap();
+        assert!(json.contains("\"command\":null"), "{json}");
+        let without = json.replace(",\"command\":null", "");
+        assert!(!without.contains("command"), "{without}");
+        assert_eq!(Request::decode(without.as_bytes()).unwrap(), r);
     }
 
     #[test]

@@ -49,10 +49,37 @@ impl SlurmConf {
     /// server directories; a relative value or one with `%` patterns
     /// (per-node names) falls back to the default.
     pub fn spool_dir(&self) -> PathBuf {
+        self.spool_dir_on(None, None)
+    }
+
+    /// `SlurmdSpoolDir` as slurmd `node` on host `host` has it: `%n` (the
+    /// node's name) and `%h` (the host's) expanded as slurmd expands them
+    /// (several slurmd on one machine, each with its own spool). A relative
+    /// value, another pattern, a pattern whose name is not given, or a name
+    /// that is not one plain path component falls back to the default.
+    pub fn spool_dir_on(&self, node: Option<&str>, host: Option<&str>) -> PathBuf {
+        let plain = |n: &str| !n.is_empty() && n != "." && n != ".." && !n.contains(['/', '%']);
+        let expand = |v: &str| -> Option<String> {
+            let mut out = String::new();
+            let mut rest = v;
+            while let Some(i) = rest.find('%') {
+                out.push_str(&rest[..i]);
+                let name = match rest[i + 1..].chars().next() {
+                    Some('n') => node,
+                    Some('h') => host,
+                    _ => None,
+                };
+                out.push_str(name.filter(|n| plain(n))?);
+                rest = &rest[i + 2..];
+            }
+            out.push_str(rest);
+            Some(out)
+        };
         self.values("SlurmdSpoolDir")
             .next()
+            .and_then(expand)
             .map(PathBuf::from)
-            .filter(|p| p.is_absolute() && !p.to_string_lossy().contains('%'))
+            .filter(|p| p.is_absolute())
             .unwrap_or_else(|| PathBuf::from(DEFAULT_SPOOL_DIR))
     }
 
@@ -202,6 +229,27 @@ mod tests {
         }
         let missing = SlurmConf::load(Path::new("/nonexistent/slurm.conf"));
         assert_eq!(missing.spool_dir(), Path::new(DEFAULT_SPOOL_DIR));
+    }
+
+    #[test]
+    fn a_per_node_spool_directory_is_expanded_for_the_node() {
+        let c = SlurmConf::parse("SlurmdSpoolDir=/var/spool/slurmd-%n/on-%h\n");
+        assert_eq!(
+            c.spool_dir_on(Some("n2"), Some("box")),
+            Path::new("/var/spool/slurmd-n2/on-box")
+        );
+        let default = Path::new(DEFAULT_SPOOL_DIR);
+        assert_eq!(c.spool_dir_on(Some("n2"), None), default, "no host name");
+        assert_eq!(c.spool_dir_on(None, Some("box")), default, "no node name");
+        for bad in ["..", "a/b", "", "%h", "."] {
+            assert_eq!(c.spool_dir_on(Some(bad), Some("box")), default, "{bad:?}");
+        }
+        let other = SlurmConf::parse("SlurmdSpoolDir=/s/%x\n");
+        assert_eq!(other.spool_dir_on(Some("n"), Some("h")), default);
+        let trailing = SlurmConf::parse("SlurmdSpoolDir=/s/%\n");
+        assert_eq!(trailing.spool_dir_on(Some("n"), Some("h")), default);
+        let plain = SlurmConf::parse("SlurmdSpoolDir=/s/plain\n");
+        assert_eq!(plain.spool_dir_on(None, None), Path::new("/s/plain"));
     }
 
     #[test]

@@ -39,7 +39,7 @@ impl Plugin {
             }
             Err(e) => {
                 let e = PluginError::Join(e);
-                sp.error(&format!("sifrun: {e} (the task was not started)"));
+                sp.error(&crate::remote::not_started_line(sp, &e));
                 Err(e)
             }
         }

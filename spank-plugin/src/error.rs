@@ -75,6 +75,19 @@ sifrun sign) and use that SIF"
         /// The launcher's reason.
         message: String,
     },
+    /// `--container` with `--sif-image` where Slurm runs `--container` itself.
+    #[error(
+        "--container={native} with --sif-image={image}: Slurm runs --container itself on this cluster ({} exists), inside sifrun's container; give only one",
+        oci_conf.display()
+    )]
+    ContainerIsSlurms {
+        /// Slurm's `--container` value.
+        native: String,
+        /// `--sif-image`.
+        image: String,
+        /// The oci.conf Slurm reads.
+        oci_conf: PathBuf,
+    },
     /// The launcher could not be started.
     #[error("cannot start the launcher {}: {source}", launcher.display())]
     Spawn {

@@ -186,7 +186,7 @@ mod tests {
         use crate::plugin::Plugin;
         let d = tempfile::tempdir().unwrap();
         let l = script(d.path(), r#"echo "r/a:t@sha256:1""#);
-        let none = Path::new("/nonexistent/oci.conf");
+        let none = None;
         let local = Fake::default();
         // A file image: nothing to resolve.
         let mut p = Plugin::new(None);
@@ -218,7 +218,7 @@ mod tests {
         );
         let mut p = Plugin::new(None);
         p.settings.launcher = Some(l.clone());
-        p.pin_registry_image(&with_container, &l).unwrap();
+        p.pin_registry_image(&with_container, Some(&l)).unwrap();
         assert_eq!(p.image_pin, None);
         // A nested srun of the job's image reuses the job's pin, without
         // the launcher; another image is resolved.

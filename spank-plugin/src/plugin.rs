@@ -38,9 +38,6 @@ pub const DEFAULT_LAUNCHER: &str = "/usr/local/bin/sifrun";
 /// Where per-step records live unless `runtime_dir=` says otherwise.
 pub const DEFAULT_RUNTIME_DIR: &str = "/run/sifrun";
 
-/// Slurm's OCI runtime configuration; when it exists, `--container` is Slurm's.
-pub const OCI_CONF: &str = "/etc/slurm/oci.conf";
-
 /// What plugstack.conf says.
 #[derive(Clone, Debug, Default)]
 pub struct Settings {
@@ -52,6 +49,10 @@ pub struct Settings {
     pub config_path: Option<PathBuf>,
     /// The admin file, or the defaults.
     pub config: AdminConfig,
+    /// The site's oci.conf, where Slurm runs `--container` itself and the
+    /// plugin leaves it alone (`slurm_conf::oci`: beside the slurm.conf of
+    /// this process's `SLURM_CONF`); `None` where there is none.
+    pub oci_conf: Option<PathBuf>,
 }
 
 impl Settings {
@@ -82,6 +83,9 @@ pub struct Plugin {
     /// Remote context: the step's holder, as user_init left it for the
     /// tasks (forked later, they inherit this memory) and for exit.
     pub holder: Option<HolderState>,
+    /// Local context: this command's own `--container` (not one inherited
+    /// from the job it runs in), as srun, sbatch or salloc set it.
+    pub(crate) own_container: Option<String>,
     /// The image came from Slurm's `--container`; it may still turn out to
     /// be an OCI bundle (a directory), which user_init checks as the user.
     pub(crate) image_from_container: bool,
@@ -108,6 +112,7 @@ impl Plugin {
             settings: Settings::default(),
             args: Args::default(),
             inherited: Vec::new(),
+            own_container: None,
             holder: None,
             image_from_container: false,
             trusted_owner,
@@ -132,6 +137,10 @@ impl Plugin {
     /// are registered regardless and every task of the step fails instead.
     pub fn init(&mut self, sp: &dyn Spank, plugstack_args: &[String]) -> Result<(), PluginError> {
         let taken = self.take_plugstack_args(plugstack_args);
+        let slurm_conf = sp
+            .process_getenv("SLURM_CONF")
+            .map(std::ffi::OsString::from);
+        self.settings.oci_conf = slurm_conf::oci::site_oci_conf(slurm_conf.as_deref());
         match sp.context() {
             Context::Local => {
                 taken?;
@@ -184,6 +193,7 @@ impl Plugin {
             runtime_dir: path("runtime_dir"),
             config_path: path("config"),
             config: AdminConfig::default(),
+            oci_conf: self.settings.oci_conf.take(),
         };
         if let Some(p) = &settings.config_path {
             let names: Vec<&str> = OPTIONS.iter().map(|o| o.name).collect();
@@ -229,8 +239,10 @@ impl Plugin {
         let from_env = self.args.apply_env(|k| sp.getenv(k));
         if context != Context::Remote {
             from_env?;
+            self.leave_container_to_slurm(sp)?;
             check_policy(&self.args, &self.settings.config)?;
-            return self.pin_registry_image(sp, Path::new(OCI_CONF));
+            let oci_conf = self.settings.oci_conf.clone();
+            return self.pin_registry_image(sp, oci_conf.as_deref());
         }
         if let Err(e) = from_env {
             // Some variables may be left unapplied (the image among them).
@@ -243,7 +255,7 @@ impl Plugin {
             return Ok(());
         }
         if let Some(value) = sp.getenv("SLURM_CONTAINER")
-            && let Err(e) = self.honour_native_container(&value, Path::new(OCI_CONF))
+            && let Err(e) = self.honour_native_container(&value)
         {
             // slurmstepd neither stops the step nor shows this error to the
             // user: keep it for task_init, which fails every task with it.
@@ -264,12 +276,12 @@ impl Plugin {
     pub fn pin_registry_image(
         &mut self,
         sp: &dyn Spank,
-        oci_conf: &Path,
+        oci_conf: Option<&Path>,
     ) -> Result<(), PluginError> {
         use crate::image_pin;
         let image = match &self.args.image {
             Some(i) => Some(i.clone()),
-            None => sp.getenv("SLURM_CONTAINER").filter(|_| !oci_conf.exists()),
+            None => sp.getenv("SLURM_CONTAINER").filter(|_| oci_conf.is_none()),
         };
         let Some(image) = image.filter(|i| image_pin::is_registry_image(i)) else {
             return Ok(());
@@ -312,16 +324,13 @@ impl Plugin {
     }
 
     /// Slurm's own `--container=VALUE` (seen remotely as SLURM_CONTAINER):
-    /// when Slurm would ignore it (no oci.conf), it names our image, unless
-    /// `--sif-image` already named one. An OCI bundle (a directory) stays
-    /// Slurm's; that is decided in user_init, as the user: here slurmstepd
-    /// is root, and what root sees of the user's path must not show.
-    pub fn honour_native_container(
-        &mut self,
-        value: &str,
-        oci_conf: &Path,
-    ) -> Result<(), PluginError> {
-        if value.is_empty() || oci_conf.exists() {
+    /// when Slurm would ignore it (this node has no oci.conf), it names our
+    /// image, unless `--sif-image` already named one. An OCI bundle (a
+    /// directory) stays Slurm's; that is decided in user_init, as the user:
+    /// here slurmstepd is root, and what root sees of the user's path must
+    /// not show.
+    pub fn honour_native_container(&mut self, value: &str) -> Result<(), PluginError> {
+        if value.is_empty() || self.settings.oci_conf.is_some() {
             return Ok(());
         }
         match &self.args.image {
@@ -375,30 +384,61 @@ mod tests {
     #[test]
     fn native_container_values() {
         let mut p = Plugin::new(None);
-        let none = Path::new("/nonexistent/oci.conf");
-        p.honour_native_container("/data/img.sif", none).unwrap();
+        p.honour_native_container("/data/img.sif").unwrap();
         assert_eq!(p.args.image.as_deref(), Some("/data/img.sif"));
-        p.honour_native_container("/data/img.sif", none).unwrap();
-        let e = p
-            .honour_native_container("/data/other.sif", none)
-            .unwrap_err();
+        p.honour_native_container("/data/img.sif").unwrap();
+        let e = p.honour_native_container("/data/other.sif").unwrap_err();
         assert!(e.to_string().contains("name different images"), "{e}");
-        // A configured OCI runtime: Slurm's business.
+    }
+
+    /// slurmstepd with `SLURM_CONF` in `dir`, the step asking `--container=value`.
+    fn remote_with_container(dir: &Path, value: &str) -> (Plugin, Fake) {
+        let mut sp = Fake::remote();
+        let conf = dir.join("slurm.conf").to_string_lossy().into_owned();
+        sp.process_env.insert("SLURM_CONF".into(), conf);
+        sp.env.insert("SLURM_CONTAINER".into(), value.into());
         let mut p = Plugin::new(None);
-        let conf = std::env::current_exe().unwrap();
-        p.honour_native_container("/data/img.sif", &conf).unwrap();
-        assert_eq!(p.args.image, None);
+        p.init(&sp, &[]).unwrap();
+        p.init_post_opt(&sp).unwrap();
+        (p, sp)
+    }
+
+    #[test]
+    fn an_oci_conf_beside_the_nodes_slurm_conf_leaves_container_to_slurm() {
+        let t = crate::fake::scratch();
+        let (p, _) = remote_with_container(t.path(), "/data/img.sif");
+        assert_eq!(p.args.image.as_deref(), Some("/data/img.sif"));
+        // Any oci.conf Slurm finds, an empty one too (Slurm then fails the
+        // step itself): --container is Slurm's, the plugin starts nothing.
+        std::fs::write(t.path().join("oci.conf"), "").unwrap();
+        let (mut p, sp) = remote_with_container(t.path(), "/data/img.sif");
+        assert_eq!(
+            p.settings.oci_conf.as_deref(),
+            Some(t.path().join("oci.conf").as_path())
+        );
+        assert!(!p.args.wants_container() && p.holder.is_none());
+        p.user_init(&sp).unwrap();
+        assert!(p.holder.is_none());
+        p.task_init(&sp).unwrap();
+        // --sif-image still runs sifrun's container.
+        let mut sp = Fake::remote();
+        let conf = t.path().join("slurm.conf").to_string_lossy().into_owned();
+        sp.process_env.insert("SLURM_CONF".into(), conf);
+        let mut q = Plugin::new(None);
+        q.init(&sp, &[]).unwrap();
+        q.option(Opt::Image, Some("/data/img.sif")).unwrap();
+        q.init_post_opt(&sp).unwrap();
+        assert!(q.args.wants_container());
     }
 
     #[test]
     fn an_oci_bundle_stays_slurms_as_the_user_sees_it() {
         let dir = tempfile::tempdir().unwrap();
-        let none = Path::new("/nonexistent/oci.conf");
         // slurmstepd (root) does not look at the path: whether a root-only
         // directory exists must not change what happens to the step.
         let mut p = Plugin::new(None);
         let bundle = dir.path().to_str().unwrap();
-        p.honour_native_container(bundle, none).unwrap();
+        p.honour_native_container(bundle).unwrap();
         assert_eq!(p.args.image.as_deref(), Some(bundle));
         // user_init, as the user, finds a directory: Slurm's, no container.
         let mut sp = Fake::remote();
@@ -504,6 +544,23 @@ mod tests {
             remote.log.borrow()[0],
             "error: sifrun: exec: /x.sif: not a SIF image (the task was not started)"
         );
+        // On a node of a multi-node step: the node's name, from its first
+        // task only (every task of the node fails alike).
+        let mut first = Fake::remote();
+        first
+            .env
+            .insert("SLURMD_NODENAME".into(), "sifrun-n2".into());
+        first.env.insert("SLURM_LOCALID".into(), "0".into());
+        let mut second = Fake::remote();
+        second.env = first.env.clone();
+        second.env.insert("SLURM_LOCALID".into(), "1".into());
+        p.task_init(&first).unwrap_err();
+        p.task_init(&second).unwrap_err();
+        assert_eq!(
+            *first.log.borrow(),
+            ["error: sifrun: sifrun-n2: exec: /x.sif: not a SIF image (the task was not started)"]
+        );
+        assert!(second.log.borrow().is_empty(), "{:?}", second.log.borrow());
         p.option(Opt::Image, Some("/img.sif")).unwrap();
         assert!(p.option(Opt::Image, Some("/other.sif")).is_err());
     }

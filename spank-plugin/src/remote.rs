@@ -154,8 +154,12 @@ impl Plugin {
                 None => Err(PluginError::NotStarted),
             },
         };
-        if let Err(e) = &entered {
-            sp.error(&format!("sifrun: {e} (the task was not started)"));
+        // Every task of the node fails alike: its first task says so, once
+        // per node.
+        if let Err(e) = &entered
+            && matches!(sp.getenv("SLURM_LOCALID").as_deref(), None | Some("0"))
+        {
+            sp.error(&not_started_line(sp, e));
         }
         entered
     }
@@ -259,6 +263,15 @@ impl Plugin {
             stop(&mut r);
         }
         Ok(())
+    }
+}
+
+/// The line of a task that was not started, naming the node (the user of
+/// a multi-node step must see which node failed, and why).
+pub(crate) fn not_started_line(sp: &dyn Spank, e: &PluginError) -> String {
+    match sp.getenv("SLURMD_NODENAME").filter(|n| !n.is_empty()) {
+        Some(node) => format!("sifrun: {node}: {e} (the task was not started)"),
+        None => format!("sifrun: {e} (the task was not started)"),
     }
 }
 

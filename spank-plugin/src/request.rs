@@ -29,6 +29,10 @@ pub struct Step {
     pub slurm_conf: PathBuf,
     /// The job's environment.
     pub job_env: Vec<(String, String)>,
+    /// The command of a step that is not a batch script (its argv[0]).
+    pub command: Option<String>,
+    /// This node's name from slurmstepd's own environment (never the job's).
+    pub node_name: Option<String>,
 }
 
 impl Step {
@@ -36,10 +40,15 @@ impl Step {
     pub fn of(sp: &dyn Spank) -> Step {
         let argv = sp.job_argv();
         let pwd = sp.getenv("PWD").filter(|p| p.starts_with('/'));
-        let batch_script = (sp.step_id() == Some(BATCH_STEP))
+        let batch = sp.step_id() == Some(BATCH_STEP);
+        let batch_script = batch
             .then(|| argv.first().cloned())
             .flatten()
             .filter(|s| s.starts_with('/') && !s.contains([',', ':']));
+        let command = (!batch)
+            .then(|| argv.first().cloned())
+            .flatten()
+            .filter(|c| !c.is_empty());
         Step {
             name: step_name(sp),
             // Only an absolute PWD says where the job is (a relative one
@@ -49,6 +58,10 @@ impl Step {
             batch_script,
             slurm_conf: slurm_conf_path(sp),
             job_env: sp.job_env(),
+            command,
+            node_name: sp
+                .process_getenv("SLURMD_NODENAME")
+                .filter(|n| !n.is_empty()),
         }
     }
 }
@@ -125,6 +138,8 @@ pub fn build(a: &Args, s: &Settings, step: Step) -> Request {
         slurm_conf: step.slurm_conf,
         verbosity: u8::from(a.verbose),
         job_env: step.job_env,
+        command: step.command,
+        node_name: step.node_name,
     }
 }
 
@@ -153,6 +168,8 @@ mod tests {
             batch_script: batch_script.map(str::to_owned),
             slurm_conf: DEFAULT_SLURM_CONF.into(),
             job_env: vec![("PATH".into(), "/usr/bin".into())],
+            command: batch_script.is_none().then(|| "hostname".into()),
+            node_name: None,
         }
     }
 
@@ -214,6 +231,19 @@ mod tests {
     }
 
     #[test]
+    fn the_node_name_is_slurmstepds_own_never_the_jobs() {
+        let mut sp = Fake::remote();
+        sp.env.insert("SLURMD_NODENAME".into(), "other".into());
+        assert_eq!(
+            Step::of(&sp).node_name,
+            None,
+            "the job's variable is the user's"
+        );
+        sp.process_env.insert("SLURMD_NODENAME".into(), "n2".into());
+        assert_eq!(Step::of(&sp).node_name.as_deref(), Some("n2"));
+    }
+
+    #[test]
     fn slurm_conf_is_slurmstepds_own_never_the_jobs() {
         let mut sp = Fake::remote();
         assert_eq!(slurm_conf_path(&sp), Path::new(DEFAULT_SLURM_CONF));
@@ -250,8 +280,26 @@ mod tests {
             Some("/var/spool/slurmd/job00042/slurm_script")
         );
         assert_eq!(s.cwd, "/");
+        assert_eq!(
+            s.command, None,
+            "a batch script is no command to read ahead"
+        );
         sp.step_id = Some(3);
         assert_eq!(Step::of(&sp).name, "42.3");
         assert_eq!(Step::of(&sp).batch_script, None);
+    }
+
+    /// The holder reads a step's command ahead: argv[0], as srun gave it.
+    #[test]
+    fn a_steps_command_goes_to_the_holder() {
+        let mut sp = Fake::remote();
+        sp.step_id = Some(0);
+        *sp.argv.borrow_mut() = vec!["hostname".into(), "-f".into()];
+        let s = Step::of(&sp);
+        assert_eq!(s.command.as_deref(), Some("hostname"));
+        let r = build(&args(), &Settings::default(), s);
+        assert_eq!(r.command.as_deref(), Some("hostname"));
+        sp.argv.borrow_mut().clear();
+        assert_eq!(Step::of(&sp).command, None);
     }
 }

@@ -70,8 +70,8 @@ impl Plugin {
 
 /// The sweep behind [`Plugin::job_epilog`], over an injectable /proc and kill: the
 /// job's records (PID and start time must both match), then any process of
-/// the job's user whose command line is a holder of this job. Returns the
-/// PIDs killed.
+/// the job's user whose command line is a holder of this job and that is on
+/// this node (see [`on_this_node`]). Returns the PIDs killed.
 pub fn sweep(
     runtime_dir: Option<&Path>,
     proc_root: &Path,
@@ -104,6 +104,12 @@ pub fn sweep(
         let _ = std::fs::remove_file(entry.path());
     }
     let marker = format!("--slurm-step={prefix}");
+    let own = node_namespaces(proc_root, "self").filter(|own| {
+        // In init's namespaces (a real node: one slurmd per kernel), every
+        // holder of the job on this kernel is this node's, whatever
+        // namespaces it may have moved to: no filter.
+        node_namespaces(proc_root, "1").as_ref() != Some(own)
+    });
     for entry in std::fs::read_dir(proc_root).into_iter().flatten().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
             continue;
@@ -115,12 +121,43 @@ pub fn sweep(
         let argv: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
         let holder = argv.get(1) == Some(&&b"slurm-hold"[..])
             && argv.iter().any(|a| a.starts_with(marker.as_bytes()));
-        if holder {
+        if holder && on_this_node(own.as_deref(), proc_root, pid) {
             kill(pid);
             killed.push(pid);
         }
     }
     killed
+}
+
+/// The namespaces a node's processes share and another node's on the same
+/// kernel do not (several slurmd on one machine, each in its own network
+/// and UTS namespace, as tests/slurm/cluster --nodes makes them): a holder
+/// keeps slurmd's, since it unshares only user and mount namespaces.
+const NODE_NAMESPACES: [&str; 2] = ["net", "uts"];
+
+/// The [`NODE_NAMESPACES`] links of `/proc/WHO/ns`, or `None` when one is
+/// unreadable.
+fn node_namespaces(proc_root: &Path, who: &str) -> Option<Vec<std::path::PathBuf>> {
+    NODE_NAMESPACES
+        .iter()
+        .map(|ns| std::fs::read_link(proc_root.join(who).join("ns").join(ns)).ok())
+        .collect()
+}
+
+/// Whether process `pid` is on the node the epilog runs on: its network and
+/// UTS namespaces are the epilog's own. Asked only when slurmd does not run
+/// in init's namespaces: on one kernel shared by several test nodes, one
+/// node's epilog must not kill another node's holders of the same job
+/// (still serving that node's tasks, or in their grace period). On a real
+/// node (slurmd in init's namespaces) every holder of the job counts, even
+/// one moved into a namespace of its own. When either side's namespaces
+/// cannot be read, the process counts as this node's (the sweep errs on
+/// killing).
+fn on_this_node(own: Option<&[std::path::PathBuf]>, proc_root: &Path, pid: i32) -> bool {
+    match (own, node_namespaces(proc_root, &pid.to_string())) {
+        (Some(own), Some(theirs)) => own == theirs.as_slice(),
+        _ => true,
+    }
 }
 
 /// The start time of a process (field 22 of /proc/PID/stat), which tells a
@@ -213,5 +250,58 @@ mod tests {
         assert_eq!(by_cmdline, [10, 11, 14, 15]);
         // Another user's processes are never touched.
         assert!(sweep(Some(&run), &proc, 42, me + 1, |_| {}).is_empty());
+    }
+
+    #[test]
+    fn the_epilog_sweep_keeps_to_its_own_node_on_a_shared_kernel() {
+        let dir = tempfile::tempdir().unwrap();
+        let proc = dir.path().join("proc");
+        let me = nix::unistd::getuid().as_raw();
+        let fake = |who: &str, net: &str, uts: &str| {
+            let d = proc.join(who);
+            std::fs::create_dir_all(d.join("ns")).unwrap();
+            let argv = ["/usr/local/bin/sifrun", "slurm-hold", "--slurm-step=42.0"];
+            std::fs::write(d.join("cmdline"), argv.join("\0") + "\0").unwrap();
+            std::os::unix::fs::symlink(net, d.join("ns/net")).unwrap();
+            std::os::unix::fs::symlink(uts, d.join("ns/uts")).unwrap();
+        };
+        // The epilog runs on node 1 (net:[1], uts:[1]), not in init's.
+        let init = proc.join("1");
+        std::fs::create_dir_all(init.join("ns")).unwrap();
+        std::fs::write(init.join("cmdline"), "/sbin/init\0").unwrap();
+        std::os::unix::fs::symlink("net:[0]", init.join("ns/net")).unwrap();
+        std::os::unix::fs::symlink("uts:[0]", init.join("ns/uts")).unwrap();
+        fake("self", "net:[1]", "uts:[1]");
+        fake("20", "net:[1]", "uts:[1]");
+        fake("21", "net:[2]", "uts:[2]");
+        fake("22", "net:[1]", "uts:[3]");
+        fake("23", "net:[3]", "uts:[1]");
+        // A holder whose namespaces cannot be read counts as this node's.
+        let unreadable = proc.join("24");
+        std::fs::create_dir_all(&unreadable).unwrap();
+        std::fs::write(
+            unreadable.join("cmdline"),
+            "/usr/local/bin/sifrun\0slurm-hold\0--slurm-step=42.0\0",
+        )
+        .unwrap();
+        let mut got = sweep(None, &proc, 42, me, |_| {});
+        got.sort();
+        assert_eq!(got, [20, 24], "only node 1's holders");
+
+        // A real node: slurmd (so the epilog) in init's namespaces; a
+        // holder the user moved into other namespaces is still swept.
+        std::fs::remove_file(init.join("ns/net")).unwrap();
+        std::fs::remove_file(init.join("ns/uts")).unwrap();
+        std::os::unix::fs::symlink("net:[1]", init.join("ns/net")).unwrap();
+        std::os::unix::fs::symlink("uts:[1]", init.join("ns/uts")).unwrap();
+        let mut got = sweep(None, &proc, 42, me, |_| {});
+        got.sort();
+        assert_eq!(got, [20, 21, 22, 23, 24], "a real node: every holder");
+
+        // Without its own namespaces readable, the epilog sweeps as before.
+        std::fs::remove_dir_all(proc.join("self")).unwrap();
+        let mut got = sweep(None, &proc, 42, me, |_| {});
+        got.sort();
+        assert_eq!(got, [20, 21, 22, 23, 24]);
     }
 }

@@ -60,6 +60,19 @@ pub fn on_signals() -> nix::Result<()> {
     Ok(())
 }
 
+/// Makes `path` with `mkdir` and registers it, holding the list's lock
+/// across both: a stop signal removes it once made, and never removes a
+/// path `mkdir` found already there (someone else's).
+fn create_registered(
+    path: &Path,
+    mkdir: impl FnOnce(&Path) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let mut p = paths();
+    mkdir(path)?;
+    p.push(path.to_owned());
+    Ok(())
+}
+
 /// A private temporary directory (mode 0700), removed with everything in
 /// it when dropped or on a stop signal.
 pub(crate) struct TempDir {
@@ -80,16 +93,10 @@ impl TempDir {
                 ".sifrun-pull.{pid}.{:08x}",
                 nanos ^ i.wrapping_mul(0x9e37_79b9)
             ));
-            register(&path);
-            match std::fs::DirBuilder::new().mode(0o700).create(&path) {
+            match create_registered(&path, |p| std::fs::DirBuilder::new().mode(0o700).create(p)) {
                 Ok(()) => return Ok(TempDir { path }),
-                Err(e) => {
-                    unregister(&path);
-                    if e.kind() != std::io::ErrorKind::AlreadyExists {
-                        return Err(e);
-                    }
-                    last = Some(e);
-                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(e),
+                Err(e) => return Err(e),
             }
         }
         Err(last.unwrap_or_else(|| std::io::Error::other("no temporary name")))
@@ -106,6 +113,28 @@ impl Drop for TempDir {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_path_is_registered_only_once_made_under_the_lock() {
+        let parent = tempfile::tempdir().unwrap();
+        let taken = parent.path().join("taken");
+        std::fs::create_dir(&taken).unwrap();
+        let e = create_registered(&taken, |p| {
+            // The signal thread cannot look at the list while mkdir runs.
+            assert!(matches!(
+                PATHS.try_lock(),
+                Err(std::sync::TryLockError::WouldBlock)
+            ));
+            std::fs::create_dir(p)
+        })
+        .unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::AlreadyExists);
+        assert!(!paths().contains(&taken));
+        let fresh = parent.path().join("fresh");
+        create_registered(&fresh, |p| std::fs::create_dir(p)).unwrap();
+        assert!(paths().contains(&fresh));
+        unregister(&fresh);
+    }
 
     #[test]
     fn temp_dirs_are_private_and_removed() {

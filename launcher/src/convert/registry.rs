@@ -5,6 +5,7 @@
 //! size and digest checked while it streams. The conversion then reads
 //! them as it reads a local layout (and checks the digests again).
 
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{IsTerminal, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -222,6 +223,53 @@ impl Progress {
     }
 }
 
+/// The blobs to download, each digest once, largest first, and their
+/// total size; a digest declared with two sizes is an error.
+fn plan<'a>(
+    layers: &'a [Descriptor],
+    what: &str,
+) -> Result<(Vec<&'a Descriptor>, u64), ConvertError> {
+    let mut by_digest: BTreeMap<String, &Descriptor> = BTreeMap::new();
+    for d in layers {
+        let prev = by_digest.entry(d.digest.to_string()).or_insert(d);
+        if prev.size != d.size {
+            return Err(ConvertError::Other(format!(
+                "{what}: layer {} is declared with two sizes ({} and {} bytes)",
+                d.digest, prev.size, d.size
+            )));
+        }
+    }
+    let mut order: Vec<&Descriptor> = by_digest.into_values().collect();
+    order.sort_by_key(|d| (std::cmp::Reverse(d.size), d.digest.to_string()));
+    let total = order
+        .iter()
+        .try_fold(0u64, |t, d| t.checked_add(d.size))
+        .ok_or_else(|| {
+            ConvertError::Other(format!(
+                "{what}: the layers' declared sizes add up to more than 2^64 bytes"
+            ))
+        })?;
+    Ok((order, total))
+}
+
+/// Fails when the filesystem of `dir` has less than `total` bytes free
+/// (when it can tell).
+fn check_space(dir: &Path, total: u64, what: &str) -> Result<(), ConvertError> {
+    let Ok(st) = nix::sys::statvfs::statvfs(dir) else {
+        tracing::debug!(dir = %dir.display(), "statvfs failed; free space not checked");
+        return Ok(());
+    };
+    let free = st.blocks_available().saturating_mul(st.fragment_size());
+    if total > free {
+        return Err(ConvertError::Other(format!(
+            "{what}: the layers need {total} bytes but {} has only {free} bytes free \
+             (set SIFRUN_TMPDIR to a directory with more space)",
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
 /// Downloads `layers` into `dir/blobs/sha256/`, largest first, up to
 /// [`MAX_CONNECTIONS`] at a time; a blob gets its final name only once
 /// verified.
@@ -231,12 +279,11 @@ fn download(
     dir: &Path,
     what: &str,
 ) -> Result<(), ConvertError> {
-    let mut order: Vec<&Descriptor> = layers.iter().collect();
-    order.sort_by_key(|d| (std::cmp::Reverse(d.size), d.digest.to_string()));
-    order.dedup_by_key(|d| d.digest.clone());
+    let (order, total) = plan(layers, what)?;
+    check_space(dir, total, what)?;
     let progress = Progress {
         tty: std::io::stderr().is_terminal(),
-        total: order.iter().map(|d| d.size).sum(),
+        total,
         done: AtomicU64::new(0),
         layers_done: AtomicUsize::new(0),
         layers: order.len(),
@@ -306,4 +353,69 @@ fn one_blob(
     progress.layers_done.fetch_add(1, Ordering::Relaxed);
     tracing::debug!(blob = %d.digest, size = d.size, "downloaded");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layer(data: &[u8], size: u64) -> Descriptor {
+        Descriptor {
+            media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+            digest: Digest::of(data),
+            size,
+            platform: None,
+            annotations: std::collections::BTreeMap::new(),
+        }
+    }
+
+    /// `download` against a registry that does not answer: checks made
+    /// before any request decide the error.
+    fn download_err(layers: &[Descriptor]) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Reference::parse("127.0.0.1:9/none/img:t").unwrap();
+        let o = Options {
+            attempts: 1,
+            connect_timeout: Duration::from_millis(200),
+            ..Options::default()
+        };
+        let client = Client::new(&r, o);
+        download(&client, layers, dir.path(), "docker://x")
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn declared_sizes_that_overflow_are_refused() {
+        let e = download_err(&[layer(b"a", u64::MAX), layer(b"b", 2)]);
+        assert!(e.contains("more than 2^64 bytes"), "{e}");
+    }
+
+    #[test]
+    fn one_digest_with_two_sizes_is_refused() {
+        let e = download_err(&[layer(b"a", 5), layer(b"b", 7), layer(b"a", 9)]);
+        assert!(e.contains("declared with two sizes (5 and 9 bytes)"), "{e}");
+    }
+
+    #[test]
+    fn repeated_digests_are_fetched_once() {
+        let l = [layer(b"a", 5), layer(b"b", 7), layer(b"a", 5)];
+        let (order, total) = plan(&l, "x").unwrap();
+        assert_eq!(order.len(), 2);
+        assert_eq!(total, 12);
+    }
+
+    #[test]
+    fn layers_larger_than_the_free_space_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = check_space(dir.path(), u64::MAX - 1, "docker://x")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&dir.path().display().to_string()) && e.contains("bytes free"),
+            "{e}"
+        );
+        let e = download_err(&[layer(b"a", u64::MAX - 1)]);
+        assert!(e.contains("bytes free"), "{e}");
+    }
 }

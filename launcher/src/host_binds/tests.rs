@@ -40,6 +40,7 @@ fn request<'a>(env: &'a [(String, String)]) -> Request<'a> {
         netfs_types: &[],
         env,
         slurm_conf: None,
+        node_name: None,
     }
 }
 
@@ -183,4 +184,27 @@ fn network_filesystems_and_pmix_at_their_paths_in_order() {
     // Outside Slurm, no PMIx binds; without types, no network filesystems.
     let plain = host_binds(root.path(), &request(&env)).unwrap();
     assert!(plain.binds.is_empty(), "{plain:?}");
+}
+
+/// Several slurmd on one machine, each with its own spool
+/// (`SlurmdSpoolDir=…%n`): PMIx gets this node's, by the name slurmstepd
+/// gave, never by the job's `SLURMD_NODENAME` (the user's to set; root
+/// binds the directory on the ECL path).
+#[test]
+fn a_per_node_spool_directory_is_this_nodes() {
+    let root = tempfile::tempdir().unwrap();
+    for d in ["/var/spool/slurmd-n2/x", "/var/spool/slurmd-n1/x"] {
+        touch(root.path(), d);
+    }
+    let env = [
+        ("SLURM_MPI_TYPE".to_owned(), "pmix".to_owned()),
+        ("SLURMD_NODENAME".to_owned(), "n1".to_owned()),
+    ];
+    let req = Request {
+        slurm_conf: Some("SlurmdSpoolDir=/var/spool/slurmd-%n\n"),
+        node_name: Some("n2"),
+        ..request(&env)
+    };
+    let b = host_binds(root.path(), &req).unwrap();
+    assert_eq!(shown(&b), ["/var/spool/slurmd-n2 -> /var/spool/slurmd-n2"]);
 }

@@ -134,6 +134,7 @@ pub(crate) fn gather(l: &Launch, facts: HostFacts) -> Result<HostSide, LaunchErr
     make_workdir(l)?;
     let env: Vec<(String, String)> = match &l.action {
         Action::Hold(h) => h.job_env.clone(),
+        _ if l.host_env.is_some() => l.host_env.clone().unwrap_or_default(),
         _ => std::env::vars_os()
             .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
             .collect(),
@@ -153,6 +154,10 @@ pub(crate) fn gather(l: &Launch, facts: HostFacts) -> Result<HostSide, LaunchErr
             netfs_types: &types,
             env: &env,
             slurm_conf: slurm_conf.as_ref().map(|(_, text)| text.as_str()),
+            node_name: match &l.action {
+                Action::Hold(h) => h.node_name.as_deref(),
+                _ => None,
+            },
         },
     )?;
     for w in &binds.warnings {

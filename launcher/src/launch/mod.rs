@@ -37,6 +37,7 @@ use crate::serve::{self, Served};
 use crate::squash::{ROOT_INO, Tuning};
 use crate::syscall::Linux;
 
+mod ahead;
 mod ecl_gate;
 mod error;
 pub(crate) mod host;
@@ -76,6 +77,10 @@ pub struct Launch {
     pub netfs_types: Vec<String>,
     /// What the host's InfiniBand, Slingshot and Omni-Path give.
     pub fabric: interconnect::fabric::Policy,
+    /// The host environment to start from instead of the process's (`sifrun
+    /// exec --host-env-file`: Slurm's oci.conf `%e` file, when Slurm runs
+    /// sifrun as its OCI runtime); a Slurm step's holder has the job's.
+    pub host_env: Option<Vec<(String, String)>>,
 }
 
 /// Logs the end of set-up phase `name`, begun at `started`.
@@ -204,6 +209,7 @@ pub fn launch(l: &Launch) -> Result<i32, LaunchError> {
     let host = timed("host facts", || host::gather(l, host_facts()?))?;
     check_image_root(l, &served, &host.facts)?;
     let prepared = timed("plan", || prepare(l, &served, &host))?;
+    let ahead = step_command(l, &served, &prepared);
     let synth = timed("synthesise targets", || {
         let mut synth = Synth::new(&served.squash);
         for (p, k) in &prepared.plan.synth {
@@ -223,5 +229,16 @@ pub fn launch(l: &Launch) -> Result<i32, LaunchError> {
     let (child, session) = timed("spawn", || {
         spawn::spawn(l, &prepared, &host.env, sys, session, &signals)
     })?;
-    spawn::serve_and_wait(l, &served, session, child, signals)
+    spawn::serve_and_wait(l, &served, session, child, signals, ahead)
+}
+
+/// The image inode of a Slurm step's command ([`Hold::command`]), found
+/// the way the tasks' exec will find it (see `ahead`).
+fn step_command(l: &Launch, served: &Served, p: &Prepared) -> Option<u64> {
+    let Action::Hold(h) = &l.action else {
+        return None;
+    };
+    let tree = served.squash.as_ref();
+    let file = ahead::command_file(tree, h.command.as_deref()?, ahead::task_path(&p.env))?;
+    served.squash.lookup_path(&file)
 }

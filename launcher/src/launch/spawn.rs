@@ -73,14 +73,29 @@ pub(super) fn spawn(
 
 /// The launcher after the fork: serves the image, forwards the signals it
 /// is sent to the container, and returns the container's exit status.
+/// The blocks of file `ahead` (a step's command) are decompressed first.
 pub(super) fn serve_and_wait(
     l: &Launch,
     served: &Served,
     session: Session<SquashFs>,
     child: Pid,
     signals: SigSet,
+    ahead: Option<u64>,
 ) -> Result<i32, LaunchError> {
     served.squash.start_readahead(l.tuning);
+    if let Some(ino) = ahead {
+        let squash = served.squash.clone();
+        let _ = std::thread::Builder::new()
+            .name("sifrun-ahead".into())
+            .spawn(move || {
+                // At nice 19: the container's set-up, slurmstepd and the
+                // tasks come first (not SCHED_IDLE: the thread takes the
+                // block cache's locks, briefly, and must not stall there).
+                let _ = syscall::idle_thread();
+                let blocks = squash.warm_file(ino, super::ahead::MAX_AHEAD);
+                tracing::debug!(ino, blocks, "the step's command decompressed ahead");
+            });
+    }
     std::thread::spawn(move || {
         let _ = session.run();
     });

@@ -72,6 +72,11 @@ impl<V: Weight> BlockCache<V> {
     }
 
     pub(crate) fn insert(&self, key: BlockKey, block: Arc<V>) {
+        // Evicted blocks are freed after the lock is released (freeing a
+        // large block can be an munmap): a low-priority inserter (the
+        // read-ahead of the step's command) must not hold up the FUSE
+        // threads on this shard for longer than the map update.
+        let mut evicted = Vec::new();
         let mut s = self.shard(key).lock().expect("cache lock");
         if s.map.contains_key(&key) {
             return;
@@ -84,8 +89,11 @@ impl<V: Weight> BlockCache<V> {
                 && let Some(b) = s.map.remove(&old)
             {
                 s.bytes -= b.weight();
+                evicted.push(b);
             }
         }
+        drop(s);
+        drop(evicted);
     }
 }
 

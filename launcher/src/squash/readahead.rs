@@ -6,7 +6,7 @@ use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex};
 
 use super::data::Layout;
-use super::{Squash, Tuning};
+use super::{Data, Squash, Tuning};
 
 /// One block to decompress ahead of a reader.
 pub(crate) struct PrefetchJob {
@@ -41,6 +41,28 @@ impl Squash {
                 key: block.at,
             });
         }
+    }
+
+    /// Decompresses the blocks of the first `max` bytes of regular file
+    /// `ino` into the cache, in order, on the calling thread (a program
+    /// about to be run, before its exec asks). Returns the number of blocks
+    /// it went through.
+    pub fn warm_file(&self, ino: u64, max: u64) -> u64 {
+        let Ok(inode) = self.try_inode(ino) else {
+            return 0;
+        };
+        let Data::File(file) = &inode.data else {
+            return 0;
+        };
+        let Ok(layout) = self.layout(ino, file) else {
+            return 0;
+        };
+        let count = max
+            .div_ceil(u64::from(self.block_size()))
+            .min(layout.blocks);
+        (0..count)
+            .take_while(|&i| self.block(&layout, i).is_ok())
+            .count() as u64
     }
 
     fn run_prefetch(&self, job: PrefetchJob) {

@@ -164,6 +164,21 @@ pub(crate) fn wait_signal(set: &nix::sys::signal::SigSet) -> io::Result<(i32, bo
     Ok((sig, info.si_code <= 0))
 }
 
+/// Gives the calling thread the lowest priority of the normal class (nice
+/// 19): others come first, yet it still gets a slice on a busy CPU, so a
+/// lock it briefly holds (the image server's block cache) never waits for
+/// an idle CPU as under `SCHED_IDLE`. Lowering one's own priority needs no
+/// privilege.
+pub(crate) fn idle_thread() -> io::Result<()> {
+    let tid = nix::unistd::gettid().as_raw();
+    // SAFETY: setpriority takes plain integers; on Linux PRIO_PROCESS with a
+    // thread id sets that thread's nice value.
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 19) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// A C string for exec, refusing interior NULs with a clear error.
 pub(crate) fn cstring(s: &std::ffi::OsStr) -> io::Result<CString> {
     use std::os::unix::ffi::OsStrExt;

@@ -217,7 +217,7 @@ fn classify(e: &serde_json::Error) -> &'static str {
 }
 
 /// What the lookup reads from the environment.
-#[derive(Debug, Default, Clone)]
+#[derive(Default, Clone)]
 pub struct Environment {
     /// `SIFRUN_DOCKER_USERNAME`.
     pub username: Option<String>,
@@ -229,6 +229,18 @@ pub struct Environment {
     pub docker_config: Option<PathBuf>,
     /// `HOME`.
     pub home: Option<PathBuf>,
+}
+
+impl fmt::Debug for Environment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Environment")
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("registry_auth_file", &self.registry_auth_file)
+            .field("docker_config", &self.docker_config)
+            .field("home", &self.home)
+            .finish()
+    }
 }
 
 impl Environment {
@@ -287,6 +299,18 @@ pub fn lookup(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn environment_debug_hides_the_password() {
+        let env = Environment {
+            username: Some("alice".into()),
+            password: Some("s3cret-pw".into()),
+            ..Environment::default()
+        };
+        let d = format!("{env:?}");
+        assert!(!d.contains("s3cret-pw"), "{d}");
+        assert!(d.contains("alice") && d.contains("***"), "{d}");
+    }
 
     fn basic(u: &str, p: &str) -> Credential {
         Credential::Basic {

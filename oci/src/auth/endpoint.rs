@@ -22,19 +22,25 @@ pub const DEFAULT_TOKEN_SECONDS: u64 = 60;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EndpointError {
     /// Not `http://` or `https://` with a host.
-    #[error("{url:?}: not an http(s) URL")]
+    #[error("{:?}: not an http(s) URL", without_query(.url))]
     NotHttp {
         /// The URL (never with credentials: registries do not put any there).
         url: String,
     },
     /// The token endpoint's answer has no token.
-    #[error("token endpoint {realm}: answer without a token ({why})")]
+    #[error("token endpoint {}: answer without a token ({why})", without_query(.realm))]
     NoToken {
         /// The endpoint.
         realm: String,
         /// What was wrong.
         why: String,
     },
+}
+
+/// `url` without its query and fragment, for messages: presigned URLs
+/// carry their signature there.
+pub fn without_query(url: &str) -> &str {
+    url.split(['?', '#']).next().unwrap_or(url)
 }
 
 /// The registry's base URL: `https://HOST` (`http://` with `plain_http`),
@@ -218,6 +224,15 @@ fn imf_fixdate(v: &str) -> Option<u64> {
     let [hh, mm, ss] = t.as_slice() else {
         return None;
     };
+    // Bounded fields keep the arithmetic below far from overflow.
+    let in_range = (1..=31).contains(&d)
+        && (1900..=9999).contains(&y)
+        && (0..24).contains(hh)
+        && (0..60).contains(mm)
+        && (0..=60).contains(ss);
+    if !in_range {
+        return None;
+    }
     // Days from civil (Howard Hinnant's algorithm).
     let y2 = if m <= 2 { y - 1 } else { y };
     let era = y2.div_euclid(400);
@@ -335,6 +350,24 @@ mod tests {
     }
 
     #[test]
+    fn messages_show_urls_without_their_query() {
+        let e = resolve_location(
+            "https://r.io/v2/x",
+            "ftp://cdn.io/b?X-Amz-Signature=SECRET#f",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("ftp://cdn.io/b") && !e.contains("SECRET"), "{e}");
+        let e = parse_token(b"{}", "https://auth.io/token?sig=SECRET")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("https://auth.io/token") && !e.contains("SECRET"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn retry_after_forms() {
         let cap = Duration::from_secs(120);
         assert_eq!(retry_after("7", 0, cap), Some(Duration::from_secs(7)));
@@ -350,6 +383,30 @@ mod tests {
             Some(Duration::ZERO)
         );
         assert_eq!(retry_after("soon", 0, cap), None);
+    }
+
+    #[test]
+    fn retry_after_dates_out_of_range_are_ignored() {
+        let cap = Duration::from_secs(120);
+        for v in [
+            "Sun, 06 Nov 9223372036854775807 08:49:37 GMT",
+            "Sun, 9223372036854775807 Nov 1994 08:49:37 GMT",
+            "Sun, 06 Nov 1994 9223372036854775807:49:37 GMT",
+            "Sun, 06 Nov 1994 08:9223372036854775807:37 GMT",
+            "Sun, 06 Nov 1994 08:49:9223372036854775807 GMT",
+            "Sun, 06 Nov -9223372036854775807 08:49:37 GMT",
+            "Sun, 00 Nov 1994 08:49:37 GMT",
+            "Sun, 06 Nov 1994 24:00:00 GMT",
+            "Sun, 06 Nov 1994 08:60:00 GMT",
+            "Sun, 06 Nov 1994 08:49:61 GMT",
+            "Sun, 06 Nov 1899 08:49:37 GMT",
+        ] {
+            assert_eq!(retry_after(v, 0, cap), None, "{v}");
+        }
+        assert_eq!(
+            retry_after("Fri, 31 Dec 9999 23:59:60 GMT", 0, cap),
+            Some(cap)
+        );
     }
 
     #[test]

@@ -52,6 +52,17 @@ impl Default for Options {
     }
 }
 
+/// What to do about a failed TLS handshake: a certificate the system does
+/// not trust wants its CA installed; anything else is most often a
+/// registry that speaks plain HTTP.
+fn tls_hint(detail: &str) -> &'static str {
+    if detail.contains("certificate") {
+        "the registry's certificate is not trusted here: add its CA to the system's trust store"
+    } else {
+        "a plain-HTTP registry needs --nohttps"
+    }
+}
+
 /// Why a registry request failed; every variant names the registry.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -67,7 +78,8 @@ pub enum RegistryError {
     },
     /// The TLS handshake failed (not retried).
     #[error(
-        "registry {registry}: {what}: TLS failed: {detail} (a plain-HTTP registry needs --nohttps)"
+        "registry {registry}: {what}: TLS failed: {detail} ({})",
+        tls_hint(detail)
     )]
     Tls {
         /// `host[:port]`.

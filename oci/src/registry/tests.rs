@@ -1,6 +1,5 @@
 //! The client against a fake registry on 127.0.0.1 (std `TcpListener`):
-//! bearer tokens, Basic, redirects to another origin without the
-//! credentials, 429 with `Retry-After`, 5xx retries, a stalled answer,
+//! bearer tokens, Basic, 429 with `Retry-After`, 5xx retries, a stalled answer,
 //! digest checks.
 
 use std::collections::BTreeMap;
@@ -12,6 +11,8 @@ use std::time::{Duration, Instant};
 use super::*;
 use crate::auth::creds::{Credential, Origin};
 use crate::manifest::Descriptor;
+
+mod origins;
 
 /// One request as the fake saw it.
 #[derive(Debug, Clone)]
@@ -277,43 +278,6 @@ fn basic_auth_and_unsupported_scheme() {
         e.contains("\"negotiate\", which sifrun does not support"),
         "{e}"
     );
-}
-
-#[test]
-fn redirects_drop_credentials_across_origins() {
-    let blob = b"layer data".to_vec();
-    let d = Digest::of(&blob);
-    let cdn = {
-        let blob = blob.clone();
-        Fake::start(move |req, _| {
-            assert!(
-                !req.headers.contains_key("authorization"),
-                "credentials leaked to the CDN"
-            );
-            ok(&blob, &[])
-        })
-    };
-    let cdn_url = format!("http://{}/signed?x=1", cdn.base());
-    let fake = Fake::start(move |req, _| match req.headers.get("authorization") {
-        Some(_) => status(307, &[("Location", &cdn_url)]),
-        None => status(401, &[("WWW-Authenticate", "Basic realm=\"r\"")]),
-    });
-    let c = client(
-        &fake,
-        Options {
-            credential: creds("user", "pass"),
-            ..opts()
-        },
-    );
-    let desc = Descriptor {
-        media_type: media::OCI_CONFIG.into(),
-        digest: d,
-        size: blob.len() as u64,
-        platform: None,
-        annotations: BTreeMap::new(),
-    };
-    assert_eq!(c.blob_bytes(&desc, 1 << 20).unwrap(), blob);
-    assert_eq!(cdn.seen().len(), 1);
 }
 
 #[test]

@@ -99,7 +99,12 @@ impl Client {
             };
         }
         let registry = self.registry().to_owned();
-        let (what, detail) = (what.to_owned(), short(&e.to_string()));
+        // ureq's BadUri quotes the URL, query (signature) included.
+        let detail = match e {
+            ureq::Error::BadUri(_) => "bad URI".to_owned(),
+            _ => short(&e.to_string()),
+        };
+        let what = what.to_owned();
         match e {
             ureq::Error::Tls(_) | ureq::Error::NativeTls(_) | ureq::Error::Der(_) => {
                 RegistryError::Tls {
@@ -136,7 +141,7 @@ impl Client {
     }
 
     /// GET `url` with its redirects; the registry's credentials go only to
-    /// the registry's own origin.
+    /// the registry's own origin. Returns the answer and the URL that gave it.
     fn send(
         &self,
         url: &str,
@@ -144,7 +149,7 @@ impl Client {
         what: &str,
         auth: Option<&Auth>,
         from: Option<u64>,
-    ) -> Result<Response<Body>, RegistryError> {
+    ) -> Result<(Response<Body>, String), RegistryError> {
         let origin = url.to_owned();
         let mut url = url.to_owned();
         for _ in 0..=MAX_REDIRECTS {
@@ -162,11 +167,14 @@ impl Client {
             let status = resp.status().as_u16();
             let location = header(&resp, "location");
             let (301 | 302 | 303 | 307 | 308, Some(loc)) = (status, location) else {
-                return Ok(resp);
+                return Ok((resp, url));
             };
             let next = endpoint::resolve_location(&url, &loc).map_err(|e| self.refused(&e))?;
             if url.starts_with("https:") && !next.starts_with("https:") {
-                return Err(self.refused(&format!("{what}: redirect from https to {next} refused")));
+                return Err(self.refused(&format!(
+                    "{what}: redirect from https to {} refused",
+                    endpoint::without_query(&next)
+                )));
             }
             tracing::debug!(what, "redirected");
             url = next;
@@ -205,8 +213,15 @@ impl Client {
             let auth = self.auth.lock().map(|a| a.clone()).unwrap_or(None);
             let result = self.send(url, accept, what, auth.as_ref(), from);
             let retry = match result {
-                Ok(resp) if resp.status().is_success() => return Ok(resp),
-                Ok(resp) if resp.status().as_u16() == 401 && !authenticated => {
+                Ok((resp, _)) if resp.status().is_success() => return Ok(resp),
+                // A 401 from a host the registry redirected to is not the
+                // registry's challenge: the credentials never go there.
+                Ok((resp, at))
+                    if resp.status().as_u16() == 401 && !endpoint::same_origin(url, &at) =>
+                {
+                    return Err(self.foreign_401(&at, what));
+                }
+                Ok((resp, _)) if resp.status().as_u16() == 401 && !authenticated => {
                     authenticated = true;
                     let a = self.authenticate(&resp)?;
                     *self
@@ -215,7 +230,7 @@ impl Client {
                         .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(a);
                     continue;
                 }
-                Ok(resp) if retryable_status(resp.status().as_u16()) => {
+                Ok((resp, _)) if retryable_status(resp.status().as_u16()) => {
                     let now = SystemTime::now()
                         .duration_since(UNIX_EPOCH)
                         .map_or(0, |d| d.as_secs());
@@ -224,7 +239,7 @@ impl Client {
                     let err = self.status_error(resp, what);
                     (err, after)
                 }
-                Ok(resp) => return Err(self.status_error(resp, what)),
+                Ok((resp, _)) => return Err(self.status_error(resp, what)),
                 Err(e @ RegistryError::Transport { .. }) => (e, None),
                 Err(e) => return Err(e),
             };
@@ -234,6 +249,20 @@ impl Client {
             tracing::warn!("{}; retrying", retry.0);
             sleep_backoff(&self.opts, attempt, retry.1);
             attempt += 1;
+        }
+    }
+
+    /// A 401 from `at`, a redirect target outside the registry's origin.
+    fn foreign_401(&self, at: &str, what: &str) -> RegistryError {
+        let host = endpoint::split_url(at).map_or("?", |(_, h, _)| h);
+        RegistryError::Status {
+            registry: self.registry().to_owned(),
+            what: what.to_owned(),
+            detail: format!(
+                "HTTP 401 from {host}, where the registry redirected; \
+                 credentials are sent only to the registry itself"
+            ),
+            status: 401,
         }
     }
 
@@ -316,13 +345,16 @@ impl Client {
         let (scheme, host, _) = endpoint::split_url(realm).map_err(|e| self.refused(&e))?;
         let plain = !scheme.eq_ignore_ascii_case("https");
         if plain && !self.opts.plain_http {
-            return Err(self.refused(&format!("token realm {realm} is not https")));
+            return Err(self.refused(&format!(
+                "token realm {} is not https",
+                endpoint::without_query(realm)
+            )));
         }
         let scope = c
             .param("scope")
             .map_or_else(|| endpoint::pull_scope(&self.reference), str::to_owned);
         let url = endpoint::token_url(realm, c.param("service"), &scope);
-        let what = format!("token from {realm}");
+        let what = format!("token from {}", endpoint::without_query(realm));
         let mut req = self.agent.get(&url);
         match &self.opts.credential {
             Some((Credential::RegistryToken(t), _)) => return Ok(Auth(format!("Bearer {t}"))),

@@ -240,6 +240,9 @@ pub extern "C" fn slurm_spank_init_post_opt(
     // it is not already set, so inside a job it goes stale. slurm_spank_init
     // hid the inherited value: now a set variable is exactly this command's
     // --container; an unset one means "inherit", so the old value returns.
+    let own = matches!(Handle(sp).context(), Context::Local | Context::Allocator)
+        .then(|| std::env::var("SLURM_CONTAINER").ok())
+        .flatten();
     if let Some(old) = INHERITED_CONTAINER.get()
         && std::env::var_os("SLURM_CONTAINER").is_none()
     {
@@ -248,6 +251,7 @@ pub extern "C" fn slurm_spank_init_post_opt(
         unsafe { std::env::set_var("SLURM_CONTAINER", old) };
     }
     guard(sp, Report::Error, |p, h| {
+        p.own_container = own;
         p.init_post_opt(h)?;
         if let Some((image, pin)) = p.image_pin.take() {
             // SAFETY: as above, one thread; srun passes its environment to

@@ -179,6 +179,8 @@ pub fn to_launch(
             image_file,
             slurm_conf: r.slurm_conf,
             verbose: r.verbosity > 0,
+            command: r.command,
+            node_name: r.node_name,
         }),
         tuning: Tuning::default(),
         threads: launcher::serve::default_threads(),
@@ -196,6 +198,7 @@ pub fn to_launch(
             libraries: r.fabric_libraries,
             allow_umad: r.allow_umad,
         },
+        host_env: None,
     })
 }
 

@@ -44,6 +44,11 @@ pub struct ContainerArgs {
     /// Read NAME=VALUE lines from FILE
     #[arg(long, value_name = "FILE")]
     env_file: Option<PathBuf>,
+    /// Take the host environment from FILE (NAME=VALUE entries ended by NUL
+    /// or newline) instead of sifrun's own: Slurm's `%e` with oci.conf
+    /// `CreateEnvFile=null`, when Slurm runs sifrun as its OCI runtime
+    #[arg(long, value_name = "FILE")]
+    host_env_file: Option<PathBuf>,
     /// Bind the host's NVIDIA driver libraries and tools (as Apptainer's --nv)
     #[arg(long)]
     nv: bool,
@@ -105,7 +110,14 @@ impl ContainerArgs {
             ),
             None => None,
         };
+        let host_env = match &self.host_env_file {
+            Some(p) => Some(launcher::env::parse_environ_file(
+                &std::fs::read(p).with_context(|| format!("--host-env-file: {}", p.display()))?,
+            )?),
+            None => None,
+        };
         Ok(Launch {
+            host_env,
             image,
             run: RunOptions {
                 binds,
