@@ -19,6 +19,9 @@
 //! certificates = ["/etc/sifrun/ecl/build-bot.pem"]  # DSSE signers, by leaf certificate
 //! ```
 //!
+//! `verdict_cache_entries` (in `[ecl]`, default 256, 0 = off) bounds the
+//! per-node cache of `allowed` verdicts (the launcher's privileged path).
+//!
 //! A DSSE envelope does not carry the signer's certificate, so an execgroup
 //! lists the leaf certificates it means, as `keyfp` lists keys; at every
 //! check each is validated for code signing against `certificate_roots`
@@ -88,6 +91,8 @@ pub(crate) struct RawEcl {
     owners: Vec<u32>,
     #[serde(default)]
     execgroup: Vec<RawGroup>,
+    #[serde(default)]
+    verdict_cache_entries: Option<usize>,
 }
 
 /// One execgroup.
@@ -152,7 +157,13 @@ pub struct Ecl {
     pub owners: Vec<u32>,
     /// The execgroups, in file order.
     pub groups: Vec<ExecGroup>,
+    /// How many `allowed` verdicts a node keeps (the launcher's verdict
+    /// cache, per node; 0 = none).
+    pub verdict_cache_entries: usize,
 }
+
+/// `verdict_cache_entries` when the admin file does not say.
+pub const VERDICT_CACHE_ENTRIES: usize = 256;
 
 fn parse_fp(s: &str) -> Option<[u8; 20]> {
     let s = s.trim();
@@ -269,6 +280,7 @@ impl Ecl {
             certificate_intermediates: raw.certificate_intermediates,
             owners: raw.owners,
             groups,
+            verdict_cache_entries: raw.verdict_cache_entries.unwrap_or(VERDICT_CACHE_ENTRIES),
         })
     }
 
