@@ -140,7 +140,7 @@ impl std::fmt::Display for Signer {
 }
 
 /// A checked ECL.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Ecl {
     /// Whether the ECL applies at all.
     pub activated: bool,
@@ -164,6 +164,22 @@ pub struct Ecl {
 
 /// `verdict_cache_entries` when the admin file does not say.
 pub const VERDICT_CACHE_ENTRIES: usize = 256;
+
+impl Default for Ecl {
+    /// No ECL (not activated), the default cache bound.
+    fn default() -> Ecl {
+        Ecl {
+            activated: false,
+            legacy_insecure: false,
+            keyring: None,
+            certificate_roots: None,
+            certificate_intermediates: None,
+            owners: Vec::new(),
+            groups: Vec::new(),
+            verdict_cache_entries: VERDICT_CACHE_ENTRIES,
+        }
+    }
+}
 
 fn parse_fp(s: &str) -> Option<[u8; 20]> {
     let s = s.trim();
