@@ -261,6 +261,8 @@ impl Cache {
         let text = serde_json::to_string(entry).map_err(|e| e.to_string())?;
         let name = entry.key.name();
         let tmp = self.dir.join(format!(".tmp.{}.{name}", std::process::id()));
+        // A leftover of a holder killed mid-write (root's directory).
+        let _ = std::fs::remove_file(&tmp);
         let write = || -> std::io::Result<()> {
             let mut f = File::options()
                 .write(true)
