@@ -17,6 +17,7 @@
 //! [ecl]                            # see crate::ecl
 //! activated = true
 //! keyring = "/etc/sifrun/ecl-keyring.asc"
+//! verdict_cache_entries = 256      # per-node cache of allowed verdicts; 0 = off
 //! [[ecl.execgroup]]
 //! tagname = "site"
 //! mode = "whitelist"
@@ -311,6 +312,18 @@ mod tests {
     use super::*;
 
     const OPTS: &[&str] = &["sif-image", "sif-bind", "sif-writable-tmpfs"];
+
+    #[test]
+    fn the_admin_file_sets_the_verdict_cache_bound() {
+        let ecl = "[ecl]\nactivated = true\nkeyring = \"/k\"\n";
+        let c = AdminConfig::parse(ecl, OPTS).unwrap();
+        assert_eq!(
+            c.ecl.verdict_cache_entries,
+            crate::ecl::VERDICT_CACHE_ENTRIES
+        );
+        let c = AdminConfig::parse(&format!("{ecl}verdict_cache_entries = 0\n"), OPTS).unwrap();
+        assert_eq!(c.ecl.verdict_cache_entries, 0);
+    }
 
     #[test]
     fn a_full_file_parses() {

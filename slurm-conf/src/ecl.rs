@@ -19,6 +19,9 @@
 //! certificates = ["/etc/sifrun/ecl/build-bot.pem"]  # DSSE signers, by leaf certificate
 //! ```
 //!
+//! `verdict_cache_entries` (in `[ecl]`, default 256, 0 = off) bounds the
+//! per-node cache of `allowed` verdicts (the launcher's privileged path).
+//!
 //! A DSSE envelope does not carry the signer's certificate, so an execgroup
 //! lists the leaf certificates it means, as `keyfp` lists keys; at every
 //! check each is validated for code signing against `certificate_roots`
@@ -88,6 +91,8 @@ pub(crate) struct RawEcl {
     owners: Vec<u32>,
     #[serde(default)]
     execgroup: Vec<RawGroup>,
+    #[serde(default)]
+    verdict_cache_entries: Option<usize>,
 }
 
 /// One execgroup.
@@ -135,7 +140,7 @@ impl std::fmt::Display for Signer {
 }
 
 /// A checked ECL.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Ecl {
     /// Whether the ECL applies at all.
     pub activated: bool,
@@ -152,6 +157,28 @@ pub struct Ecl {
     pub owners: Vec<u32>,
     /// The execgroups, in file order.
     pub groups: Vec<ExecGroup>,
+    /// How many `allowed` verdicts a node keeps (the launcher's verdict
+    /// cache, per node; 0 = none).
+    pub verdict_cache_entries: usize,
+}
+
+/// `verdict_cache_entries` when the admin file does not say.
+pub const VERDICT_CACHE_ENTRIES: usize = 256;
+
+impl Default for Ecl {
+    /// No ECL (not activated), the default cache bound.
+    fn default() -> Ecl {
+        Ecl {
+            activated: false,
+            legacy_insecure: false,
+            keyring: None,
+            certificate_roots: None,
+            certificate_intermediates: None,
+            owners: Vec::new(),
+            groups: Vec::new(),
+            verdict_cache_entries: VERDICT_CACHE_ENTRIES,
+        }
+    }
 }
 
 fn parse_fp(s: &str) -> Option<[u8; 20]> {
@@ -269,6 +296,7 @@ impl Ecl {
             certificate_intermediates: raw.certificate_intermediates,
             owners: raw.owners,
             groups,
+            verdict_cache_entries: raw.verdict_cache_entries.unwrap_or(VERDICT_CACHE_ENTRIES),
         })
     }
 

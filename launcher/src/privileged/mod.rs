@@ -42,6 +42,7 @@ pub(crate) mod nsdir;
 pub(crate) mod opener;
 mod root;
 pub(crate) mod tree;
+mod verdict;
 pub(crate) mod verifier;
 
 /// The job's user, as slurmstepd started the holder (effective ids).
@@ -118,7 +119,7 @@ pub fn hold(l: &Launch, p: &Privileged, user: &UserCreds) -> Result<String, Fail
     let image = open_image(&l.image, user)?;
     let real = real_path(&image).map_err(fail(Stage::Image))?;
     check_image_dirs(&real, &p.image_dirs).map_err(fail(Stage::Ecl))?;
-    let ecl = slurm_conf::ecl::Ecl::load(&p.admin_file).map_err(fail(Stage::Ecl))?;
+    let (ecl, admin) = load_ecl(&p.admin_file).map_err(fail(Stage::Ecl))?;
     if !ecl.activated {
         return Err(fail(Stage::Ecl)(
             "the ECL is no longer activated in the admin file; the plugin and the holder disagree"
@@ -140,9 +141,23 @@ pub fn hold(l: &Launch, p: &Privileged, user: &UserCreds) -> Result<String, Fail
     let dir = real.parent().unwrap_or(Path::new("/"));
     crate::launch::phase_done("open and pin", t);
     let t = std::time::Instant::now();
-    let v = verifier::verify(&image, dir, &ecl, &trust, verifier::TIMEOUT)
+    let judged = verdict::Judged {
+        image: &image,
+        dir,
+        ecl: &ecl,
+        admin: &admin,
+        trust: &trust,
+    };
+    let (v, cached) = verdict::verify(&judged, verdict_dir(&p.ns_dir).as_deref())
         .map_err(|e| fail(Stage::Ecl)(ecl_denied(e)))?;
-    crate::launch::phase_done("verify (unprivileged child)", t);
+    crate::launch::phase_done(
+        if cached {
+            "verify (cached verdict, 0 bytes read)"
+        } else {
+            "verify (unprivileged child)"
+        },
+        t,
+    );
     if !v.allowed {
         let by = v
             .group
@@ -190,6 +205,26 @@ fn runtime_dir(ns_dir: &Path) -> Result<(), String> {
         .mode(0o755)
         .create(dir);
     slurm_conf::trusted::check_file(dir, 0).map_err(|e| format!("plugstack.conf: runtime_dir: {e}"))
+}
+
+/// The admin file's ECL and the bytes it was parsed from (root's file).
+fn load_ecl(path: &Path) -> Result<(slurm_conf::ecl::Ecl, Vec<u8>), String> {
+    let bytes = slurm_conf::admin::read_trusted(path, Some(0)).map_err(|e| e.to_string())?;
+    let text =
+        std::str::from_utf8(&bytes).map_err(|_| format!("{}: not UTF-8 text", path.display()))?;
+    let ecl = slurm_conf::ecl::Ecl::parse_file_text(text)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok((ecl, bytes))
+}
+
+/// The node's ECL verdict cache, `runtime_dir/ecl-verdicts` (the runtime
+/// directory checked as for the namespace's pin).
+fn verdict_dir(ns_dir: &Path) -> Option<PathBuf> {
+    let dir = ns_dir.parent()?;
+    runtime_dir(ns_dir)
+        .inspect_err(|e| tracing::warn!("ECL verdict cache not used: {e}"))
+        .ok()?;
+    Some(dir.join("ecl-verdicts"))
 }
 
 /// Opens the image as the user (an opener in the host's namespace).

@@ -27,7 +27,8 @@ mod privileged;
 pub(crate) use fake::Fake;
 pub(crate) use linux::Linux;
 pub(crate) use privileged::{
-    MOUNT_ATTR_NODEV, MOUNT_ATTR_NOSUID, adopt_received_fd, loop_attach, mount_setattr,
+    MOUNT_ATTR_NODEV, MOUNT_ATTR_NOSUID, adopt_received_fd, file_handle, loop_attach,
+    mount_setattr, no_writer,
 };
 
 /// The `system.posix_acl_access` attribute of an open file, if it has one.

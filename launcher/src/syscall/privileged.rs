@@ -176,3 +176,61 @@ pub(crate) fn adopt_received_fd(raw: std::os::fd::RawFd) -> std::os::fd::OwnedFd
     // message; nothing else refers to it, so ownership is ours alone.
     unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) }
 }
+
+/// The file handle of the open file `fd` (`name_to_handle_at(2)` with
+/// `AT_EMPTY_PATH`: the handle type and bytes, which include the inode's
+/// generation where the file system has one), or `None` where the file
+/// system gives none.
+pub(crate) fn file_handle(fd: BorrowedFd<'_>) -> Option<Vec<u8>> {
+    const MAX: usize = libc::MAX_HANDLE_SZ as usize;
+    // struct file_handle: u32 handle_bytes, i32 handle_type, bytes.
+    let mut buf = [0u32; 2 + MAX / 4];
+    buf[0] = MAX as u32;
+    let mut mount_id: libc::c_int = 0;
+    // SAFETY: `buf` is a `struct file_handle` with room for MAX_HANDLE_SZ
+    // bytes (handle_bytes says so), aligned for its u32/i32 header; the
+    // path is an empty NUL-terminated string; `mount_id` is writable.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_name_to_handle_at,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            buf.as_mut_ptr(),
+            &mut mount_id as *mut libc::c_int,
+            libc::AT_EMPTY_PATH,
+        )
+    };
+    if r != 0 {
+        return None;
+    }
+    let len = (buf[0] as usize).min(MAX);
+    let mut out: Vec<u8> = buf[1].to_ne_bytes().to_vec();
+    out.extend(buf[2..].iter().flat_map(|w| w.to_ne_bytes()).take(len));
+    Some(out)
+}
+
+/// Whether nobody has the open file `fd` open for writing: a read lease
+/// (`F_SETLEASE`, `F_RDLCK`; root holds `CAP_LEASE`) is granted only then,
+/// and is released at once. Any failure (`EAGAIN`: a writer) is `false`.
+pub(crate) fn no_writer(fd: BorrowedFd<'_>) -> bool {
+    // SAFETY: fcntl on a descriptor we hold, with integer arguments only.
+    let r = unsafe {
+        libc::fcntl(
+            fd.as_raw_fd(),
+            libc::F_SETLEASE,
+            libc::c_int::from(libc::F_RDLCK),
+        )
+    };
+    if r != 0 {
+        return false;
+    }
+    // SAFETY: as above; releases the lease just taken.
+    unsafe {
+        libc::fcntl(
+            fd.as_raw_fd(),
+            libc::F_SETLEASE,
+            libc::c_int::from(libc::F_UNLCK),
+        )
+    };
+    true
+}

@@ -13,6 +13,7 @@ fn ecl(mode: Mode, dirpath: Option<&str>, keys: &[[u8; 20]]) -> Ecl {
         certificate_roots: None,
         certificate_intermediates: None,
         owners: vec![],
+        verdict_cache_entries: 0,
         groups: vec![ExecGroup {
             tagname: "g".into(),
             mode,
@@ -297,4 +298,17 @@ fn an_ecl_of_certificates_needs_no_keyring() {
     )
     .unwrap();
     assert!(e.activated && e.groups[0].mode == Mode::Whitestrict);
+}
+
+#[test]
+fn verdict_cache_entries_defaults_to_256_and_zero_turns_it_off() {
+    let base = "[ecl]\nactivated = true\nkeyring = \"/k\"\n";
+    let e = Ecl::parse_file_text(base).unwrap();
+    assert_eq!(e.verdict_cache_entries, VERDICT_CACHE_ENTRIES);
+    assert_eq!(VERDICT_CACHE_ENTRIES, 256);
+    let e = Ecl::parse_file_text(&format!("{base}verdict_cache_entries = 0\n")).unwrap();
+    assert_eq!(e.verdict_cache_entries, 0);
+    let e = Ecl::parse_file_text(&format!("{base}verdict_cache_entries = 8\n")).unwrap();
+    assert_eq!(e.verdict_cache_entries, 8);
+    assert!(Ecl::parse_file_text(&format!("{base}verdict_cache_entries = -1\n")).is_err());
 }
