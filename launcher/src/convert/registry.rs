@@ -18,7 +18,6 @@ use oci::auth::creds::{self, Environment};
 use oci::digest::Digest;
 use oci::layout;
 use oci::manifest::{self, Descriptor, MAX_CONFIG_BYTES, Parsed};
-use oci::media;
 use oci::platform::{self, MAX_INDEX_DEPTH, Wanted};
 use oci::reference::Reference;
 use oci::registry::{Client, Options, RegistryError};
@@ -149,20 +148,7 @@ pub(crate) fn fetch(
     let (m, manifest_digest, index_digest) = manifest_for(&client, reference, &opts.wanted, what)?;
     let config_bytes = client.blob_bytes(&m.config, MAX_CONFIG_BYTES)?;
     let config = manifest::parse_config(&config_bytes, m.layers.len(), what)?;
-    let layers = m
-        .layers
-        .iter()
-        .zip(&config.rootfs.diff_ids)
-        .map(|(l, diff_id)| {
-            Ok(LayerBlob {
-                member: layout::blob_path(&l.digest),
-                size: Some(l.size),
-                digest: Some(l.digest.clone()),
-                compression: Some(media::layer_compression(&l.media_type)?),
-                diff_id: diff_id.clone(),
-            })
-        })
-        .collect::<Result<Vec<_>, media::MediaError>>()?;
+    let layers = LayerBlob::of_manifest(&m, &config)?;
     let parent = temp_parent(opts);
     let dir = TempDir::new_in(&parent).map_err(|e| {
         ConvertError::io(

@@ -108,6 +108,31 @@ pub(crate) struct LayerBlob {
     pub diff_id: Digest,
 }
 
+impl LayerBlob {
+    /// The layers of manifest `m` as blobs of an OCI layout (or a
+    /// registry's download directory, which names them alike), each with
+    /// its uncompressed digest from `config` (whose count `parse_config`
+    /// checked against the manifest's).
+    pub(crate) fn of_manifest(
+        m: &manifest::Manifest,
+        config: &ImageConfig,
+    ) -> Result<Vec<LayerBlob>, media::MediaError> {
+        m.layers
+            .iter()
+            .zip(&config.rootfs.diff_ids)
+            .map(|(l, diff_id)| {
+                Ok(LayerBlob {
+                    member: layout::blob_path(&l.digest),
+                    size: Some(l.size),
+                    digest: Some(l.digest.clone()),
+                    compression: Some(media::layer_compression(&l.media_type)?),
+                    diff_id: diff_id.clone(),
+                })
+            })
+            .collect()
+    }
+}
+
 /// The image a source names.
 #[derive(Debug)]
 pub(crate) struct Image {
@@ -173,20 +198,7 @@ fn resolve_oci(
                     Some((c.size, &c.digest)),
                 )?;
                 let config = manifest::parse_config(&config_bytes, m.layers.len(), what)?;
-                let layers = m
-                    .layers
-                    .iter()
-                    .zip(&config.rootfs.diff_ids)
-                    .map(|(l, diff_id)| {
-                        Ok(LayerBlob {
-                            member: layout::blob_path(&l.digest),
-                            size: Some(l.size),
-                            digest: Some(l.digest.clone()),
-                            compression: Some(media::layer_compression(&l.media_type)?),
-                            diff_id: diff_id.clone(),
-                        })
-                    })
-                    .collect::<Result<_, media::MediaError>>()?;
+                let layers = LayerBlob::of_manifest(&m, &config)?;
                 return Ok(Image {
                     config_digest: c.digest.clone(),
                     config_bytes,
