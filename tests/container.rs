@@ -706,6 +706,45 @@ fn wait_for(path: &Path) {
     }
 }
 
+/// A host mount below /tmp (here a FUSE mount in the fixture's directory,
+/// which lies under the temporary directory and is the working directory)
+/// comes along into the container. A plain bind of a directory with host
+/// mounts below fails in a user namespace (EINVAL): CI once saw every
+/// container fail while another test's FUSE mount sat below /tmp.
+#[test]
+fn host_mounts_below_tmp_and_the_working_directory_come_along() {
+    if !containers_can_run() || !have("fusermount3") {
+        return;
+    }
+    let f = fixture();
+    let mnt = f.dir.path().join("below");
+    fs::create_dir(&mnt).unwrap();
+    let mut server = Command::new(sifrun_bin())
+        .args(["mount", s(&f.image), s(&mnt)])
+        .spawn()
+        .unwrap();
+    wait_for(&mnt.join("bin/busybox"));
+    let inside = mnt.join("etc/passwd");
+    let out = exec(&f, &[], &["cat", s(&inside)]);
+    let contain = exec(&f, &["--contain"], &["true"]);
+    ok(Command::new("fusermount3")
+        .args(["-u", s(&mnt)])
+        .output()
+        .unwrap());
+    assert!(server.wait().unwrap().success());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout(&out), "root:x:0:0:root:/root:/bin/sh\n");
+    assert!(
+        contain.status.success(),
+        "{}",
+        String::from_utf8_lossy(&contain.stderr)
+    );
+}
+
 #[test]
 fn sifrun_mount_serves_and_unmounts_on_sigterm() {
     if !containers_can_run() || !have("fusermount3") {

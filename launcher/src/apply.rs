@@ -44,9 +44,11 @@ pub struct Applied {
 
 /// Runs `op`, again up to twice more when the kernel answers EINVAL. A
 /// recursive bind copies whatever the host has mounted below the source at
-/// that instant; CI once saw EINVAL binding /tmp while another test's FUSE
-/// mount below /tmp was going away, and the same call succeeds a moment
-/// later. Any other error, or a third EINVAL, is final.
+/// that instant, and a submount going away meanwhile can make the call fail
+/// once. (CI's EINVAL binding /tmp beside another test's FUSE mount was a
+/// plain bind over a locked submount, which no retry cures: host
+/// directories are bound recursively since.) Any other error, or a third
+/// EINVAL, is final.
 fn transient(mut op: impl FnMut() -> io::Result<()>) -> io::Result<()> {
     let mut tries = 0;
     loop {
@@ -172,14 +174,14 @@ rbind /sys /sys
 remount /sys nosuid,nodev,submounts:nosuid,nodev
 rbind /dev /dev
 remount /dev nosuid,submounts:nosuid,nodev
-bind /tmp /tmp
-remount /tmp nosuid,nodev
-bind /var/tmp /var/tmp
-remount /var/tmp nosuid,nodev
-bind /home/alice /home/alice
-remount /home/alice nosuid,nodev
-bind /scratch/run /scratch/run
-remount /scratch/run nosuid,nodev
+rbind /tmp /tmp
+remount /tmp nosuid,nodev,submounts:nosuid,nodev
+rbind /var/tmp /var/tmp
+remount /var/tmp nosuid,nodev,submounts:nosuid,nodev
+rbind /home/alice /home/alice
+remount /home/alice nosuid,nodev,submounts:nosuid,nodev
+rbind /scratch/run /scratch/run
+remount /scratch/run nosuid,nodev,submounts:nosuid,nodev
 bind /etc/localtime /etc/localtime
 remount /etc/localtime nosuid,ro,nodev
 bind /etc/hosts /etc/hosts

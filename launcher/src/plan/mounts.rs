@@ -66,11 +66,14 @@ pub(super) fn all_binds<'a>(input: &PlanInput<'a>) -> impl Iterator<Item = &'a B
 }
 
 /// /tmp, /var/tmp and home: fresh (or from --workdir) with --contain, the
-/// host's otherwise.
+/// host's otherwise. Every host directory is bound recursively: in a user
+/// namespace the host's mounts below it are locked to it, and the kernel
+/// refuses a plain bind of a directory with locked mounts below (EINVAL), so
+/// one FUSE or automount below /tmp or home would stop every container.
 fn scratch_dirs(input: &PlanInput<'_>, host_fs: &dyn HostFs, wants: &mut Vec<Want>) {
     let (opts, home) = (input.opts, &input.host.home);
     let from_workdir = |sub: &str| match &opts.workdir {
-        Some(w) => host(w.join(sub), false),
+        Some(w) => host(w.join(sub), true),
         None => Source::Tmpfs,
     };
     if opts.contain {
@@ -89,12 +92,12 @@ fn scratch_dirs(input: &PlanInput<'_>, host_fs: &dyn HostFs, wants: &mut Vec<Wan
     }
     for t in ["/tmp", "/var/tmp"] {
         if host_fs.kind(Path::new(t)) == Some(TargetKind::Dir) {
-            wants.push(Want::new(host(t, false), t, TargetKind::Dir, false));
+            wants.push(Want::new(host(t, true), t, TargetKind::Dir, false));
         }
     }
     if !opts.no_home && host_fs.kind(home) == Some(TargetKind::Dir) {
         wants.push(Want::new(
-            host(home.clone(), false),
+            host(home.clone(), true),
             home.clone(),
             TargetKind::Dir,
             false,
@@ -124,7 +127,7 @@ pub(super) fn wanted(input: &PlanInput<'_>, host_fs: &dyn HostFs) -> Result<Vec<
         && host_fs.kind(&facts.cwd) == Some(TargetKind::Dir)
     {
         wants.push(Want::new(
-            host(facts.cwd.clone(), false),
+            host(facts.cwd.clone(), true),
             facts.cwd.clone(),
             TargetKind::Dir,
             false,

@@ -121,10 +121,10 @@ gid_map: 1001 1001 1
 mount proc on /proc [rw,nosuid,nodev]
 mount rbind /sys on /sys [rw,nosuid,nodev]
 mount rbind /dev on /dev [rw,nosuid]
-mount bind /tmp on /tmp [rw,nosuid,nodev]
-mount bind /var/tmp on /var/tmp [rw,nosuid,nodev]
-mount bind /home/alice on /home/alice [rw,nosuid,nodev]
-mount bind /scratch/run on /scratch/run [rw,nosuid,nodev]
+mount rbind /tmp on /tmp [rw,nosuid,nodev]
+mount rbind /var/tmp on /var/tmp [rw,nosuid,nodev]
+mount rbind /home/alice on /home/alice [rw,nosuid,nodev]
+mount rbind /scratch/run on /scratch/run [rw,nosuid,nodev]
 mount bind /etc/localtime on /etc/localtime [ro,nosuid,nodev]
 mount bind /etc/hosts on /etc/hosts [ro,nosuid,nodev]
 mount bind /etc/resolv.conf on /etc/resolv.conf [ro,nosuid,nodev]
@@ -274,15 +274,15 @@ fn contain_with_workdir_takes_tmp_and_home_from_it() {
         .unwrap()
         .render();
     assert!(
-        r.contains("mount bind /work/tmp on /tmp [rw,nosuid,nodev]\n"),
+        r.contains("mount rbind /work/tmp on /tmp [rw,nosuid,nodev]\n"),
         "{r}"
     );
     assert!(
-        r.contains("mount bind /work/var_tmp on /var/tmp [rw,nosuid,nodev]\n"),
+        r.contains("mount rbind /work/var_tmp on /var/tmp [rw,nosuid,nodev]\n"),
         "{r}"
     );
     assert!(
-        r.contains("mount bind /work/home on /home/alice [rw,nosuid,nodev]\n"),
+        r.contains("mount rbind /work/home on /home/alice [rw,nosuid,nodev]\n"),
         "{r}"
     );
     assert!(!r.contains("/scratch/run on"), "no cwd with --contain: {r}");
@@ -369,10 +369,10 @@ gid_map: 1001 1001 1
 mount proc on /proc [rw,nosuid,nodev]
 mount rbind /sys on /sys [rw,nosuid,nodev]
 mount rbind /dev on /dev [rw,nosuid]
-mount bind /tmp on /tmp [rw,nosuid,nodev]
-mount bind /var/tmp on /var/tmp [rw,nosuid,nodev]
-mount bind /home/alice on /home/alice [rw,nosuid,nodev]
-mount bind /scratch/run on /scratch/run [rw,nosuid,nodev]
+mount rbind /tmp on /tmp [rw,nosuid,nodev]
+mount rbind /var/tmp on /var/tmp [rw,nosuid,nodev]
+mount rbind /home/alice on /home/alice [rw,nosuid,nodev]
+mount rbind /scratch/run on /scratch/run [rw,nosuid,nodev]
 mount bind /etc/localtime on /etc/localtime [ro,nosuid,nodev]
 mount bind /etc/hosts on /etc/hosts [ro,nosuid,nodev]
 mount bind /etc/resolv.conf on /etc/resolv.conf [ro,nosuid,nodev]
