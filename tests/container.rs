@@ -706,6 +706,25 @@ fn wait_for(path: &Path) {
     }
 }
 
+/// `sifrun mount` of the fixture's image on `mnt`, once it serves.
+fn serve(f: &Fixture, mnt: &Path) -> std::process::Child {
+    let server = Command::new(sifrun_bin())
+        .args(["mount", s(&f.image), s(mnt)])
+        .spawn()
+        .unwrap();
+    wait_for(&mnt.join("bin/busybox"));
+    server
+}
+
+/// `fusermount3 -u mnt`, which also ends the server.
+fn unmount(mnt: &Path, server: &mut std::process::Child) {
+    ok(Command::new("fusermount3")
+        .args(["-u", s(mnt)])
+        .output()
+        .unwrap());
+    assert!(server.wait().unwrap().success());
+}
+
 /// A host mount below /tmp (here a FUSE mount in the fixture's directory,
 /// which lies under the temporary directory and is the working directory)
 /// comes along into the container. A plain bind of a directory with host
@@ -719,19 +738,11 @@ fn host_mounts_below_tmp_and_the_working_directory_come_along() {
     let f = fixture();
     let mnt = f.dir.path().join("below");
     fs::create_dir(&mnt).unwrap();
-    let mut server = Command::new(sifrun_bin())
-        .args(["mount", s(&f.image), s(&mnt)])
-        .spawn()
-        .unwrap();
-    wait_for(&mnt.join("bin/busybox"));
+    let mut server = serve(&f, &mnt);
     let inside = mnt.join("etc/passwd");
     let out = exec(&f, &[], &["cat", s(&inside)]);
     let contain = exec(&f, &["--contain"], &["true"]);
-    ok(Command::new("fusermount3")
-        .args(["-u", s(&mnt)])
-        .output()
-        .unwrap());
-    assert!(server.wait().unwrap().success());
+    unmount(&mnt, &mut server);
     assert!(
         out.status.success(),
         "{}",
@@ -753,11 +764,7 @@ fn sifrun_mount_serves_and_unmounts_on_sigterm() {
     let f = fixture();
     let mnt = f.dir.path().join("mnt");
     fs::create_dir(&mnt).unwrap();
-    let mut server = Command::new(sifrun_bin())
-        .args(["mount", s(&f.image), s(&mnt)])
-        .spawn()
-        .unwrap();
-    wait_for(&mnt.join("bin/busybox"));
+    let mut server = serve(&f, &mnt);
     assert_eq!(
         fs::read(mnt.join("bin/busybox")).unwrap(),
         fs::read("/bin/busybox").unwrap()
@@ -777,16 +784,8 @@ fn sifrun_mount_serves_and_unmounts_on_sigterm() {
     assert!(!mounts.contains(s(&mnt)));
 
     // `fusermount3 -u` ends the server too.
-    let mut server = Command::new(sifrun_bin())
-        .args(["mount", s(&f.image), s(&mnt)])
-        .spawn()
-        .unwrap();
-    wait_for(&mnt.join("bin/busybox"));
-    ok(Command::new("fusermount3")
-        .args(["-u", s(&mnt)])
-        .output()
-        .unwrap());
-    assert!(server.wait().unwrap().success());
+    let mut server = serve(&f, &mnt);
+    unmount(&mnt, &mut server);
     assert!(!mnt.join("bin").exists());
 }
 
