@@ -99,12 +99,20 @@ impl Plugin {
         let started = Instant::now();
         let cwd = step.cwd.clone();
         let request = request::build(&self.args, &self.settings, step);
+        let program =
+            match holder::program(&launcher, &request, &|p| self.check_trusted("launcher", p)) {
+                Ok(program) => program,
+                Err(e) => {
+                    self.holder = Some(HolderState::Failed(e));
+                    return Ok(());
+                }
+            };
         let ns = request.ns_dir.clone();
         let timeout = Duration::from_secs(self.settings.config.container.setup_timeout);
         // The node's devices are read while the holder sets the container up.
         let (started_holder, devices) = std::thread::scope(|scope| {
             let scan = scope.spawn(|| interconnect::topology::Devices::scan(Path::new("/")));
-            let started_holder = holder::start(&launcher, &request, &cwd, timeout);
+            let started_holder = holder::start(&program, &request, &cwd, timeout);
             (started_holder, scan.join().unwrap_or_default())
         });
         let state = match started_holder {

@@ -37,13 +37,22 @@ pub fn ecl_gate_with(config: &Path, image: &Path) -> Result<Option<Arc<fs::File>
     if !ecl.activated {
         return Ok(None);
     }
+    check_activated(&ecl, image)
+}
+
+/// An activated ECL: the image is checked against it.
+#[cfg(feature = "integrity")]
+fn check_activated(
+    ecl: &slurm_conf::ecl::Ecl,
+    image: &Path,
+) -> Result<Option<Arc<fs::File>>, LaunchError> {
     let file = fs::File::open(image).map_err(|source| {
         LaunchError::Serve(ServeError::Open {
             path: image.to_owned(),
             source,
         })
     })?;
-    let d = crate::ecl_check::check(&file, image, &ecl, &|_| Some(0))
+    let d = crate::ecl_check::check(&file, image, ecl, &|_| Some(0))
         .map_err(|e| LaunchError::Ecl(e.to_string()))?;
     if !d.allowed {
         return Err(LaunchError::Ecl(format!(
@@ -56,6 +65,19 @@ pub fn ecl_gate_with(config: &Path, image: &Path) -> Result<Option<Arc<fs::File>
         )));
     }
     Ok(Some(Arc::new(file)))
+}
+
+/// A build without signature verification (the lean holder): an activated
+/// ECL stops the launch, nothing runs unchecked.
+#[cfg(not(feature = "integrity"))]
+fn check_activated(
+    _ecl: &slurm_conf::ecl::Ecl,
+    image: &Path,
+) -> Result<Option<Arc<fs::File>>, LaunchError> {
+    Err(LaunchError::Ecl(format!(
+        "{}: the execution control list is activated and this build of sifrun cannot verify signatures (built without the `integrity` feature)",
+        image.display()
+    )))
 }
 
 #[cfg(test)]
