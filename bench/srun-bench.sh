@@ -16,7 +16,10 @@
 #              enable the plugin, start tests/slurm/cluster, build a busybox
 #              image as USER when IMAGE is not given; everything is stopped
 #              and removed at the end (--sifrun PATH, --plugin PATH: other
-#              builds, to compare two). Take the cluster lock around it:
+#              builds, to compare two; --holder PATH: the lean holder
+#              staged beside sifrun, default the sifrun-hold beside
+#              --sifrun if there is one, `--holder none` for none, so the
+#              plugin runs sifrun itself). Take the cluster lock around it:
 #              flock -o /tmp/sifrun-cluster.lock bench/srun-bench.sh --setup
 #   Without --setup: the cluster and plugin are set up already (as
 #   tests/run-all does) and IMAGE must be given.
@@ -31,7 +34,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo="$PWD"
-sifrun=target/release/sifrun plugin=target/release/libspank_sifrun.so
+sifrun=target/release/sifrun plugin=target/release/libspank_sifrun.so holder=""
 runs=30 warmup=3 gap=0.3 tasks=2 user=sifrun-test setup=0 image="" slurm="" plugin_given=0
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -41,6 +44,7 @@ while [ $# -gt 0 ]; do
         --gap) gap="$2"; shift ;;
         --sifrun) sifrun="$2"; shift ;;
         --plugin) plugin="$2"; plugin_given=1; shift ;;
+        --holder) holder="$2"; shift ;;
         --slurm) slurm="$2"; shift ;;
         --tasks) tasks="$2"; shift ;;
         --user) user="$2"; shift ;;
@@ -84,6 +88,13 @@ if [ "$setup" = 1 ]; then
     stage="$(mktemp -d /var/lib/sifrun-test/bench.XXXXXX)"
     chmod 0755 "$stage"
     install -m 0755 "$sifrun" "$stage/sifrun"
+    [ -n "$holder" ] || holder="$(dirname "$sifrun")/sifrun-hold"
+    if [ "$holder" != none ] && [ -f "$holder" ]; then
+        install -m 0755 "$holder" "$stage/sifrun-hold"
+        echo "lean holder: $holder"
+    else
+        echo "lean holder: none (the plugin runs sifrun)"
+    fi
     install -m 0755 "$plugin" "$stage/libspank_sifrun.so"
     chmod 0666 /dev/fuse
     echo "required $stage/libspank_sifrun.so launcher=$stage/sifrun runtime_dir=/run/sifrun-bench" > "$conf"
