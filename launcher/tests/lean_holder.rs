@@ -3,7 +3,9 @@
 //! not load libssl/libcrypto nor run their constructors. Run as
 //! `cargo test -p launcher --no-default-features --features holder-bin --test lean_holder`.
 
-use std::process::Command;
+use std::process::{Command, Stdio};
+
+use slurm_conf::protocol::{Outcome, Report, Request};
 
 const LEAN: &str = env!("CARGO_BIN_EXE_sifrun-hold");
 
@@ -52,4 +54,57 @@ fn the_lean_holder_answers_its_version_and_only_holds() {
     assert!(version.starts_with("sifrun-hold "), "{version}");
     let out = Command::new(LEAN).arg("exec").output().unwrap();
     assert!(!out.status.success(), "the lean holder has no exec");
+}
+
+/// The report the lean holder answers `request` with.
+fn report(request: &Request) -> Report {
+    use std::io::Write;
+    let mut child = Command::new(LEAN)
+        .arg("slurm-hold")
+        .arg(format!("--slurm-step={}", request.step))
+        .arg(&request.image)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&request.encode())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    Report::decode_line(String::from_utf8(out.stdout).unwrap().trim_end()).unwrap()
+}
+
+/// An ECL step or a docker:// image (which the plugin gives to `sifrun`)
+/// is refused with a report, before anything else is done.
+#[test]
+fn the_lean_holder_refuses_the_ecl_path_and_docker_images() {
+    let local = Request {
+        version: slurm_conf::protocol::VERSION,
+        step: "7.0".into(),
+        image: "/nonexistent/i.sif".into(),
+        ..Request::default()
+    };
+    let ecl = Request {
+        ecl_config: Some("/etc/sifrun/sifrun.toml".into()),
+        ns_dir: Some("/run/sifrun/7.0.ns".into()),
+        ..local.clone()
+    };
+    let docker = Request {
+        image: "docker://alpine:3".into(),
+        ..local
+    };
+    for (request, what) in [(ecl, "a step under an ECL"), (docker, "a docker:// image")] {
+        let report = report(&request);
+        let text = format!("{report:?}");
+        assert!(
+            matches!(report.outcome, Outcome::Failed { .. })
+                && text.contains(&format!("{what} needs the full holder, sifrun")),
+            "{text}"
+        );
+    }
 }

@@ -121,6 +121,9 @@ fn hold(args: &HoldArgs, full: Option<&Full>) -> Result<i32, Failure> {
             anyhow::anyhow!("an ECL step's request names no runtime directory for its namespace"),
         ));
     }
+    if docker.is_some() && full.is_none() {
+        return Err(not_lean("a docker:// image"));
+    }
     launcher::privilege::drop_to_effective_user()
         .context("slurm-hold")
         .at(Stage::Privileges)?;
