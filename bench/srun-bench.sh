@@ -124,6 +124,9 @@ python3 bench/step-timeline.py /var/log/slurm/slurmd.log "$((mark + 1))" | sed '
 tail -n +"$((mark + 1))" /var/log/slurm/slurmd.log 2>/dev/null |
     grep -o 'container ready in [0-9.]* ms' |
     awk '{ s += $4; n++ } END { if (n) printf "  user_init waiting for the holder (the plugin log: container ready in): mean %.1f ms over %d steps\n", s / n, n }'
+tail -n +"$((mark + 1))" /var/log/slurm/slurmd.log 2>/dev/null |
+    grep -o 'container ready in [0-9.]* ms (holder [^,]*' | sed 's/.*(holder //' | sort | uniq -c |
+    awk '{ printf "  holder program: %s in %d steps\n", $2, $1 }'
 echo
 echo "one step's phases (srun -n$tasks --sif-verbose --sif-image=IMG true):"
 (cd "$work" && runuser -u "$user" -- env PATH="$PATH" srun -n"$tasks" --sif-verbose --sif-image="$image" true 2>&1) |

@@ -123,8 +123,9 @@ impl Plugin {
                 mut log,
             }) => {
                 let ms = started.elapsed().as_secs_f64() * 1e3;
+                let name = program.file_name().unwrap_or_default().to_string_lossy();
                 sp.info(&format!(
-                    "sifrun: container ready in {ms:.0} ms (holder pid {})",
+                    "sifrun: container ready in {ms:.0} ms (holder {name}, pid {})",
                     child.id()
                 ));
                 log.push(format!("sifrun: container ready in {ms:.1} ms"));

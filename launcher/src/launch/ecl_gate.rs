@@ -101,4 +101,35 @@ mod tests {
             "{e}"
         );
     }
+
+    /// Built without `integrity` (the lean holder's build), an activated
+    /// ECL stops every launch: nothing runs unchecked.
+    #[cfg(not(feature = "integrity"))]
+    #[test]
+    fn without_verification_an_activated_ecl_fails_closed() {
+        // Beside the test binary: the admin file must lie in trusted
+        // directories (not /tmp).
+        let exe = std::env::current_exe().unwrap();
+        let d = tempfile::tempdir_in(exe.parent().unwrap()).unwrap();
+        let admin = d.path().join("sifrun.toml");
+        let keyring = d.path().join("keyring.pgp");
+        std::fs::write(&keyring, b"").unwrap();
+        std::fs::write(
+            &admin,
+            format!(
+                "[ecl]\nactivated = true\nkeyring = {:?}\n[[ecl.execgroup]]\ntagname = \"a\"\nmode = \"whitelist\"\ndirpath = {:?}\nkeyfp = [\"12045c8c0b1004d058de4beda20c27ee7ff7ba84\"]\n",
+                keyring,
+                d.path()
+            ),
+        )
+        .unwrap();
+        let e = ecl_gate_with(&admin, &d.path().join("i.sif")).unwrap_err();
+        assert!(e.to_string().contains("cannot verify signatures"), "{e}");
+        std::fs::write(&admin, "[ecl]\nactivated = false\n").unwrap();
+        assert!(
+            ecl_gate_with(&admin, Path::new("/i.sif"))
+                .unwrap()
+                .is_none()
+        );
+    }
 }
