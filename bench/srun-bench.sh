@@ -12,7 +12,8 @@
 #   bench/srun-bench.sh [--setup] [--runs R] [--warmup W] [--tasks N]
 #                       [--user USER] [IMAGE]
 #   --setup    stage target/release/sifrun and libspank_sifrun.so (build
-#              them first: cargo build --release -p launcher -p spank-plugin),
+#              them first: cargo build --release -p launcher -p spank-plugin,
+#              and `make holder` for the lean holder staged beside sifrun),
 #              enable the plugin, start tests/slurm/cluster, build a busybox
 #              image as USER when IMAGE is not given; everything is stopped
 #              and removed at the end (--sifrun PATH, --plugin PATH: other
