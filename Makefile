@@ -1,6 +1,7 @@
 # Build and install sifrun on a Slurm node.
-#   make              build the sifrun binary and the SPANK plugin (release)
-#   make install      install both (as root); then add the plugstack.conf line
+#   make              build the sifrun binary, the lean holder sifrun-hold
+#                     (which the plugin runs beside sifrun) and the SPANK plugin
+#   make install      install them (as root); then add the plugstack.conf line
 #                     from docs/admin.md and restart slurmd
 #   make uninstall
 #
@@ -34,6 +35,13 @@ endif
 
 all: plugin
 	cargo build --release --locked -p launcher
+	$(MAKE) holder
+
+# The lean holder the plugin runs for steps without an ECL and with a local
+# image (no OpenSSL, no sequoia): a build of its own, as the features of one
+# cargo build unify.
+holder:
+	cargo build --release --locked -p launcher --no-default-features --features holder-bin --bin sifrun-hold
 
 # The plugin only (for the Slurm SLURM names, or the system's).
 plugin:
@@ -42,8 +50,9 @@ plugin:
 
 install: all
 	install -D -m 0755 target/release/sifrun $(DESTDIR)$(BINDIR)/sifrun
+	install -D -m 0755 target/release/sifrun-hold $(DESTDIR)$(BINDIR)/sifrun-hold
 	install -D -m 0755 $(TARGETDIR)/release/libspank_sifrun.so $(DESTDIR)$(PLUGINDIR)/libspank_sifrun.so
-	@echo "installed $(BINDIR)/sifrun and $(PLUGINDIR)/libspank_sifrun.so"
+	@echo "installed $(BINDIR)/sifrun, $(BINDIR)/sifrun-hold and $(PLUGINDIR)/libspank_sifrun.so"
 	@echo "enable it with this plugstack.conf line (see docs/admin.md; 'required', never 'optional'):"
 	@echo "  required $(PLUGINDIR)/libspank_sifrun.so launcher=$(BINDIR)/sifrun"
 
@@ -52,13 +61,13 @@ plugin-path:
 	@echo $(TARGETDIR)/release/libspank_sifrun.so
 
 uninstall:
-	rm -f $(DESTDIR)$(BINDIR)/sifrun $(DESTDIR)$(PLUGINDIR)/libspank_sifrun.so
+	rm -f $(DESTDIR)$(BINDIR)/sifrun $(DESTDIR)$(BINDIR)/sifrun-hold $(DESTDIR)$(PLUGINDIR)/libspank_sifrun.so
 
-.PHONY: all plugin install uninstall plugin-path
+.PHONY: all plugin holder install uninstall plugin-path
 
 # Debian package for the Slurm SLURM names, or Debian's without SLURM=
 # (packaging/make-deb, dpkg-deb): target/deb/sifrun-slurm<series>_<version>_<arch>.deb
-# with /usr/bin/sifrun, the plugin in PLUGINDIR, a commented
+# with /usr/bin/sifrun and /usr/bin/sifrun-hold, the plugin in PLUGINDIR, a commented
 # /etc/slurm/plugstack.conf.d/sifrun.conf and the docs (docs/admin.md, Install).
 DEBDIR ?= target/deb
 

@@ -12,11 +12,15 @@
 #   bench/srun-bench.sh [--setup] [--runs R] [--warmup W] [--tasks N]
 #                       [--user USER] [IMAGE]
 #   --setup    stage target/release/sifrun and libspank_sifrun.so (build
-#              them first: cargo build --release -p launcher -p spank-plugin),
+#              them first: cargo build --release -p launcher -p spank-plugin,
+#              and `make holder` for the lean holder staged beside sifrun),
 #              enable the plugin, start tests/slurm/cluster, build a busybox
 #              image as USER when IMAGE is not given; everything is stopped
 #              and removed at the end (--sifrun PATH, --plugin PATH: other
-#              builds, to compare two). Take the cluster lock around it:
+#              builds, to compare two; --holder PATH: the lean holder
+#              staged beside sifrun, default the sifrun-hold beside
+#              --sifrun if there is one, `--holder none` for none, so the
+#              plugin runs sifrun itself). Take the cluster lock around it:
 #              flock -o /tmp/sifrun-cluster.lock bench/srun-bench.sh --setup
 #   Without --setup: the cluster and plugin are set up already (as
 #   tests/run-all does) and IMAGE must be given.
@@ -31,7 +35,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo="$PWD"
-sifrun=target/release/sifrun plugin=target/release/libspank_sifrun.so
+sifrun=target/release/sifrun plugin=target/release/libspank_sifrun.so holder=""
 runs=30 warmup=3 gap=0.3 tasks=2 user=sifrun-test setup=0 image="" slurm="" plugin_given=0
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -41,6 +45,7 @@ while [ $# -gt 0 ]; do
         --gap) gap="$2"; shift ;;
         --sifrun) sifrun="$2"; shift ;;
         --plugin) plugin="$2"; plugin_given=1; shift ;;
+        --holder) holder="$2"; shift ;;
         --slurm) slurm="$2"; shift ;;
         --tasks) tasks="$2"; shift ;;
         --user) user="$2"; shift ;;
@@ -84,6 +89,13 @@ if [ "$setup" = 1 ]; then
     stage="$(mktemp -d /var/lib/sifrun-test/bench.XXXXXX)"
     chmod 0755 "$stage"
     install -m 0755 "$sifrun" "$stage/sifrun"
+    [ -n "$holder" ] || holder="$(dirname "$sifrun")/sifrun-hold"
+    if [ "$holder" != none ] && [ -f "$holder" ]; then
+        install -m 0755 "$holder" "$stage/sifrun-hold"
+        echo "lean holder: $holder"
+    else
+        echo "lean holder: none (the plugin runs sifrun)"
+    fi
     install -m 0755 "$plugin" "$stage/libspank_sifrun.so"
     chmod 0666 /dev/fuse
     echo "required $stage/libspank_sifrun.so launcher=$stage/sifrun runtime_dir=/run/sifrun-bench" > "$conf"
@@ -113,6 +125,9 @@ python3 bench/step-timeline.py /var/log/slurm/slurmd.log "$((mark + 1))" | sed '
 tail -n +"$((mark + 1))" /var/log/slurm/slurmd.log 2>/dev/null |
     grep -o 'container ready in [0-9.]* ms' |
     awk '{ s += $4; n++ } END { if (n) printf "  user_init waiting for the holder (the plugin log: container ready in): mean %.1f ms over %d steps\n", s / n, n }'
+tail -n +"$((mark + 1))" /var/log/slurm/slurmd.log 2>/dev/null |
+    grep -o 'container ready in [0-9.]* ms (holder [^,]*' | sed 's/.*(holder //' | sort | uniq -c |
+    awk '{ printf "  holder program: %s in %d steps\n", $2, $1 }'
 echo
 echo "one step's phases (srun -n$tasks --sif-verbose --sif-image=IMG true):"
 (cd "$work" && runuser -u "$user" -- env PATH="$PATH" srun -n"$tasks" --sif-verbose --sif-image="$image" true 2>&1) |

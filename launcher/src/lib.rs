@@ -13,7 +13,19 @@
 //! privileged path instead ([`privileged`]: root's mount namespace, the
 //! image pinned ([`pin`]) and verified by an unprivileged child, served by
 //! the kernel's squashfs), reusing the plan, staging and apply.
+//!
+//! Features (default on): `integrity`, signature verification (the ECL
+//! and the privileged path; without it an activated ECL stops every
+//! launch), and `registry`, docker:// images. The lean holder
+//! `sifrun-hold` is built without both, so it loads neither OpenSSL nor
+//! sequoia.
 #![warn(missing_docs)]
+// Without `integrity` or `registry` (the lean holder's build) the privileged
+// path's and the download's helpers are compiled but unused.
+#![cfg_attr(
+    not(all(feature = "integrity", feature = "registry")),
+    allow(dead_code, unused_imports)
+)]
 #![warn(clippy::too_many_lines)]
 
 pub(crate) mod apply;
@@ -23,6 +35,7 @@ pub mod build;
 pub(crate) mod command;
 #[allow(missing_docs)]
 pub mod convert;
+#[cfg(feature = "integrity")]
 #[allow(missing_docs)]
 pub mod ecl_check;
 pub mod env;

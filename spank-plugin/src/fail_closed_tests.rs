@@ -172,3 +172,32 @@ fn an_untrusted_admin_file_never_fails_the_job_epilog() {
         "{log:?}"
     );
 }
+
+/// slurmstepd runs the lean holder beside `launcher=` for a local image
+/// without an ECL; one others may change fails the step as an untrusted
+/// launcher does; without one, the launcher runs (an older install).
+#[test]
+fn user_init_runs_the_lean_holder_beside_the_launcher() {
+    let t = crate::fake::scratch();
+    let launcher = t.path().join("sifrun");
+    let lean = t.path().join(crate::holder::LEAN_HOLDER);
+    for (path, who) in [(&launcher, "full"), (&lean, "lean")] {
+        std::fs::write(path, format!("#!/bin/sh\necho {who} holder >&2\nexit 1\n")).unwrap();
+        chmod(path, 0o755);
+    }
+    let started = |expected: &str| {
+        let mut p = Plugin::new(Some(my_uid()));
+        p.settings.launcher = Some(launcher.clone());
+        p.option(Opt::Image, Some("/i.sif")).unwrap();
+        p.user_init(&Fake::remote()).unwrap();
+        let Some(HolderState::Failed(e)) = &p.holder else {
+            panic!("{:?}", p.holder)
+        };
+        assert!(e.to_string().contains(expected), "{e}");
+    };
+    started("lean holder");
+    chmod(&lean, 0o777);
+    started(&format!("launcher: {}: mode 0777", lean.display()));
+    std::fs::remove_file(&lean).unwrap();
+    started("full holder");
+}

@@ -47,6 +47,39 @@ fn holder_path(exe: Option<&Path>) -> String {
         .map_or_else(|| USUAL.to_owned(), |d| format!("{d}:{USUAL}"))
 }
 
+/// The lean holder's file name: `make install` and the Debian package put
+/// it beside `sifrun`.
+pub const LEAN_HOLDER: &str = "sifrun-hold";
+
+/// The program that holds `request`'s container: the lean [`LEAN_HOLDER`]
+/// beside `launcher` for a local image without an ECL (it has neither
+/// signature verification nor a registry client, so it starts faster), once
+/// it passes `trusted` (the launcher's checks); `launcher` itself for the
+/// ECL's path (it verifies), for a `docker://` image and where there is no
+/// lean holder (an older install).
+pub fn program(
+    launcher: &Path,
+    request: &Request,
+    trusted: &dyn Fn(&Path) -> Result<(), PluginError>,
+) -> Result<std::path::PathBuf, PluginError> {
+    let registry = request
+        .image
+        .to_str()
+        .is_none_or(crate::image_pin::is_registry_image);
+    let lean = launcher.parent().map(|d| d.join(LEAN_HOLDER));
+    match lean {
+        Some(lean)
+            if request.ecl_config.is_none()
+                && !registry
+                && std::fs::symlink_metadata(&lean).is_ok() =>
+        {
+            trusted(&lean)?;
+            Ok(lean)
+        }
+        _ => Ok(launcher.to_owned()),
+    }
+}
+
 /// Starts `launcher slurm-hold`, hands it `request` and waits up to
 /// `timeout` for its report.
 pub fn start(
@@ -400,6 +433,51 @@ mod tests {
         if Path::new("/usr/bin/srun").is_file() {
             assert_eq!(holder_path(Some(Path::new("/usr/sbin/slurmstepd"))), usual);
         }
+    }
+
+    /// The lean holder beside the launcher for a local image without an
+    /// ECL, once trusted; the launcher for the ECL's path, a docker://
+    /// image, or where the lean holder is missing; an untrusted lean holder
+    /// is not run, and fails the step as an untrusted launcher does.
+    #[test]
+    fn the_lean_holder_serves_local_images_without_an_ecl() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = crate::fake::scratch();
+        let launcher = dir.path().join("sifrun");
+        let lean = dir.path().join(LEAN_HOLDER);
+        std::fs::write(&launcher, "").unwrap();
+        let me = nix::unistd::geteuid().as_raw();
+        let trusted = |p: &Path| {
+            slurm_conf::trusted::check_file(p, me).map_err(|source| PluginError::Untrusted {
+                key: "launcher",
+                source,
+            })
+        };
+        let local = Request {
+            image: "/i.sif".into(),
+            ..Request::default()
+        };
+        let ecl = Request {
+            ecl_config: Some("/etc/sifrun/sifrun.toml".into()),
+            ns_dir: Some("/run/sifrun/ns".into()),
+            ..local.clone()
+        };
+        let docker = Request {
+            image: "docker://alpine:3".into(),
+            ..local.clone()
+        };
+        // An older install: no lean holder, the launcher with no error.
+        assert_eq!(program(&launcher, &local, &trusted).unwrap(), launcher);
+        std::fs::write(&lean, "").unwrap();
+        std::fs::set_permissions(&lean, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(program(&launcher, &local, &trusted).unwrap(), lean);
+        assert_eq!(program(&launcher, &ecl, &trusted).unwrap(), launcher);
+        assert_eq!(program(&launcher, &docker, &trusted).unwrap(), launcher);
+        std::fs::set_permissions(&lean, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = program(&launcher, &local, &trusted).unwrap_err();
+        assert!(e.to_string().contains("lets others write it"), "{e}");
+        // The ECL's path never looks at it.
+        assert_eq!(program(&launcher, &ecl, &trusted).unwrap(), launcher);
     }
 
     /// Runs `script` as the holder: the launcher is /bin/sh, which takes

@@ -99,12 +99,20 @@ impl Plugin {
         let started = Instant::now();
         let cwd = step.cwd.clone();
         let request = request::build(&self.args, &self.settings, step);
+        let program =
+            match holder::program(&launcher, &request, &|p| self.check_trusted("launcher", p)) {
+                Ok(program) => program,
+                Err(e) => {
+                    self.holder = Some(HolderState::Failed(e));
+                    return Ok(());
+                }
+            };
         let ns = request.ns_dir.clone();
         let timeout = Duration::from_secs(self.settings.config.container.setup_timeout);
         // The node's devices are read while the holder sets the container up.
         let (started_holder, devices) = std::thread::scope(|scope| {
             let scan = scope.spawn(|| interconnect::topology::Devices::scan(Path::new("/")));
-            let started_holder = holder::start(&launcher, &request, &cwd, timeout);
+            let started_holder = holder::start(&program, &request, &cwd, timeout);
             (started_holder, scan.join().unwrap_or_default())
         });
         let state = match started_holder {
@@ -115,8 +123,9 @@ impl Plugin {
                 mut log,
             }) => {
                 let ms = started.elapsed().as_secs_f64() * 1e3;
+                let name = program.file_name().unwrap_or_default().to_string_lossy();
                 sp.info(&format!(
-                    "sifrun: container ready in {ms:.0} ms (holder pid {})",
+                    "sifrun: container ready in {ms:.0} ms (holder {name}, pid {})",
                     child.id()
                 ));
                 log.push(format!("sifrun: container ready in {ms:.1} ms"));

@@ -18,7 +18,9 @@ pub mod cleanup;
 pub mod config;
 mod emit;
 mod layer;
+#[cfg(feature = "registry")]
 mod registry;
+#[cfg(feature = "registry")]
 pub use registry::{Resolved, resolve};
 mod source;
 mod squash;
@@ -173,6 +175,7 @@ type Read1 = (
 fn read_image(opts: &ConvertOptions) -> Result<Read1, ConvertError> {
     let what = opts.source_text.as_str();
     let (tmp, store, image) = match &opts.source {
+        #[cfg(feature = "registry")]
         Source::Docker(r) => {
             let (tmp, image) = registry::fetch(r, opts)?;
             let store = source::Store::Dir(tmp.path.clone());

@@ -37,13 +37,22 @@ pub fn ecl_gate_with(config: &Path, image: &Path) -> Result<Option<Arc<fs::File>
     if !ecl.activated {
         return Ok(None);
     }
+    check_activated(&ecl, image)
+}
+
+/// An activated ECL: the image is checked against it.
+#[cfg(feature = "integrity")]
+fn check_activated(
+    ecl: &slurm_conf::ecl::Ecl,
+    image: &Path,
+) -> Result<Option<Arc<fs::File>>, LaunchError> {
     let file = fs::File::open(image).map_err(|source| {
         LaunchError::Serve(ServeError::Open {
             path: image.to_owned(),
             source,
         })
     })?;
-    let d = crate::ecl_check::check(&file, image, &ecl, &|_| Some(0))
+    let d = crate::ecl_check::check(&file, image, ecl, &|_| Some(0))
         .map_err(|e| LaunchError::Ecl(e.to_string()))?;
     if !d.allowed {
         return Err(LaunchError::Ecl(format!(
@@ -56,6 +65,19 @@ pub fn ecl_gate_with(config: &Path, image: &Path) -> Result<Option<Arc<fs::File>
         )));
     }
     Ok(Some(Arc::new(file)))
+}
+
+/// A build without signature verification (the lean holder): an activated
+/// ECL stops the launch, nothing runs unchecked.
+#[cfg(not(feature = "integrity"))]
+fn check_activated(
+    _ecl: &slurm_conf::ecl::Ecl,
+    image: &Path,
+) -> Result<Option<Arc<fs::File>>, LaunchError> {
+    Err(LaunchError::Ecl(format!(
+        "{}: the execution control list is activated and this build of sifrun cannot verify signatures (built without the `integrity` feature)",
+        image.display()
+    )))
 }
 
 #[cfg(test)]
@@ -77,6 +99,37 @@ mod tests {
         assert!(
             e.to_string().contains("cannot be read, so nothing runs"),
             "{e}"
+        );
+    }
+
+    /// Built without `integrity` (the lean holder's build), an activated
+    /// ECL stops every launch: nothing runs unchecked.
+    #[cfg(not(feature = "integrity"))]
+    #[test]
+    fn without_verification_an_activated_ecl_fails_closed() {
+        // Beside the test binary: the admin file must lie in trusted
+        // directories (not /tmp).
+        let exe = std::env::current_exe().unwrap();
+        let d = tempfile::tempdir_in(exe.parent().unwrap()).unwrap();
+        let admin = d.path().join("sifrun.toml");
+        let keyring = d.path().join("keyring.pgp");
+        std::fs::write(&keyring, b"").unwrap();
+        std::fs::write(
+            &admin,
+            format!(
+                "[ecl]\nactivated = true\nkeyring = {:?}\n[[ecl.execgroup]]\ntagname = \"a\"\nmode = \"whitelist\"\ndirpath = {:?}\nkeyfp = [\"12045c8c0b1004d058de4beda20c27ee7ff7ba84\"]\n",
+                keyring,
+                d.path()
+            ),
+        )
+        .unwrap();
+        let e = ecl_gate_with(&admin, &d.path().join("i.sif")).unwrap_err();
+        assert!(e.to_string().contains("cannot verify signatures"), "{e}");
+        std::fs::write(&admin, "[ecl]\nactivated = false\n").unwrap();
+        assert!(
+            ecl_gate_with(&admin, Path::new("/i.sif"))
+                .unwrap()
+                .is_none()
         );
     }
 }

@@ -25,6 +25,9 @@
 //!    root-owned directory ([`nsdir`]) and exits: no process of the
 //!    container's remains to signal or trace. Tasks enter the namespace in
 //!    `slurm_spank_task_init_privileged`; the plugin unmounts it at step end.
+//!
+//! Without the crate's `integrity` feature (the lean holder) there is no
+//! [`hold`] (it verifies): only the identity and `users.image_dirs` helpers.
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -42,7 +45,9 @@ pub(crate) mod nsdir;
 pub(crate) mod opener;
 mod root;
 pub(crate) mod tree;
+#[cfg(feature = "integrity")]
 mod verdict;
+#[cfg(feature = "integrity")]
 pub(crate) mod verifier;
 
 /// The job's user, as slurmstepd started the holder (effective ids).
@@ -114,6 +119,7 @@ fn fail(stage: Stage) -> impl Fn(String) -> Failure {
 
 /// Runs the privileged path for `l`; returns the `ready` report line once
 /// the namespace is pinned.
+#[cfg(feature = "integrity")]
 pub fn hold(l: &Launch, p: &Privileged, user: &UserCreds) -> Result<String, Failure> {
     let t = std::time::Instant::now();
     let image = open_image(&l.image, user)?;

@@ -5,6 +5,10 @@
 //! shows, for `ps` and the job epilog's sweep, which step and image it
 //! serves (`slurm-hold --slurm-step=JOB.STEP IMAGE`), and must agree with
 //! the request.
+//!
+//! Shared by `sifrun` and the lean holder `sifrun-hold`, which has neither
+//! the ECL's privileged path nor docker:// images ([`Full`] is `None`
+//! there) and refuses such a request: the plugin runs `sifrun` for them.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -27,9 +31,11 @@ pub struct HoldArgs {
 }
 
 /// A failure at one stage, for the report.
-struct Failure(Stage, anyhow::Error);
+pub struct Failure(pub Stage, pub anyhow::Error);
 
-trait AtStage<T> {
+/// Puts a failure at its stage.
+pub trait AtStage<T> {
+    /// This result, failed at `stage`.
     fn at(self, stage: Stage) -> Result<T, Failure>;
 }
 
@@ -44,20 +50,44 @@ const UNSIGNED: &str = "images converted from Docker/OCI are unsigned, and this 
 execution control list only runs signed images; ask your administrator to convert and sign it \
 (sifrun pull + sifrun sign) and use that SIF";
 
-/// Runs the holder; returns its exit status. Every failure is reported on
-/// standard output before the holder ends.
-pub fn run(args: &HoldArgs) -> i32 {
-    match hold(args) {
+/// A job's environment, as the request carries it.
+type JobEnv = [(String, String)];
+
+/// What only the full `sifrun` holds (it verifies signatures and reaches
+/// registries).
+pub struct Full {
+    /// The ECL's privileged path: the request, the admin file, the
+    /// namespace's directory.
+    pub privileged: fn(Request, PathBuf, PathBuf) -> Result<i32, Failure>,
+    /// A `docker://` image as a SIF of the user's cache.
+    pub step_image: fn(&str, &JobEnv) -> Result<PathBuf>,
+}
+
+/// Runs the holder (`full`: `None` for the lean holder); returns its exit
+/// status. Every failure is reported on standard output before the holder
+/// ends.
+pub fn run(args: &HoldArgs, full: Option<&Full>) -> i32 {
+    match hold(args, full) {
         Ok(code) => code,
         Err(Failure(stage, e)) => {
-            let message = format!("sifrun: {}", crate::one_line(&e));
+            let message = format!("sifrun: {}", one_line(&e));
             let _ = Report::failed(stage, message).write_to(&mut std::io::stdout());
             1
         }
     }
 }
 
-fn hold(args: &HoldArgs) -> Result<i32, Failure> {
+/// Why the lean holder refuses a request (the plugin should not send it).
+fn not_lean(what: &str) -> Failure {
+    Failure(
+        Stage::Request,
+        anyhow::anyhow!(
+            "{what} needs the full holder, sifrun; this is the lean sifrun-hold (local images without an ECL only)"
+        ),
+    )
+}
+
+fn hold(args: &HoldArgs, full: Option<&Full>) -> Result<i32, Failure> {
     let started = Instant::now();
     let request = Request::read_from(std::io::stdin().lock()).at(Stage::Request)?;
     init_tracing(request.verbosity);
@@ -82,13 +112,17 @@ fn hold(args: &HoldArgs) -> Result<i32, Failure> {
         return Err(Failure(Stage::Image, anyhow::anyhow!("{text}: {UNSIGNED}")));
     }
     if let (Some(config), Some(ns_dir)) = (&request.ecl_config, &request.ns_dir) {
-        return privileged(request.clone(), config.clone(), ns_dir.clone());
+        let full = full.ok_or_else(|| not_lean("a step under an ECL"))?;
+        return (full.privileged)(request.clone(), config.clone(), ns_dir.clone());
     }
     if request.ecl_config.is_some() {
         return Err(Failure(
             Stage::Request,
             anyhow::anyhow!("an ECL step's request names no runtime directory for its namespace"),
         ));
+    }
+    if docker.is_some() && full.is_none() {
+        return Err(not_lean("a docker:// image"));
     }
     launcher::privilege::drop_to_effective_user()
         .context("slurm-hold")
@@ -100,7 +134,8 @@ fn hold(args: &HoldArgs) -> Result<i32, Failure> {
         .to_str()
         .filter(|t| t.starts_with("docker://"))
     {
-        request.image = crate::cache_cmd::step_image(text, &request.job_env).at(Stage::Image)?;
+        let full = full.ok_or_else(|| not_lean("a docker:// image"))?;
+        request.image = (full.step_image)(text, &request.job_env).at(Stage::Image)?;
     }
     let image_dirs = request.image_dirs.clone();
     let image = open_in_dirs(&request.image, &image_dirs).at(Stage::Image)?;
@@ -119,30 +154,6 @@ fn open_in_dirs(image: &Path, dirs: &[PathBuf]) -> Result<std::sync::Arc<std::fs
         launcher::privileged::check_image_dirs(&real, dirs).map_err(anyhow::Error::msg)?;
     }
     Ok(std::sync::Arc::new(file))
-}
-
-/// The ECL path: root keeps the set-up (see `launcher::privileged`).
-fn privileged(request: Request, config: PathBuf, ns_dir: PathBuf) -> Result<i32, Failure> {
-    let user = launcher::privilege::become_root()
-        .context("slurm-hold")
-        .at(Stage::Privileges)?;
-    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
-    let p = launcher::privileged::Privileged {
-        admin_file: config,
-        ns_dir,
-        image_dirs: request.image_dirs.clone(),
-    };
-    let l = to_launch(request, None, &cwd).at(Stage::Request)?;
-    match launcher::privileged::hold(&l, &p, &user) {
-        Ok(line) => {
-            let _ = launcher::privileged::write_report(&line);
-            Ok(0)
-        }
-        Err(f) => {
-            let m = f.message.strip_prefix("sifrun: ").unwrap_or(&f.message);
-            Err(Failure(f.stage, anyhow::anyhow!(m.to_owned())))
-        }
-    }
 }
 
 /// The launch a request describes. Bind specs are relative to `cwd` (the
@@ -217,6 +228,22 @@ fn init_tracing(verbosity: u8) {
         .with_target(false)
         .with_level(false)
         .init();
+}
+
+/// An error and its causes on one line, each cause once.
+pub fn one_line(e: &anyhow::Error) -> String {
+    let mut msg = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if msg.contains(&text) {
+            continue;
+        }
+        if !msg.is_empty() {
+            msg.push_str(": ");
+        }
+        msg.push_str(&text);
+    }
+    msg
 }
 
 /// Logs a finished phase with its duration (shown with `--sif-verbose`).

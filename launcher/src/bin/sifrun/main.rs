@@ -4,6 +4,7 @@
 mod build_cmd;
 mod cache_cmd;
 mod hold_cmd;
+mod hold_full;
 mod logging;
 mod mount_cmd;
 mod run_cmd;
@@ -16,6 +17,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use hold_cmd::one_line;
 
 #[derive(Parser)]
 #[command(
@@ -157,23 +159,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// The error and its causes on one line, without repeating a cause that an
-/// outer message already quotes.
-fn one_line(e: &anyhow::Error) -> String {
-    let mut msg = String::new();
-    for cause in e.chain() {
-        let text = cause.to_string();
-        if msg.contains(&text) {
-            continue;
-        }
-        if !msg.is_empty() {
-            msg.push_str(": ");
-        }
-        msg.push_str(&text);
-    }
-    msg
-}
-
 fn run(cli: Cli) -> Result<()> {
     use launcher::launch::Action;
     match cli.command {
@@ -199,7 +184,9 @@ fn run(cli: Cli) -> Result<()> {
             let code = run_cmd::run(&opts, image, Action::Run(run_cmd::os(&args)), "run")?;
             std::process::exit(code)
         }
-        Command::SlurmHold(args) => std::process::exit(hold_cmd::run(&args)),
+        Command::SlurmHold(args) => {
+            std::process::exit(hold_cmd::run(&args, Some(&hold_full::FULL)))
+        }
         Command::Shell {
             opts,
             source,
