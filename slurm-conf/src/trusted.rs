@@ -67,9 +67,16 @@ pub fn check_parents(path: &Path, owner: u32) -> Result<(), Untrusted> {
 
 /// Checks a file root runs or reads, or a directory root writes in: it and
 /// its directories belong to root or `owner` and are writable by no one
-/// else (the path itself never, sticky or not).
+/// else (the path itself never, sticky or not). A symlink is followed, so
+/// the directories above its target are checked too: a link in a trusted
+/// directory to a file in one others may write lets them swap the file.
 pub fn check_file(path: &Path, owner: u32) -> Result<(), Untrusted> {
     check_parents(path, owner)?;
+    if let Ok(real) = std::fs::canonicalize(path)
+        && real != path
+    {
+        check_parents(&real, owner)?;
+    }
     let meta = std::fs::metadata(path).map_err(|e| untrusted(path, e.to_string()))?;
     if meta.uid() != 0 && meta.uid() != owner {
         return Err(untrusted(
@@ -123,6 +130,26 @@ mod tests {
             assert!(check_file(&file, other).is_err());
         }
         assert!(check_file(&t.path().join("missing"), me).is_err());
+    }
+
+    #[test]
+    fn a_link_to_a_file_in_a_directory_others_may_write_is_not_trusted() {
+        let me = nix_uid();
+        let t = scratch();
+        let (bin, open) = (t.path().join("bin"), t.path().join("open"));
+        for d in [&bin, &open] {
+            std::fs::create_dir(d).unwrap();
+            chmod(d, 0o755);
+        }
+        let target = open.join("sifrun-hold");
+        std::fs::write(&target, "x").unwrap();
+        chmod(&target, 0o755);
+        let link = bin.join("sifrun-hold");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        check_file(&link, me).unwrap();
+        chmod(&open, 0o777);
+        let e = check_file(&link, me).unwrap_err();
+        assert_eq!(e.path, std::fs::canonicalize(&open).unwrap(), "{e}");
     }
 
     #[test]
