@@ -1010,3 +1010,80 @@ fn slurm_steps_run_registry_images_from_the_cache() {
     assert!(!out.status.success());
     assert!(err.contains("cannot resolve"), "{err}");
 }
+
+/// Issue 14 under Slurm: a private image (htpasswd registry) pulled by a
+/// step's holder with the user's credentials from the job's environment
+/// (the SIFRUN_DOCKER_USERNAME/PASSWORD pair, then REGISTRY_AUTH_FILE),
+/// and the holder's progress lines relayed by `--sif-verbose`; without
+/// credentials the step fails on the submitting side, in one line.
+#[test]
+fn slurm_steps_pull_private_images_with_the_users_credentials() {
+    let Some(images) = images() else { return };
+    if !cluster_up() || !containers_can_run() {
+        return;
+    }
+    let reg = Registry::start(true);
+    reg.push(
+        &format!("oci:{}:t", s(&images.join("layout"))),
+        "test/private:t",
+        true,
+        &[],
+    );
+    let work = scratch();
+    let w = work.path();
+    let src = format!("docker://{}", reg.name("test/private:t"));
+    let auth = w.join("auth.json");
+    fs::write(
+        &auth,
+        format!(
+            r#"{{"auths":{{"127.0.0.1:{}":{{"auth":"dXNlcjpwYXNz"}}}}}}"#,
+            reg.port
+        ),
+    )
+    .unwrap();
+    let srun = |cache: &str, env: &[(&str, String)]| {
+        let mut c = Command::new("srun");
+        c.args([
+            "-n1",
+            "--sif-verbose",
+            &format!("--sif-image={src}"),
+            "head",
+            "-1",
+            "/etc/passwd",
+        ])
+        .current_dir(w)
+        .env("SIFRUN_CACHEDIR", w.join(cache))
+        .env("SIFRUN_NOHTTPS", "1")
+        .env_remove("SLURM_SIFRUN_IMAGE_PIN")
+        .env_remove("SIFRUN_DOCKER_USERNAME")
+        .env_remove("SIFRUN_DOCKER_PASSWORD")
+        .env_remove("REGISTRY_AUTH_FILE")
+        .envs(env.iter().map(|(k, v)| (k, v)));
+        c.output().unwrap()
+    };
+    let out = srun("none", &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("authentication required"), "{err}");
+    for (cache, env) in [
+        (
+            "pair",
+            vec![
+                ("SIFRUN_DOCKER_USERNAME", "user".to_owned()),
+                ("SIFRUN_DOCKER_PASSWORD", "pass".to_owned()),
+            ],
+        ),
+        ("file", vec![("REGISTRY_AUTH_FILE", s(&auth).to_owned())]),
+    ] {
+        let out = srun(cache, &env);
+        let (text, err) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert!(out.status.success(), "{cache}: {text}{err}");
+        assert!(text.contains("root:x:0:0"), "{cache}: {text}");
+        // The holder converted (the cache was empty) and said how far it got.
+        assert!(err.contains("sifrun: download: layers "), "{cache}: {err}");
+        assert_eq!(cache_entries(&w.join(cache)).len(), 1, "{cache}");
+    }
+}

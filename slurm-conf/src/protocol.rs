@@ -8,17 +8,22 @@
 //!   the job epilog's sweep).
 //! * The holder answers with one [`Report`] line on its standard output:
 //!   ready, with the changes to make to every task's environment, or what
-//!   failed and why. Its standard error carries diagnostics only (the
-//!   set-up phases with `--sif-verbose`).
+//!   failed and why. Before it, a holder busy with a long task (converting
+//!   a `docker://` image into the cache) writes [`Progress`] lines, at
+//!   most one every [`PROGRESS_EVERY_MS`] ms while it moves; the plugin's
+//!   set-up timeout counts from the last line (version 2). Its standard
+//!   error carries diagnostics only (the set-up phases with
+//!   `--sif-verbose`).
 //!
-//! Both messages carry [`VERSION`]; a peer refuses another version with a
-//! message naming both, so a plugin and a launcher from different releases
-//! fail the step clearly instead of misreading each other.
+//! Every message carries [`VERSION`]; a peer refuses another version with
+//! a message naming both, so a plugin and a launcher from different
+//! releases fail the step clearly instead of misreading each other.
 //!
 //! ```text
-//! → {"version":1,"step":"42.0","image":"/i.sif",…,"job_env":[["PATH","/usr/bin"]]}
-//! ← {"version":1,"outcome":{"ready":{"env":[{"set":["PATH","/opt/bin"]},{"unset":"LD_PRELOAD"}]}}}
-//! ← {"version":1,"outcome":{"failed":{"stage":"ecl","message":"/i.sif: denied"}}}
+//! → {"version":2,"step":"42.0","image":"/i.sif",…,"job_env":[["PATH","/usr/bin"]]}
+//! ← {"version":2,"progress":{"phase":"download","done":1048576,"total":8388608,"message":"layers 0/2, 1.0/8.0 MiB, 2.0 MiB/s"}}
+//! ← {"version":2,"outcome":{"ready":{"env":[{"set":["PATH","/opt/bin"]},{"unset":"LD_PRELOAD"}]}}}
+//! ← {"version":2,"outcome":{"failed":{"stage":"ecl","message":"/i.sif: denied"}}}
 //! ```
 
 use std::io::{Read, Write};
@@ -26,8 +31,12 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-/// The protocol version both messages carry.
-pub const VERSION: u32 = 1;
+/// The protocol version every message carries. 2: [`Progress`] lines
+/// before the report.
+pub const VERSION: u32 = 2;
+
+/// The shortest interval between two [`Progress`] lines of a holder.
+pub const PROGRESS_EVERY_MS: u64 = 2000;
 
 /// The most bytes a request may have (the job's environment dominates).
 pub const MAX_REQUEST: u64 = 64 << 20;
@@ -344,6 +353,74 @@ impl Report {
     }
 }
 
+/// How far a long set-up got (a line before the report).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Progress {
+    /// What is being done: `download`, `convert`, `wait` (for another
+    /// process converting the same image).
+    pub phase: String,
+    /// Bytes done in this phase.
+    pub done: u64,
+    /// The phase's bytes in all (0: unknown).
+    pub total: u64,
+    /// The same for a person, one line (without `sifrun: `).
+    pub message: String,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProgressLine {
+    version: u32,
+    progress: Progress,
+}
+
+impl Progress {
+    /// The line as written, newline included.
+    pub fn encode_line(&self) -> String {
+        let line = ProgressLine {
+            version: VERSION,
+            progress: Progress {
+                message: self.message.replace(['\n', '\r'], " "),
+                ..self.clone()
+            },
+        };
+        let mut s = serde_json::to_string(&line).expect("progress always serialises");
+        s.push('\n');
+        s
+    }
+
+    /// Writes the line and flushes.
+    pub fn write_to(&self, out: &mut dyn Write) -> Result<(), ProtocolError> {
+        out.write_all(self.encode_line().as_bytes())
+            .and_then(|()| out.flush())
+            .map_err(|source| ProtocolError::Io {
+                what: "writing progress",
+                source,
+            })
+    }
+}
+
+/// One line from the holder: progress, or the report that ends the set-up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Message {
+    /// The holder is still at work.
+    Progress(Progress),
+    /// The set-up ended.
+    Report(Report),
+}
+
+impl Message {
+    /// Reads one line from the holder.
+    pub fn decode_line(line: &str) -> Result<Message, ProtocolError> {
+        check_version(line.as_bytes(), "report")?;
+        if let Ok(p) = serde_json::from_str::<ProgressLine>(line) {
+            return Ok(Message::Progress(p.progress));
+        }
+        Report::decode_line(line).map(Message::Report)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -430,7 +507,7 @@ mod tests {
         Report::ready(Vec::new()).write_to(&mut out).unwrap();
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "{\"version\":1,\"outcome\":{\"ready\":{\"env\":[]}}}\n"
+            "{\"version\":2,\"outcome\":{\"ready\":{\"env\":[]}}}\n"
         );
     }
 
@@ -439,10 +516,15 @@ mod tests {
         let newer = request().encode();
         let newer = String::from_utf8(newer)
             .unwrap()
-            .replace("\"version\":1", "\"version\":2");
+            .replace("\"version\":2", "\"version\":3");
         let e = Request::decode(newer.as_bytes()).unwrap_err();
-        assert!(matches!(e, ProtocolError::Version { found: 2, .. }), "{e}");
-        assert!(e.to_string().contains("(2 and 1)"), "{e}");
+        assert!(matches!(e, ProtocolError::Version { found: 3, .. }), "{e}");
+        assert!(e.to_string().contains("(3 and 2)"), "{e}");
+        // A version-1 plugin and a version-2 launcher refuse each other.
+        let older = String::from_utf8(request().encode())
+            .unwrap()
+            .replace("\"version\":2", "\"version\":1");
+        assert!(Request::decode(older.as_bytes()).is_err());
         let extra =
             String::from_utf8(request().encode())
                 .unwrap()
@@ -459,6 +541,44 @@ mod tests {
             "{\"version\":1,\"outcome\":{}}",
         ] {
             assert!(Report::decode_line(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn progress_lines_round_trip_and_are_told_from_reports() {
+        let p = Progress {
+            phase: "download".into(),
+            done: 1 << 20,
+            total: 8 << 20,
+            message: "layers 0/2,\n1.0/8.0 MiB".into(),
+        };
+        let line = p.encode_line();
+        assert!(line.ends_with('\n') && line.matches('\n').count() == 1);
+        assert!(line.starts_with("{\"version\":2,\"progress\":{"), "{line}");
+        let Message::Progress(back) = Message::decode_line(&line).unwrap() else {
+            panic!("{line}")
+        };
+        assert_eq!(back.message, "layers 0/2, 1.0/8.0 MiB");
+        assert_eq!(
+            (back.done, back.total, back.phase.as_str()),
+            (1 << 20, 8 << 20, "download")
+        );
+        let mut out = Vec::new();
+        p.write_to(&mut out).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), line);
+        let ready = Report::ready(Vec::new());
+        assert_eq!(
+            Message::decode_line(&ready.encode_line()).unwrap(),
+            Message::Report(ready)
+        );
+        // A report line is not progress, nor progress a report.
+        assert!(Report::decode_line(&line).is_err());
+        for bad in [
+            "{\"version\":2,\"progress\":{}}",
+            "{\"version\":1,\"progress\":{\"phase\":\"x\",\"done\":0,\"total\":0,\"message\":\"\"}}",
+            "{\"version\":2,\"progress\":{\"phase\":\"x\",\"done\":0,\"total\":0,\"message\":\"\"},\"more\":1}",
+        ] {
+            assert!(Message::decode_line(bad).is_err(), "{bad}");
         }
     }
 

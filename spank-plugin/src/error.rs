@@ -98,7 +98,9 @@ sifrun sign) and use that SIF"
         source: std::io::Error,
     },
     /// The holder did not answer in time.
-    #[error("the container was not ready within {0} s (container.setup_timeout)")]
+    #[error(
+        "the container was not ready within {0} s (container.setup_timeout, counted from the launcher's last progress)"
+    )]
     Timeout(u64),
     /// The holder reported a failure.
     #[error("{message}")]

@@ -14,7 +14,7 @@ use std::process::{Child, ChildStderr, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use slurm_conf::protocol::{EnvChange, Outcome, Report, Request};
+use slurm_conf::protocol::{EnvChange, Message, Outcome, Progress, Request};
 
 use crate::error::PluginError;
 
@@ -80,8 +80,9 @@ pub fn program(
     }
 }
 
-/// Starts `launcher slurm-hold`, hands it `request` and waits up to
-/// `timeout` for its report.
+/// Starts `launcher slurm-hold`, hands it `request` and waits for its
+/// report, up to `timeout` from the start or from the holder's last
+/// progress line (a conversion of a `docker://` image may take minutes).
 pub fn start(
     launcher: &Path,
     request: &Request,
@@ -119,7 +120,7 @@ pub fn start(
     let stdout = child.stdout.take().expect("piped");
     let stderr = child.stderr.take().expect("piped");
     let mut reader = Reader::default();
-    match reader.wait_report(&stdout, &stderr, Instant::now() + timeout) {
+    match reader.wait_report(&stdout, &stderr, timeout) {
         Ok(env) => {
             reader.drain_ready(&stderr);
             // The holder has read the whole request.
@@ -233,19 +234,31 @@ struct Reader {
     log: Vec<String>,
     out_closed: bool,
     err_closed: bool,
+    /// The phase of the progress line last logged (the next line of the
+    /// same phase replaces it).
+    progress_phase: Option<String>,
 }
 
 impl Reader {
-    /// Reads both pipes until the report line, the holder's end or the deadline.
+    /// Reads both pipes until the report line, the holder's end or
+    /// `timeout` without a line (from the start or the last progress).
     fn wait_report(
         &mut self,
         stdout: &ChildStdout,
         stderr: &ChildStderr,
-        deadline: Instant,
+        timeout: Duration,
     ) -> Result<Vec<EnvChange>, PluginError> {
+        let mut deadline = Instant::now() + timeout;
         loop {
-            if let Some(end) = self.out.iter().position(|&b| b == b'\n') {
-                return decode(&self.out[..end]);
+            while let Some(end) = self.out.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = self.out.drain(..=end).collect();
+                match decode(&line[..end])? {
+                    Line::Progress(p) => {
+                        deadline = Instant::now() + timeout;
+                        self.progress(p);
+                    }
+                    Line::Ready(env) => return Ok(env),
+                }
             }
             if self.out_closed {
                 return Err(PluginError::NoReport(String::new()));
@@ -329,10 +342,25 @@ impl Reader {
         }
     }
 
+    /// Logs a progress line (for `--sif-verbose`): one line per phase,
+    /// the latest.
+    fn progress(&mut self, p: Progress) {
+        let line = format!("sifrun: {}: {}", p.phase, p.message);
+        if self.progress_phase.as_deref() == Some(p.phase.as_str())
+            && let Some(last) = self.log.last_mut()
+        {
+            *last = line;
+            return;
+        }
+        self.push_line(line);
+        self.progress_phase = Some(p.phase);
+    }
+
     fn push_line(&mut self, line: String) {
         if line.trim().is_empty() {
             return;
         }
+        self.progress_phase = None;
         if self.log.len() == MAX_LOG_LINES {
             self.log.remove(0);
         }
@@ -363,12 +391,22 @@ fn read_some(pipe: &impl AsFd, buf: &mut Vec<u8>) -> bool {
     }
 }
 
-fn decode(line: &[u8]) -> Result<Vec<EnvChange>, PluginError> {
+/// A line from the holder, read.
+enum Line {
+    Progress(Progress),
+    Ready(Vec<EnvChange>),
+}
+
+fn decode(line: &[u8]) -> Result<Line, PluginError> {
     let text = String::from_utf8_lossy(line);
-    let report = Report::decode_line(&text)
-        .map_err(|e| PluginError::NoReport(format!(" (it answered: {e})")))?;
+    let report = match Message::decode_line(&text)
+        .map_err(|e| PluginError::NoReport(format!(" (it answered: {e})")))?
+    {
+        Message::Progress(p) => return Ok(Line::Progress(p)),
+        Message::Report(r) => r,
+    };
     match report.outcome {
-        Outcome::Ready { env } => Ok(env),
+        Outcome::Ready { env } => Ok(Line::Ready(env)),
         Outcome::Failed { stage, message } => Err(PluginError::Holder {
             stage,
             message: message
@@ -380,193 +418,4 @@ fn decode(line: &[u8]) -> Result<Vec<EnvChange>, PluginError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use slurm_conf::protocol::{Stage, VERSION};
-
-    /// contain_spank: the holder's later output is drained by processes that
-    /// outlive the hook (a holder writing 1 MB after ready never blocks), and
-    /// a test process is not a contained hook.
-    #[test]
-    fn output_after_ready_is_drained_without_threads() {
-        assert!(!in_contained_hook());
-        let mut child = Command::new("/bin/sh")
-            .args([
-                "-c",
-                "head -c 1000000 /dev/zero; head -c 1000000 /dev/zero >&2",
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let (out, err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
-        discard_in_processes(out, err);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while child.try_wait().unwrap().is_none() {
-            assert!(
-                Instant::now() < deadline,
-                "the writer blocked on a full pipe"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// A slurmstepd under its own prefix puts that prefix's clients first;
-    /// Debian's (/usr/sbin) and an unknown one leave the usual PATH.
-    #[test]
-    fn the_holder_path_leads_to_the_running_slurms_client() {
-        let usual = "/usr/local/bin:/usr/bin:/bin";
-        let dir = tempfile::tempdir().unwrap();
-        let prefix = dir.path();
-        std::fs::create_dir_all(prefix.join("bin")).unwrap();
-        std::fs::write(prefix.join("bin/srun"), "").unwrap();
-        assert_eq!(
-            holder_path(Some(&prefix.join("sbin/slurmstepd"))),
-            format!("{}:{usual}", prefix.join("bin").display())
-        );
-        assert_eq!(
-            holder_path(Some(&prefix.join("sbin/x/slurmstepd"))),
-            usual,
-            "no srun next to it"
-        );
-        assert_eq!(holder_path(None), usual);
-        if Path::new("/usr/bin/srun").is_file() {
-            assert_eq!(holder_path(Some(Path::new("/usr/sbin/slurmstepd"))), usual);
-        }
-    }
-
-    /// The lean holder beside the launcher for a local image without an
-    /// ECL, once trusted; the launcher for the ECL's path, a docker://
-    /// image, or where the lean holder is missing; an untrusted lean holder
-    /// is not run, and fails the step as an untrusted launcher does.
-    #[test]
-    fn the_lean_holder_serves_local_images_without_an_ecl() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = crate::fake::scratch();
-        let launcher = dir.path().join("sifrun");
-        let lean = dir.path().join(LEAN_HOLDER);
-        std::fs::write(&launcher, "").unwrap();
-        let me = nix::unistd::geteuid().as_raw();
-        let trusted = |p: &Path| {
-            slurm_conf::trusted::check_file(p, me).map_err(|source| PluginError::Untrusted {
-                key: "launcher",
-                source,
-            })
-        };
-        let local = Request {
-            image: "/i.sif".into(),
-            ..Request::default()
-        };
-        let ecl = Request {
-            ecl_config: Some("/etc/sifrun/sifrun.toml".into()),
-            ns_dir: Some("/run/sifrun/ns".into()),
-            ..local.clone()
-        };
-        let docker = Request {
-            image: "docker://alpine:3".into(),
-            ..local.clone()
-        };
-        // An older install: no lean holder, the launcher with no error.
-        assert_eq!(program(&launcher, &local, &trusted).unwrap(), launcher);
-        std::fs::write(&lean, "").unwrap();
-        std::fs::set_permissions(&lean, std::fs::Permissions::from_mode(0o755)).unwrap();
-        assert_eq!(program(&launcher, &local, &trusted).unwrap(), lean);
-        assert_eq!(program(&launcher, &ecl, &trusted).unwrap(), launcher);
-        assert_eq!(program(&launcher, &docker, &trusted).unwrap(), launcher);
-        std::fs::set_permissions(&lean, std::fs::Permissions::from_mode(0o777)).unwrap();
-        let e = program(&launcher, &local, &trusted).unwrap_err();
-        assert!(e.to_string().contains("lets others write it"), "{e}");
-        // The ECL's path never looks at it.
-        assert_eq!(program(&launcher, &ecl, &trusted).unwrap(), launcher);
-    }
-
-    /// Runs `script` as the holder: the launcher is /bin/sh, which takes
-    /// the `slurm-hold` argument as the script to run, in `dir`.
-    fn hold(script: &str, timeout: Duration) -> Result<Started, PluginError> {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("slurm-hold"), script).unwrap();
-        let request = Request {
-            version: VERSION,
-            step: "7.0".into(),
-            image: "/i.sif".into(),
-            job_env: vec![("B".into(), "two words\nand a line".into())],
-            ..Request::default()
-        };
-        start(
-            Path::new("/bin/sh"),
-            &request,
-            dir.path().to_str().unwrap(),
-            timeout,
-        )
-    }
-
-    const T: Duration = Duration::from_secs(10);
-
-    #[test]
-    fn a_ready_report_carries_the_environment_and_the_phases() {
-        let ready = Report::ready(vec![
-            EnvChange::Set("X".into(), "y z".into()),
-            EnvChange::Unset("A".into()),
-        ])
-        .encode_line();
-        // The script sees the request on stdin and its own command line.
-        let script = format!(
-            "req=$(cat)\n\
-             case \"$req\" in *'\"step\":\"7.0\"'*'\"two words\\nand a line\"'*) ;; *) echo \"bad $req\" >&2; exit 9 ;; esac\n\
-             [ \"$1 $2\" = '--slurm-step=7.0 /i.sif' ] || exit 8\n\
-             echo 'sifrun: image served in 3.0 ms' >&2\n\
-             printf '%s' '{ready}'\n\
-             sleep 0.2\n"
-        );
-        let started = hold(&script, T).unwrap();
-        assert_eq!(
-            started.env,
-            [
-                EnvChange::Set("X".into(), "y z".into()),
-                EnvChange::Unset("A".into())
-            ]
-        );
-        assert_eq!(started.log, ["sifrun: image served in 3.0 ms"]);
-    }
-
-    #[test]
-    fn failures_come_back_typed() {
-        let failed = Report::failed(Stage::Ecl, "sifrun: ECL: /i.sif: denied").encode_line();
-        let e = hold(&format!("cat >/dev/null; printf '%s' '{failed}'"), T).unwrap_err();
-        assert!(
-            matches!(&e, PluginError::Holder { stage: Stage::Ecl, message } if message == "ECL: /i.sif: denied"),
-            "{e:?}"
-        );
-        let missing = start(
-            Path::new("/nonexistent/sifrun"),
-            &Request::default(),
-            "/",
-            T,
-        );
-        assert!(
-            missing
-                .unwrap_err()
-                .to_string()
-                .contains("cannot start the launcher /nonexistent/sifrun")
-        );
-        let quiet = hold("exit 1", T).unwrap_err();
-        assert_eq!(
-            quiet.to_string(),
-            "the container launcher ended without a report"
-        );
-        let crashed = hold("echo 'thread main panicked' >&2; exit 101", T).unwrap_err();
-        assert_eq!(
-            crashed.to_string(),
-            "the container launcher ended without a report: thread main panicked"
-        );
-        let garbage = hold("echo ready", T).unwrap_err();
-        assert!(
-            garbage
-                .to_string()
-                .contains("(it answered: malformed report"),
-            "{garbage}"
-        );
-        let slow = hold("sleep 5", Duration::from_millis(200)).unwrap_err();
-        assert!(matches!(slow, PluginError::Timeout(0)), "{slow:?}");
-    }
-}
+mod tests;

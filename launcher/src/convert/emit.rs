@@ -59,7 +59,7 @@ fn wio(e: io::Error) -> ConvertError {
 }
 
 impl Inputs<'_> {
-    fn entry(&self, id: &EntryId) -> &Entry {
+    pub(crate) fn entry(&self, id: &EntryId) -> &Entry {
         if id.layer < self.layers.len() {
             &self.layers[id.layer].entries[id.index]
         } else {

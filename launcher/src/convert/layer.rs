@@ -36,10 +36,19 @@ pub(crate) struct OpenLayer {
     pub next_index: usize,
 }
 
-/// Opens layer `n` of `layers` in `store`.
+/// Opens layer `blob` in `store`.
 pub(crate) fn open(store: &Store, blob: &LayerBlob, what: &str) -> Result<OpenLayer, ConvertError> {
+    let raw = store.member(&blob.member, &format!("{what}: layer {}", blob.member))?;
+    open_raw(raw, blob, what)
+}
+
+/// Opens layer `blob` from `raw`, its compressed bytes.
+pub(crate) fn open_raw(
+    raw: Box<dyn Read>,
+    blob: &LayerBlob,
+    what: &str,
+) -> Result<OpenLayer, ConvertError> {
     let what = format!("{what}: layer {}", blob.member);
-    let raw = store.member(&blob.member, &what)?;
     let verifier = Verifier::new(
         BufReader::with_capacity(1 << 17, raw),
         what.clone(),
@@ -122,7 +131,20 @@ impl OpenLayer {
 
 /// Pass 1: the headers of every entry of a layer, both digests checked.
 pub(crate) fn headers(store: &Store, blob: &LayerBlob, what: &str) -> Result<Layer, ConvertError> {
-    let mut l = open(store, blob, what)?;
+    headers_of(open(store, blob, what)?, blob)
+}
+
+/// [`headers`] of a layer read from `raw`, its compressed bytes.
+#[cfg(feature = "registry")]
+pub(crate) fn headers_raw(
+    raw: Box<dyn Read>,
+    blob: &LayerBlob,
+    what: &str,
+) -> Result<Layer, ConvertError> {
+    headers_of(open_raw(raw, blob, what)?, blob)
+}
+
+fn headers_of(mut l: OpenLayer, blob: &LayerBlob) -> Result<Layer, ConvertError> {
     let mut entries = Vec::new();
     while let Some(e) = l.next()? {
         entries.push(e);

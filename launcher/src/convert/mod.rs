@@ -17,11 +17,13 @@
 pub mod cleanup;
 pub mod config;
 mod emit;
+#[cfg(feature = "registry")]
+mod follow;
 mod layer;
 #[cfg(feature = "registry")]
 mod registry;
 #[cfg(feature = "registry")]
-pub use registry::{Resolved, resolve};
+pub use registry::{Resolved, resolve, resolve_as};
 mod source;
 mod squash;
 #[cfg(test)]
@@ -121,6 +123,33 @@ pub struct ConvertOptions {
     /// Where downloaded blobs go (`$SIFRUN_TMPDIR`); `None`: the output's
     /// directory.
     pub tmpdir: Option<PathBuf>,
+    /// Whose credentials a `docker://` pull uses; `None`: this process's
+    /// environment (the Slurm holder passes the job's).
+    pub credentials: Option<oci::auth::creds::Environment>,
+    /// Who hears how far the conversion got, besides a terminal.
+    pub progress: Option<ProgressSink>,
+}
+
+/// Where a conversion tells how far it got, every half second at most
+/// while it moves: the phase (`download`, `convert`), bytes done and the
+/// total (0: unknown), and a line for a person. The Slurm holder forwards
+/// it to the plugin, whose set-up timeout counts from the last one.
+#[derive(Clone)]
+pub struct ProgressSink(pub std::sync::Arc<ProgressFn>);
+
+/// What a [`ProgressSink`] calls: `(phase, done, total, line)`.
+pub type ProgressFn = dyn Fn(&str, u64, u64, &str) + Send + Sync;
+
+impl ProgressSink {
+    fn report(&self, phase: &str, done: u64, total: u64, line: &str) {
+        (self.0)(phase, done, total, line);
+    }
+}
+
+impl std::fmt::Debug for ProgressSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProgressSink")
+    }
 }
 
 /// A phase of the conversion, on a terminal only (quiet otherwise).
@@ -174,19 +203,45 @@ type Read1 = (
 /// digest checked.
 fn read_image(opts: &ConvertOptions) -> Result<Read1, ConvertError> {
     let what = opts.source_text.as_str();
-    let (tmp, store, image) = match &opts.source {
-        #[cfg(feature = "registry")]
-        Source::Docker(r) => {
-            let (tmp, image) = registry::fetch(r, opts)?;
-            let store = source::Store::Dir(tmp.path.clone());
-            (Some(tmp), store, image)
-        }
-        _ => {
-            let store = source::Store::open(&opts.source, what)?;
-            let image = source::resolve(&store, &opts.source, &opts.wanted, what)?;
-            (None, store, image)
-        }
-    };
+    let started = std::time::Instant::now();
+    #[cfg(feature = "registry")]
+    if let Source::Docker(r) = &opts.source {
+        return read_registry(r, opts, started);
+    }
+    let store = source::Store::open(&opts.source, what)?;
+    let image = source::resolve(&store, &opts.source, &opts.wanted, what)?;
+    check_arch(&image, opts);
+    status(&format!("reading {} layers", image.layers.len()));
+    let layers = image
+        .layers
+        .iter()
+        .map(|blob| layer::headers(&store, blob, what))
+        .collect::<Result<_, _>>()?;
+    tracing::debug!(secs = started.elapsed().as_secs_f64(), "read the layers");
+    Ok((None, store, image, layers))
+}
+
+/// [`read_image`] of a registry's image: pass 1 runs as the layers arrive.
+#[cfg(feature = "registry")]
+fn read_registry(
+    r: &oci::reference::Reference,
+    opts: &ConvertOptions,
+    started: std::time::Instant,
+) -> Result<Read1, ConvertError> {
+    let (tmp, image, layers) = registry::fetch(r, opts)?;
+    tracing::debug!(
+        secs = started.elapsed().as_secs_f64(),
+        "downloaded and read {} layers",
+        layers.len()
+    );
+    let store = source::Store::Dir(tmp.path.clone());
+    check_arch(&image, opts);
+    Ok((Some(tmp), store, image, layers))
+}
+
+/// Warns when the image is for another architecture than wanted.
+fn check_arch(image: &source::Image, opts: &ConvertOptions) {
+    let what = opts.source_text.as_str();
     if image.config.architecture != opts.wanted.architecture {
         tracing::warn!(
             "{what}: the image is for {}, not {}",
@@ -194,13 +249,6 @@ fn read_image(opts: &ConvertOptions) -> Result<Read1, ConvertError> {
             opts.wanted.architecture
         );
     }
-    status(&format!("reading {} layers", image.layers.len()));
-    let layers = image
-        .layers
-        .iter()
-        .map(|blob| layer::headers(&store, blob, what))
-        .collect::<Result<_, _>>()?;
-    Ok((tmp, store, image, layers))
 }
 
 /// Converts the image `opts.source` names into a SIF at `opts.output`.
@@ -296,7 +344,12 @@ fn write_sif_at(
         .map(|e| ("SOURCE_DATE_EPOCH", e.max(0).to_string()))
         .into_iter()
         .collect();
-    squash::run(&argv, &env, |w| inputs.write(plan, w))?;
+    let started = std::time::Instant::now();
+    squash::run(&argv, &env, |w| match &opts.progress {
+        Some(sink) => inputs.write(plan, &mut Counting::new(w, sink, plan_bytes(inputs, plan))),
+        None => inputs.write(plan, w),
+    })?;
+    tracing::debug!(secs = started.elapsed().as_secs_f64(), "squashfs written");
     let len = file
         .metadata()
         .map_err(|e| ConvertError::io(&shown, e))?
@@ -306,6 +359,60 @@ fn write_sif_at(
     })?;
     finish(file, &create, path, partition_size, objects)?;
     Ok(std::fs::metadata(path).map_or(len, |m| m.len()))
+}
+
+/// The bytes of file data pass 2 writes (for progress).
+fn plan_bytes(inputs: &emit::Inputs<'_>, plan: &[oci::tree::Emission]) -> u64 {
+    plan.iter()
+        .filter_map(|e| match e {
+            oci::tree::Emission::Node { source, .. } => Some(inputs.entry(source).size),
+            _ => None,
+        })
+        .sum()
+}
+
+/// A writer that tells a [`ProgressSink`] how much went through, at most
+/// twice a second.
+struct Counting<'a> {
+    inner: &'a mut dyn io::Write,
+    sink: &'a ProgressSink,
+    total: u64,
+    done: u64,
+    last: std::time::Instant,
+}
+
+impl<'a> Counting<'a> {
+    fn new(inner: &'a mut dyn io::Write, sink: &'a ProgressSink, total: u64) -> Self {
+        Counting {
+            inner,
+            sink,
+            total,
+            done: 0,
+            last: std::time::Instant::now(),
+        }
+    }
+}
+
+impl io::Write for Counting<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.done += n as u64;
+        if self.last.elapsed() >= std::time::Duration::from_millis(500) {
+            self.last = std::time::Instant::now();
+            let mib = |b: u64| b as f64 / f64::from(1 << 20);
+            let line = format!(
+                "squashing: {:.1}/{:.1} MiB",
+                mib(self.done),
+                mib(self.total)
+            );
+            self.sink.report("convert", self.done, self.total, &line);
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 fn provenance(opts: &ConvertOptions, image: &source::Image, time: i64) -> Provenance {

@@ -22,9 +22,13 @@ use oci::platform::{self, MAX_INDEX_DEPTH, Wanted};
 use oci::reference::Reference;
 use oci::registry::{Client, Options, RegistryError};
 
+use oci::tree::Layer;
+
 use super::cleanup::TempDir;
-use super::source::{Image, LayerBlob};
-use super::{ConvertError, ConvertOptions};
+use super::follow::{Feed, Follower};
+use super::layer;
+use super::source::{Image, LayerBlob, Store};
+use super::{ConvertError, ConvertOptions, ProgressSink};
 
 /// Concurrent blob downloads (oci-design.md §2.4).
 const MAX_CONNECTIONS: usize = 4;
@@ -35,9 +39,14 @@ impl From<RegistryError> for ConvertError {
     }
 }
 
-/// The client options: `--nohttps`, the user's credential, and
+/// The client options: `--nohttps`, the user's credential (looked up in
+/// `credentials`, else in this process's environment), and
 /// `SIFRUN_REGISTRY_TIMEOUT` (seconds without data before giving up).
-fn options(reference: &Reference, plain_http: bool) -> Result<Options, ConvertError> {
+fn options(
+    reference: &Reference,
+    plain_http: bool,
+    credentials: Option<&Environment>,
+) -> Result<Options, ConvertError> {
     let read = |p: &Path| -> Option<String> {
         let f = File::open(p).ok()?;
         let mut s = String::new();
@@ -45,7 +54,15 @@ fn options(reference: &Reference, plain_http: bool) -> Result<Options, ConvertEr
             .ok()?;
         Some(s)
     };
-    let credential = creds::lookup(&Environment::from_process(), reference.domain(), read)
+    let process;
+    let env = match credentials {
+        Some(e) => e,
+        None => {
+            process = Environment::from_process();
+            &process
+        }
+    };
+    let credential = creds::lookup(env, reference.domain(), read)
         .map_err(|e| ConvertError::Other(e.to_string()))?;
     if let Some((_, origin)) = &credential {
         tracing::info!(registry = reference.domain(), "credentials from {origin}");
@@ -130,7 +147,19 @@ pub fn resolve(
     wanted: &Wanted,
     what: &str,
 ) -> Result<Resolved, ConvertError> {
-    let client = Client::new(reference, options(reference, plain_http)?);
+    resolve_as(reference, plain_http, wanted, what, None)
+}
+
+/// [`resolve`] with the credentials `credentials` names (`None`: this
+/// process's environment).
+pub fn resolve_as(
+    reference: &Reference,
+    plain_http: bool,
+    wanted: &Wanted,
+    what: &str,
+    credentials: Option<&Environment>,
+) -> Result<Resolved, ConvertError> {
+    let client = Client::new(reference, options(reference, plain_http, credentials)?);
     let (_, manifest, index) = manifest_for(&client, reference, wanted, what)?;
     Ok(Resolved {
         digest: index.unwrap_or_else(|| manifest.clone()),
@@ -138,13 +167,17 @@ pub fn resolve(
     })
 }
 
-/// Fetches the image `reference` names into a new temporary directory.
+/// Fetches the image `reference` names into a new temporary directory,
+/// and its layers' headers, read while the blobs arrive (pass 1).
 pub(crate) fn fetch(
     reference: &Reference,
     opts: &ConvertOptions,
-) -> Result<(TempDir, Image), ConvertError> {
+) -> Result<(TempDir, Image, Vec<Layer>), ConvertError> {
     let what = opts.source_text.as_str();
-    let client = Client::new(reference, options(reference, opts.plain_http)?);
+    let client = Client::new(
+        reference,
+        options(reference, opts.plain_http, opts.credentials.as_ref())?,
+    );
     let (m, manifest_digest, index_digest) = manifest_for(&client, reference, &opts.wanted, what)?;
     let config_bytes = client.blob_bytes(&m.config, MAX_CONFIG_BYTES)?;
     let config = manifest::parse_config(&config_bytes, m.layers.len(), what)?;
@@ -159,7 +192,22 @@ pub(crate) fn fetch(
     let blobs = dir.path.join("blobs/sha256");
     std::fs::create_dir_all(&blobs)
         .map_err(|e| ConvertError::io(&blobs.display().to_string(), e))?;
-    download(&client, &m.layers, &dir.path, what)?;
+    let mut headers = download(&client, &m.layers, &layers, &dir.path, what, opts)?;
+    // A blob used by several layers was read once: copied for all but the last.
+    let layer_headers = layers
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let key = b.member.as_str();
+            let again = layers[i + 1..].iter().any(|l| l.member == b.member);
+            let h = if again {
+                headers.get(key).cloned()
+            } else {
+                headers.remove(key)
+            };
+            h.ok_or_else(|| ConvertError::Other(format!("{what}: layer {key} not downloaded")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let image = Image {
         config_digest: m.config.digest.clone(),
         config_bytes,
@@ -168,7 +216,7 @@ pub(crate) fn fetch(
         index_digest,
         layers,
     };
-    Ok((dir, image))
+    Ok((dir, image, layer_headers))
 }
 
 /// Progress on a terminal: one line, rewritten at most twice a second.
@@ -180,11 +228,13 @@ struct Progress {
     layers: usize,
     last: Mutex<Instant>,
     start: Instant,
+    /// Who else hears of it (the Slurm holder).
+    sink: Option<ProgressSink>,
 }
 
 impl Progress {
     fn show(&self, force: bool) {
-        if !self.tty {
+        if !self.tty && self.sink.is_none() {
             return;
         }
         let Ok(mut last) = self.last.lock() else {
@@ -197,15 +247,21 @@ impl Progress {
         let done = self.done.load(Ordering::Relaxed);
         let secs = self.start.elapsed().as_secs_f64().max(0.001);
         let mib = |b: u64| b as f64 / f64::from(1 << 20);
-        eprint!(
-            "\rsifrun: layers {}/{}, {:.1}/{:.1} MiB, {:.1} MiB/s   ",
+        let line = format!(
+            "layers {}/{}, {:.1}/{:.1} MiB, {:.1} MiB/s",
             self.layers_done.load(Ordering::Relaxed),
             self.layers,
             mib(done),
             mib(self.total),
             mib(done) / secs
         );
-        let _ = std::io::stderr().flush();
+        if let Some(sink) = &self.sink {
+            sink.report("download", done, self.total, &line);
+        }
+        if self.tty {
+            eprint!("\rsifrun: {line}   ");
+            let _ = std::io::stderr().flush();
+        }
     }
 }
 
@@ -258,15 +314,36 @@ fn check_space(dir: &Path, total: u64, what: &str) -> Result<(), ConvertError> {
 
 /// Downloads `layers` into `dir/blobs/sha256/`, largest first, up to
 /// [`MAX_CONNECTIONS`] at a time; a blob gets its final name only once
-/// verified.
+/// verified. Each blob's headers are read while it arrives (`blobs` says
+/// how to read each); returns them by blob path.
 fn download(
     client: &Client,
     layers: &[Descriptor],
+    blobs: &[LayerBlob],
     dir: &Path,
     what: &str,
-) -> Result<(), ConvertError> {
+    opts: &ConvertOptions,
+) -> Result<BTreeMap<String, Layer>, ConvertError> {
     let (order, total) = plan(layers, what)?;
     check_space(dir, total, what)?;
+    let blob_of = |d: &Descriptor| -> Result<&LayerBlob, ConvertError> {
+        let member = layout::blob_path(&d.digest);
+        let mut same = blobs.iter().filter(|b| b.member == member);
+        let first = same.next().ok_or_else(|| {
+            ConvertError::Other(format!("{what}: layer {} has no diff_id", d.digest))
+        })?;
+        if same.any(|b| b.diff_id != first.diff_id) {
+            return Err(ConvertError::Other(format!(
+                "{what}: layer {} is declared with two diff_ids",
+                d.digest
+            )));
+        }
+        Ok(first)
+    };
+    let order = order
+        .into_iter()
+        .map(|d| Ok((d, blob_of(d)?)))
+        .collect::<Result<Vec<_>, ConvertError>>()?;
     let progress = Progress {
         tty: std::io::stderr().is_terminal(),
         total,
@@ -275,23 +352,34 @@ fn download(
         layers: order.len(),
         last: Mutex::new(Instant::now()),
         start: Instant::now(),
+        sink: opts.progress.clone(),
     };
     let next = AtomicUsize::new(0);
     let failed: Mutex<Option<ConvertError>> = Mutex::new(None);
+    let done: Mutex<BTreeMap<String, Layer>> = Mutex::new(BTreeMap::new());
     std::thread::scope(|s| {
         for _ in 0..MAX_CONNECTIONS.min(order.len()) {
             s.spawn(|| {
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(d) = order.get(i) else { return };
+                    let Some((d, blob)) = order.get(i) else {
+                        return;
+                    };
                     if failed.lock().map_or(true, |f| f.is_some()) {
                         return;
                     }
-                    if let Err(e) = one_blob(client, d, dir, what, &progress) {
-                        if let Ok(mut f) = failed.lock() {
-                            f.get_or_insert(e);
+                    match one_blob(client, d, blob, dir, what, &progress) {
+                        Ok(l) => {
+                            if let Ok(mut m) = done.lock() {
+                                m.insert(blob.member.clone(), l);
+                            }
                         }
-                        return;
+                        Err(e) => {
+                            if let Ok(mut f) = failed.lock() {
+                                f.get_or_insert(e);
+                            }
+                            return;
+                        }
                     }
                 }
             });
@@ -306,17 +394,21 @@ fn download(
         .unwrap_or_else(std::sync::PoisonError::into_inner)
     {
         Some(e) => Err(e),
-        None => Ok(()),
+        None => Ok(done
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)),
     }
 }
 
+/// Downloads one blob and reads its headers as it arrives.
 fn one_blob(
     client: &Client,
     d: &Descriptor,
+    blob: &LayerBlob,
     dir: &Path,
     what: &str,
     progress: &Progress,
-) -> Result<(), ConvertError> {
+) -> Result<Layer, ConvertError> {
     let name = dir.join(layout::blob_path(&d.digest));
     let partial = name.with_extension("partial");
     let shown = format!("{what}: {}", partial.display());
@@ -327,18 +419,37 @@ fn one_blob(
         .mode(0o600)
         .open(&partial)
         .map_err(|e| ConvertError::io(&shown, e))?;
+    let reread = File::open(&partial).map_err(|e| ConvertError::io(&shown, e))?;
+    let feed = Feed::new();
     let before = AtomicU64::new(0);
-    client.blob_to(d, &mut f, &|n| {
-        let prev = before.swap(n, Ordering::Relaxed);
-        progress
-            .done
-            .fetch_add(n.saturating_sub(prev), Ordering::Relaxed);
-        progress.show(false);
-    })?;
+    let (fetched, indexed) = std::thread::scope(|s| {
+        let follower = Follower::new(reread, feed.clone());
+        let indexer = s.spawn(|| layer::headers_raw(Box::new(follower), blob, what));
+        let fetched = client.blob_to(d, &mut f, &|n| {
+            feed.grow(n);
+            let prev = before.swap(n, Ordering::Relaxed);
+            progress
+                .done
+                .fetch_add(n.saturating_sub(prev), Ordering::Relaxed);
+            progress.show(false);
+        });
+        feed.end(fetched.is_ok());
+        let indexed = indexer
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p));
+        (fetched, indexed)
+    });
+    fetched?;
     std::fs::rename(&partial, &name).map_err(|e| ConvertError::io(&shown, e))?;
     progress.layers_done.fetch_add(1, Ordering::Relaxed);
+    progress.show(true);
     tracing::debug!(blob = %d.digest, size = d.size, "downloaded");
-    Ok(())
+    match indexed {
+        Ok(l) => Ok(l),
+        // Started over: the finished file is read instead.
+        Err(_) if feed.restarted() => layer::headers(&Store::Dir(dir.to_owned()), blob, what),
+        Err(e) => Err(e),
+    }
 }
 
 #[cfg(test)]
@@ -366,7 +477,23 @@ mod tests {
             ..Options::default()
         };
         let client = Client::new(&r, o);
-        download(&client, layers, dir.path(), "docker://x")
+        let opts = ConvertOptions {
+            output: dir.path().join("o.sif"),
+            source_text: "docker://x".into(),
+            source: oci::reference::Source::Docker(r.clone()),
+            compression: crate::build::Compression::Gzip,
+            force: false,
+            source_date_epoch: None,
+            wanted: Wanted {
+                architecture: "amd64".into(),
+                variant: None,
+            },
+            plain_http: true,
+            tmpdir: None,
+            credentials: None,
+            progress: None,
+        };
+        download(&client, layers, &[], dir.path(), "docker://x", &opts)
             .unwrap_err()
             .to_string()
     }

@@ -246,10 +246,16 @@ impl fmt::Debug for Environment {
 impl Environment {
     /// The process's environment.
     pub fn from_process() -> Self {
-        let var = |k| std::env::var_os(k).filter(|v| !v.is_empty());
+        Self::from_lookup(|k| std::env::var_os(k).map(|v| v.to_string_lossy().into_owned()))
+    }
+
+    /// The environment `get` reads (a job's, for the Slurm holder); empty
+    /// values count as unset.
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Self {
+        let var = |k: &str| get(k).filter(|v| !v.is_empty());
         Environment {
-            username: var("SIFRUN_DOCKER_USERNAME").map(|v| v.to_string_lossy().into_owned()),
-            password: var("SIFRUN_DOCKER_PASSWORD").map(|v| v.to_string_lossy().into_owned()),
+            username: var("SIFRUN_DOCKER_USERNAME"),
+            password: var("SIFRUN_DOCKER_PASSWORD"),
             registry_auth_file: var("REGISTRY_AUTH_FILE").map(PathBuf::from),
             docker_config: var("DOCKER_CONFIG").map(PathBuf::from),
             home: var("HOME").map(PathBuf::from),
@@ -298,6 +304,32 @@ pub fn lookup(
 
 #[cfg(test)]
 mod tests {
+    /// A job's environment read through a lookup: empty values are unset,
+    /// and the files follow from it.
+    #[test]
+    fn an_environment_from_a_lookup() {
+        let job = [
+            ("SIFRUN_DOCKER_USERNAME", "u"),
+            ("SIFRUN_DOCKER_PASSWORD", "p"),
+            ("REGISTRY_AUTH_FILE", "/a/auth.json"),
+            ("DOCKER_CONFIG", ""),
+            ("HOME", "/home/u"),
+        ];
+        let e = super::Environment::from_lookup(|k| {
+            job.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| (*v).to_owned())
+        });
+        assert_eq!(e.username.as_deref(), Some("u"));
+        assert_eq!(e.password.as_deref(), Some("p"));
+        assert_eq!(e.docker_config, None);
+        assert_eq!(
+            e.files(),
+            ["/a/auth.json", "/home/u/.docker/config.json"].map(std::path::PathBuf::from)
+        );
+        assert!(!format!("{e:?}").contains("\"p\""), "{e:?}");
+    }
+
     use super::*;
 
     #[test]

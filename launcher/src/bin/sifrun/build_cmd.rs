@@ -158,6 +158,8 @@ pub fn convert(
         tmpdir: std::env::var_os("SIFRUN_TMPDIR")
             .filter(|v| !v.is_empty())
             .map(PathBuf::from),
+        credentials: None,
+        progress: None,
     };
     let report = convert::convert(&opts).with_context(fail)?;
     println!(

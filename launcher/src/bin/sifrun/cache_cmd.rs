@@ -7,8 +7,9 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use launcher::build::Compression;
-use launcher::convert::{self, ConvertOptions};
+use launcher::convert::{self, ConvertOptions, ProgressSink};
 use launcher::imagecache::{Cache, Key};
+use oci::auth::creds::Environment;
 use oci::reference::{Reference, Source};
 
 use crate::build_cmd::{ImageArgs, wanted};
@@ -105,13 +106,28 @@ pub fn image_path(image: PathBuf, args: &ImageArgs) -> Result<PathBuf> {
     let reference = docker_ref(&text)?;
     let plain_http = args.nohttps || truthy(std::env::var("SIFRUN_NOHTTPS").ok().as_deref());
     let cache = Cache::new(Cache::user_root()?);
-    ensure(&cache, &reference, &text, args.arch.as_deref(), plain_http)
+    let how = How {
+        arch: args.arch.as_deref(),
+        plain_http,
+        credentials: None,
+        progress: None,
+    };
+    ensure(&cache, &reference, &text, &how)
 }
 
 /// A Slurm step's `docker://` image (`sifrun slurm-hold`, as the user):
 /// the job's pin when it names the same image, the cache at
 /// `SIFRUN_CACHEDIR`, `XDG_CACHE_HOME` or `HOME` of the job's environment.
-pub fn step_image(text: &str, job_env: &[(String, String)]) -> Result<PathBuf> {
+/// The job's registry credentials are looked up as `sifrun pull` does
+/// (`SIFRUN_DOCKER_USERNAME`/`PASSWORD`, `REGISTRY_AUTH_FILE`,
+/// `DOCKER_CONFIG` or `HOME`'s `.docker/config.json`, from the job's
+/// environment), by the holder already running as the user; `progress`
+/// hears how the conversion goes.
+pub fn step_image(
+    text: &str,
+    job_env: &[(String, String)],
+    progress: Option<ProgressSink>,
+) -> Result<PathBuf> {
     let get = |k: &str| {
         job_env
             .iter()
@@ -129,23 +145,28 @@ pub fn step_image(text: &str, job_env: &[(String, String)]) -> Result<PathBuf> {
     if let Some(p) = pinned_by(&reference, get(PIN_ENV)) {
         reference = p;
     }
-    ensure(
-        &Cache::new(root),
-        &reference,
-        text,
-        None,
-        truthy(get("SIFRUN_NOHTTPS")),
-    )
+    let how = How {
+        arch: None,
+        plain_http: truthy(get("SIFRUN_NOHTTPS")),
+        credentials: Some(Environment::from_lookup(|k| get(k).map(str::to_owned))),
+        progress,
+    };
+    ensure(&Cache::new(root), &reference, text, &how)
+}
+
+/// How [`ensure`] reaches the registry and reports.
+struct How<'a> {
+    /// The platform (`None`: this host's).
+    arch: Option<&'a str>,
+    plain_http: bool,
+    /// Where the credentials come from (`None`: this process's environment).
+    credentials: Option<Environment>,
+    progress: Option<ProgressSink>,
 }
 
 /// The cache's entry for `reference` on this host's platform (or `arch`).
-fn ensure(
-    cache: &Cache,
-    reference: &Reference,
-    text: &str,
-    arch: Option<&str>,
-    plain_http: bool,
-) -> Result<PathBuf> {
+fn ensure(cache: &Cache, reference: &Reference, text: &str, how: &How<'_>) -> Result<PathBuf> {
+    let (arch, plain_http) = (how.arch, how.plain_http);
     // A digest with an entry is a platform manifest: no network needed.
     if let Some(d) = reference.digest()
         && let Some(p) = cache.lookup(&Key::new(&d.to_string(), CACHE_COMPRESSION.name())?)?
@@ -153,10 +174,21 @@ fn ensure(
         return Ok(p);
     }
     let wanted = wanted(arch)?;
-    let resolved = convert::resolve(reference, plain_http, &wanted, text)?;
+    let resolved = convert::resolve_as(
+        reference,
+        plain_http,
+        &wanted,
+        text,
+        how.credentials.as_ref(),
+    )?;
     let key = Key::new(&resolved.manifest.to_string(), CACHE_COMPRESSION.name())?;
     let pinned = reference.with_digest(resolved.manifest);
-    let progress = |l: &str| eprintln!("sifrun: {l}");
+    let progress = |l: &str| {
+        eprintln!("sifrun: {l}");
+        if let Some(sink) = &how.progress {
+            (sink.0)("cache", 0, 0, l);
+        }
+    };
     let entry = cache.ensure(&key, text, &progress, |out| {
         let opts = ConvertOptions {
             output: out.to_owned(),
@@ -170,6 +202,8 @@ fn ensure(
             tmpdir: std::env::var_os("SIFRUN_TMPDIR")
                 .filter(|v| !v.is_empty())
                 .map(PathBuf::from),
+            credentials: how.credentials.clone(),
+            progress: how.progress.clone(),
         };
         convert::convert(&opts)
             .map(|_| ())
@@ -204,7 +238,7 @@ mod tests {
         let env = |v: &[(&str, &str)]| -> Vec<(String, String)> {
             v.iter().map(|(a, b)| ((*a).into(), (*b).into())).collect()
         };
-        let e = step_image("docker://reg.example/a:t", &env(&[])).unwrap_err();
+        let e = step_image("docker://reg.example/a:t", &env(&[]), None).unwrap_err();
         assert!(e.to_string().contains("no cache directory"), "{e}");
     }
 }

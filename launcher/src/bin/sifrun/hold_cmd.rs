@@ -18,7 +18,7 @@ use launcher::env::EnvOptions;
 use launcher::launch::{Action, Hold, Launch, launch};
 use launcher::plan::RunOptions;
 use launcher::squash::Tuning;
-use slurm_conf::protocol::{GpuMode, Report, Request, Stage};
+use slurm_conf::protocol::{GpuMode, PROGRESS_EVERY_MS, Progress, Report, Request, Stage};
 
 /// What `ps` shows of a holder.
 #[derive(clap::Args, Debug)]
@@ -60,7 +60,7 @@ pub struct Full {
     /// namespace's directory.
     pub privileged: fn(Request, PathBuf, PathBuf) -> Result<i32, Failure>,
     /// A `docker://` image as a SIF of the user's cache.
-    pub step_image: fn(&str, &JobEnv) -> Result<PathBuf>,
+    pub step_image: fn(&str, &JobEnv, Option<launcher::convert::ProgressSink>) -> Result<PathBuf>,
 }
 
 /// Runs the holder (`full`: `None` for the lean holder); returns its exit
@@ -135,12 +135,38 @@ fn hold(args: &HoldArgs, full: Option<&Full>) -> Result<i32, Failure> {
         .filter(|t| t.starts_with("docker://"))
     {
         let full = full.ok_or_else(|| not_lean("a docker:// image"))?;
-        request.image = (full.step_image)(text, &request.job_env).at(Stage::Image)?;
+        request.image =
+            (full.step_image)(text, &request.job_env, Some(progress_sink())).at(Stage::Image)?;
     }
     let image_dirs = request.image_dirs.clone();
     let image = open_in_dirs(&request.image, &image_dirs).at(Stage::Image)?;
     let l = to_launch(request, Some(image), &cwd).at(Stage::Request)?;
     launch(&l).at(Stage::Image)
+}
+
+/// Progress lines to the plugin on standard output (see
+/// `slurm_conf::protocol::Progress`): at most one every
+/// `PROGRESS_EVERY_MS`, or on a change of phase; the plugin's set-up
+/// timeout counts from the last.
+fn progress_sink() -> launcher::convert::ProgressSink {
+    let last: std::sync::Mutex<Option<(Instant, String)>> = std::sync::Mutex::new(None);
+    launcher::convert::ProgressSink(std::sync::Arc::new(
+        move |phase: &str, done: u64, total: u64, message: &str| {
+            let Ok(mut last) = last.lock() else { return };
+            let every = std::time::Duration::from_millis(PROGRESS_EVERY_MS);
+            if matches!(&*last, Some((t, p)) if p == phase && t.elapsed() < every) {
+                return;
+            }
+            *last = Some((Instant::now(), phase.to_owned()));
+            let p = Progress {
+                phase: phase.to_owned(),
+                done,
+                total,
+                message: message.to_owned(),
+            };
+            let _ = p.write_to(&mut std::io::stdout().lock());
+        },
+    ))
 }
 
 /// Opens the image (as the user) and judges `users.image_dirs` on the
