@@ -8,13 +8,17 @@
 #
 # Usage: bench/oci-pull.sh [RUNS]   (as any user; needs docker-registry,
 #   skopeo, umoci, squashfs-tools, time)
-# Environment: SIFRUN (default target/release/sifrun), W (work directory,
-#   default a new one under /var/tmp), DIRS (the layers' sources, default
-#   "/usr/bin /usr/lib/gcc /usr/share/doc").
+# Environment: SIFRUN (default target/release/sifrun), SIFRUN_BASE (a
+#   second sifrun, e.g. an older build, run in the same rounds for a
+#   before/after comparison), W (work directory, default a new one under
+#   /var/tmp), DIRS (the layers' sources, default
+#   "/usr/bin /usr/lib/gcc /usr/share/doc"). Each round prints the load
+#   average (1 min) before it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs="${1:-3}"
 SIFRUN="$(realpath "${SIFRUN:-target/release/sifrun}")"
+BASE="${SIFRUN_BASE:+$(realpath "$SIFRUN_BASE")}"
 W="${W:-$(mktemp -d /var/tmp/sifrun-oci-bench.XXXXXX)}"
 DIRS="${DIRS:-/usr/bin /usr/lib/gcc /usr/share/doc}"
 mkdir -p "$W"
@@ -49,10 +53,12 @@ for _ in $(seq 100); do curl -fs "http://127.0.0.1:$port/v2/" >/dev/null && brea
 ref="127.0.0.1:$port/bench/img:t"
 skopeo copy --quiet --dest-tls-verify=false "oci:$W/layout:t" "docker://$ref"
 
-# Wall seconds and peak RSS (KiB) of a command, as "WALL RSS".
+# Wall seconds, peak RSS (KiB) and CPU seconds (user+system, its children
+# included: steadier than the wall time when other work shares the cores)
+# of a command, as "WALL RSS CPU".
 measure() {
-    /usr/bin/time -f "%e %M" -o "$W/time" "$@" >/dev/null 2>"$W/err" || { cat "$W/err" >&2; return 1; }
-    cat "$W/time"
+    /usr/bin/time -f "%e %M %U %S" -o "$W/time" "$@" >/dev/null 2>"$W/err" || { cat "$W/err" >&2; return 1; }
+    awk '{ printf "%s %s %.1f\n", $1, $2, $3 + $4 }' "$W/time"
 }
 pipeline() {
     rm -rf "$W/p" && mkdir -p "$W/p"
@@ -63,16 +69,43 @@ pipeline() {
 export -f pipeline
 export W ref
 
-printf '%-4s %-22s %-22s %s\n' run "pipeline s (peak MiB)" "sifrun s (peak MiB)" ratio
-for i in $(seq "$runs"); do
-    sync
-    read -r pw pr < <(measure bash -c pipeline)
-    rm -rf "$W/p"
+sifrun_pull() {
     rm -f "$W/s.sif"
     sync
-    read -r sw sr < <(measure "$SIFRUN" pull --nohttps "$W/s.sif" "docker://$ref")
-    printf '%-4s %-22s %-22s %s\n' "$i" "$pw ($((pr / 1024)))" "$sw ($((sr / 1024)))" \
-        "$(awk -v a="$sw" -v b="$pw" 'BEGIN { printf "%.2fx", a / b }')"
+    measure "$1" pull --nohttps "$W/s.sif" "docker://$ref"
+    [ -z "${SIFRUN_LOG:-}" ] || grep -h 'secs=' "$W/err" >&2 || true
+}
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2fx", a / b }'; }
+# "WALL s, CPU s cpu (PEAK MiB)"
+cell() { printf '%s s, %s cpu (%s)' "$1" "$3" "$(($2 / 1024))"; }
+if [ -n "$BASE" ]; then
+    printf '%-4s %-5s | %-28s | %-28s %-6s | %-28s %s\n' run load pipeline base ratio sifrun ratio
+else
+    printf '%-4s %-5s | %-28s | %-28s %s\n' run load pipeline sifrun ratio
+fi
+for i in $(seq "$runs"); do
+    load="$(cut -d' ' -f1 /proc/loadavg)"
+    sync
+    read -r pw pr pc < <(measure bash -c pipeline)
+    psize="$(stat -c %s "$W/p/img.sqsh")"
+    rm -rf "$W/p"
+    if [ -n "$BASE" ]; then
+        # Alternate which sifrun goes first.
+        if [ $((i % 2)) = 1 ]; then
+            read -r bw br bc < <(sifrun_pull "$BASE")
+            read -r sw sr sc < <(sifrun_pull "$SIFRUN")
+        else
+            read -r sw sr sc < <(sifrun_pull "$SIFRUN")
+            read -r bw br bc < <(sifrun_pull "$BASE")
+        fi
+        printf '%-4s %-5s | %-28s | %-28s %-6s | %-28s %s\n' "$i" "$load" "$(cell "$pw" "$pr" "$pc")" \
+            "$(cell "$bw" "$br" "$bc")" "$(ratio "$bw" "$pw")" "$(cell "$sw" "$sr" "$sc")" "$(ratio "$sw" "$pw")"
+    else
+        read -r sw sr sc < <(sifrun_pull "$SIFRUN")
+        printf '%-4s %-5s | %-28s | %-28s %s\n' "$i" "$load" "$(cell "$pw" "$pr" "$pc")" \
+            "$(cell "$sw" "$sr" "$sc")" "$(ratio "$sw" "$pw")"
+    fi
 done
+echo "squashfs sizes: pipeline $psize bytes, sifrun's SIF $(stat -c %s "$W/s.sif") bytes"
 # Peak RSS of the pipeline is its largest single process (skopeo, umoci or
 # mksquashfs), as /usr/bin/time reports the largest child of bash.
