@@ -153,11 +153,9 @@ fn progress_sink() -> launcher::convert::ProgressSink {
     launcher::convert::ProgressSink(std::sync::Arc::new(
         move |phase: &str, done: u64, total: u64, message: &str| {
             let Ok(mut last) = last.lock() else { return };
-            let every = std::time::Duration::from_millis(PROGRESS_EVERY_MS);
-            if matches!(&*last, Some((t, p)) if p == phase && t.elapsed() < every) {
+            if !due(&mut last, phase, Instant::now()) {
                 return;
             }
-            *last = Some((Instant::now(), phase.to_owned()));
             let p = Progress {
                 phase: phase.to_owned(),
                 done,
@@ -167,6 +165,17 @@ fn progress_sink() -> launcher::convert::ProgressSink {
             let _ = p.write_to(&mut std::io::stdout().lock());
         },
     ))
+}
+
+/// Whether a progress line of `phase` is due at `now` after `last` (the
+/// time and phase of the last line sent), which it updates when it is.
+fn due(last: &mut Option<(Instant, String)>, phase: &str, now: Instant) -> bool {
+    let every = std::time::Duration::from_millis(PROGRESS_EVERY_MS);
+    if matches!(&*last, Some((t, p)) if p == phase && now.saturating_duration_since(*t) < every) {
+        return false;
+    }
+    *last = Some((now, phase.to_owned()));
+    true
 }
 
 /// Opens the image (as the user) and judges `users.image_dirs` on the
@@ -302,6 +311,20 @@ mod tests {
         let e = open_in_dirs(&allowed.join("out.sif"), &dirs).unwrap_err();
         assert!(e.to_string().contains("images must lie below"), "{e}");
         open_in_dirs(&d.join("mine.sif"), &[]).unwrap();
+    }
+
+    /// Progress lines go at most every PROGRESS_EVERY_MS per phase, and at
+    /// once when the phase changes.
+    #[test]
+    fn progress_lines_are_spaced() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + std::time::Duration::from_millis(n);
+        let mut last = None;
+        assert!(due(&mut last, "download", t0));
+        assert!(!due(&mut last, "download", ms(PROGRESS_EVERY_MS - 1)));
+        assert!(due(&mut last, "download", ms(PROGRESS_EVERY_MS)));
+        assert!(due(&mut last, "convert", ms(PROGRESS_EVERY_MS + 1)));
+        assert!(!due(&mut last, "convert", ms(PROGRESS_EVERY_MS + 2)));
     }
 
     #[test]
