@@ -600,10 +600,13 @@ fn fault_holder_killed_on_one_node() {
         .lines()
         .filter_map(|l| l.strip_prefix("lost task "))
         .collect();
-    assert_eq!(
-        lost,
-        BTreeSet::from([bad.as_str()]),
-        "only the node whose holder died lost its image: {stdout}{stderr}"
+    // Another node's task may see its image go too, but only once the
+    // step is being ended (`--kill-on-bad-exit` signals every process of
+    // the step, holders included, in no set order): its holder was
+    // stopped, it did not die, and the plugin says nothing for it (below).
+    assert!(
+        lost.contains(bad.as_str()) && (lost.len() == 1 || stderr.contains("Terminating StepId")),
+        "the node whose holder died lost its image, the others only when the step ended: {stdout}{stderr}"
     );
     assert!(
         stderr
