@@ -3,18 +3,19 @@
 //! SIF for that digest taken from the image cache (`SIFRUN_CACHEDIR`) or
 //! converted into it once (see `launcher::imagecache`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use launcher::build::Compression;
 use launcher::convert::{self, ConvertOptions};
+use launcher::imagecache::site::{Account, Site};
 use launcher::imagecache::{Cache, Key};
 use oci::reference::{Reference, Source};
 
 use crate::build_cmd::{ImageArgs, wanted};
 
 /// The compression of cached images.
-const CACHE_COMPRESSION: Compression = Compression::Gzip;
+pub const CACHE_COMPRESSION: Compression = Compression::Gzip;
 
 /// `sifrun resolve`'s arguments.
 #[derive(clap::Args, Debug)]
@@ -105,52 +106,143 @@ pub fn image_path(image: PathBuf, args: &ImageArgs) -> Result<PathBuf> {
     let reference = docker_ref(&text)?;
     let plain_http = args.nohttps || truthy(std::env::var("SIFRUN_NOHTTPS").ok().as_deref());
     let cache = Cache::new(Cache::user_root()?);
-    ensure(&cache, &reference, &text, args.arch.as_deref(), plain_http)
+    ensure(
+        &cache,
+        &reference,
+        &text,
+        args.arch.as_deref(),
+        plain_http,
+        true,
+    )
+}
+
+fn job_var<'a>(job_env: &'a [(String, String)], k: &str) -> Option<&'a str> {
+    job_env
+        .iter()
+        .find(|(n, _)| n == k)
+        .map(|(_, v)| v.as_str())
+        .filter(|v| !v.is_empty())
+}
+
+/// The reference a step runs: `text` pinned by the job's pin when it
+/// names the same image.
+fn step_reference(text: &str, job_env: &[(String, String)]) -> Result<Reference> {
+    let reference = docker_ref(text)?;
+    Ok(pinned_by(&reference, job_var(job_env, PIN_ENV)).unwrap_or(reference))
+}
+
+/// The site cache a request names (`[images]`), if any.
+pub fn site_of(dir: Option<&Path>, user: Option<&str>) -> Result<Option<Site>> {
+    let Some(dir) = dir else { return Ok(None) };
+    let account = user.map(Account::by_name).transpose()?;
+    Ok(Some(Site::new(dir.to_owned(), account)))
+}
+
+fn say(line: &str) {
+    eprintln!("sifrun: {line}");
+}
+
+/// A Slurm step's `docker://` image in the site cache, converted there if
+/// missing by a child that becomes the cache's account (the holder, still
+/// with root's real uid, before it drops it). Anonymous: the entry is for
+/// every user, so no user's credentials take part. `None` (with a line
+/// saying why) when it cannot: the step then uses the user's cache.
+pub fn fill_site(text: &str, job_env: &[(String, String)], site: &Site) -> Option<PathBuf> {
+    let account = site.account.as_ref()?;
+    let reference = step_reference(text, job_env).ok()?;
+    if let Some(p) = site_hit(site, &reference) {
+        return Some(p);
+    }
+    let plain_http = truthy(job_var(job_env, "SIFRUN_NOHTTPS"));
+    let cache = site.cache.clone();
+    let made = launcher::imagecache::site::as_account(account, || {
+        ensure(&cache, &reference, text, None, plain_http, false).map_err(|e| format!("{e:#}"))
+    });
+    match made {
+        Ok(p) if p.starts_with(&site.cache.root) => match site.trusted(&p) {
+            Ok(()) => Some(p),
+            Err(why) => {
+                say(&format!("site cache entry ignored: {why}"));
+                None
+            }
+        },
+        Ok(p) => {
+            say(&format!(
+                "{text}: the site cache's converter named {}",
+                p.display()
+            ));
+            None
+        }
+        Err(e) => {
+            say(&format!(
+                "{text}: not in the site cache ({e}); using your cache"
+            ));
+            None
+        }
+    }
+}
+
+/// The trusted site cache entry of a digest-pinned reference, without
+/// the network (the digest must be the platform manifest's).
+fn site_hit(site: &Site, reference: &Reference) -> Option<PathBuf> {
+    let d = reference.digest()?;
+    let key = Key::new(&d.to_string(), CACHE_COMPRESSION.name()).ok()?;
+    let p = site.lookup(&key, &say)?;
+    site.cache.mark_used(&key);
+    Some(p)
 }
 
 /// A Slurm step's `docker://` image (`sifrun slurm-hold`, as the user):
-/// the job's pin when it names the same image, the cache at
-/// `SIFRUN_CACHEDIR`, `XDG_CACHE_HOME` or `HOME` of the job's environment.
-pub fn step_image(text: &str, job_env: &[(String, String)]) -> Result<PathBuf> {
-    let get = |k: &str| {
-        job_env
-            .iter()
-            .find(|(n, _)| n == k)
-            .map(|(_, v)| v.as_str())
-            .filter(|v| !v.is_empty())
-    };
+/// the job's pin when it names the same image; the site cache's entry if
+/// it has a trusted one, else the user's cache at `SIFRUN_CACHEDIR`,
+/// `XDG_CACHE_HOME` or `HOME` of the job's environment.
+pub fn step_image(
+    text: &str,
+    job_env: &[(String, String)],
+    site: Option<&Site>,
+) -> Result<PathBuf> {
+    let get = |k: &str| job_var(job_env, k);
+    let reference = step_reference(text, job_env)?;
+    if let Some(p) = site.and_then(|s| site_hit(s, &reference)) {
+        return Ok(p);
+    }
     let root = match (get("SIFRUN_CACHEDIR"), get("XDG_CACHE_HOME"), get("HOME")) {
         (Some(d), _, _) => PathBuf::from(d),
         (None, Some(x), _) => PathBuf::from(x).join("sifrun"),
         (None, None, Some(h)) => PathBuf::from(h).join(".cache/sifrun"),
         _ => bail!("{text}: no cache directory: the job has no SIFRUN_CACHEDIR or HOME"),
     };
-    let mut reference = docker_ref(text)?;
-    if let Some(p) = pinned_by(&reference, get(PIN_ENV)) {
-        reference = p;
+    let plain_http = truthy(get("SIFRUN_NOHTTPS"));
+    if let Some(s) = site {
+        // The tag or index resolved: the site cache may have the manifest.
+        let wanted = wanted(None)?;
+        let resolved = convert::resolve(&reference, plain_http, &wanted, text)?;
+        let pinned = reference.with_digest(resolved.manifest);
+        if let Some(p) = site_hit(s, &pinned) {
+            return Ok(p);
+        }
+        return ensure(&Cache::new(root), &pinned, text, None, plain_http, true);
     }
-    ensure(
-        &Cache::new(root),
-        &reference,
-        text,
-        None,
-        truthy(get("SIFRUN_NOHTTPS")),
-    )
+    ensure(&Cache::new(root), &reference, text, None, plain_http, true)
 }
 
 /// The cache's entry for `reference` on this host's platform (or `arch`).
+/// `tmpdir`: whether `SIFRUN_TMPDIR` applies (not for the site cache).
 fn ensure(
     cache: &Cache,
     reference: &Reference,
     text: &str,
     arch: Option<&str>,
     plain_http: bool,
+    tmpdir: bool,
 ) -> Result<PathBuf> {
     // A digest with an entry is a platform manifest: no network needed.
-    if let Some(d) = reference.digest()
-        && let Some(p) = cache.lookup(&Key::new(&d.to_string(), CACHE_COMPRESSION.name())?)?
-    {
-        return Ok(p);
+    if let Some(d) = reference.digest() {
+        let key = Key::new(&d.to_string(), CACHE_COMPRESSION.name())?;
+        if let Some(p) = cache.lookup(&key)? {
+            cache.mark_used(&key);
+            return Ok(p);
+        }
     }
     let wanted = wanted(arch)?;
     let resolved = convert::resolve(reference, plain_http, &wanted, text)?;
@@ -168,7 +260,7 @@ fn ensure(
             wanted,
             plain_http,
             tmpdir: std::env::var_os("SIFRUN_TMPDIR")
-                .filter(|v| !v.is_empty())
+                .filter(|v| tmpdir && !v.is_empty())
                 .map(PathBuf::from),
         };
         convert::convert(&opts)
@@ -204,7 +296,7 @@ mod tests {
         let env = |v: &[(&str, &str)]| -> Vec<(String, String)> {
             v.iter().map(|(a, b)| ((*a).into(), (*b).into())).collect()
         };
-        let e = step_image("docker://reg.example/a:t", &env(&[])).unwrap_err();
+        let e = step_image("docker://reg.example/a:t", &env(&[]), None).unwrap_err();
         assert!(e.to_string().contains("no cache directory"), "{e}");
     }
 }

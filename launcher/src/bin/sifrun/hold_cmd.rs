@@ -90,17 +90,33 @@ fn hold(args: &HoldArgs) -> Result<i32, Failure> {
             anyhow::anyhow!("an ECL step's request names no runtime directory for its namespace"),
         ));
     }
+    let site = crate::cache_cmd::site_of(
+        request.site_cache.as_deref(),
+        request.site_cache_user.as_deref(),
+    )
+    .at(Stage::Image)?;
+    // The site cache is filled by its own account, before root's real uid
+    // is dropped (the holder has no other thread yet).
+    let from_site = match (docker, &site) {
+        (Some(text), Some(s)) if nix::unistd::getuid().is_root() => {
+            crate::cache_cmd::fill_site(text, &request.job_env, s)
+        }
+        _ => None,
+    };
     launcher::privilege::drop_to_effective_user()
         .context("slurm-hold")
         .at(Stage::Privileges)?;
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
     let mut request = request;
-    if let Some(text) = request
+    if let Some(p) = from_site {
+        request.image = p;
+    } else if let Some(text) = request
         .image
         .to_str()
         .filter(|t| t.starts_with("docker://"))
     {
-        request.image = crate::cache_cmd::step_image(text, &request.job_env).at(Stage::Image)?;
+        request.image =
+            crate::cache_cmd::step_image(text, &request.job_env, site.as_ref()).at(Stage::Image)?;
     }
     let image_dirs = request.image_dirs.clone();
     let image = open_in_dirs(&request.image, &image_dirs).at(Stage::Image)?;
