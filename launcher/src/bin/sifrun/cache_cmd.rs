@@ -213,17 +213,26 @@ pub fn step_image(
         _ => bail!("{text}: no cache directory: the job has no SIFRUN_CACHEDIR or HOME"),
     };
     let plain_http = truthy(get("SIFRUN_NOHTTPS"));
-    if let Some(s) = site {
-        // The tag or index resolved: the site cache may have the manifest.
-        let wanted = wanted(None)?;
-        let resolved = convert::resolve(&reference, plain_http, &wanted, text)?;
-        let pinned = reference.with_digest(resolved.manifest);
-        if let Some(p) = site_hit(s, &pinned) {
+    let user = Cache::new(root);
+    let Some(s) = site else {
+        return ensure(&user, &reference, text, None, plain_http, true);
+    };
+    // The user's entry of a platform digest: no network.
+    if let Some(d) = reference.digest() {
+        let key = Key::new(&d.to_string(), CACHE_COMPRESSION.name())?;
+        if let Some(p) = user.lookup(&key)? {
+            user.mark_used(&key);
             return Ok(p);
         }
-        return ensure(&Cache::new(root), &pinned, text, None, plain_http, true);
     }
-    ensure(&Cache::new(root), &reference, text, None, plain_http, true)
+    // The tag or index resolved: the site cache may have the manifest.
+    let wanted = wanted(None)?;
+    let resolved = convert::resolve(&reference, plain_http, &wanted, text)?;
+    let pinned = reference.with_digest(resolved.manifest);
+    if let Some(p) = site_hit(s, &pinned) {
+        return Ok(p);
+    }
+    ensure(&user, &pinned, text, None, plain_http, true)
 }
 
 /// The cache's entry for `reference` on this host's platform (or `arch`).
