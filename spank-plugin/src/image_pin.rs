@@ -244,6 +244,19 @@ mod tests {
         p.option(Opt::Image, Some("docker://r/a:t")).unwrap();
         let e = p.pin_registry_image(&local, none).unwrap_err();
         assert!(matches!(e, PluginError::Unsigned(_)), "{e}");
+        // ...and already as the option is read on the submitting side; in
+        // slurmstepd the option is taken (the holder refuses).
+        let mut p = Plugin::new(None);
+        p.settings.config.ecl.activated = true;
+        let e = p
+            .option_in(Opt::Image, Some("docker://r/a:t"), false)
+            .unwrap_err();
+        assert!(matches!(e, PluginError::Unsigned(_)), "{e}");
+        p.option_in(Opt::Image, Some("/i.sif"), false).unwrap();
+        let mut p = Plugin::new(None);
+        p.settings.config.ecl.activated = true;
+        p.option_in(Opt::Image, Some("docker://r/a:t"), true)
+            .unwrap();
     }
 
     #[test]

@@ -174,6 +174,17 @@ impl Plugin {
         value: Option<&str>,
         remote: bool,
     ) -> Result<(), PluginError> {
+        // On the submitting side an ECL refuses a registry image as the
+        // option is read: srun, sbatch and salloc stop before submitting
+        // (a failed init_post_opt does not stop them on every series).
+        // The holder refuses again (the authoritative check).
+        if !remote
+            && opt == Opt::Image
+            && self.settings.config.ecl.activated
+            && let Some(v) = value.filter(|v| crate::image_pin::is_registry_image(v))
+        {
+            return Err(crate::image_pin::unsigned(v));
+        }
         let given = self.option(opt, value);
         if remote && let Err(e) = &given {
             self.unusable.get_or_insert_with(|| e.to_string());
