@@ -174,16 +174,8 @@ impl Plugin {
         value: Option<&str>,
         remote: bool,
     ) -> Result<(), PluginError> {
-        // On the submitting side an ECL refuses a registry image as the
-        // option is read: srun, sbatch and salloc stop before submitting
-        // (a failed init_post_opt does not stop them on every series).
-        // The holder refuses again (the authoritative check).
-        if !remote
-            && opt == Opt::Image
-            && self.settings.config.ecl.activated
-            && let Some(v) = value.filter(|v| crate::image_pin::is_registry_image(v))
-        {
-            return Err(crate::image_pin::unsigned(v));
+        if !remote && opt == Opt::Image {
+            crate::image_pin::refuse_early(value, self.settings.config.ecl.activated)?;
         }
         let given = self.option(opt, value);
         if remote && let Err(e) = &given {
