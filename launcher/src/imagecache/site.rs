@@ -18,6 +18,9 @@ use nix::sys::wait::{WaitStatus, waitpid};
 use super::{Cache, CacheError, Key};
 use crate::syscall::{self, Forked, to_io};
 
+/// How often a site cache entry's last use is recorded.
+const USE_STAMP_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// The account that owns a site cache.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Account {
@@ -87,6 +90,30 @@ impl Site {
                 say(&format!("site cache entry ignored: {why}"));
                 None
             }
+        }
+    }
+
+    /// Records a use of `key` as the cache's account (the only one who
+    /// may write `used/`), at most once an hour per entry: directly when
+    /// this process is the account, else in a child that becomes it (the
+    /// holder, before it drops root's real uid). Read-only site caches
+    /// record nothing.
+    pub fn note_use(&self, key: &Key) {
+        let Some(account) = &self.account else { return };
+        let stamp = self.cache.dir("used").join(key.name());
+        let fresh = std::fs::metadata(&stamp)
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().unwrap_or_default() < USE_STAMP_EVERY);
+        if fresh {
+            return;
+        }
+        if nix::unistd::geteuid().as_raw() == account.uid {
+            self.cache.mark_used(key);
+        } else if nix::unistd::getuid().is_root() {
+            let _ = as_account(account, || {
+                self.cache.mark_used(key);
+                Ok(PathBuf::new())
+            });
         }
     }
 

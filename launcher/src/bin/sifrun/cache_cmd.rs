@@ -188,7 +188,7 @@ fn site_hit(site: &Site, reference: &Reference) -> Option<PathBuf> {
     let d = reference.digest()?;
     let key = Key::new(&d.to_string(), CACHE_COMPRESSION.name()).ok()?;
     let p = site.lookup(&key, &say)?;
-    site.cache.mark_used(&key);
+    site.note_use(&key);
     Some(p)
 }
 

@@ -169,3 +169,24 @@ fn the_converter_child_has_nothing_but_the_account() {
         assert!(e.contains("cannot become"), "{e}");
     }
 }
+
+/// A use is recorded in `used/` (by the account itself here), at most
+/// once an hour.
+#[test]
+fn uses_are_recorded_by_the_account() {
+    let (_d, site) = filled();
+    let stamp = site.cache.dir("used").join(key().name());
+    std::fs::remove_file(&stamp).unwrap();
+    site.note_use(&key());
+    let first = std::fs::metadata(&stamp).unwrap().modified().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    site.note_use(&key());
+    assert_eq!(
+        std::fs::metadata(&stamp).unwrap().modified().unwrap(),
+        first
+    );
+    let ro = Site::new(site.cache.root.clone(), None);
+    std::fs::remove_file(&stamp).unwrap();
+    ro.note_use(&key());
+    assert!(!stamp.exists(), "a read-only site cache records nothing");
+}
