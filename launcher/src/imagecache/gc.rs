@@ -46,8 +46,17 @@ pub struct Cleaned {
 
 /// The SIF label `name`.
 fn label(path: &Path, name: &str) -> Option<String> {
-    let file = File::open(path).ok()?;
-    let img = Image::open(&file).ok()?;
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .ok()?;
+    file_label(&file, name)
+}
+
+/// The SIF label `name` of an open file.
+fn file_label(file: &File, name: &str) -> Option<String> {
+    let img = Image::open(file).ok()?;
     img.descriptors_of_type(DataType::LABELS).find_map(|d| {
         let mut buf = vec![0u8; usize::try_from(d.size().min(64 << 10)).ok()?];
         img.read_object_at(d, &mut buf, 0).ok()?;
@@ -222,11 +231,116 @@ impl Cache {
     }
 }
 
+/// Why [`open_source`] refused a file to add.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// Not openable (a symlink, absent, unreadable).
+    #[error("{}: {error}", path.display())]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// What happened.
+        error: io::Error,
+    },
+    /// Not a regular file.
+    #[error("{}: not a regular file", path.display())]
+    NotRegular {
+        /// The file.
+        path: PathBuf,
+    },
+    /// Owned by someone other than root or the caller.
+    #[error(
+        "{}: owned by {owner}, not by root or you: refusing to vouch for another user's file \
+         (check it and copy it to a file of yours)",
+        path.display()
+    )]
+    Owner {
+        /// The file.
+        path: PathBuf,
+        /// Its owner (name, or uid).
+        owner: String,
+    },
+    /// Group- or world-writable.
+    #[error("{}: writable by others (mode {mode:o})", path.display())]
+    Writable {
+        /// The file.
+        path: PathBuf,
+        /// Its mode.
+        mode: u32,
+    },
+    /// Records no manifest digest.
+    #[error(
+        "{}: records no manifest digest (io.sifrun.source.digest): make it with sifrun pull docker://…",
+        path.display()
+    )]
+    NoDigest {
+        /// The file.
+        path: PathBuf,
+    },
+}
+
+/// A SIF to add, opened once: the label read and the bytes copied come
+/// from the same descriptor, never from the path again.
+#[derive(Debug)]
+pub struct Source {
+    file: File,
+    /// The manifest digest it records.
+    pub digest: String,
+}
+
+/// Opens `path` once (no symlink followed, no FIFO blocking) and checks
+/// the descriptor: a regular file owned by root or `caller`, writable by
+/// no one else, recording a manifest digest.
+pub fn open_source(path: &Path, caller: u32) -> Result<Source, SourceError> {
+    use std::os::unix::fs::MetadataExt;
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|error| SourceError::Open {
+            path: path.to_owned(),
+            error,
+        })?;
+    let meta = file.metadata().map_err(|error| SourceError::Open {
+        path: path.to_owned(),
+        error,
+    })?;
+    if !meta.file_type().is_file() {
+        return Err(SourceError::NotRegular {
+            path: path.to_owned(),
+        });
+    }
+    if meta.uid() != 0 && meta.uid() != caller {
+        let uid = nix::unistd::Uid::from_raw(meta.uid());
+        let owner = match nix::unistd::User::from_uid(uid) {
+            Ok(Some(u)) => format!("{} (uid {})", u.name, meta.uid()),
+            _ => format!("uid {}", meta.uid()),
+        };
+        return Err(SourceError::Owner {
+            path: path.to_owned(),
+            owner,
+        });
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(SourceError::Writable {
+            path: path.to_owned(),
+            mode: meta.mode() & 0o7777,
+        });
+    }
+    let digest = file_label(&file, "io.sifrun.source.digest")
+        .filter(|d| d.starts_with("sha256:"))
+        .ok_or_else(|| SourceError::NoDigest {
+            path: path.to_owned(),
+        })?;
+    Ok(Source { file, digest })
+}
+
 impl Cache {
     /// Puts a copy of the SIF `src` (made by `sifrun pull`, perhaps signed
-    /// since) into the cache as entry `key`: copied into `tmp/`, synced,
-    /// made read-only and renamed into place, as a conversion would.
-    pub fn add(&self, key: &Key, src: &Path) -> Result<PathBuf, CacheError> {
+    /// since, opened by [`open_source`]) into the cache as entry `key`:
+    /// copied into `tmp/`, synced, made read-only and renamed into place,
+    /// as a conversion would.
+    pub fn add(&self, key: &Key, src: &Source) -> Result<PathBuf, CacheError> {
         self.make_dirs()?;
         let tmp = self.dir("tmp").join(format!(
             ".{}.add.{}.{}",
@@ -235,16 +349,18 @@ impl Cache {
             lock::random_hex()
         ));
         let copied = (|| {
-            let mut from = File::open(src).map_err(|e| io_err(src, e))?;
+            let mut from = io::BufReader::new(PositionedReader {
+                file: &src.file,
+                at: 0,
+            });
             let mut to = OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .mode(0o444)
                 .open(&tmp)
                 .map_err(|e| io_err(&tmp, e))?;
-            io::copy(&mut from, &mut to)
-                .and_then(|_| to.sync_all())
-                .map_err(|e| io_err(&tmp, e))?;
+            io::copy(&mut from, &mut to).map_err(|e| io_err(&tmp, e))?;
+            to.sync_all().map_err(|e| io_err(&tmp, e))?;
             let entry = self.entry_path(key);
             fs::rename(&tmp, &entry).map_err(|e| io_err(&entry, e))?;
             let dir = self.dir("sif/sha256");
@@ -260,10 +376,25 @@ impl Cache {
     }
 }
 
-/// The manifest digest (`io.sifrun.source.digest`) a SIF made from a
-/// registry records, if it has one.
-pub fn source_digest(path: &Path) -> Option<String> {
-    label(path, "io.sifrun.source.digest").filter(|d| d.starts_with("sha256:"))
+/// Reads a file from offset 0 with `pread`, whatever its position.
+struct PositionedReader<'a> {
+    file: &'a File,
+    at: u64,
+}
+
+impl io::Read for PositionedReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let n = self.file.read_at(buf, self.at)?;
+        self.at += n as u64;
+        Ok(n)
+    }
+}
+
+/// `s` without control characters (labels are the image's: no terminal
+/// escapes reach whoever lists the cache).
+pub fn printable(s: &str) -> String {
+    s.chars().filter(|c| !c.is_control()).collect()
 }
 
 #[cfg(test)]

@@ -6,8 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use anyhow::{Context, Result, bail};
-use launcher::imagecache::gc::{Entry, source_digest};
+use anyhow::{Context, Result};
+use launcher::imagecache::gc::{Entry, open_source, printable};
 use launcher::imagecache::{Cache, Key};
 
 /// `sifrun cache`'s subcommands.
@@ -112,7 +112,7 @@ fn ago(t: SystemTime) -> String {
 fn line(e: &Entry) -> String {
     format!(
         "{}\t{}\t{}\t{}",
-        e.reference.as_deref().unwrap_or("-"),
+        printable(e.reference.as_deref().unwrap_or("-")),
         e.digest,
         human_size(e.size),
         ago(e.last_use)
@@ -134,7 +134,7 @@ pub fn run(cmd: &CacheCommand) -> Result<()> {
                 "{} image(s), {} in {}",
                 entries.len(),
                 human_size(total),
-                cache.root.display()
+                printable(&cache.root.display().to_string())
             );
             Ok(())
         }
@@ -170,16 +170,12 @@ pub fn run(cmd: &CacheCommand) -> Result<()> {
 
 fn add(cache: &Cache, image: &Path) -> Result<()> {
     let shown = image.display();
-    let Some(digest) = source_digest(image) else {
-        bail!(
-            "cache add: {shown}: records no manifest digest (io.sifrun.source.digest): \
-             make it with sifrun pull docker://…"
-        );
-    };
-    let key = Key::new(&digest, crate::cache_cmd::CACHE_COMPRESSION.name())
+    let caller = nix::unistd::getuid().as_raw();
+    let src = open_source(image, caller).context("cache add")?;
+    let key = Key::new(&src.digest, crate::cache_cmd::CACHE_COMPRESSION.name())
         .with_context(|| format!("cache add: {shown}"))?;
     let entry = cache
-        .add(&key, image)
+        .add(&key, &src)
         .with_context(|| format!("cache add: {shown}"))?;
     println!("{}", entry.display());
     Ok(())

@@ -131,3 +131,89 @@ fn clean_removes_the_debris_of_dead_conversions() {
     assert!(new_fail.exists());
     drop(held);
 }
+
+/// A SIF recording `labels` (a JSON object).
+fn sif_with_labels(path: &Path, labels: &str) {
+    use sif::write::{self, CreateOptions, ObjectInput};
+    let file = File::create(path).unwrap();
+    let mut r = labels.as_bytes();
+    let mut obj = ObjectInput::new(DataType::LABELS, &mut r);
+    obj.name = "labels.json".into();
+    write::create(file, &CreateOptions::default(), vec![obj]).unwrap();
+    fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+}
+
+const LABELS: &str = r#"{"io.sifrun.source.digest":"sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa","io.sifrun.source.ref":"docker.io/x/y:1"}"#;
+
+#[test]
+fn add_refuses_symlinks_fifos_foreign_and_writable_files() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = tempfile::tempdir().unwrap();
+    let me = nix::unistd::getuid().as_raw();
+    let good = d.path().join("good.sif");
+    sif_with_labels(&good, LABELS);
+    let src = open_source(&good, me).unwrap();
+    assert_eq!(src.digest, format!("sha256:{}", "a".repeat(64)));
+    // A symlink to it: not followed.
+    let link = d.path().join("link.sif");
+    std::os::unix::fs::symlink(&good, &link).unwrap();
+    let e = open_source(&link, me).unwrap_err();
+    assert!(matches!(e, SourceError::Open { .. }), "{e}");
+    // A FIFO: refused at once (no blocking open).
+    let fifo = d.path().join("fifo.sif");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+    let e = open_source(&fifo, me).unwrap_err();
+    assert!(matches!(e, SourceError::NotRegular { .. }), "{e}");
+    // Writable by the group.
+    fs::set_permissions(&good, PermissionsExt::from_mode(0o664)).unwrap();
+    let e = open_source(&good, me).unwrap_err();
+    assert!(matches!(e, SourceError::Writable { .. }), "{e}");
+    fs::set_permissions(&good, PermissionsExt::from_mode(0o644)).unwrap();
+    // Owned by another user (as root: give it away; else ask as another caller).
+    let other = if me == 0 {
+        std::os::unix::fs::chown(&good, Some(54321), None).unwrap();
+        me
+    } else {
+        me + 1
+    };
+    if me != 0 {
+        // The caller is not the owner, and the owner is not root.
+        let e = open_source(&good, other).unwrap_err();
+        assert!(matches!(e, SourceError::Owner { .. }), "{e}");
+    } else {
+        let e = open_source(&good, other).unwrap_err();
+        assert!(e.to_string().contains("uid 54321"), "{e}");
+    }
+    // No digest recorded.
+    let plain = d.path().join("plain.sif");
+    sif_with_labels(&plain, "{}");
+    let e = open_source(&plain, me).unwrap_err();
+    assert!(matches!(e, SourceError::NoDigest { .. }), "{e}");
+}
+
+#[test]
+fn add_copies_from_the_descriptor_it_checked() {
+    let d = tempfile::tempdir().unwrap();
+    let me = nix::unistd::getuid().as_raw();
+    let c = Cache::new(d.path().join("cache"));
+    let img = d.path().join("app.sif");
+    sif_with_labels(&img, LABELS);
+    let original = fs::read(&img).unwrap();
+    let src = open_source(&img, me).unwrap();
+    // The path now names something else: the checked file is what goes in.
+    let other = d.path().join("other");
+    fs::write(&other, b"not what was checked").unwrap();
+    fs::rename(&other, &img).unwrap();
+    let key = Key::new(&src.digest, "gzip").unwrap();
+    let entry = c.add(&key, &src).unwrap();
+    assert_eq!(fs::read(&entry).unwrap(), original);
+}
+
+#[test]
+fn printable_drops_control_characters() {
+    assert_eq!(
+        printable("doc\u{1b}[2Jker.io/x\n\r\u{7}:1"),
+        "doc[2Jker.io/x:1"
+    );
+    assert_eq!(printable("plain/ref:1"), "plain/ref:1");
+}
