@@ -85,6 +85,7 @@ fn report(request: &Request) -> Report {
 fn the_lean_holder_refuses_the_ecl_path_and_docker_images() {
     let local = Request {
         version: slurm_conf::protocol::VERSION,
+        release: slurm_conf::protocol::RELEASE.into(),
         step: "7.0".into(),
         image: "/nonexistent/i.sif".into(),
         ..Request::default()
@@ -104,6 +105,33 @@ fn the_lean_holder_refuses_the_ecl_path_and_docker_images() {
         assert!(
             matches!(report.outcome, Outcome::Failed { .. })
                 && text.contains(&format!("{what} needs the full holder, sifrun")),
+            "{text}"
+        );
+    }
+}
+
+/// A holder left from another release (a partial upgrade) refuses the
+/// plugin's request with one line that says what to do.
+#[test]
+fn the_holder_refuses_another_releases_plugin() {
+    let base = Request {
+        version: slurm_conf::protocol::VERSION,
+        step: "7.0".into(),
+        image: "/nonexistent/i.sif".into(),
+        ..Request::default()
+    };
+    for (release, shown) in [("0.0.0-old", "0.0.0-old"), ("", "unknown")] {
+        let report = report(&Request {
+            release: release.into(),
+            ..base.clone()
+        });
+        let text = format!("{report:?}");
+        let want = format!(
+            "the holder sifrun-hold {} does not match the plugin {shown}: reinstall sifrun",
+            slurm_conf::protocol::RELEASE
+        );
+        assert!(
+            matches!(report.outcome, Outcome::Failed { .. }) && text.contains(&want),
             "{text}"
         );
     }

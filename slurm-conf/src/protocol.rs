@@ -91,6 +91,17 @@ pub enum ProtocolError {
         /// serde's explanation.
         reason: String,
     },
+    /// The holder and the plugin are different releases (a partial
+    /// upgrade).
+    #[error("the holder {holder} {found} does not match the plugin {plugin}: reinstall sifrun")]
+    Release {
+        /// The holder's program name (`sifrun` or `sifrun-hold`).
+        holder: &'static str,
+        /// The holder's release.
+        found: &'static str,
+        /// The plugin's release (`unknown` for one that sends none).
+        plugin: String,
+    },
     /// Reading or writing the message failed.
     #[error("{what}: {source}")]
     Io {
@@ -123,6 +134,10 @@ pub enum GpuMode {
 pub struct Request {
     /// [`VERSION`].
     pub version: u32,
+    /// The plugin's release ([`RELEASE`]); the holder refuses another
+    /// (empty: a plugin from before this field, refused too).
+    #[serde(default)]
+    pub release: String,
     /// The step served, `JOB.STEP` (`JOB.batch` for a batch script).
     pub step: String,
     /// The image, an absolute path.
@@ -212,7 +227,28 @@ fn check_version(bytes: &[u8], what: &'static str) -> Result<(), ProtocolError> 
     Ok(())
 }
 
+/// This release of sifrun (the plugin and both holders are built from one
+/// workspace and must match).
+pub const RELEASE: &str = env!("CARGO_PKG_VERSION");
+
 impl Request {
+    /// Refuses a request from a plugin of another release than the holder
+    /// `holder` (its program name), whose release is [`RELEASE`].
+    pub fn check_release(&self, holder: &'static str) -> Result<(), ProtocolError> {
+        if self.release == RELEASE {
+            return Ok(());
+        }
+        Err(ProtocolError::Release {
+            holder,
+            found: RELEASE,
+            plugin: if self.release.is_empty() {
+                "unknown".into()
+            } else {
+                self.release.clone()
+            },
+        })
+    }
+
     /// The request as sent (JSON, one line).
     pub fn encode(&self) -> Vec<u8> {
         let mut v = serde_json::to_vec(self).expect("a request always serialises");
@@ -436,6 +472,7 @@ mod tests {
     fn request() -> Request {
         Request {
             version: VERSION,
+            release: RELEASE.into(),
             step: "42.batch".into(),
             image: "/home/u/img.sif".into(),
             ecl_config: Some("/etc/sifrun/sifrun.toml".into()),
@@ -475,6 +512,30 @@ mod tests {
         let without = json.replace(",\"command\":null", "");
         assert!(!without.contains("command"), "{without}");
         assert_eq!(Request::decode(without.as_bytes()).unwrap(), r);
+    }
+
+    #[test]
+    fn releases_must_match() {
+        let mut r = request();
+        r.release = RELEASE.into();
+        r.check_release("sifrun-hold").unwrap();
+        let json = String::from_utf8(r.encode()).unwrap();
+        let old = json.replace(&format!(",\"release\":\"{RELEASE}\""), "");
+        assert!(!old.contains("release"), "{old}");
+        let old = Request::decode(old.as_bytes()).expect("a request without a release reads");
+        let e = old.check_release("sifrun-hold").unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!(
+                "the holder sifrun-hold {RELEASE} does not match the plugin unknown: reinstall sifrun"
+            )
+        );
+        r.release = "9.9.9".into();
+        let e = r.check_release("sifrun").unwrap_err().to_string();
+        assert!(
+            e.contains("holder sifrun 0") && e.contains("plugin 9.9.9"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use slurm_conf::protocol::{GpuMode, Request, VERSION};
+use slurm_conf::protocol::{GpuMode, RELEASE, Request, VERSION};
 use slurm_conf::slurm::DEFAULT_SLURM_CONF;
 
 use crate::options::Args;
@@ -112,6 +112,7 @@ pub fn build(a: &Args, s: &Settings, step: Step) -> Request {
         .then(|| s.runtime_dir().join(format!("{}.ns", step.name)));
     Request {
         version: VERSION,
+        release: RELEASE.into(),
         image: PathBuf::from(image_path(a, &step.cwd)),
         step: step.name,
         // The holder checks the image against the ECL before it drops
@@ -180,6 +181,7 @@ mod tests {
         let mut s = Settings::default();
         let r = build(&args(), &s, step("/home/u/run/", None));
         assert_eq!(r.version, VERSION);
+        assert_eq!(r.release, RELEASE, "the plugin names its release");
         assert_eq!(r.image, Path::new("/home/u/run/img.sif"));
         assert_eq!(r.step, "7.0");
         assert_eq!(r.binds, ["/data:/d:ro"]);

@@ -92,6 +92,12 @@ fn not_lean(what: &str) -> Failure {
 fn hold(args: &HoldArgs, full: Option<&Full>) -> Result<i32, Failure> {
     let started = Instant::now();
     let request = Request::read_from(std::io::stdin().lock()).at(Stage::Request)?;
+    let name = if full.is_some() {
+        "sifrun"
+    } else {
+        "sifrun-hold"
+    };
+    request.check_release(name).at(Stage::Request)?;
     init_tracing(request.verbosity);
     phase("request read", started);
     if request.step != args.slurm_step || request.image != args.image {
