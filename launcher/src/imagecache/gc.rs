@@ -215,7 +215,10 @@ impl Cache {
             if !all && cutoff.is_some_and(|t| e.last_use >= t) {
                 continue;
             }
-            if live.contains_key(&name) {
+            let converting = live
+                .keys()
+                .any(|b| *b == name || b.starts_with(&format!("{name}.")));
+            if converting {
                 c.locked.push(e);
                 continue;
             }

@@ -80,6 +80,12 @@ pub enum CacheError {
 pub struct Key {
     hex: String,
     compression: String,
+    /// Who is asked for it (a hash of the registry and repository): the
+    /// lock, the work directory and the failure record are per source, so
+    /// that a requester naming a slow or hostile registry for a popular
+    /// digest stalls or fails only the requests naming that source. The
+    /// entry itself is the digest's (same content, whoever renames last).
+    scope: Option<String>,
 }
 
 impl Key {
@@ -96,11 +102,31 @@ impl Key {
         Ok(Key {
             hex: hex.to_owned(),
             compression: compression.to_owned(),
+            scope: None,
         })
     }
 
+    /// The same entry fetched from `source` (`[http:]REGISTRY/REPOSITORY`):
+    /// its conversion is locked and recorded apart from other sources'.
+    #[must_use]
+    pub fn from_source(mut self, source: &str) -> Key {
+        use sha2::{Digest, Sha256};
+        let h = Sha256::digest(source.as_bytes());
+        self.scope = Some(h[..8].iter().map(|b| format!("{b:02x}")).collect());
+        self
+    }
+
+    /// The entry's name (`HEX.COMP`).
     pub(crate) fn name(&self) -> String {
         format!("{}.{}", self.hex, self.compression)
+    }
+
+    /// The conversion's name: the entry's, with the source's hash.
+    pub(crate) fn work_name(&self) -> String {
+        match &self.scope {
+            Some(s) => format!("{}.{s}", self.name()),
+            None => self.name(),
+        }
     }
 }
 
@@ -196,11 +222,11 @@ impl Cache {
     }
 
     fn lock_path(&self, key: &Key) -> PathBuf {
-        self.dir("lock").join(format!("{}.lock", key.name()))
+        self.dir("lock").join(format!("{}.lock", key.work_name()))
     }
 
     fn fail_path(&self, key: &Key) -> PathBuf {
-        self.dir("fail").join(format!("{}.json", key.name()))
+        self.dir("fail").join(format!("{}.json", key.work_name()))
     }
 
     /// The published entry `key`, if there is one: a regular file owned by
@@ -337,18 +363,25 @@ impl Cache {
         if age > self.fail_memory.as_secs() {
             return Ok(());
         }
+        // A shared cache's record is another requester's: its text (which
+        // a registry they named wrote) is not shown to this one.
+        let message = if self.shared {
+            format!("sha256:{} (its message is in that step's output)", key.hex)
+        } else {
+            f.message
+        };
         Err(CacheError::FailedElsewhere {
             what: what.to_owned(),
             host: f.host,
             age,
-            message: f.message,
+            message,
         })
     }
 
     fn work_dir(&self, key: &Key, owner: &Owner) -> PathBuf {
         self.dir("tmp").join(format!(
             ".{}.{}.{}.{}",
-            key.name(),
+            key.work_name(),
             owner.host,
             owner.pid,
             owner.token

@@ -178,3 +178,47 @@ fn a_foreign_entry_is_not_used() {
     fs::set_permissions(&p, fs::Permissions::from_mode(0o666)).unwrap();
     assert_eq!(c.lookup(&key()).unwrap(), None);
 }
+
+/// A conversion of the same digest from another source (registry and
+/// repository) neither stalls this one nor shows it its failure.
+#[test]
+fn sources_convert_apart_and_shared_failures_are_generic() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cache(dir.path());
+    c.make_dirs().unwrap();
+    let slow = key().from_source("evil.example/library/python");
+    let Attempt::Acquired(_held) = lock::try_acquire(&c.lock_path(&slow)).unwrap() else {
+        panic!("lock")
+    };
+    let mine = key().from_source("docker.io/library/python");
+    assert_ne!(c.lock_path(&slow), c.lock_path(&mine));
+    assert_eq!(c.entry_path(&slow), c.entry_path(&mine), "one entry");
+    let started = std::time::Instant::now();
+    let r = c
+        .ensure(&mine, "img", &|_| {}, |out| {
+            fs::write(out, b"SIF").map_err(|e| e.to_string())
+        })
+        .unwrap();
+    assert!(r.converted && started.elapsed() < Duration::from_secs(5));
+    // In a shared cache a waiter sees a generic line, not the other's text.
+    let mut shared = cache(&dir.path().join("site"));
+    shared.shared = true;
+    std::thread::scope(|s| {
+        let converter = s.spawn(|| {
+            shared.ensure(&key(), "img", &|_| {}, |_| {
+                std::thread::sleep(Duration::from_millis(1500));
+                Err("\u{1b}[31mpwned by the registry".into())
+            })
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let e = shared
+            .ensure(&key(), "img", &|_| {}, |_| panic!("must not convert"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            !e.contains("pwned") && e.contains(DIGEST) && e.contains("failed"),
+            "{e}"
+        );
+        assert!(converter.join().unwrap().is_err());
+    });
+}

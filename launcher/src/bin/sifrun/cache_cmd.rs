@@ -293,7 +293,15 @@ fn ensure(cache: &Cache, reference: &Reference, text: &str, how: &How<'_>) -> Re
         text,
         how.credentials.as_ref(),
     )?;
-    let key = Key::new(&resolved.manifest.to_string(), CACHE_COMPRESSION.name())?;
+    // Locked per source: another requester's registry cannot stall this one.
+    let source = format!(
+        "{}{}/{}",
+        if plain_http { "http:" } else { "" },
+        reference.domain(),
+        reference.path()
+    );
+    let key =
+        Key::new(&resolved.manifest.to_string(), CACHE_COMPRESSION.name())?.from_source(&source);
     let pinned = reference.with_digest(resolved.manifest);
     let progress = |l: &str| {
         eprintln!("sifrun: {l}");
