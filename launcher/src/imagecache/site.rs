@@ -54,6 +54,33 @@ impl Account {
     }
 }
 
+/// The owner of the site cache `dir` when it is not root: whom root's
+/// `sifrun cache … --site DIR` becomes before reading anything there (its
+/// primary group from the password database, else the directory's group).
+pub fn owner_of(dir: &Path) -> Result<Option<Account>, CacheError> {
+    let m = std::fs::metadata(dir).map_err(|e| super::io_err(dir, e))?;
+    if m.uid() == 0 {
+        return Ok(None);
+    }
+    let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(m.uid()))
+        .ok()
+        .flatten();
+    Ok(Some(Account {
+        name: user
+            .as_ref()
+            .map_or_else(|| format!("uid {}", m.uid()), |u| u.name.clone()),
+        uid: m.uid(),
+        gid: user.map_or(m.gid(), |u| u.gid.as_raw()),
+    }))
+}
+
+/// Becomes the site cache's owner `account` for good (root's `sifrun cache
+/// … --site`: no capabilities, no supplementary groups).
+pub fn become_owner(account: &Account) -> Result<(), CacheError> {
+    become_account(account)
+        .map_err(|e| CacheError::Convert(format!("cannot become {}: {e}", account.name)))
+}
+
 /// A site cache and who may own its entries.
 #[derive(Clone, Debug)]
 pub struct Site {

@@ -222,3 +222,31 @@ fn sources_convert_apart_and_shared_failures_are_generic() {
         assert!(converter.join().unwrap().is_err());
     });
 }
+
+/// The site cache's converter (its owner) uses an entry root added (an
+/// admin's signed copy) instead of replacing it; a private cache does not.
+#[test]
+fn a_shared_cache_owner_accepts_roots_entries() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("needs root to own an entry as root; skipped");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cache(dir.path());
+    c.make_dirs().unwrap();
+    fs::write(c.entry_path(&key()), b"admin's SIF").unwrap();
+    fs::set_permissions(c.entry_path(&key()), fs::Permissions::from_mode(0o444)).unwrap();
+    let cache_user = 65534;
+    assert_eq!(c.lookup_as(&key(), cache_user).unwrap(), None, "private");
+    c.shared = true;
+    assert_eq!(
+        c.lookup_as(&key(), cache_user).unwrap(),
+        Some(c.entry_path(&key()))
+    );
+    std::os::unix::fs::chown(c.entry_path(&key()), Some(54321), None).unwrap();
+    assert_eq!(
+        c.lookup_as(&key(), cache_user).unwrap(),
+        None,
+        "another user's"
+    );
+}

@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result};
-use launcher::imagecache::gc::{Entry, open_source, printable};
+use launcher::imagecache::gc::{Entry, Source, open_source, printable};
+use launcher::imagecache::site;
 use launcher::imagecache::{Cache, Key};
 
 /// `sifrun cache`'s subcommands.
@@ -119,10 +120,26 @@ fn line(e: &Entry) -> String {
     )
 }
 
+/// Root's `--site DIR`: become the cache directory's owner (cache_user)
+/// before anything there is read or written.
+fn drop_to_owner(which: &Which) -> Result<()> {
+    let Some(dir) = &which.site else {
+        return Ok(());
+    };
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(());
+    }
+    if let Some(account) = site::owner_of(dir).context("cache --site")? {
+        site::become_owner(&account).context("cache --site")?;
+    }
+    Ok(())
+}
+
 /// Runs `sifrun cache …`.
 pub fn run(cmd: &CacheCommand) -> Result<()> {
     match cmd {
         CacheCommand::List(which) => {
+            drop_to_owner(which)?;
             let cache = which.cache()?;
             let entries = cache.entries().context("cache list")?;
             println!("REFERENCE\tDIGEST\tSIZE\tLAST USE");
@@ -143,6 +160,7 @@ pub fn run(cmd: &CacheCommand) -> Result<()> {
             older_than,
             all,
         } => {
+            drop_to_owner(which)?;
             let cache = which.cache()?;
             let done = cache.clean(*older_than, *all).context("cache clean")?;
             for e in &done.removed {
@@ -164,18 +182,22 @@ pub fn run(cmd: &CacheCommand) -> Result<()> {
             );
             Ok(())
         }
-        CacheCommand::Add { which, image } => add(&which.cache()?, image),
+        CacheCommand::Add { which, image } => {
+            // Opened and checked as the caller, copied as the cache's
+            // owner from that descriptor.
+            let src = open_source(image, nix::unistd::getuid().as_raw()).context("cache add")?;
+            drop_to_owner(which)?;
+            add(&which.cache()?, image, &src)
+        }
     }
 }
 
-fn add(cache: &Cache, image: &Path) -> Result<()> {
+fn add(cache: &Cache, image: &Path, src: &Source) -> Result<()> {
     let shown = image.display();
-    let caller = nix::unistd::getuid().as_raw();
-    let src = open_source(image, caller).context("cache add")?;
     let key = Key::new(&src.digest, crate::cache_cmd::CACHE_COMPRESSION.name())
         .with_context(|| format!("cache add: {shown}"))?;
     let entry = cache
-        .add(&key, &src)
+        .add(&key, src)
         .with_context(|| format!("cache add: {shown}"))?;
     println!("{}", entry.display());
     Ok(())

@@ -190,3 +190,20 @@ fn uses_are_recorded_by_the_account() {
     ro.note_use(&key());
     assert!(!stamp.exists(), "a read-only site cache records nothing");
 }
+
+/// Root's `cache … --site DIR` becomes the directory's owner (or stays
+/// root for a root-owned, read-only site cache).
+#[test]
+fn the_site_commands_become_the_caches_owner() {
+    let d = tempfile::tempdir().unwrap();
+    let me = nix::unistd::geteuid().as_raw();
+    let owner = owner_of(d.path()).unwrap();
+    if me == 0 {
+        assert_eq!(owner, None, "root's directory: no one to become");
+        std::os::unix::fs::chown(d.path(), Some(65534), Some(65534)).unwrap();
+        let a = owner_of(d.path()).unwrap().unwrap();
+        assert_eq!((a.uid, a.gid), (65534, 65534));
+    } else {
+        assert_eq!(owner.map(|a| a.uid), Some(me));
+    }
+}
