@@ -184,11 +184,12 @@ pub fn as_account(
 ) -> Result<PathBuf, String> {
     let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| format!("starting the site cache's converter: {e}"))?;
+    let parent = nix::unistd::getpid();
     let pid = match syscall::fork_single_threaded() {
         Err(e) => return Err(format!("starting the site cache's converter: {e}")),
         Ok(Forked::Child) => {
             drop(read);
-            std::process::exit(child(account, work, write))
+            std::process::exit(child(account, parent, work, write))
         }
         Ok(Forked::Parent(pid)) => pid,
     };
@@ -210,9 +211,17 @@ pub fn as_account(
     }
 }
 
-fn child(account: &Account, work: impl FnOnce() -> Result<PathBuf, String>, out: OwnedFd) -> i32 {
+fn child(
+    account: &Account,
+    parent: nix::unistd::Pid,
+    work: impl FnOnce() -> Result<PathBuf, String>,
+    out: OwnedFd,
+) -> i32 {
     let answer = match become_account(account) {
         Err(e) => format!("error\ncannot become {}: {e}", account.name),
+        // PDEATHSIG is set (in become_account): a parent that died before
+        // it was is seen here, and the child stops.
+        Ok(()) if nix::unistd::getppid() != parent => return 5,
         Ok(()) => match work() {
             Ok(p) => format!("ok\n{}", p.display()),
             Err(e) => format!("error\n{e}"),

@@ -144,28 +144,16 @@ fn say(line: &str) {
 }
 
 /// A Slurm step's `docker://` image in the site cache, converted there if
-/// missing by a child that becomes the cache's account (the holder, still
-/// with root's real uid, before it drops it). Anonymous: the entry is for
-/// every user, so no user's credentials take part. `None` (with a line
-/// saying why) when it cannot: the step then uses the user's cache.
+/// missing, all by a child that has become the cache's account (the
+/// holder, still with root's real uid, before it drops it): the child
+/// parses the user's reference, the job's pin and `SIFRUN_NOHTTPS`; root's
+/// side only forks and checks the path the child names with
+/// [`Site::trusted`]. Anonymous: the entry is for every user, so no user's
+/// credentials take part. `None` (with a line saying why) when it cannot:
+/// the step then uses the user's cache.
 pub fn fill_site(text: &str, job_env: &[(String, String)], site: &Site) -> Option<PathBuf> {
     let account = site.account.as_ref()?;
-    let reference = step_reference(text, job_env).ok()?;
-    if let Some(p) = site_hit(site, &reference) {
-        return Some(p);
-    }
-    let plain_http = truthy(job_var(job_env, "SIFRUN_NOHTTPS"));
-    let cache = site.cache.clone();
-    let made = launcher::imagecache::site::as_account(account, || {
-        let how = How {
-            arch: None,
-            plain_http,
-            credentials: Some(Environment::default()),
-            progress: None,
-            tmpdir: false,
-        };
-        ensure(&cache, &reference, text, &how).map_err(|e| format!("{e:#}"))
-    });
+    let made = launcher::imagecache::site::as_account(account, || site_child(text, job_env, site));
     match made {
         Ok(p) if p.starts_with(&site.cache.root) => match site.trusted(&p) {
             Ok(()) => Some(p),
@@ -188,6 +176,23 @@ pub fn fill_site(text: &str, job_env: &[(String, String)], site: &Site) -> Optio
             None
         }
     }
+}
+
+/// The site cache's child, as its account: the step's reference (pinned
+/// by the job), its entry if there is one, else a conversion into it.
+fn site_child(text: &str, job_env: &[(String, String)], site: &Site) -> Result<PathBuf, String> {
+    let reference = step_reference(text, job_env).map_err(|e| format!("{e:#}"))?;
+    if let Some(p) = site_hit(site, &reference) {
+        return Ok(p);
+    }
+    let how = How {
+        arch: None,
+        plain_http: truthy(job_var(job_env, "SIFRUN_NOHTTPS")),
+        credentials: Some(Environment::default()),
+        progress: None,
+        tmpdir: false,
+    };
+    ensure(&site.cache, &reference, text, &how).map_err(|e| format!("{e:#}"))
 }
 
 /// The trusted site cache entry of a digest-pinned reference, without
@@ -351,6 +356,44 @@ mod tests {
         // docker://alpine is docker.io/library/alpine:latest.
         let hub = docker_ref("docker://alpine").unwrap();
         assert!(pinned_by(&hub, Some(&format!("docker.io/library/alpine:latest@{D}"))).is_some());
+    }
+
+    /// The holder's site lookup: the child, as the cache's account, parses
+    /// the pinned reference, finds the entry and records its use; root's
+    /// side checks the path it names.
+    #[test]
+    fn the_site_child_parses_finds_and_records_as_the_account() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt, chown};
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("needs root (to become the cache's account); skipped");
+            return;
+        }
+        let exe = std::env::current_exe().unwrap();
+        let d = tempfile::tempdir_in(exe.parent().unwrap()).unwrap();
+        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let root = d.path().join("site");
+        for sub in ["", "v1", "v1/sif", "v1/sif/sha256", "v1/used"] {
+            let p = root.join(sub);
+            std::fs::create_dir_all(&p).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+            chown(&p, Some(65534), Some(65534)).unwrap();
+        }
+        let account = Account {
+            name: "nobody".into(),
+            uid: 65534,
+            gid: 65534,
+        };
+        let site = Site::new(root.clone(), Some(account));
+        let key = Key::new(D, CACHE_COMPRESSION.name()).unwrap();
+        let entry = site.cache.entry_path(&key);
+        std::fs::write(&entry, b"SIF").unwrap();
+        std::fs::set_permissions(&entry, std::fs::Permissions::from_mode(0o444)).unwrap();
+        let text = format!("docker://reg.example/a/b@{D}");
+        assert_eq!(fill_site(&text, &[], &site), Some(entry));
+        let stamp = root.join(format!("v1/used/{}.gzip", &D[7..]));
+        assert_eq!(std::fs::metadata(&stamp).unwrap().uid(), 65534);
+        // A reference the child cannot parse: no entry, the user's cache.
+        assert_eq!(fill_site("docker://Bad Ref", &[], &site), None);
     }
 
     #[test]
