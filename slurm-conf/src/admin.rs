@@ -17,6 +17,7 @@
 //! [images]                         # docker:// images (see ImagesSection)
 //! cache_dir = "/shared/sifrun-cache"  # the site cache, looked up before the user's
 //! cache_user = "sifrun-cache"      # the account that owns and fills it
+//! site_registries = ["docker.io/library", "registry.example"]  # what it converts
 //!
 //! [ecl]                            # see crate::ecl
 //! activated = true
@@ -135,6 +136,29 @@ pub struct ImagesSection {
     /// into it as this user.
     #[serde(default)]
     pub cache_user: Option<String>,
+    /// What `cache_user` converts: registry hosts (`registry.example`,
+    /// `host:5000`) or host/repository prefixes (`docker.io/library`,
+    /// whole path components). Unset: any image; others go to the user's
+    /// cache (with a line). Entries already in the cache are used whatever
+    /// their registry.
+    #[serde(default)]
+    pub site_registries: Option<Vec<String>>,
+}
+
+/// Whether the image `domain`/`path` (a normalised reference:
+/// `docker.io`, `library/alpine`) is on the `images.site_registries`
+/// list `allowed` (`None`: any).
+pub fn site_registry_allowed(allowed: Option<&[String]>, domain: &str, path: &str) -> bool {
+    let Some(list) = allowed else { return true };
+    list.iter().any(|a| match a.split_once('/') {
+        None => a == domain,
+        Some((host, prefix)) => {
+            host == domain
+                && path
+                    .strip_prefix(prefix)
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        }
+    })
 }
 
 /// Why the file cannot be used.
@@ -276,6 +300,19 @@ fn check_images(i: &ImagesSection) -> Result<(), String> {
             d.display()
         ));
     }
+    for r in i.site_registries.iter().flatten() {
+        let ok = !r.is_empty()
+            && !r.contains("://")
+            && !r.ends_with('/')
+            && !r.starts_with('/')
+            && !r.contains("//")
+            && r.bytes().all(|b| b.is_ascii_graphic());
+        if !ok {
+            return Err(format!(
+                "images.site_registries: {r:?}: not a registry host or host/repository prefix"
+            ));
+        }
+    }
     if let Some(u) = &i.cache_user {
         if i.cache_dir.is_none() {
             return Err("images.cache_user: needs images.cache_dir".into());
@@ -393,6 +430,7 @@ max_binds = 4
 [images]
 cache_dir = "/shared/sifrun-cache"
 cache_user = "sifrun-cache"
+site_registries = ["docker.io/library", "registry.example:5000"]
 "#,
             OPTS,
         )
@@ -410,6 +448,25 @@ cache_user = "sifrun-cache"
             Some(Path::new("/shared/sifrun-cache"))
         );
         assert_eq!(c.images.cache_user.as_deref(), Some("sifrun-cache"));
+        let allowed = c.images.site_registries.as_deref();
+        assert!(site_registry_allowed(
+            allowed,
+            "docker.io",
+            "library/alpine"
+        ));
+        assert!(!site_registry_allowed(
+            allowed,
+            "docker.io",
+            "libraryx/alpine"
+        ));
+        assert!(!site_registry_allowed(allowed, "docker.io", "evil/alpine"));
+        assert!(site_registry_allowed(
+            allowed,
+            "registry.example:5000",
+            "a/b"
+        ));
+        assert!(!site_registry_allowed(allowed, "registry.example", "a/b"));
+        assert!(site_registry_allowed(None, "anything", "a/b"));
         assert!(c.image_allowed(Path::new("/shared/images/a.sif")));
         assert!(!c.image_allowed(Path::new("/shared/images-evil/a.sif")));
         assert!(!c.image_allowed(Path::new("/home/u/a.sif")));
@@ -446,6 +503,14 @@ cache_user = "sifrun-cache"
                 "images.cache_user",
             ),
             ("[images]\ncache_dri = \"/c\"", "cache_dri"),
+            (
+                "[images]\nsite_registries = [\"https://docker.io\"]",
+                "images.site_registries",
+            ),
+            (
+                "[images]\nsite_registries = [\"docker.io/library/\"]",
+                "images.site_registries",
+            ),
         ] {
             let e = AdminConfig::parse(text, OPTS).unwrap_err();
             assert!(e.contains(want), "{text:?}: {e}");

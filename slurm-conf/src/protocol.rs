@@ -206,6 +206,9 @@ pub struct Request {
     /// converts into it.
     #[serde(default)]
     pub site_cache_user: Option<String>,
+    /// `images.site_registries`: what `cache_user` converts (`None`: any).
+    #[serde(default)]
+    pub site_registries: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -499,6 +502,7 @@ mod tests {
             node_name: Some("n1".into()),
             site_cache: Some("/shared/sifrun-cache".into()),
             site_cache_user: Some("sifrun-cache".into()),
+            site_registries: Some(vec!["docker.io/library".into()]),
         }
     }
 

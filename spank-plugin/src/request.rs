@@ -122,6 +122,7 @@ pub fn build(a: &Args, s: &Settings, step: Step) -> Request {
         image_dirs: c.users.image_dirs.clone(),
         site_cache: c.images.cache_dir.clone(),
         site_cache_user: c.images.cache_user.clone(),
+        site_registries: c.images.site_registries.clone(),
         binds,
         env: a.env.clone(),
         pwd: a.workdir.as_ref().map(PathBuf::from),

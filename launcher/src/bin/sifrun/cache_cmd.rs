@@ -151,9 +151,16 @@ fn say(line: &str) {
 /// [`Site::trusted`]. Anonymous: the entry is for every user, so no user's
 /// credentials take part. `None` (with a line saying why) when it cannot:
 /// the step then uses the user's cache.
-pub fn fill_site(text: &str, job_env: &[(String, String)], site: &Site) -> Option<PathBuf> {
+pub fn fill_site(
+    text: &str,
+    job_env: &[(String, String)],
+    site: &Site,
+    allowed: Option<&[String]>,
+) -> Option<PathBuf> {
     let account = site.account.as_ref()?;
-    let made = launcher::imagecache::site::as_account(account, || site_child(text, job_env, site));
+    let made = launcher::imagecache::site::as_account(account, || {
+        site_child(text, job_env, site, allowed)
+    });
     match made {
         Ok(p) if p.starts_with(&site.cache.root) => match site.trusted(&p) {
             Ok(()) => Some(p),
@@ -180,10 +187,21 @@ pub fn fill_site(text: &str, job_env: &[(String, String)], site: &Site) -> Optio
 
 /// The site cache's child, as its account: the step's reference (pinned
 /// by the job), its entry if there is one, else a conversion into it.
-fn site_child(text: &str, job_env: &[(String, String)], site: &Site) -> Result<PathBuf, String> {
+fn site_child(
+    text: &str,
+    job_env: &[(String, String)],
+    site: &Site,
+    allowed: Option<&[String]>,
+) -> Result<PathBuf, String> {
     let reference = step_reference(text, job_env).map_err(|e| format!("{e:#}"))?;
     if let Some(p) = site_hit(site, &reference) {
         return Ok(p);
+    }
+    let (domain, path) = (reference.domain(), reference.path());
+    if !slurm_conf::admin::site_registry_allowed(allowed, domain, path) {
+        return Err(format!(
+            "{domain}/{path} is not in the admin's images.site_registries"
+        ));
     }
     let how = How {
         arch: None,
@@ -389,11 +407,35 @@ mod tests {
         std::fs::write(&entry, b"SIF").unwrap();
         std::fs::set_permissions(&entry, std::fs::Permissions::from_mode(0o444)).unwrap();
         let text = format!("docker://reg.example/a/b@{D}");
-        assert_eq!(fill_site(&text, &[], &site), Some(entry));
+        assert_eq!(fill_site(&text, &[], &site, None), Some(entry.clone()));
+        // An entry is used whatever the list says (only conversions obey it).
+        let only = ["other.example".to_owned()];
+        assert_eq!(fill_site(&text, &[], &site, Some(&only)), Some(entry));
         let stamp = root.join(format!("v1/used/{}.gzip", &D[7..]));
         assert_eq!(std::fs::metadata(&stamp).unwrap().uid(), 65534);
         // A reference the child cannot parse: no entry, the user's cache.
-        assert_eq!(fill_site("docker://Bad Ref", &[], &site), None);
+        assert_eq!(fill_site("docker://Bad Ref", &[], &site, None), None);
+    }
+
+    /// A registry off `images.site_registries` is not converted by the
+    /// site cache's account: the child says so and nothing is fetched.
+    #[test]
+    fn the_site_converts_only_listed_registries() {
+        let d = tempfile::tempdir().unwrap();
+        let site = Site::new(d.path().join("site"), None);
+        let only = ["registry.example/team".to_owned()];
+        let e = site_child(
+            &format!("docker://evil.example/team/x@{D}"),
+            &[],
+            &site,
+            Some(&only),
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("evil.example/team/x is not in the admin's images.site_registries"),
+            "{e}"
+        );
+        assert!(!d.path().join("site/v1").exists(), "nothing written");
     }
 
     #[test]

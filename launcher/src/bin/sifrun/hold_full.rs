@@ -26,9 +26,12 @@ fn site(request: &Request) -> anyhow::Result<Option<launcher::imagecache::site::
 
 fn site_entry(request: &Request, text: &str) -> anyhow::Result<Option<PathBuf>> {
     Ok(match site(request)? {
-        Some(s) if nix::unistd::getuid().is_root() => {
-            crate::cache_cmd::fill_site(text, &request.job_env, &s)
-        }
+        Some(s) if nix::unistd::getuid().is_root() => crate::cache_cmd::fill_site(
+            text,
+            &request.job_env,
+            &s,
+            request.site_registries.as_deref(),
+        ),
         _ => None,
     })
 }
