@@ -94,6 +94,21 @@ pub fn run_resolve(a: &ResolveArgs) -> Result<()> {
     Ok(())
 }
 
+/// `sifrun cache add [--site DIR] docker://REF`: the image converted into
+/// `cache` by this process (for the site cache: already its owner, and
+/// anonymously, since every user reads the entry).
+pub fn add_docker(cache: &Cache, text: &str, site: bool) -> Result<PathBuf> {
+    let reference = docker_ref(text)?;
+    let how = How {
+        arch: None,
+        plain_http: truthy(std::env::var("SIFRUN_NOHTTPS").ok().as_deref()),
+        credentials: site.then(Environment::default),
+        progress: None,
+        tmpdir: !site,
+    };
+    ensure(cache, &reference, text, &how)
+}
+
 /// The SIF to run for `image`: itself, or for a `docker://` reference that
 /// is not an existing path, the cache's entry (converted if needed).
 pub fn image_path(image: PathBuf, args: &ImageArgs) -> Result<PathBuf> {

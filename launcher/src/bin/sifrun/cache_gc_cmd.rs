@@ -33,11 +33,13 @@ right now (a live lock) is never removed; a step that has an image open keeps ru
         all: bool,
     },
     /// Put a SIF made by `sifrun pull docker://…` (and perhaps signed since)
-    /// into the cache under the manifest digest it records
+    /// into the cache under the manifest digest it records, or convert
+    /// `docker://REF` into it (for --site anonymously, as the cache's owner)
     Add {
         #[command(flatten)]
         which: Which,
-        /// The image
+        /// The image: a SIF file (yours or root's, writable by no one
+        /// else), or docker://REF
         image: PathBuf,
     },
 }
@@ -183,6 +185,14 @@ pub fn run(cmd: &CacheCommand) -> Result<()> {
             Ok(())
         }
         CacheCommand::Add { which, image } => {
+            if let Some(text) = image.to_str().filter(|t| t.starts_with("docker://")) {
+                drop_to_owner(which)?;
+                let entry =
+                    crate::cache_cmd::add_docker(&which.cache()?, text, which.site.is_some())
+                        .context("cache add")?;
+                println!("{}", entry.display());
+                return Ok(());
+            }
             // Opened and checked as the caller, copied as the cache's
             // owner from that descriptor.
             let src = open_source(image, nix::unistd::getuid().as_raw()).context("cache add")?;
