@@ -217,3 +217,21 @@ fn printable_drops_control_characters() {
     );
     assert_eq!(printable("plain/ref:1"), "plain/ref:1");
 }
+
+#[test]
+fn clean_keeps_an_entry_whose_conversion_from_some_source_is_live() {
+    let d = tempfile::tempdir().unwrap();
+    let c = Cache::new(d.path().to_owned());
+    put(&c, &key('a'));
+    let scoped = key('a').from_source("reg.example/team/app");
+    let Attempt::Acquired(held) = lock::try_acquire(&c.lock_path(&scoped)).unwrap() else {
+        panic!("lock")
+    };
+    // Its work directory (named by the scoped lock) is not debris either.
+    let work = c.work_dir(&scoped, &held.owner);
+    fs::create_dir(&work).unwrap();
+    let done = c.clean(None, true).unwrap();
+    assert!(done.removed.is_empty(), "{:?}", done.removed);
+    assert_eq!(done.locked.len(), 1);
+    assert!(c.entry_path(&key('a')).exists() && work.exists());
+}
