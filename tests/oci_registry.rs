@@ -878,6 +878,112 @@ fn a_moved_tag_is_converted_again() {
     assert_eq!(cache_entries(&cache).len(), 2);
 }
 
+/// A lock record of this (live) process, as `sifrun` writes them.
+fn live_lock_record() -> String {
+    let stat = fs::read_to_string("/proc/self/stat").unwrap();
+    let rest = &stat[stat.rfind(')').unwrap() + 1..];
+    let start: u64 = rest.split_whitespace().nth(19).unwrap().parse().unwrap();
+    let host = fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let boot = fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    serde_json::json!({
+        "version": 1, "host": host.trim(), "boot_id": boot.trim(),
+        "pid": std::process::id(), "pid_start": start, "uid": 0,
+        "token": "0123abcd", "started": 0,
+    })
+    .to_string()
+}
+
+/// `sifrun cache add|list|clean` over the user's cache, as a user: a
+/// pulled SIF goes in under the manifest digest it records; the list shows
+/// its reference, digest, size and last use; clean removes the debris of
+/// dead conversions (an orphaned work directory, a broken lock's
+/// leftover) but keeps images unless asked, never removes an image whose
+/// conversion lock is live, and removes it with --all once the lock is
+/// gone.
+#[test]
+fn cache_add_list_and_clean() {
+    let Some(images) = images() else { return };
+    let reg = Registry::start(false);
+    reg.push(
+        &format!("oci:{}:t", s(&images.join("layout"))),
+        "test/img:t",
+        false,
+        &[],
+    );
+    let work = scratch();
+    let w = work.path();
+    let cache = w.join("cache");
+    let src = format!("docker://{}", reg.name("test/img:t"));
+    let pulled = ok(pull_env(&w.join("p.sif"), &src, &["--nohttps"], &[]));
+    let digest = printed_digest(&pulled);
+    let hex = &digest["sha256:".len()..];
+    let entry = cache.join(format!("v1/sif/sha256/{hex}.gzip.sif"));
+    let out = ok(cached(&cache, &["cache", "add", s(&w.join("p.sif"))])
+        .output()
+        .unwrap());
+    assert_eq!(String::from_utf8_lossy(&out).trim(), s(&entry));
+    let mode = fs::metadata(&entry).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o444);
+    fails(
+        cached(&cache, &["cache", "add", s(&w.join("none.sif"))])
+            .output()
+            .unwrap(),
+        "records no manifest digest",
+    );
+    let list = |cache: &Path| {
+        String::from_utf8(ok(cached(cache, &["cache", "list"]).output().unwrap())).unwrap()
+    };
+    let text = list(&cache);
+    let row = text.lines().nth(1).unwrap_or_default().to_owned();
+    assert!(
+        row.starts_with(&format!("{}\t{digest}\t", reg.name("test/img:t"))),
+        "{text}"
+    );
+    assert!(row.ends_with("s ago"), "{text}");
+    // Debris of a dead conversion; a broken lock's leftover (old).
+    let orphan = cache.join(format!("v1/tmp/.{hex}.gzip.elsewhere.1.dead"));
+    fs::create_dir_all(orphan.join("x")).unwrap();
+    let broken = cache.join(format!("v1/lock/{hex}.gzip.lock.broken.h.1.ab"));
+    fs::write(&broken, b"{}").unwrap();
+    fs::File::options()
+        .write(true)
+        .open(&broken)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - Duration::from_secs(600))
+        .unwrap();
+    let clean = |args: &[&str]| {
+        let mut a = vec!["cache", "clean"];
+        a.extend_from_slice(args);
+        String::from_utf8(ok(cached(&cache, &a).output().unwrap())).unwrap()
+    };
+    let text = clean(&[]);
+    assert!(!orphan.exists() && !broken.exists(), "{text}");
+    assert!(entry.exists(), "no --older-than, no --all: {text}");
+    clean(&["--older-than", "1d"]);
+    assert!(entry.exists(), "used just now");
+    // A live conversion of the same entry: never removed.
+    let lock = cache.join(format!("v1/lock/{hex}.gzip.lock"));
+    fs::write(&lock, live_lock_record()).unwrap();
+    let text = clean(&["--all"]);
+    assert!(
+        entry.exists() && text.contains("kept (being converted)"),
+        "{text}"
+    );
+    fs::remove_file(&lock).unwrap();
+    let text = clean(&["--all"]);
+    assert!(!entry.exists(), "{text}");
+    assert!(
+        text.contains(&format!("removed {}", reg.name("test/img:t"))),
+        "{text}"
+    );
+    assert_eq!(list(&cache).lines().count(), 1, "only the header");
+    let out = cached(&cache, &["cache", "clean", "--older-than", "3y"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("3y: not a duration"));
+}
+
 /// Whether the live cluster with the plugin runs (tests/run-all starts it).
 fn cluster_up() -> bool {
     let up = sifrun_tests::have("srun")

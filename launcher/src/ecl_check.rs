@@ -85,6 +85,36 @@ pub(crate) struct Trust {
     certificates: Vec<([u8; 20], Signer, bool)>,
     /// Why listed certificates are not valid now, for the denial.
     problems: Vec<String>,
+    /// Until when, as far as time goes, the certificates' states hold.
+    until: Until,
+}
+
+/// Until when a verdict holds as far as time goes: the trust material it
+/// was made with changes its meaning at the earliest end of validity of a
+/// listed certificate's chain. Everything else a verdict depends on (the
+/// image, the policy, the trust files' bytes) is not time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Until {
+    /// Nothing it relied on ends with time (no certificate listed).
+    Always,
+    /// Until this time (seconds since the epoch): the earliest end of
+    /// validity of the certificates of the listed certificates' chains.
+    At(i64),
+    /// A time it cannot tell: a listed certificate is expired or not valid
+    /// yet (a chain validated at another time could differ), or the
+    /// verdict is a denial. Never cached.
+    Unknown,
+}
+
+impl Until {
+    /// The earlier of the two.
+    fn min(self, other: Until) -> Until {
+        match (self, other) {
+            (Until::Unknown, _) | (_, Until::Unknown) => Until::Unknown,
+            (Until::Always, u) | (u, Until::Always) => u,
+            (Until::At(a), Until::At(b)) => Until::At(a.min(b)),
+        }
+    }
 }
 
 impl Trust {
@@ -109,6 +139,7 @@ impl Trust {
             keys: Vec::new(),
             certificates: Vec::new(),
             problems: Vec::new(),
+            until: Until::Always,
         };
         for (path, pem) in &files.certificates {
             let bad =
@@ -117,7 +148,7 @@ impl Trust {
             let digest = certificate::fingerprint(&leaf).map_err(|e| bad(&e))?;
             let id: [u8; 20] = digest[..20].try_into().unwrap_or([0; 20]);
             let valid = match &roots {
-                Some(r) => certificate::validate(
+                Some(r) => certificate::validate_until(
                     &leaf,
                     intermediates.as_deref().unwrap_or_default(),
                     Roots::Only(r),
@@ -127,6 +158,16 @@ impl Trust {
                     "the ECL names no certificate_roots".into(),
                 )),
             };
+            trust.until = trust.until.min(match &valid {
+                Ok(t) => Until::At(*t),
+                Err(
+                    certificate::CertificateError::Expired { .. }
+                    | certificate::CertificateError::NotYetValid { .. },
+                ) => Until::Unknown,
+                // A chain that does not lead to a root or allow code
+                // signing does not come to by time.
+                Err(_) => Until::Always,
+            });
             if let Err(e) = &valid {
                 trust
                     .problems
@@ -294,6 +335,8 @@ pub struct Verdict {
     pub offset: u64,
     /// The primary partition's size.
     pub size: u64,
+    /// Until when it holds as far as time goes.
+    pub until: Until,
 }
 
 impl Verdict {
@@ -304,14 +347,20 @@ impl Verdict {
             reason,
             offset: 0,
             size: 0,
+            until: Until::Unknown,
         }
     }
 
-    /// The wire form: five lines.
+    /// The wire form: six lines.
     pub fn encode(&self) -> String {
         let line = |s: &str| s.replace(['\n', '\r'], " ");
+        let until = match self.until {
+            Until::Always => "always".to_owned(),
+            Until::At(t) => t.to_string(),
+            Until::Unknown => "unknown".to_owned(),
+        };
         format!(
-            "sifrun-verdict-1\n{}\n{} {}\n{}\n{}\n",
+            "sifrun-verdict-2\n{}\n{} {}\n{until}\n{}\n{}\n",
             if self.allowed { "allow" } else { "deny" },
             self.offset,
             self.size,
@@ -332,7 +381,7 @@ impl Verdict {
             )
         };
         let mut lines = text.split('\n');
-        if lines.next() != Some("sifrun-verdict-1") {
+        if lines.next() != Some("sifrun-verdict-2") {
             return Err(bad());
         }
         let allowed = match lines.next() {
@@ -345,6 +394,11 @@ impl Verdict {
             .and_then(|l| l.split_once(' '))
             .and_then(|(o, s)| Some((o.parse().ok()?, s.parse().ok()?)))
             .ok_or_else(bad)?;
+        let until = match lines.next().ok_or_else(bad)? {
+            "always" => Until::Always,
+            "unknown" => Until::Unknown,
+            t => Until::At(t.parse().map_err(|_| bad())?),
+        };
         let group = lines.next().ok_or_else(bad)?;
         let reason = lines.next().ok_or_else(bad)?.to_owned();
         if lines.next() != Some("") || lines.next().is_some() {
@@ -356,6 +410,7 @@ impl Verdict {
             reason,
             offset,
             size,
+            until,
         })
     }
 }
@@ -382,6 +437,11 @@ pub fn judge(file: &File, dir: &Path, ecl: &Ecl, files: &TrustFiles) -> Verdict 
     });
     match part {
         Ok((offset, size, fs)) if fs == sif::FsType::SQUASHFS => Verdict {
+            until: if d.allowed {
+                trust.until
+            } else {
+                Until::Unknown
+            },
             allowed: d.allowed,
             group: d.group,
             reason: d.reason,
@@ -398,6 +458,7 @@ pub fn judge(file: &File, dir: &Path, ecl: &Ecl, files: &TrustFiles) -> Verdict 
             reason: d.reason,
             offset: 0,
             size: 0,
+            until: Until::Unknown,
         },
     }
 }
@@ -414,9 +475,15 @@ mod verdict_tests {
             reason: "signed by\nA".into(),
             offset: 4096,
             size: 123,
+            until: Until::At(1_900_000_000),
         };
         let back = Verdict::decode(&v.encode()).unwrap();
         assert!(back.allowed && back.offset == 4096 && back.size == 123);
+        assert_eq!(back.until, Until::At(1_900_000_000));
+        for until in [Until::Always, Until::Unknown] {
+            let v = Verdict { until, ..v.clone() };
+            assert_eq!(Verdict::decode(&v.encode()).unwrap().until, until);
+        }
         assert_eq!(back.group.as_deref(), Some("site images"));
         assert_eq!(back.reason, "signed by A");
         let denied = Verdict::denied("no".into());
@@ -424,10 +491,33 @@ mod verdict_tests {
         for bad in [
             "",
             "allow",
-            "sifrun-verdict-1\nallow\n1 2\n\nr\nextra\n",
-            "sifrun-verdict-1\nmaybe\n1 2\n\nr\n",
+            "sifrun-verdict-1\nallow\n1 2\n\nr\n",
+            "sifrun-verdict-2\nallow\n1 2\nalways\n\nr\nextra\n",
+            "sifrun-verdict-2\nmaybe\n1 2\nalways\n\nr\n",
+            "sifrun-verdict-2\nallow\n1 2\nsoon\n\nr\n",
+            "sifrun-verdict-2\nallow\n1 2\n\nr\n",
         ] {
             assert!(Verdict::decode(bad).is_err(), "{bad:?}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod until_tests {
+    use super::Until;
+
+    /// The earliest end wins; an unknown time makes the whole unknown.
+    #[test]
+    fn the_earliest_end_wins() {
+        let (a, b) = (Until::At(10), Until::At(20));
+        assert_eq!(a.min(b), a);
+        assert_eq!(b.min(a), a);
+        assert_eq!(Until::Always.min(b), b);
+        assert_eq!(b.min(Until::Always), b);
+        assert_eq!(Until::Always.min(Until::Always), Until::Always);
+        for u in [Until::Always, a] {
+            assert_eq!(u.min(Until::Unknown), Until::Unknown);
+            assert_eq!(Until::Unknown.min(u), Until::Unknown);
         }
     }
 }

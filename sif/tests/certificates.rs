@@ -9,7 +9,8 @@ use std::process::Command;
 
 use sif::Image;
 use sif::integrity::certificate::{
-    Certificate as X509, CertificateError, Roots, leaf_from_pem, pool_from_pem, validate,
+    Certificate as X509, CertificateError, Roots, leaf_from_pem, not_after, pool_from_pem,
+    validate, validate_until,
 };
 use sif::integrity::clearsign::Keyring;
 use sif::integrity::dsse::{PrivateKey, PublicKey};
@@ -159,6 +160,27 @@ fn an_expired_or_not_yet_valid_certificate_is_refused() {
     assert!(e.to_string().contains("has expired"), "{e}");
     let e = validate(&short, &ints, Roots::Only(&roots), Some(now() - 3 * 86400)).unwrap_err();
     assert!(matches!(e, CertificateError::NotYetValid { .. }), "{e}");
+}
+
+/// The validation holds until the earliest end of validity of the
+/// verified chain: the one-day leaf's, else the ten-year CAs' and leaf's.
+#[test]
+fn a_validation_holds_until_the_chain_s_first_expiry() {
+    let pki = Pki::new();
+    let roots = pki.pool("root");
+    let ints = pki.pool("intermediate");
+    let short = pki.cert("leaf-short");
+    let until = validate_until(&short, &ints, Roots::Only(&roots), None).unwrap();
+    assert_eq!(Some(until), not_after(&short));
+    assert!((now() + 86_400 - until).abs() < 600, "{until}");
+    let leaf = pki.cert("leaf");
+    let until = validate_until(&leaf, &ints, Roots::Only(&roots), None).unwrap();
+    let chain = [&leaf, &ints[0], &roots[0]].map(|c| not_after(c).unwrap());
+    assert_eq!(until, *chain.iter().min().unwrap());
+    assert!(until > now() + 3000 * 86_400, "{until}");
+    // Validated at a later time, the same chain gives the same end.
+    let later = validate_until(&short, &ints, Roots::Only(&roots), Some(now() + 3600)).unwrap();
+    assert_eq!(Some(later), not_after(&short));
 }
 
 #[test]

@@ -14,6 +14,10 @@
 //! image_dirs = ["/shared/images"]  # images must lie below one of these
 //! max_binds = 16                   # most --sif-bind specs per step
 //!
+//! [images]                         # docker:// images (see ImagesSection)
+//! cache_dir = "/shared/sifrun-cache"  # the site cache, looked up before the user's
+//! cache_user = "sifrun-cache"      # the account that owns and fills it
+//!
 //! [ecl]                            # see crate::ecl
 //! activated = true
 //! keyring = "/etc/sifrun/ecl-keyring.asc"
@@ -44,6 +48,9 @@ pub struct AdminConfig {
     /// `[users]`: limits on what users ask for.
     #[serde(default)]
     pub users: UsersSection,
+    /// `[images]`: the site cache of `docker://` images.
+    #[serde(default)]
+    pub images: ImagesSection,
     /// The execution control list (`[ecl]`, see [`crate::ecl`]).
     #[serde(skip)]
     pub ecl: crate::ecl::Ecl,
@@ -111,6 +118,23 @@ pub struct UsersSection {
     /// The most `--sif-bind` specs one step may give.
     #[serde(default)]
     pub max_binds: Option<usize>,
+}
+
+/// `[images]`: the site cache of images converted from registries
+/// (oci-design.md §6.5). Entries count only when owned by `cache_user`
+/// (or root) and writable by no one else; without `cache_user` the cache
+/// is read-only for sifrun (admins fill it with `sifrun pull` and
+/// `sifrun sign`) and misses go to the user's cache.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImagesSection {
+    /// The site cache directory (absolute), shared by every node.
+    #[serde(default)]
+    pub cache_dir: Option<PathBuf>,
+    /// The account that owns the site cache; the holder converts misses
+    /// into it as this user.
+    #[serde(default)]
+    pub cache_user: Option<String>,
 }
 
 /// Why the file cannot be used.
@@ -219,6 +243,7 @@ impl AdminConfig {
                 ));
             }
         }
+        check_images(&c.images)?;
         c.ecl = crate::ecl::Ecl::from_raw(c.raw_ecl.take().unwrap_or_default(), &|p| {
             std::fs::canonicalize(p).ok()
         })
@@ -240,6 +265,33 @@ impl AdminConfig {
         self.users.image_dirs.is_empty()
             || self.users.image_dirs.iter().any(|d| path.starts_with(d))
     }
+}
+
+fn check_images(i: &ImagesSection) -> Result<(), String> {
+    if let Some(d) = &i.cache_dir
+        && (!d.is_absolute() || d.components().any(|c| c == Component::ParentDir))
+    {
+        return Err(format!(
+            "images.cache_dir: {}: must be an absolute path without ..",
+            d.display()
+        ));
+    }
+    if let Some(u) = &i.cache_user {
+        if i.cache_dir.is_none() {
+            return Err("images.cache_user: needs images.cache_dir".into());
+        }
+        let name_ok = !u.is_empty()
+            && u.len() <= 32
+            && !u.starts_with('-')
+            && u.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        if !name_ok || u == "root" {
+            return Err(format!(
+                "images.cache_user: {u:?} is not an account name (nor may it be root)"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Reads a file that steers root code (the admin file, the ECL keyring):
@@ -338,6 +390,9 @@ allow_umad = true
 forbid = ["sif-writable-tmpfs", "--sif-bind"]
 image_dirs = ["/shared/images"]
 max_binds = 4
+[images]
+cache_dir = "/shared/sifrun-cache"
+cache_user = "sifrun-cache"
 "#,
             OPTS,
         )
@@ -350,6 +405,11 @@ max_binds = 4
         assert!(c.forbids("sif-bind") && c.forbids("sif-writable-tmpfs"));
         assert!(!c.forbids("sif-image"));
         assert_eq!(c.users.max_binds, Some(4));
+        assert_eq!(
+            c.images.cache_dir.as_deref(),
+            Some(Path::new("/shared/sifrun-cache"))
+        );
+        assert_eq!(c.images.cache_user.as_deref(), Some("sifrun-cache"));
         assert!(c.image_allowed(Path::new("/shared/images/a.sif")));
         assert!(!c.image_allowed(Path::new("/shared/images-evil/a.sif")));
         assert!(!c.image_allowed(Path::new("/home/u/a.sif")));
@@ -375,6 +435,17 @@ max_binds = 4
             ("[container]\nsetup_timeout = 0", "container.setup_timeout"),
             ("[container]\nbinds = [\"scratch\"]", "container.binds"),
             ("[users]\nmax_binds = \"x\"", "line 2"),
+            ("[images]\ncache_dir = \"rel\"", "images.cache_dir: rel"),
+            ("[images]\ncache_user = \"c\"", "needs images.cache_dir"),
+            (
+                "[images]\ncache_dir = \"/c\"\ncache_user = \"root\"",
+                "images.cache_user",
+            ),
+            (
+                "[images]\ncache_dir = \"/c\"\ncache_user = \"a b\"",
+                "images.cache_user",
+            ),
+            ("[images]\ncache_dri = \"/c\"", "cache_dri"),
         ] {
             let e = AdminConfig::parse(text, OPTS).unwrap_err();
             assert!(e.contains(want), "{text:?}: {e}");

@@ -183,6 +183,14 @@ pub struct Request {
     /// per-node `SlurmdSpoolDir`. `None`: the host name stands in.
     #[serde(default)]
     pub node_name: Option<String>,
+    /// `images.cache_dir`: the site cache a `docker://` image is looked up
+    /// in first.
+    #[serde(default)]
+    pub site_cache: Option<PathBuf>,
+    /// `images.cache_user`: the account that owns the site cache and
+    /// converts into it.
+    #[serde(default)]
+    pub site_cache_user: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -452,6 +460,8 @@ mod tests {
             ],
             command: Some("hostname".into()),
             node_name: Some("n1".into()),
+            site_cache: Some("/shared/sifrun-cache".into()),
+            site_cache_user: Some("sifrun-cache".into()),
         }
     }
 

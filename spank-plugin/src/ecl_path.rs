@@ -132,6 +132,7 @@ mod tests {
             log: Vec::new(),
             ns: Some("/nonexistent/7.0.ns".into()),
             task_cwd: None,
+            death_told: false,
         }));
         let sp = Fake::remote();
         // task_init_privileged cannot enter: it fails (and the task ends).

@@ -22,6 +22,8 @@ pub struct Fake {
     pub argv: RefCell<Vec<String>>,
     /// The task's environment as changed by setenv/unsetenv.
     pub task_env: RefCell<BTreeMap<String, String>>,
+    /// The ending task's wait status (task_exit).
+    pub task_exit_status: Option<i32>,
 }
 
 impl Fake {
@@ -97,6 +99,9 @@ impl Spank for Fake {
     }
     fn task_message(&self, msg: &str) {
         self.log.borrow_mut().push(format!("task: {msg}"));
+    }
+    fn task_exit_status(&self) -> Option<i32> {
+        self.task_exit_status
     }
 }
 

@@ -57,6 +57,18 @@ pub fn is_registry_image(image: &str) -> bool {
     image.starts_with(DOCKER)
 }
 
+/// The submitting side's `--sif-image` callback: with an activated ECL a
+/// registry image is refused as the option is read, so srun, sbatch and
+/// salloc stop before submitting (a failed init_post_opt does not stop
+/// them on every series). The holder refuses again (the authoritative
+/// check).
+pub fn refuse_early(value: Option<&str>, ecl_activated: bool) -> Result<(), PluginError> {
+    match value.filter(|v| ecl_activated && is_registry_image(v)) {
+        Some(v) => Err(unsigned(v)),
+        None => Ok(()),
+    }
+}
+
 /// Why an ECL cluster refuses `image`.
 pub fn unsigned(image: &str) -> PluginError {
     PluginError::Unsigned(image.to_owned())
@@ -244,6 +256,19 @@ mod tests {
         p.option(Opt::Image, Some("docker://r/a:t")).unwrap();
         let e = p.pin_registry_image(&local, none).unwrap_err();
         assert!(matches!(e, PluginError::Unsigned(_)), "{e}");
+        // ...and already as the option is read on the submitting side; in
+        // slurmstepd the option is taken (the holder refuses).
+        let mut p = Plugin::new(None);
+        p.settings.config.ecl.activated = true;
+        let e = p
+            .option_in(Opt::Image, Some("docker://r/a:t"), false)
+            .unwrap_err();
+        assert!(matches!(e, PluginError::Unsigned(_)), "{e}");
+        p.option_in(Opt::Image, Some("/i.sif"), false).unwrap();
+        let mut p = Plugin::new(None);
+        p.settings.config.ecl.activated = true;
+        p.option_in(Opt::Image, Some("docker://r/a:t"), true)
+            .unwrap();
     }
 
     #[test]

@@ -19,6 +19,7 @@ mod ecl_path;
 pub mod error;
 pub mod ffi;
 mod holder;
+mod holder_death;
 pub mod image_pin;
 mod local;
 pub mod options;

@@ -174,6 +174,9 @@ impl Plugin {
         value: Option<&str>,
         remote: bool,
     ) -> Result<(), PluginError> {
+        if !remote && opt == Opt::Image {
+            crate::image_pin::refuse_early(value, self.settings.config.ecl.activated)?;
+        }
         let given = self.option(opt, value);
         if remote && let Err(e) = &given {
             self.unusable.get_or_insert_with(|| e.to_string());

@@ -52,6 +52,8 @@ pub struct Ready {
     /// The ECL path, in a task: its working directory before it entered
     /// the namespace (task_init_privileged), restored as the user.
     pub task_cwd: Option<std::path::PathBuf>,
+    /// Its death during the step was told (once per node).
+    pub death_told: bool,
 }
 
 impl Ready {
@@ -138,6 +140,7 @@ impl Plugin {
                     log,
                     ns,
                     task_cwd: None,
+                    death_told: false,
                 })
             }
             Err(e) => HolderState::Failed(e),
@@ -322,7 +325,7 @@ pub fn stop(r: &mut Ready) {
 /// short-lived clone(CLONE_VM) child of slurmstepd that has its own
 /// descriptor table: the descriptor taken there is not in slurmstepd's, and
 /// its number here belongs to something else (or nothing).
-fn is_pidfd_of(fd: &std::os::fd::OwnedFd, pid: i32) -> bool {
+pub(crate) fn is_pidfd_of(fd: &std::os::fd::OwnedFd, pid: i32) -> bool {
     use std::os::fd::AsRawFd;
     std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd())).is_ok_and(|t| {
         t.lines().any(|l| {
@@ -334,7 +337,7 @@ fn is_pidfd_of(fd: &std::os::fd::OwnedFd, pid: i32) -> bool {
 
 /// Whether the process of `fd` ends within `timeout` (the descriptor
 /// becomes readable at once when it does).
-fn ended_within(fd: &std::os::fd::OwnedFd, timeout: Duration) -> bool {
+pub(crate) fn ended_within(fd: &std::os::fd::OwnedFd, timeout: Duration) -> bool {
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
     use std::os::fd::AsFd;
     let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
@@ -417,6 +420,7 @@ mod tests {
             log: Vec::new(),
             ns: None,
             task_cwd: None,
+            death_told: false,
         }
     }
 

@@ -119,6 +119,8 @@ pub fn build(a: &Args, s: &Settings, step: Step) -> Request {
         ecl_config: s.config_path.clone().filter(|_| c.ecl.activated),
         ns_dir,
         image_dirs: c.users.image_dirs.clone(),
+        site_cache: c.images.cache_dir.clone(),
+        site_cache_user: c.images.cache_user.clone(),
         binds,
         env: a.env.clone(),
         pwd: a.workdir.as_ref().map(PathBuf::from),
@@ -216,6 +218,16 @@ mod tests {
         // The ECL path pins the step's namespace in the runtime directory.
         assert_eq!(r.ns_dir.as_deref(), Some(Path::new("/run/sifrun-x/7.0.ns")));
         assert_eq!(r.image_dirs, [Path::new("/shared/images")]);
+        assert_eq!(r.site_cache, None);
+        // The site cache reaches the holder.
+        s.config.images.cache_dir = Some("/shared/sifrun-cache".into());
+        s.config.images.cache_user = Some("sifrun-cache".into());
+        let r = build(&args(), &s, step("/", None));
+        assert_eq!(
+            r.site_cache.as_deref(),
+            Some(Path::new("/shared/sifrun-cache"))
+        );
+        assert_eq!(r.site_cache_user.as_deref(), Some("sifrun-cache"));
     }
 
     #[test]

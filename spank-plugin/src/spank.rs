@@ -56,4 +56,6 @@ pub trait Spank {
     /// Writes a line on the task's standard error, which srun shows
     /// (task_init only).
     fn task_message(&self, msg: &str);
+    /// The ending task's wait status (task_exit only).
+    fn task_exit_status(&self) -> Option<i32>;
 }

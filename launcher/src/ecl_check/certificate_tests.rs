@@ -85,6 +85,15 @@ impl Pki {
         let files = TrustFiles::read(&ecl, &|_| None).unwrap();
         (ecl, files)
     }
+
+    /// `cert`'s end of validity, as openssl reads it.
+    pub(crate) fn not_after(&self, cert: &str) -> i64 {
+        let pem = fs::read(self.path(&format!("{cert}.pem"))).unwrap();
+        sif::integrity::certificate::not_after(
+            &sif::integrity::certificate::leaf_from_pem(&pem).unwrap(),
+        )
+        .unwrap()
+    }
 }
 
 fn run(pki: &Pki, signer: &str, mode: Mode, certs: &[&str], roots: &str) -> Verdict {

@@ -162,6 +162,16 @@ pub(crate) fn try_acquire(path: &Path) -> Result<Attempt, CacheError> {
     }
 }
 
+/// The lock at `path` as [`try_acquire`] would see it, without creating
+/// one: `Busy` when there is one, `Vanished` when there is none.
+pub(crate) fn read_existing(path: &Path) -> Result<Attempt, CacheError> {
+    match read(path) {
+        Ok(seen) => Ok(Attempt::Busy(seen)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Attempt::Vanished),
+        Err(e) => Err(io_err(path, e)),
+    }
+}
+
 /// Reads the lock at `path`.
 fn read(path: &Path) -> io::Result<Seen> {
     let f = File::open(path)?;

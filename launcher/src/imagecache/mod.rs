@@ -17,7 +17,9 @@
 //! stale lock (its owner killed) is broken and the entry converted again.
 //! Only complete files ever appear under an entry's name.
 
+pub mod gc;
 pub mod lock;
+pub mod site;
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -97,7 +99,7 @@ impl Key {
         })
     }
 
-    fn name(&self) -> String {
+    pub(crate) fn name(&self) -> String {
         format!("{}.{}", self.hex, self.compression)
     }
 }
@@ -116,6 +118,9 @@ pub struct Cache {
     /// A waiter whose converter failed less than this ago reports that
     /// failure instead of converting again.
     pub fail_memory: Duration,
+    /// A cache every user reads (the site cache): directories 0755, not
+    /// 0700.
+    pub shared: bool,
 }
 
 /// What [`Cache::ensure`] gave.
@@ -135,7 +140,7 @@ struct Failure {
     message: String,
 }
 
-fn io_err(path: &Path, error: io::Error) -> CacheError {
+pub(crate) fn io_err(path: &Path, error: io::Error) -> CacheError {
     CacheError::Io {
         path: path.to_owned(),
         error,
@@ -162,6 +167,7 @@ impl Cache {
             stale_after: Duration::from_secs(90),
             wait_timeout: Duration::from_secs(wait),
             fail_memory: Duration::from_secs(600),
+            shared: false,
         }
     }
 
@@ -180,7 +186,7 @@ impl Cache {
             .ok_or(CacheError::NoDirectory)
     }
 
-    fn dir(&self, sub: &str) -> PathBuf {
+    pub(crate) fn dir(&self, sub: &str) -> PathBuf {
         self.root.join("v1").join(sub)
     }
 
@@ -219,11 +225,12 @@ impl Cache {
     }
 
     fn make_dirs(&self) -> Result<(), CacheError> {
-        for sub in ["sif/sha256", "lock", "fail", "tmp"] {
+        let mode = if self.shared { 0o755 } else { 0o700 };
+        for sub in ["sif/sha256", "lock", "fail", "tmp", "used"] {
             let d = self.dir(sub);
             fs::DirBuilder::new()
                 .recursive(true)
-                .mode(0o700)
+                .mode(mode)
                 .create(&d)
                 .map_err(|e| io_err(&d, e))?;
         }
@@ -245,6 +252,7 @@ impl Cache {
         F: FnOnce(&Path) -> Result<(), String>,
     {
         if let Some(path) = self.lookup(key)? {
+            self.mark_used(key);
             return Ok(Ensured {
                 path,
                 converted: false,
@@ -381,6 +389,7 @@ impl Cache {
         match result {
             Ok(path) => {
                 let _ = fs::remove_file(self.fail_path(key));
+                self.mark_used(key);
                 drop(held);
                 Ok(Ensured {
                     path,

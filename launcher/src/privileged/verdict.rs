@@ -10,7 +10,10 @@
 //! one has it open for writing (a read lease). Only `allowed` verdicts are
 //! stored, only when the file's ctime is older than the verification by
 //! more than [`RACY`] and its state did not move during it; a denial always
-//! verifies again. See docs/security.md, "The ECL verdict cache".
+//! verifies again. An entry lives [`MAX_AGE`] at most and never past the
+//! time its verdict holds until ([`Until`]: the earliest end of validity of
+//! the listed certificates' chains); a verdict whose time it cannot bound
+//! is not stored. See docs/security.md, "The ECL verdict cache".
 
 use std::fs::{File, Metadata};
 use std::io::{Read, Write};
@@ -25,10 +28,10 @@ use std::os::fd::AsFd;
 
 use slurm_conf::ecl::Ecl;
 
-use crate::ecl_check::{TrustFiles, Verdict};
+use crate::ecl_check::{TrustFiles, Until, Verdict};
 
 /// The entry format (a changed verifier must not reuse old verdicts).
-const FORMAT: u32 = 1;
+const FORMAT: u32 = 2;
 /// The largest entry read.
 const MAX_ENTRY: u64 = 4096;
 /// How much older than the verification a file's ctime must be for its
@@ -133,7 +136,7 @@ pub(crate) struct Entry {
     pub(crate) offset: u64,
     /// Its size.
     pub(crate) size: u64,
-    /// Seconds since the epoch after which the entry is a miss.
+    /// Seconds since the epoch from which on the entry is a miss.
     not_after: u64,
 }
 
@@ -144,21 +147,30 @@ fn secs(t: SystemTime) -> u64 {
 }
 
 impl Entry {
-    /// An entry for an `allowed` verdict made at `now`.
+    /// An entry for an `allowed` verdict made at `now` that holds `until`:
+    /// a miss from `until` or [`MAX_AGE`] after `now`, whichever comes
+    /// first. None when `until` is unknown or past.
     pub(crate) fn new(
         key: Key,
         group: Option<String>,
         offset: u64,
         size: u64,
         now: SystemTime,
-    ) -> Entry {
-        Entry {
+        until: Until,
+    ) -> Option<Entry> {
+        let oldest = secs(now + MAX_AGE);
+        let not_after = match until {
+            Until::Always => oldest,
+            Until::At(t) => oldest.min(u64::try_from(t).ok()?),
+            Until::Unknown => return None,
+        };
+        (not_after > secs(now)).then_some(Entry {
             key,
             group,
             offset,
             size,
-            not_after: secs(now + MAX_AGE),
-        }
+            not_after,
+        })
     }
 }
 
@@ -213,7 +225,7 @@ impl Cache {
         let path = self.dir.join(key.name());
         let entry = self.read(&path);
         match entry {
-            Some(e) if e.key == *key && secs(now) <= e.not_after => {
+            Some(e) if e.key == *key && secs(now) < e.not_after => {
                 if let Ok(f) = File::options()
                     .write(true)
                     .custom_flags(libc::O_NOFOLLOW)
@@ -352,6 +364,7 @@ pub(crate) fn verify(j: &Judged<'_>, dir: Option<&Path>) -> Result<(Verdict, boo
             reason: "a cached verdict".into(),
             offset: e.offset,
             size: e.size,
+            until: Until::At(i64::try_from(e.not_after).unwrap_or(i64::MAX)),
         };
         return Ok((v, true));
     }
@@ -366,9 +379,7 @@ pub(crate) fn verify(j: &Judged<'_>, dir: Option<&Path>) -> Result<(Verdict, boo
 
 /// The cache, when the ECL allows one and its directory is sound.
 fn usable(j: &Judged<'_>, dir: &Path) -> Option<Cache> {
-    // Certificates' validity ends with time: those verdicts are not kept.
-    let certificates = j.ecl.certificate_roots.is_some() || !j.trust.certificates.is_empty();
-    if j.ecl.verdict_cache_entries == 0 || certificates {
+    if j.ecl.verdict_cache_entries == 0 {
         return None;
     }
     Cache::open(dir, j.ecl.verdict_cache_entries, 0)
@@ -376,14 +387,17 @@ fn usable(j: &Judged<'_>, dir: &Path) -> Option<Cache> {
         .ok()
 }
 
-/// Stores `v` under `key` when it allows and the file did not move.
+/// Stores `v` under `key` when it allows, the file did not move and the
+/// time it holds until is known and not past.
 fn remember(cache: &Cache, key: Key, after: &FileState, started: SystemTime, v: &Verdict) {
-    if !v.allowed || !storable(&key.file, after, started) {
-        tracing::info!(allowed = v.allowed, "ECL verdict not cached");
+    let entry = (v.allowed && storable(&key.file, after, started))
+        .then(|| Entry::new(key, v.group.clone(), v.offset, v.size, started, v.until))
+        .flatten();
+    let Some(entry) = entry else {
+        tracing::info!(allowed = v.allowed, until = ?v.until, "ECL verdict not cached");
         return;
-    }
-    let e = Entry::new(key, v.group.clone(), v.offset, v.size, started);
-    if let Err(e) = cache.store(&e) {
+    };
+    if let Err(e) = cache.store(&entry) {
         tracing::warn!("ECL verdict cache: {e}");
     }
 }

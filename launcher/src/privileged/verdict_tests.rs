@@ -44,7 +44,15 @@ fn key(f: &Fixture) -> Key {
 }
 
 fn entry(k: Key) -> Entry {
-    Entry::new(k, Some("g".into()), 4096, 1024, SystemTime::now())
+    Entry::new(
+        k,
+        Some("g".into()),
+        4096,
+        1024,
+        SystemTime::now(),
+        Until::Always,
+    )
+    .unwrap()
 }
 
 fn entry_path(f: &Fixture, k: &Key) -> PathBuf {
@@ -303,6 +311,7 @@ fn a_denial_is_never_stored() {
         reason: "unsigned".into(),
         offset: 4096,
         size: 1024,
+        until: Until::Always,
     };
     remember(&f.cache, k.clone(), &s, long_after, &v);
     assert!(!entry_path(&f, &k).exists());
@@ -323,7 +332,124 @@ fn a_racy_verdict_is_not_stored() {
         reason: String::new(),
         offset: 0,
         size: 1,
+        until: Until::Always,
     };
     remember(&f.cache, k.clone(), &s, SystemTime::now(), &v);
     assert!(!entry_path(&f, &k).exists());
+}
+
+/// A fixed clock: 2030-01-01.
+fn t0() -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(1_893_456_000)
+}
+
+fn at(t: SystemTime) -> Until {
+    Until::At(secs(t) as i64)
+}
+
+/// A verdict that relied on a certificate ending in an hour is a hit
+/// until then and a miss (removed) from then on, long before MAX_AGE.
+#[test]
+fn a_certificate_verdict_expires_with_the_certificate() {
+    let f = fixture(4);
+    let k = key(&f);
+    let end = t0() + Duration::from_secs(3600);
+    let e = Entry::new(k.clone(), None, 4096, 1024, t0(), at(end)).unwrap();
+    f.cache.store(&e).unwrap();
+    let hit = f
+        .cache
+        .lookup(&k, t0() + Duration::from_secs(3599))
+        .unwrap();
+    assert_eq!(hit.not_after, secs(end));
+    assert_eq!(f.cache.lookup(&k, end), None);
+    assert!(!entry_path(&f, &k).exists());
+    // A certificate valid beyond MAX_AGE: MAX_AGE bounds the entry.
+    let far = Entry::new(k, None, 0, 1, t0(), at(t0() + 10 * MAX_AGE)).unwrap();
+    assert_eq!(far.not_after, secs(t0() + MAX_AGE));
+}
+
+/// A verdict whose time is unknown, or that holds no longer, is not kept.
+#[test]
+fn an_unbounded_or_past_verdict_is_not_stored() {
+    let f = fixture(4);
+    let k = key(&f);
+    assert_eq!(
+        Entry::new(k.clone(), None, 0, 1, t0(), Until::Unknown),
+        None
+    );
+    assert_eq!(Entry::new(k.clone(), None, 0, 1, t0(), at(t0())), None);
+    let past = at(t0() - Duration::from_secs(1));
+    assert_eq!(Entry::new(k.clone(), None, 0, 1, t0(), past), None);
+    let s = state(&f.image);
+    let long_after = SystemTime::now() + Duration::from_secs(60);
+    let mut v = Verdict {
+        allowed: true,
+        group: None,
+        reason: String::new(),
+        offset: 0,
+        size: 1,
+        until: Until::Unknown,
+    };
+    remember(&f.cache, k.clone(), &s, long_after, &v);
+    assert!(!entry_path(&f, &k).exists());
+    // The control: bounded an hour after the verification, stored.
+    v.until = at(long_after + Duration::from_secs(3600));
+    remember(&f.cache, k.clone(), &s, long_after, &v);
+    assert!(entry_path(&f, &k).exists());
+}
+
+/// With certificates in the trust files, a change of the keyring, of a
+/// listed certificate's bytes or of the roots still changes the key.
+#[test]
+fn a_trust_file_change_invalidates_a_certificate_verdict() {
+    let f = fixture(4);
+    let trust = |keyring: &[u8], cert: &[u8], roots: &[u8]| TrustFiles {
+        keyring: keyring.to_vec(),
+        certificates: vec![(PathBuf::from("/etc/sifrun/leaf.pem"), cert.to_vec())],
+        roots: Some(roots.to_vec()),
+        intermediates: None,
+    };
+    let k = |t: &TrustFiles| Key::new(state(&f.image), None, Path::new("/images"), b"[ecl]", t);
+    let base = k(&trust(b"keys", b"leaf", b"root"));
+    let end = SystemTime::now() + Duration::from_secs(3600);
+    let e = Entry::new(base.clone(), None, 0, 1, SystemTime::now(), at(end)).unwrap();
+    f.cache.store(&e).unwrap();
+    for other in [
+        trust(b"other keys", b"leaf", b"root"),
+        trust(b"keys", b"renewed leaf", b"root"),
+        trust(b"keys", b"leaf", b"other root"),
+    ] {
+        let o = k(&other);
+        assert_ne!(o, base);
+        assert_eq!(f.cache.lookup(&o, SystemTime::now()), None);
+    }
+    assert!(f.cache.lookup(&base, SystemTime::now()).is_some());
+}
+
+/// The verifier's verdict on an image signed by the one-day certificate
+/// carries that certificate's end of validity, and the entry stored for it
+/// ends then.
+#[test]
+fn the_verdict_on_a_certificate_image_carries_its_end() {
+    use crate::ecl_check::certificate_tests::Pki;
+    use slurm_conf::ecl::Mode;
+    let pki = Pki::new();
+    let (ecl, files) = pki.ecl(Mode::Whitelist, &["leaf-short"], "root");
+    let image = pki.image("leaf-short");
+    let v = crate::ecl_check::judge(&image, Path::new("/images"), &ecl, &files);
+    assert!(v.allowed, "{v:?}");
+    let end = pki.not_after("leaf-short");
+    assert_eq!(v.until, Until::At(end));
+    let f = fixture(4);
+    let k = key(&f);
+    let long_after = SystemTime::now() + Duration::from_secs(60);
+    remember(&f.cache, k.clone(), &state(&f.image), long_after, &v);
+    let e = f.cache.lookup(&k, long_after).unwrap();
+    assert_eq!(e.not_after, end as u64);
+    let expired = UNIX_EPOCH + Duration::from_secs(end as u64);
+    assert_eq!(f.cache.lookup(&k, expired), None);
+    // A ten-year certificate: bounded by MAX_AGE instead.
+    let (ecl, files) = pki.ecl(Mode::Whitelist, &["leaf"], "root");
+    let v = crate::ecl_check::judge(&pki.image("leaf"), Path::new("/images"), &ecl, &files);
+    assert!(matches!(v.until, Until::At(t) if t > end + 86_400), "{v:?}");
 }

@@ -147,6 +147,27 @@ pub fn validate(
     roots: Roots<'_>,
     at: Option<i64>,
 ) -> Result<(), CertificateError> {
+    validate_until(leaf, intermediates, roots, at).map(|_| ())
+}
+
+/// A certificate's end of validity (`notAfter`), in seconds since the
+/// epoch; `None` when it cannot be told.
+pub fn not_after(cert: &X509) -> Option<i64> {
+    let epoch = openssl::asn1::Asn1Time::from_unix(0).ok()?;
+    let d = epoch.diff(cert.not_after()).ok()?;
+    Some(i64::from(d.days) * 86_400 + i64::from(d.secs))
+}
+
+/// As [`validate`], and on success the earliest end of validity of the
+/// certificates of the verified chain (leaf, intermediates, root): the
+/// time until which the validation holds. A chain whose ends of validity
+/// cannot be read fails ([`CertificateError::Untrusted`]).
+pub fn validate_until(
+    leaf: &X509,
+    intermediates: &[X509],
+    roots: Roots<'_>,
+    at: Option<i64>,
+) -> Result<i64, CertificateError> {
     let untrusted = |e: openssl::error::ErrorStack| CertificateError::Untrusted(e.to_string());
     let mut store = X509StoreBuilder::new().map_err(untrusted)?;
     match roots {
@@ -190,7 +211,12 @@ pub fn validate(
     if !ok {
         return Err(chain_error(error, failed.as_ref().unwrap_or(leaf)));
     }
-    usage(leaf, &verified)
+    usage(leaf, &verified)?;
+    std::iter::once(leaf)
+        .chain(verified.iter())
+        .map(not_after)
+        .try_fold(i64::MAX, |m, t| t.map(|t| m.min(t)))
+        .ok_or_else(|| CertificateError::Untrusted("an unreadable end of validity".into()))
 }
 
 fn chain_error(error: X509VerifyResult, cert: &X509) -> CertificateError {

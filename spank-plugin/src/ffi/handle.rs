@@ -97,6 +97,21 @@ impl Spank for Handle {
         (rc == 0).then_some(id)
     }
 
+    fn task_exit_status(&self) -> Option<i32> {
+        let f = api()?.spank_get_item.as_ref().ok()?;
+        let mut status: c_int = 0;
+        // SAFETY: S_TASK_EXIT_STATUS takes one `int *`, which points at a
+        // live local.
+        let rc = unsafe {
+            f(
+                self.0,
+                sys::spank_item::S_TASK_EXIT_STATUS,
+                &mut status as *mut c_int,
+            )
+        };
+        (rc == 0).then_some(status)
+    }
+
     fn job_uid(&self) -> Option<u32> {
         let f = api()?.spank_get_item.as_ref().ok()?;
         let mut uid: libc::uid_t = 0;

@@ -337,6 +337,18 @@ pub extern "C" fn slurm_spank_exit(sp: sys::spank_t, _ac: c_int, _av: *mut *mut 
     guard(sp, Report::Info, |p, h| p.exit(h))
 }
 
+/// As each task ends (slurmstepd, root): a holder that died during the
+/// step is told once per node. Never fails the task.
+#[unsafe(no_mangle)]
+pub extern "C" fn slurm_spank_task_exit(
+    sp: sys::spank_t,
+    _ac: c_int,
+    _av: *mut *mut c_char,
+) -> c_int {
+    let _ = guard(sp, Report::Info, |p, h| p.task_exit(h));
+    ESPANK_SUCCESS
+}
+
 /// Records the step's holder for the epilog's sweep (slurmstepd, root).
 #[unsafe(no_mangle)]
 pub extern "C" fn slurm_spank_task_post_fork(

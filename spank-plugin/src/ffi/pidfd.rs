@@ -22,6 +22,40 @@ pub fn open(pid: u32) -> nix::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// How the process of `fd` ended (its wait status), once it has: the
+/// kernel keeps it for a descriptor taken before the end even after another
+/// waiter reaped the process (`PIDFD_GET_INFO` with `PIDFD_INFO_EXIT`,
+/// Linux 6.15). `None`: not ended and reaped, or an older kernel.
+pub fn exit_status(fd: &impl AsFd) -> Option<i32> {
+    /// `struct pidfd_info` up to `exit_code` (`PIDFD_INFO_SIZE_VER0`).
+    #[repr(C)]
+    #[derive(Default)]
+    struct Info {
+        mask: u64,
+        cgroupid: u64,
+        ids: [u32; 11],
+        exit_code: i32,
+    }
+    const _: () = assert!(std::mem::size_of::<Info>() == 64);
+    const PIDFD_INFO_EXIT: u64 = 1 << 3;
+    /// `_IOWR(0xFF, 11, struct pidfd_info)` for the 64-byte structure.
+    const PIDFD_GET_INFO: u32 = 0xC040_FF0B;
+    let mut info = Info {
+        mask: PIDFD_INFO_EXIT,
+        ..Info::default()
+    };
+    // SAFETY: PIDFD_GET_INFO on a live descriptor writes at most the
+    // 64 bytes its number encodes into `info`, a live local of that size.
+    let rc = unsafe {
+        libc::ioctl(
+            fd.as_fd().as_raw_fd(),
+            PIDFD_GET_INFO as _,
+            &mut info as *mut Info,
+        )
+    };
+    (rc == 0 && info.mask & PIDFD_INFO_EXIT != 0).then_some(info.exit_code)
+}
+
 /// Sends `sig` to the process `fd` refers to; `ESRCH` once it has ended,
 /// whatever process has its PID now.
 pub fn send_signal(fd: &impl AsFd, sig: Signal) -> nix::Result<()> {

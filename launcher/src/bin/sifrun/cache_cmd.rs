@@ -3,11 +3,12 @@
 //! SIF for that digest taken from the image cache (`SIFRUN_CACHEDIR`) or
 //! converted into it once (see `launcher::imagecache`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use launcher::build::Compression;
 use launcher::convert::{self, ConvertOptions, ProgressSink};
+use launcher::imagecache::site::{Account, Site};
 use launcher::imagecache::{Cache, Key};
 use oci::auth::creds::Environment;
 use oci::reference::{Reference, Source};
@@ -15,7 +16,7 @@ use oci::reference::{Reference, Source};
 use crate::build_cmd::{ImageArgs, wanted};
 
 /// The compression of cached images.
-const CACHE_COMPRESSION: Compression = Compression::Gzip;
+pub const CACHE_COMPRESSION: Compression = Compression::Gzip;
 
 /// `sifrun resolve`'s arguments.
 #[derive(clap::Args, Debug)]
@@ -111,14 +112,99 @@ pub fn image_path(image: PathBuf, args: &ImageArgs) -> Result<PathBuf> {
         plain_http,
         credentials: None,
         progress: None,
+        tmpdir: true,
     };
     ensure(&cache, &reference, &text, &how)
 }
 
+fn job_var<'a>(job_env: &'a [(String, String)], k: &str) -> Option<&'a str> {
+    job_env
+        .iter()
+        .find(|(n, _)| n == k)
+        .map(|(_, v)| v.as_str())
+        .filter(|v| !v.is_empty())
+}
+
+/// The reference a step runs: `text` pinned by the job's pin when it
+/// names the same image.
+fn step_reference(text: &str, job_env: &[(String, String)]) -> Result<Reference> {
+    let reference = docker_ref(text)?;
+    Ok(pinned_by(&reference, job_var(job_env, PIN_ENV)).unwrap_or(reference))
+}
+
+/// The site cache a request names (`[images]`), if any.
+pub fn site_of(dir: Option<&Path>, user: Option<&str>) -> Result<Option<Site>> {
+    let Some(dir) = dir else { return Ok(None) };
+    let account = user.map(Account::by_name).transpose()?;
+    Ok(Some(Site::new(dir.to_owned(), account)))
+}
+
+fn say(line: &str) {
+    eprintln!("sifrun: {line}");
+}
+
+/// A Slurm step's `docker://` image in the site cache, converted there if
+/// missing by a child that becomes the cache's account (the holder, still
+/// with root's real uid, before it drops it). Anonymous: the entry is for
+/// every user, so no user's credentials take part. `None` (with a line
+/// saying why) when it cannot: the step then uses the user's cache.
+pub fn fill_site(text: &str, job_env: &[(String, String)], site: &Site) -> Option<PathBuf> {
+    let account = site.account.as_ref()?;
+    let reference = step_reference(text, job_env).ok()?;
+    if let Some(p) = site_hit(site, &reference) {
+        return Some(p);
+    }
+    let plain_http = truthy(job_var(job_env, "SIFRUN_NOHTTPS"));
+    let cache = site.cache.clone();
+    let made = launcher::imagecache::site::as_account(account, || {
+        let how = How {
+            arch: None,
+            plain_http,
+            credentials: Some(Environment::default()),
+            progress: None,
+            tmpdir: false,
+        };
+        ensure(&cache, &reference, text, &how).map_err(|e| format!("{e:#}"))
+    });
+    match made {
+        Ok(p) if p.starts_with(&site.cache.root) => match site.trusted(&p) {
+            Ok(()) => Some(p),
+            Err(why) => {
+                say(&format!("site cache entry ignored: {why}"));
+                None
+            }
+        },
+        Ok(p) => {
+            say(&format!(
+                "{text}: the site cache's converter named {}",
+                p.display()
+            ));
+            None
+        }
+        Err(e) => {
+            say(&format!(
+                "{text}: not in the site cache ({e}); using your cache"
+            ));
+            None
+        }
+    }
+}
+
+/// The trusted site cache entry of a digest-pinned reference, without
+/// the network (the digest must be the platform manifest's).
+fn site_hit(site: &Site, reference: &Reference) -> Option<PathBuf> {
+    let d = reference.digest()?;
+    let key = Key::new(&d.to_string(), CACHE_COMPRESSION.name()).ok()?;
+    let p = site.lookup(&key, &say)?;
+    site.note_use(&key);
+    Some(p)
+}
+
 /// A Slurm step's `docker://` image (`sifrun slurm-hold`, as the user):
-/// the job's pin when it names the same image, the cache at
-/// `SIFRUN_CACHEDIR`, `XDG_CACHE_HOME` or `HOME` of the job's environment.
-/// The job's registry credentials are looked up as `sifrun pull` does
+/// the job's pin when it names the same image; the site cache's entry if
+/// it has a trusted one, else the user's cache at `SIFRUN_CACHEDIR`,
+/// `XDG_CACHE_HOME` or `HOME` of the job's environment. The job's registry
+/// credentials are looked up as `sifrun pull` does
 /// (`SIFRUN_DOCKER_USERNAME`/`PASSWORD`, `REGISTRY_AUTH_FILE`,
 /// `DOCKER_CONFIG` or `HOME`'s `.docker/config.json`, from the job's
 /// environment), by the holder already running as the user; `progress`
@@ -126,32 +212,54 @@ pub fn image_path(image: PathBuf, args: &ImageArgs) -> Result<PathBuf> {
 pub fn step_image(
     text: &str,
     job_env: &[(String, String)],
+    site: Option<&Site>,
     progress: Option<ProgressSink>,
 ) -> Result<PathBuf> {
-    let get = |k: &str| {
-        job_env
-            .iter()
-            .find(|(n, _)| n == k)
-            .map(|(_, v)| v.as_str())
-            .filter(|v| !v.is_empty())
-    };
+    let get = |k: &str| job_var(job_env, k);
+    let reference = step_reference(text, job_env)?;
+    if let Some(p) = site.and_then(|s| site_hit(s, &reference)) {
+        return Ok(p);
+    }
     let root = match (get("SIFRUN_CACHEDIR"), get("XDG_CACHE_HOME"), get("HOME")) {
         (Some(d), _, _) => PathBuf::from(d),
         (None, Some(x), _) => PathBuf::from(x).join("sifrun"),
         (None, None, Some(h)) => PathBuf::from(h).join(".cache/sifrun"),
         _ => bail!("{text}: no cache directory: the job has no SIFRUN_CACHEDIR or HOME"),
     };
-    let mut reference = docker_ref(text)?;
-    if let Some(p) = pinned_by(&reference, get(PIN_ENV)) {
-        reference = p;
-    }
+    let plain_http = truthy(get("SIFRUN_NOHTTPS"));
+    let user = Cache::new(root);
     let how = How {
         arch: None,
-        plain_http: truthy(get("SIFRUN_NOHTTPS")),
+        plain_http,
         credentials: Some(Environment::from_lookup(|k| get(k).map(str::to_owned))),
         progress,
+        tmpdir: true,
     };
-    ensure(&Cache::new(root), &reference, text, &how)
+    let Some(s) = site else {
+        return ensure(&user, &reference, text, &how);
+    };
+    // The user's entry of a platform digest: no network.
+    if let Some(d) = reference.digest() {
+        let key = Key::new(&d.to_string(), CACHE_COMPRESSION.name())?;
+        if let Some(p) = user.lookup(&key)? {
+            user.mark_used(&key);
+            return Ok(p);
+        }
+    }
+    // The tag or index resolved: the site cache may have the manifest.
+    let wanted = wanted(None)?;
+    let resolved = convert::resolve_as(
+        &reference,
+        plain_http,
+        &wanted,
+        text,
+        how.credentials.as_ref(),
+    )?;
+    let pinned = reference.with_digest(resolved.manifest);
+    if let Some(p) = site_hit(s, &pinned) {
+        return Ok(p);
+    }
+    ensure(&user, &pinned, text, &how)
 }
 
 /// How [`ensure`] reaches the registry and reports.
@@ -162,16 +270,20 @@ struct How<'a> {
     /// Where the credentials come from (`None`: this process's environment).
     credentials: Option<Environment>,
     progress: Option<ProgressSink>,
+    /// Whether `SIFRUN_TMPDIR` applies (not for the site cache).
+    tmpdir: bool,
 }
 
 /// The cache's entry for `reference` on this host's platform (or `arch`).
 fn ensure(cache: &Cache, reference: &Reference, text: &str, how: &How<'_>) -> Result<PathBuf> {
-    let (arch, plain_http) = (how.arch, how.plain_http);
+    let (arch, plain_http, tmpdir) = (how.arch, how.plain_http, how.tmpdir);
     // A digest with an entry is a platform manifest: no network needed.
-    if let Some(d) = reference.digest()
-        && let Some(p) = cache.lookup(&Key::new(&d.to_string(), CACHE_COMPRESSION.name())?)?
-    {
-        return Ok(p);
+    if let Some(d) = reference.digest() {
+        let key = Key::new(&d.to_string(), CACHE_COMPRESSION.name())?;
+        if let Some(p) = cache.lookup(&key)? {
+            cache.mark_used(&key);
+            return Ok(p);
+        }
     }
     let wanted = wanted(arch)?;
     let resolved = convert::resolve_as(
@@ -200,7 +312,7 @@ fn ensure(cache: &Cache, reference: &Reference, text: &str, how: &How<'_>) -> Re
             wanted,
             plain_http,
             tmpdir: std::env::var_os("SIFRUN_TMPDIR")
-                .filter(|v| !v.is_empty())
+                .filter(|v| tmpdir && !v.is_empty())
                 .map(PathBuf::from),
             credentials: how.credentials.clone(),
             progress: how.progress.clone(),
@@ -238,7 +350,7 @@ mod tests {
         let env = |v: &[(&str, &str)]| -> Vec<(String, String)> {
             v.iter().map(|(a, b)| ((*a).into(), (*b).into())).collect()
         };
-        let e = step_image("docker://reg.example/a:t", &env(&[]), None).unwrap_err();
+        let e = step_image("docker://reg.example/a:t", &env(&[]), None, None).unwrap_err();
         assert!(e.to_string().contains("no cache directory"), "{e}");
     }
 }

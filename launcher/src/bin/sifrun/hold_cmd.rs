@@ -50,17 +50,19 @@ const UNSIGNED: &str = "images converted from Docker/OCI are unsigned, and this 
 execution control list only runs signed images; ask your administrator to convert and sign it \
 (sifrun pull + sifrun sign) and use that SIF";
 
-/// A job's environment, as the request carries it.
-type JobEnv = [(String, String)];
-
 /// What only the full `sifrun` holds (it verifies signatures and reaches
 /// registries).
 pub struct Full {
     /// The ECL's privileged path: the request, the admin file, the
     /// namespace's directory.
     pub privileged: fn(Request, PathBuf, PathBuf) -> Result<i32, Failure>,
-    /// A `docker://` image as a SIF of the user's cache.
-    pub step_image: fn(&str, &JobEnv, Option<launcher::convert::ProgressSink>) -> Result<PathBuf>,
+    /// Before root's real uid is dropped: a `docker://` image's entry in
+    /// the site cache the request names, converted there by the cache's
+    /// account if missing (`None`: no site cache, or it cannot serve).
+    pub site_entry: fn(&Request, &str) -> Result<Option<PathBuf>>,
+    /// As the user: a `docker://` image as a SIF of the site cache or the
+    /// user's cache.
+    pub step_image: fn(&Request, &str, launcher::convert::ProgressSink) -> Result<PathBuf>,
 }
 
 /// Runs the holder (`full`: `None` for the lean holder); returns its exit
@@ -124,19 +126,26 @@ fn hold(args: &HoldArgs, full: Option<&Full>) -> Result<i32, Failure> {
     if docker.is_some() && full.is_none() {
         return Err(not_lean("a docker:// image"));
     }
+    // The site cache is filled by its own account, before root's real uid
+    // is dropped (the holder has no other thread yet).
+    let from_site = match (docker, full) {
+        (Some(text), Some(full)) => (full.site_entry)(&request, text).at(Stage::Image)?,
+        _ => None,
+    };
     launcher::privilege::drop_to_effective_user()
         .context("slurm-hold")
         .at(Stage::Privileges)?;
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
     let mut request = request;
-    if let Some(text) = request
+    if let Some(p) = from_site {
+        request.image = p;
+    } else if let Some(text) = request
         .image
         .to_str()
         .filter(|t| t.starts_with("docker://"))
     {
         let full = full.ok_or_else(|| not_lean("a docker:// image"))?;
-        request.image =
-            (full.step_image)(text, &request.job_env, Some(progress_sink())).at(Stage::Image)?;
+        request.image = (full.step_image)(&request, text, progress_sink()).at(Stage::Image)?;
     }
     let image_dirs = request.image_dirs.clone();
     let image = open_in_dirs(&request.image, &image_dirs).at(Stage::Image)?;

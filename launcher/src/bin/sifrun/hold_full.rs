@@ -12,8 +12,35 @@ use crate::hold_cmd::{AtStage, Failure, Full, to_launch};
 /// The full holder's paths.
 pub const FULL: Full = Full {
     privileged,
-    step_image: crate::cache_cmd::step_image,
+    site_entry,
+    step_image,
 };
+
+/// The site cache a request names (`[images]`), if any.
+fn site(request: &Request) -> anyhow::Result<Option<launcher::imagecache::site::Site>> {
+    crate::cache_cmd::site_of(
+        request.site_cache.as_deref(),
+        request.site_cache_user.as_deref(),
+    )
+}
+
+fn site_entry(request: &Request, text: &str) -> anyhow::Result<Option<PathBuf>> {
+    Ok(match site(request)? {
+        Some(s) if nix::unistd::getuid().is_root() => {
+            crate::cache_cmd::fill_site(text, &request.job_env, &s)
+        }
+        _ => None,
+    })
+}
+
+fn step_image(
+    request: &Request,
+    text: &str,
+    progress: launcher::convert::ProgressSink,
+) -> anyhow::Result<PathBuf> {
+    let site = site(request)?;
+    crate::cache_cmd::step_image(text, &request.job_env, site.as_ref(), Some(progress))
+}
 
 /// The ECL path: root keeps the set-up (see `launcher::privileged`).
 fn privileged(request: Request, config: PathBuf, ns_dir: PathBuf) -> Result<i32, Failure> {

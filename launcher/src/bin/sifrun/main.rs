@@ -3,6 +3,7 @@
 
 mod build_cmd;
 mod cache_cmd;
+mod cache_gc_cmd;
 mod hold_cmd;
 mod hold_full;
 mod logging;
@@ -54,6 +55,9 @@ image reproducible (nil ID, that time)."
     Pull(build_cmd::PullArgs),
     /// Print the digest a docker:// reference points to now (REGISTRY/NAME@sha256:…)
     Resolve(cache_cmd::ResolveArgs),
+    /// The cache of images converted from registries: list, clean, add
+    #[command(subcommand)]
+    Cache(cache_gc_cmd::CacheCommand),
     /// Sign an image's object groups with an OpenPGP key (SIF v2 signatures, as Apptainer)
     Sign(sign_cmd::SignArgs),
     /// Verify an image's signatures: every object group by default
@@ -209,6 +213,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Build(a) => build_cmd::run_build(a),
         Command::Pull(a) => build_cmd::run_pull(a),
         Command::Resolve(a) => cache_cmd::run_resolve(&a),
+        Command::Cache(c) => cache_gc_cmd::run(&c),
         Command::Mount {
             image,
             dir,

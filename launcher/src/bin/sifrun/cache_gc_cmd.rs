@@ -1,0 +1,214 @@
+//! `sifrun cache list|clean|add`: the image cache's entries (the user's,
+//! or with `--site DIR` the admin's site cache), removing old ones and
+//! the debris of dead conversions, and putting a pulled (and signed) SIF
+//! into it.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, Result, bail};
+use launcher::imagecache::gc::{Entry, source_digest};
+use launcher::imagecache::{Cache, Key};
+
+/// `sifrun cache`'s subcommands.
+#[derive(clap::Subcommand, Debug)]
+pub enum CacheCommand {
+    /// List the cached images: reference, manifest digest, size, last use
+    List(Which),
+    /// Remove cached images and what killed conversions left behind
+    #[command(
+        after_help = "Without --older-than or --all only the debris goes: work directories of \
+conversions that died, stale and broken locks, old failure records. An image being converted \
+right now (a live lock) is never removed; a step that has an image open keeps running."
+    )]
+    Clean {
+        #[command(flatten)]
+        which: Which,
+        /// Remove images not used for this long: 30d, 12h, 90m, 3600s, 2w
+        #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+        older_than: Option<Duration>,
+        /// Remove every image
+        #[arg(long, conflicts_with = "older_than")]
+        all: bool,
+    },
+    /// Put a SIF made by `sifrun pull docker://…` (and perhaps signed since)
+    /// into the cache under the manifest digest it records
+    Add {
+        #[command(flatten)]
+        which: Which,
+        /// The image
+        image: PathBuf,
+    },
+}
+
+/// Which cache.
+#[derive(clap::Args, Debug)]
+pub struct Which {
+    /// The site cache at DIR (the admin file's [images] cache_dir), as its
+    /// owner (cache_user or root), instead of yours
+    #[arg(long, value_name = "DIR")]
+    site: Option<PathBuf>,
+}
+
+impl Which {
+    fn cache(&self) -> Result<Cache> {
+        Ok(match &self.site {
+            Some(d) => {
+                let mut c = Cache::new(d.clone());
+                c.shared = true;
+                c
+            }
+            None => Cache::new(Cache::user_root()?),
+        })
+    }
+}
+
+/// `30d`, `12h`, `90m`, `3600s`, `2w`, or plain seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (n, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let mult = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        "w" => 7 * 86400,
+        _ => return Err(format!("{s}: not a duration (e.g. 30d, 12h, 90m, 3600s)")),
+    };
+    n.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("{s}: not a duration (e.g. 30d, 12h, 90m, 3600s)"))
+}
+
+fn human_size(b: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+fn ago(t: SystemTime) -> String {
+    let s = t.elapsed().unwrap_or_default().as_secs();
+    match s {
+        0..120 => format!("{s} s ago"),
+        120..7200 => format!("{} min ago", s / 60),
+        7200..172_800 => format!("{} h ago", s / 3600),
+        _ => format!("{} days ago", s / 86400),
+    }
+}
+
+fn line(e: &Entry) -> String {
+    format!(
+        "{}\t{}\t{}\t{}",
+        e.reference.as_deref().unwrap_or("-"),
+        e.digest,
+        human_size(e.size),
+        ago(e.last_use)
+    )
+}
+
+/// Runs `sifrun cache …`.
+pub fn run(cmd: &CacheCommand) -> Result<()> {
+    match cmd {
+        CacheCommand::List(which) => {
+            let cache = which.cache()?;
+            let entries = cache.entries().context("cache list")?;
+            println!("REFERENCE\tDIGEST\tSIZE\tLAST USE");
+            for e in &entries {
+                println!("{}", line(e));
+            }
+            let total: u64 = entries.iter().map(|e| e.size).sum();
+            eprintln!(
+                "{} image(s), {} in {}",
+                entries.len(),
+                human_size(total),
+                cache.root.display()
+            );
+            Ok(())
+        }
+        CacheCommand::Clean {
+            which,
+            older_than,
+            all,
+        } => {
+            let cache = which.cache()?;
+            let done = cache.clean(*older_than, *all).context("cache clean")?;
+            for e in &done.removed {
+                println!("removed {}", line(e));
+            }
+            for e in &done.locked {
+                println!("kept (being converted) {}", line(e));
+            }
+            for p in &done.debris {
+                println!("removed {}", p.display());
+            }
+            let freed: u64 = done.removed.iter().map(|e| e.size).sum();
+            eprintln!(
+                "{} image(s) removed ({}), {} kept while converted, {} leftover(s) removed",
+                done.removed.len(),
+                human_size(freed),
+                done.locked.len(),
+                done.debris.len()
+            );
+            Ok(())
+        }
+        CacheCommand::Add { which, image } => add(&which.cache()?, image),
+    }
+}
+
+fn add(cache: &Cache, image: &Path) -> Result<()> {
+    let shown = image.display();
+    let Some(digest) = source_digest(image) else {
+        bail!(
+            "cache add: {shown}: records no manifest digest (io.sifrun.source.digest): \
+             make it with sifrun pull docker://…"
+        );
+    };
+    let key = Key::new(&digest, crate::cache_cmd::CACHE_COMPRESSION.name())
+        .with_context(|| format!("cache add: {shown}"))?;
+    let entry = cache
+        .add(&key, image)
+        .with_context(|| format!("cache add: {shown}"))?;
+    println!("{}", entry.display());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(
+            parse_duration("30d").unwrap(),
+            Duration::from_secs(30 * 86400)
+        );
+        assert_eq!(
+            parse_duration("12h").unwrap(),
+            Duration::from_secs(12 * 3600)
+        );
+        assert_eq!(parse_duration("90m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("45").unwrap(), Duration::from_secs(45));
+        assert_eq!(
+            parse_duration("2w").unwrap(),
+            Duration::from_secs(14 * 86400)
+        );
+        for bad in ["", "d", "3y", "-1d", "1.5h", "99999999999999999999d"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        assert_eq!(human_size(512), "512 B");
+        assert_eq!(human_size(3 << 20), "3.0 MiB");
+    }
+}

@@ -1,0 +1,270 @@
+//! Listing and cleaning a cache (`sifrun cache list|clean`). Last use is
+//! recorded as the mtime of `used/<entry>` (touched at each use; atimes
+//! are unreliable on `noatime` filesystems). Cleaning never removes an
+//! entry whose conversion lock is live; it removes work directories no
+//! live lock owns, stale and broken locks, and old failure records.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use sif::{DataType, Image};
+
+use super::lock::{self, Attempt};
+use super::{Cache, CacheError, Key, io_err};
+
+/// One published entry.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    /// The file.
+    pub path: PathBuf,
+    /// `sha256:HEX` of the platform manifest.
+    pub digest: String,
+    /// The compression (`gzip`...).
+    pub compression: String,
+    /// The source reference recorded in the SIF, if readable.
+    pub reference: Option<String>,
+    /// Size in bytes.
+    pub size: u64,
+    /// The last use (or the publication).
+    pub last_use: SystemTime,
+}
+
+/// What [`Cache::clean`] did.
+#[derive(Debug, Default)]
+pub struct Cleaned {
+    /// Entries removed.
+    pub removed: Vec<Entry>,
+    /// Entries kept because a conversion of them holds a live lock.
+    pub locked: Vec<Entry>,
+    /// Work directories, stale or broken locks and old failure records
+    /// removed.
+    pub debris: Vec<PathBuf>,
+}
+
+/// The SIF label `name`.
+fn label(path: &Path, name: &str) -> Option<String> {
+    let file = File::open(path).ok()?;
+    let img = Image::open(&file).ok()?;
+    img.descriptors_of_type(DataType::LABELS).find_map(|d| {
+        let mut buf = vec![0u8; usize::try_from(d.size().min(64 << 10)).ok()?];
+        img.read_object_at(d, &mut buf, 0).ok()?;
+        let labels: std::collections::BTreeMap<String, String> =
+            serde_json::from_slice(&buf).ok()?;
+        labels.get(name).cloned()
+    })
+}
+
+fn mtime(p: &Path) -> Option<SystemTime> {
+    fs::symlink_metadata(p).and_then(|m| m.modified()).ok()
+}
+
+fn names(dir: &Path) -> Result<Vec<String>, CacheError> {
+    match fs::read_dir(dir) {
+        Ok(r) => {
+            let mut v: Vec<String> = r
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            Ok(v)
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(io_err(dir, e)),
+    }
+}
+
+fn remove(p: &Path, out: &mut Vec<PathBuf>) {
+    let gone = if fs::symlink_metadata(p).is_ok_and(|m| m.is_dir()) {
+        fs::remove_dir_all(p)
+    } else {
+        fs::remove_file(p)
+    };
+    match gone {
+        Ok(()) => out.push(p.to_owned()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!("{}: {e}", p.display()),
+    }
+}
+
+impl Cache {
+    /// Records a use of `key` (best effort).
+    pub fn mark_used(&self, key: &Key) {
+        let p = self.dir("used").join(key.name());
+        let touched = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o644)
+            .open(&p)
+            .and_then(|f| f.set_modified(SystemTime::now()));
+        if let Err(e) = touched {
+            tracing::debug!("{}: {e}", p.display());
+        }
+    }
+
+    /// The published entries, by name.
+    pub fn entries(&self) -> Result<Vec<Entry>, CacheError> {
+        let dir = self.dir("sif/sha256");
+        let mut out = Vec::new();
+        for n in names(&dir)? {
+            let Some((hex, compression)) = n.strip_suffix(".sif").and_then(|s| s.split_once('.'))
+            else {
+                continue;
+            };
+            let digest = format!("sha256:{hex}");
+            let Ok(key) = Key::new(&digest, compression) else {
+                continue;
+            };
+            let path = dir.join(&n);
+            let Ok(meta) = fs::symlink_metadata(&path) else {
+                continue;
+            };
+            let published = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+            let used = mtime(&self.dir("used").join(key.name())).unwrap_or(published);
+            out.push(Entry {
+                reference: label(&path, "io.sifrun.source.ref"),
+                digest,
+                compression: compression.to_owned(),
+                size: meta.len(),
+                last_use: used.max(published),
+                path,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Whether a live conversion holds the lock `name` (`HEX.COMP.lock`);
+    /// a stale one is broken (and recorded in `debris`).
+    fn live_lock(
+        &self,
+        name: &str,
+        debris: &mut Vec<PathBuf>,
+    ) -> Result<Option<String>, CacheError> {
+        let path = self.dir("lock").join(name);
+        let seen = match lock::read_existing(&path)? {
+            Attempt::Busy(seen) => seen,
+            _ => return Ok(None),
+        };
+        if lock::stale_reason(&seen, &self.dir("lock"), self.stale_after).is_some() {
+            if lock::break_stale(&path, &seen)? {
+                debris.push(path);
+            }
+            return Ok(None);
+        }
+        Ok(Some(seen.owner.map_or_else(String::new, |o| o.token)))
+    }
+
+    /// Removes the entries last used before `now - older_than` (all of
+    /// them with `all`), never one being converted, and the debris of
+    /// dead conversions; entries only with `all` or `older_than`.
+    pub fn clean(&self, older_than: Option<Duration>, all: bool) -> Result<Cleaned, CacheError> {
+        let mut c = Cleaned::default();
+        // Locks: stale ones broken, leftovers of breaking removed.
+        let mut live = std::collections::BTreeMap::new();
+        for n in names(&self.dir("lock"))? {
+            if let Some(base) = n.strip_suffix(".lock") {
+                if let Some(token) = self.live_lock(&n, &mut c.debris)? {
+                    live.insert(base.to_owned(), token);
+                }
+            } else if n.contains(".lock.broken.") || n.starts_with(".probe.") {
+                let p = self.dir("lock").join(&n);
+                if mtime(&p).is_some_and(|t| t.elapsed().unwrap_or_default() > self.stale_after) {
+                    remove(&p, &mut c.debris);
+                }
+            }
+        }
+        // Work directories `.NAME.HOST.PID.TOKEN`: kept only for a live lock
+        // with that token.
+        for n in names(&self.dir("tmp"))? {
+            let owned = n.rsplit_once('.').is_some_and(|(rest, token)| {
+                live.iter()
+                    .any(|(base, t)| t == token && rest.starts_with(&format!(".{base}.")))
+            });
+            let p = self.dir("tmp").join(&n);
+            // `add` copies without a lock: give it time.
+            let adding = n.contains(".add.")
+                && mtime(&p).is_some_and(|t| t.elapsed().unwrap_or_default() < self.stale_after);
+            if !owned && !adding {
+                remove(&p, &mut c.debris);
+            }
+        }
+        for n in names(&self.dir("fail"))? {
+            let p = self.dir("fail").join(&n);
+            if mtime(&p).is_some_and(|t| t.elapsed().unwrap_or_default() > self.fail_memory) {
+                remove(&p, &mut c.debris);
+            }
+        }
+        if !all && older_than.is_none() {
+            return Ok(c);
+        }
+        let cutoff = older_than.and_then(|d| SystemTime::now().checked_sub(d));
+        for e in self.entries()? {
+            let name = format!("{}.{}", &e.digest["sha256:".len()..], e.compression);
+            if !all && cutoff.is_some_and(|t| e.last_use >= t) {
+                continue;
+            }
+            if live.contains_key(&name) {
+                c.locked.push(e);
+                continue;
+            }
+            let mut gone = Vec::new();
+            remove(&e.path, &mut gone);
+            if gone.is_empty() {
+                continue;
+            }
+            let _ = fs::remove_file(self.dir("used").join(&name));
+            c.removed.push(e);
+        }
+        Ok(c)
+    }
+}
+
+impl Cache {
+    /// Puts a copy of the SIF `src` (made by `sifrun pull`, perhaps signed
+    /// since) into the cache as entry `key`: copied into `tmp/`, synced,
+    /// made read-only and renamed into place, as a conversion would.
+    pub fn add(&self, key: &Key, src: &Path) -> Result<PathBuf, CacheError> {
+        self.make_dirs()?;
+        let tmp = self.dir("tmp").join(format!(
+            ".{}.add.{}.{}",
+            key.name(),
+            std::process::id(),
+            lock::random_hex()
+        ));
+        let copied = (|| {
+            let mut from = File::open(src).map_err(|e| io_err(src, e))?;
+            let mut to = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o444)
+                .open(&tmp)
+                .map_err(|e| io_err(&tmp, e))?;
+            io::copy(&mut from, &mut to)
+                .and_then(|_| to.sync_all())
+                .map_err(|e| io_err(&tmp, e))?;
+            let entry = self.entry_path(key);
+            fs::rename(&tmp, &entry).map_err(|e| io_err(&entry, e))?;
+            let dir = self.dir("sif/sha256");
+            File::open(&dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| io_err(&dir, e))?;
+            Ok(entry)
+        })();
+        if copied.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        copied
+    }
+}
+
+/// The manifest digest (`io.sifrun.source.digest`) a SIF made from a
+/// registry records, if it has one.
+pub fn source_digest(path: &Path) -> Option<String> {
+    label(path, "io.sifrun.source.digest").filter(|d| d.starts_with("sha256:"))
+}
+
+#[cfg(test)]
+mod tests;

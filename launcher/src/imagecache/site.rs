@@ -1,0 +1,237 @@
+//! The site cache (oci-design.md §6.5): the admin's `[images] cache_dir`,
+//! shared by every user, so writable by none of them. Its entries count
+//! only when they, and every directory above them, belong to root or to
+//! the cache's account (`[images] cache_user`) and nobody else may write
+//! them (the checks of [`slurm_conf::trusted`]); anything else is ignored
+//! with one line. Conversions into it run in a child of the holder that
+//! has become that account for good ([`as_account`]): no other groups, no
+//! capabilities, no-new-privileges, not dumpable, no core files.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use nix::sys::wait::{WaitStatus, waitpid};
+
+use super::{Cache, CacheError, Key};
+use crate::syscall::{self, Forked, to_io};
+
+/// How often a site cache entry's last use is recorded.
+const USE_STAMP_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// The account that owns a site cache.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Account {
+    /// Its name (for messages).
+    pub name: String,
+    /// Its uid.
+    pub uid: u32,
+    /// Its primary gid.
+    pub gid: u32,
+}
+
+impl Account {
+    /// The account `name` from the password database.
+    pub fn by_name(name: &str) -> Result<Account, CacheError> {
+        match nix::unistd::User::from_name(name) {
+            Ok(Some(u)) if !u.uid.is_root() => Ok(Account {
+                name: name.to_owned(),
+                uid: u.uid.as_raw(),
+                gid: u.gid.as_raw(),
+            }),
+            Ok(Some(_)) => Err(CacheError::Convert(format!(
+                "images.cache_user: {name} is root"
+            ))),
+            Ok(None) => Err(CacheError::Convert(format!(
+                "images.cache_user: no account {name}"
+            ))),
+            Err(e) => Err(CacheError::Convert(format!(
+                "images.cache_user: {name}: {e}"
+            ))),
+        }
+    }
+}
+
+/// A site cache and who may own its entries.
+#[derive(Clone, Debug)]
+pub struct Site {
+    /// The cache (its directories made 0755: every user reads them).
+    pub cache: Cache,
+    /// The account that fills it; `None`: read-only for sifrun (root's
+    /// entries only, put there by an admin).
+    pub account: Option<Account>,
+}
+
+impl Site {
+    /// The site cache at `dir`, owned by `account` (or root only).
+    pub fn new(dir: PathBuf, account: Option<Account>) -> Site {
+        let mut cache = Cache::new(dir);
+        cache.shared = true;
+        Site { cache, account }
+    }
+
+    /// Who may own entries besides root.
+    fn owner(&self) -> u32 {
+        self.account.as_ref().map_or(0, |a| a.uid)
+    }
+
+    /// The trusted entry `key`, if there is one; an entry that is there
+    /// but not trusted is ignored and `say` gets why.
+    pub fn lookup(&self, key: &Key, say: &dyn Fn(&str)) -> Option<PathBuf> {
+        let path = self.cache.entry_path(key);
+        if std::fs::symlink_metadata(&path).is_err() {
+            return None;
+        }
+        match self.trusted(&path) {
+            Ok(()) => Some(path),
+            Err(why) => {
+                say(&format!("site cache entry ignored: {why}"));
+                None
+            }
+        }
+    }
+
+    /// Records a use of `key` as the cache's account (the only one who
+    /// may write `used/`), at most once an hour per entry: directly when
+    /// this process is the account, else in a child that becomes it (the
+    /// holder, before it drops root's real uid). Read-only site caches
+    /// record nothing.
+    pub fn note_use(&self, key: &Key) {
+        let Some(account) = &self.account else { return };
+        let stamp = self.cache.dir("used").join(key.name());
+        let fresh = std::fs::metadata(&stamp)
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().unwrap_or_default() < USE_STAMP_EVERY);
+        if fresh {
+            return;
+        }
+        if nix::unistd::geteuid().as_raw() == account.uid {
+            self.cache.mark_used(key);
+        } else if nix::unistd::getuid().is_root() {
+            let _ = as_account(account, || {
+                self.cache.mark_used(key);
+                Ok(PathBuf::new())
+            });
+        }
+    }
+
+    /// Whether `path` (an entry of this cache) may be used: a regular
+    /// file, it and its directories root's or the account's, writable by
+    /// no one else.
+    pub fn trusted(&self, path: &Path) -> Result<(), String> {
+        let owner = self.owner();
+        let who = self
+            .account
+            .as_ref()
+            .map_or_else(|| "root".to_owned(), |a| format!("root or {}", a.name));
+        let meta =
+            std::fs::symlink_metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        if !meta.file_type().is_file() {
+            return Err(format!("{}: not a regular file", path.display()));
+        }
+        if meta.uid() != 0 && meta.uid() != owner {
+            return Err(format!(
+                "{}: owned by uid {}, must be owned by {who}",
+                path.display(),
+                meta.uid()
+            ));
+        }
+        slurm_conf::trusted::check_file(path, owner).map_err(|e| {
+            match e.reason.strip_suffix("must be owned by root") {
+                Some(r) => format!("{}: {r}must be owned by {who}", e.path.display()),
+                None => e.to_string(),
+            }
+        })
+    }
+}
+
+/// Runs `work` in a child that has become `account` for good (see
+/// [`become_account`]), and returns what it returned. The caller has no
+/// other thread (the holder, before its image server starts), and has
+/// root's real uid or is `account` already.
+pub fn as_account(
+    account: &Account,
+    work: impl FnOnce() -> Result<PathBuf, String>,
+) -> Result<PathBuf, String> {
+    let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| format!("starting the site cache's converter: {e}"))?;
+    let pid = match syscall::fork_single_threaded() {
+        Err(e) => return Err(format!("starting the site cache's converter: {e}")),
+        Ok(Forked::Child) => {
+            drop(read);
+            std::process::exit(child(account, work, write))
+        }
+        Ok(Forked::Parent(pid)) => pid,
+    };
+    drop(write);
+    let mut text = String::new();
+    let read_ok = File::from(read)
+        .take(64 << 10)
+        .read_to_string(&mut text)
+        .is_ok();
+    let status = waitpid(pid, None);
+    match (status, read_ok) {
+        (Ok(WaitStatus::Exited(_, 0)), true) => match text.split_once('\n') {
+            Some(("ok", path)) => Ok(PathBuf::from(path)),
+            Some(("error", message)) => Err(message.to_owned()),
+            _ => Err("the site cache's converter gave no answer".into()),
+        },
+        (Ok(s), _) => Err(format!("the site cache's converter failed ({s:?})")),
+        (Err(e), _) => Err(format!("the site cache's converter: {e}")),
+    }
+}
+
+fn child(account: &Account, work: impl FnOnce() -> Result<PathBuf, String>, out: OwnedFd) -> i32 {
+    let answer = match become_account(account) {
+        Err(e) => format!("error\ncannot become {}: {e}", account.name),
+        Ok(()) => match work() {
+            Ok(p) => format!("ok\n{}", p.display()),
+            Err(e) => format!("error\n{e}"),
+        },
+    };
+    match File::from(out).write_all(answer.as_bytes()) {
+        Ok(()) => 0,
+        Err(_) => 4,
+    }
+}
+
+/// Becomes `account` for good: real, effective and saved uid and gid, no
+/// supplementary groups (so no capabilities are left), then
+/// no-new-privileges, not dumpable, no core files, killed with its
+/// parent. From root's real uid (the holder: slurmstepd's real uid 0 with
+/// the job user's effective uid), root's effective uid is taken back
+/// first, as setting the ids needs it.
+pub(crate) fn become_account(account: &Account) -> std::io::Result<()> {
+    use nix::sys::resource::{Resource, setrlimit};
+    use nix::unistd::{Gid, Uid, getresuid, setgroups, setresgid, setresuid};
+    let (u, g) = (Uid::from_raw(account.uid), Gid::from_raw(account.gid));
+    let ids = getresuid().map_err(to_io)?;
+    if ids.real.is_root() && !ids.effective.is_root() {
+        setresuid(ids.real, Uid::from_raw(0), ids.saved).map_err(to_io)?;
+    }
+    if nix::unistd::geteuid().is_root() {
+        setgroups(&[]).map_err(to_io)?;
+        setresgid(g, g, g).map_err(to_io)?;
+        setresuid(u, u, u).map_err(to_io)?;
+    }
+    let now = getresuid().map_err(to_io)?;
+    if [now.real, now.effective, now.saved] != [u, u, u] {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!("uids are {now:?}, not {}", account.uid),
+        ));
+    }
+    // After the identity change, which clears it.
+    let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
+    nix::sys::prctl::set_no_new_privs().map_err(to_io)?;
+    nix::sys::prctl::set_dumpable(false).map_err(to_io)?;
+    setrlimit(Resource::RLIMIT_CORE, 0, 0).map_err(to_io)?;
+    // Entries and directories readable by every user.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

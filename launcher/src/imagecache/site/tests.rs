@@ -1,0 +1,192 @@
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Mutex;
+
+use super::*;
+
+const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+/// A scratch directory whose parents are root's or this user's and not
+/// writable by others (the test binary's directory, not /tmp).
+fn scratch() -> tempfile::TempDir {
+    let exe = std::env::current_exe().unwrap();
+    let d = tempfile::tempdir_in(exe.parent().unwrap()).unwrap();
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    d
+}
+
+fn me() -> Account {
+    Account {
+        name: "me".into(),
+        uid: nix::unistd::geteuid().as_raw(),
+        gid: nix::unistd::getegid().as_raw(),
+    }
+}
+
+fn key() -> Key {
+    Key::new(DIGEST, "gzip").unwrap()
+}
+
+/// A site cache owned by this user, with one published entry.
+fn filled() -> (tempfile::TempDir, Site) {
+    let d = scratch();
+    let site = Site::new(d.path().join("site"), Some(me()));
+    site.cache
+        .ensure(&key(), "img", &|_| {}, |out| {
+            std::fs::write(out, b"SIF").map_err(|e| e.to_string())
+        })
+        .unwrap();
+    (d, site)
+}
+
+type Lines = Mutex<Vec<String>>;
+
+fn lines() -> (Lines, impl Fn(&Lines, &str)) {
+    (Mutex::new(Vec::new()), |m: &Mutex<Vec<String>>, l: &str| {
+        m.lock().unwrap().push(l.to_owned())
+    })
+}
+
+#[test]
+fn the_owners_entry_is_used_and_the_directories_are_world_readable() {
+    let (_d, site) = filled();
+    let got = site.lookup(&key(), &|l| panic!("{l}")).unwrap();
+    assert_eq!(got, site.cache.entry_path(&key()));
+    for sub in ["v1", "v1/sif", "v1/sif/sha256", "v1/lock"] {
+        let mode = std::fs::metadata(site.cache.root.join(sub)).unwrap().mode() & 0o777;
+        assert_eq!(mode, 0o755, "{sub}");
+    }
+    let missing = Key::new(&DIGEST.replace('0', "f"), "gzip").unwrap();
+    assert_eq!(site.lookup(&missing, &|l| panic!("{l}")), None);
+}
+
+/// The attack: a user plants (or leaves writable) an entry of the shared
+/// cache. An entry others may write, one in a directory others may write,
+/// or (as root, which can make one) one owned by another user: each is
+/// ignored, with a line that says why.
+#[test]
+fn a_planted_entry_is_ignored_with_a_line() {
+    let (_d, site) = filled();
+    let entry = site.cache.entry_path(&key());
+    let (seen, push) = lines();
+    let say = |l: &str| push(&seen, l);
+    std::fs::set_permissions(&entry, std::fs::Permissions::from_mode(0o666)).unwrap();
+    assert_eq!(site.lookup(&key(), &say), None);
+    std::fs::set_permissions(&entry, std::fs::Permissions::from_mode(0o444)).unwrap();
+    let dir = entry.parent().unwrap();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    assert_eq!(site.lookup(&key(), &say), None);
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    assert!(site.lookup(&key(), &say).is_some());
+    let seen = seen.into_inner().unwrap();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert!(
+        seen[0].starts_with("site cache entry ignored: ")
+            && seen[0].contains("lets others write it"),
+        "{seen:?}"
+    );
+    assert!(seen[1].contains("sif/sha256: mode 0777"), "{seen:?}");
+    if nix::unistd::geteuid().is_root() {
+        let other = 54321;
+        nix::unistd::chown(&entry, Some(nix::unistd::Uid::from_raw(other)), None).unwrap();
+        let (seen, push) = lines();
+        assert_eq!(site.lookup(&key(), &|l| push(&seen, l)), None);
+        let seen = seen.into_inner().unwrap();
+        assert!(
+            seen[0].contains("owned by uid 54321, must be owned by root or me"),
+            "{seen:?}"
+        );
+        // Without cache_user only root's entries count.
+        let ro = Site::new(site.cache.root.clone(), None);
+        let (seen, push) = lines();
+        assert_eq!(ro.lookup(&key(), &|l| push(&seen, l)), None);
+        assert!(
+            seen.into_inner().unwrap()[0].contains("must be owned by root"),
+            "read-only"
+        );
+        nix::unistd::chown(&entry, Some(nix::unistd::Uid::from_raw(0)), None).unwrap();
+        assert!(ro.lookup(&key(), &|l| panic!("{l}")).is_some());
+    }
+}
+
+#[test]
+fn a_link_is_no_entry() {
+    let (d, site) = filled();
+    let entry = site.cache.entry_path(&key());
+    let elsewhere = d.path().join("mine.sif");
+    std::fs::rename(&entry, &elsewhere).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &entry).unwrap();
+    let (seen, push) = lines();
+    assert_eq!(site.lookup(&key(), &|l| push(&seen, l)), None);
+    assert!(seen.into_inner().unwrap()[0].contains("not a regular file"));
+}
+
+/// The converter child: the account's ids (all three), no groups, no
+/// capabilities, no-new-privileges, not dumpable; its answer comes back.
+#[test]
+fn the_converter_child_has_nothing_but_the_account() {
+    let root = nix::unistd::geteuid().is_root();
+    let account = if root {
+        Account {
+            name: "nobody".into(),
+            uid: 65534,
+            gid: 65534,
+        }
+    } else {
+        me()
+    };
+    let status = as_account(&account, || {
+        let dumpable = nix::sys::prctl::get_dumpable().unwrap_or(true);
+        let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        Ok(PathBuf::from(format!("dumpable={dumpable}\n{s}")))
+    })
+    .unwrap();
+    let text = status.to_string_lossy().into_owned();
+    assert!(text.starts_with("dumpable=false"), "{text}");
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}:")))
+            .map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "))
+            .unwrap_or_default()
+    };
+    assert_eq!(field("NoNewPrivs"), "1");
+    for caps in ["CapPrm", "CapEff", "CapAmb"] {
+        assert_eq!(field(caps), "0000000000000000", "{caps}");
+    }
+    let u = account.uid;
+    assert_eq!(field("Uid"), format!("{u} {u} {u} {u}"));
+    if root {
+        assert_eq!(field("Gid"), "65534 65534 65534 65534");
+        assert_eq!(field("Groups"), "");
+    }
+    let e = as_account(&account, || Err("manifest too big".into())).unwrap_err();
+    assert_eq!(e, "manifest too big");
+    if !root {
+        let other = Account {
+            uid: account.uid + 1,
+            ..account
+        };
+        let e = as_account(&other, || Ok(PathBuf::new())).unwrap_err();
+        assert!(e.contains("cannot become"), "{e}");
+    }
+}
+
+/// A use is recorded in `used/` (by the account itself here), at most
+/// once an hour.
+#[test]
+fn uses_are_recorded_by_the_account() {
+    let (_d, site) = filled();
+    let stamp = site.cache.dir("used").join(key().name());
+    std::fs::remove_file(&stamp).unwrap();
+    site.note_use(&key());
+    let first = std::fs::metadata(&stamp).unwrap().modified().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    site.note_use(&key());
+    assert_eq!(
+        std::fs::metadata(&stamp).unwrap().modified().unwrap(),
+        first
+    );
+    let ro = Site::new(site.cache.root.clone(), None);
+    std::fs::remove_file(&stamp).unwrap();
+    ro.note_use(&key());
+    assert!(!stamp.exists(), "a read-only site cache records nothing");
+}
