@@ -1153,8 +1153,7 @@ fn slurm_steps_pull_private_images_with_the_users_credentials() {
             "-n1",
             "--sif-verbose",
             &format!("--sif-image={src}"),
-            "head",
-            "-1",
+            "cat",
             "/etc/passwd",
         ])
         .current_dir(w)
