@@ -924,11 +924,20 @@ fn cache_add_list_and_clean() {
     assert_eq!(String::from_utf8_lossy(&out).trim(), s(&entry));
     let mode = fs::metadata(&entry).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o444);
+    // A SIF that records no image digest (an empty one), and a missing file.
+    let none = w.join("none.sif");
+    ok(cached(&cache, &["sif", "new", s(&none)]).output().unwrap());
     fails(
-        cached(&cache, &["cache", "add", s(&w.join("none.sif"))])
+        cached(&cache, &["cache", "add", s(&none)])
             .output()
             .unwrap(),
         "records no manifest digest",
+    );
+    fails(
+        cached(&cache, &["cache", "add", s(&w.join("missing.sif"))])
+            .output()
+            .unwrap(),
+        "missing.sif: No such file or directory",
     );
     let list = |cache: &Path| {
         String::from_utf8(ok(cached(cache, &["cache", "list"]).output().unwrap())).unwrap()
