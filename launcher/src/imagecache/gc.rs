@@ -254,7 +254,8 @@ pub enum SourceError {
     /// Owned by someone other than root or the caller.
     #[error(
         "{}: owned by {owner}, not by root or you: refusing to vouch for another user's file \
-         (check it and copy it to a file of yours)",
+         (its labels name the digest it is filed under; make the image yourself: \
+         sifrun cache add --site DIR docker://REF, or sifrun pull)",
         path.display()
     )]
     Owner {
