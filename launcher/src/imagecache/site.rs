@@ -217,8 +217,12 @@ fn child(
     work: impl FnOnce() -> Result<PathBuf, String>,
     out: OwnedFd,
 ) -> i32 {
-    let answer = match become_account(account) {
-        Err(e) => format!("error\ncannot become {}: {e}", account.name),
+    let answer = match detach()
+        .map_err(|e| format!("detaching: {e}"))
+        .and_then(|()| {
+            become_account(account).map_err(|e| format!("cannot become {}: {e}", account.name))
+        }) {
+        Err(e) => format!("error\n{e}"),
         // PDEATHSIG is set (in become_account): a parent that died before
         // it was is seen here, and the child stops.
         Ok(()) if nix::unistd::getppid() != parent => return 5,
@@ -231,6 +235,17 @@ fn child(
         Ok(()) => 0,
         Err(_) => 4,
     }
+}
+
+/// Lets go of what the converter child inherited from the holder: its
+/// stdin (the request socket) and stdout (the protocol pipe to
+/// slurmstepd) become /dev/null, its working directory `/`. Its answer
+/// goes back through its own pipe; stderr stays, for its lines.
+fn detach() -> std::io::Result<()> {
+    let null = File::options().read(true).write(true).open("/dev/null")?;
+    nix::unistd::dup2_stdin(&null).map_err(to_io)?;
+    nix::unistd::dup2_stdout(&null).map_err(to_io)?;
+    nix::unistd::chdir("/").map_err(to_io)
 }
 
 /// Becomes `account` for good: real, effective and saved uid and gid, no

@@ -170,6 +170,38 @@ fn the_converter_child_has_nothing_but_the_account() {
     }
 }
 
+/// The converter child keeps neither the holder's request socket (its
+/// stdin) nor its protocol pipe to slurmstepd (its stdout): both are
+/// /dev/null, and it works from `/`; its answer still comes back.
+#[test]
+fn the_converter_child_holds_none_of_the_holders_descriptors() {
+    use std::os::fd::AsFd;
+    let account = if nix::unistd::geteuid().is_root() {
+        Account {
+            name: "nobody".into(),
+            uid: 65534,
+            gid: 65534,
+        }
+    } else {
+        me()
+    };
+    let got = as_account(&account, || {
+        let id = |s: nix::sys::stat::FileStat| (s.st_mode & libc::S_IFMT, s.st_rdev);
+        let null = id(nix::sys::stat::stat("/dev/null").map_err(|e| e.to_string())?);
+        let fd0 = id(nix::sys::stat::fstat(std::io::stdin().as_fd()).map_err(|e| e.to_string())?);
+        let fd1 = id(nix::sys::stat::fstat(std::io::stdout().as_fd()).map_err(|e| e.to_string())?);
+        let cwd = std::env::current_dir().map_err(|e| e.to_string())?;
+        Ok(PathBuf::from(format!(
+            "stdin null {} stdout null {} cwd {}",
+            fd0 == null,
+            fd1 == null,
+            cwd.display()
+        )))
+    })
+    .unwrap();
+    assert_eq!(got, PathBuf::from("stdin null true stdout null true cwd /"));
+}
+
 /// A use is recorded in `used/` (by the account itself here), at most
 /// once an hour.
 #[test]
