@@ -177,7 +177,7 @@ pub fn fill_site(
         site_child(text, job_env, site, allowed)
     });
     match made {
-        Ok(p) if p.starts_with(&site.cache.root) => match site.trusted(&p) {
+        Ok(p) if is_site_entry(site, &p) => match site.trusted(&p) {
             Ok(()) => Some(p),
             Err(why) => {
                 say(&format!("site cache entry ignored: {why}"));
@@ -198,6 +198,19 @@ pub fn fill_site(
             None
         }
     }
+}
+
+/// Whether `path` (named by the site cache's child) has the form of one of
+/// its entries: `ROOT/v1/sif/sha256/<64 hex>.<compression>.sif`, the
+/// directory compared component by component (so no `..`), the name
+/// that of a key of the cache's compression.
+fn is_site_entry(site: &Site, path: &Path) -> bool {
+    let key = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_suffix(&format!(".{}.sif", CACHE_COMPRESSION.name())))
+        .and_then(|hex| Key::new(&format!("sha256:{hex}"), CACHE_COMPRESSION.name()).ok());
+    key.is_some_and(|k| site.cache.entry_path(&k).as_os_str() == path.as_os_str())
 }
 
 /// The site cache's child, as its account: the step's reference (pinned
@@ -430,6 +443,40 @@ mod tests {
         assert_eq!(std::fs::metadata(&stamp).unwrap().uid(), 65534);
         // A reference the child cannot parse: no entry, the user's cache.
         assert_eq!(fill_site("docker://Bad Ref", &[], &site, None), None);
+    }
+
+    /// The path the site cache's child names is taken only in the form of
+    /// an entry: in `v1/sif/sha256` itself (not below the cache's root
+    /// elsewhere, not through `..`), named by a digest and the cache's
+    /// compression.
+    #[test]
+    fn the_childs_path_must_be_an_entry() {
+        let site = Site::new(PathBuf::from("/site"), None);
+        let key = Key::new(D, CACHE_COMPRESSION.name()).unwrap();
+        let entry = site.cache.entry_path(&key);
+        assert_eq!(
+            entry,
+            Path::new(&format!("/site/v1/sif/sha256/{}.gzip.sif", &D[7..]))
+        );
+        assert!(is_site_entry(&site, &entry));
+        let name = entry.file_name().unwrap().to_str().unwrap().to_owned();
+        for bad in [
+            format!("/site/v1/tmp/.w/{name}"),
+            format!("/site/v1/sif/sha256/../../tmp/{name}"),
+            format!("/site/v1/sif/sha256/./{name}"),
+            format!("/site/v1/sif/sha256//{name}"),
+            format!("/site/v1/sif/sha256/{}.gzip.sif", &D[8..]),
+            format!("/site/v1/sif/sha256/{}.gzip.sif", D[7..].to_uppercase()),
+            format!("/site/v1/sif/sha256/{}.zstd.sif", &D[7..]),
+            format!("/site/v1/sif/sha256/{}.gzip.sif.x", &D[7..]),
+            "/site/v1/sif/sha256/x.gzip.sif".to_owned(),
+            "/site".to_owned(),
+        ] {
+            let p = PathBuf::from(&bad);
+            // What the old, lexical check let through.
+            assert!(p.starts_with("/site"));
+            assert!(!is_site_entry(&site, &p), "{bad}");
+        }
     }
 
     /// A registry off `images.site_registries` is not converted by the
