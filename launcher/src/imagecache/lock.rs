@@ -172,10 +172,20 @@ pub(crate) fn read_existing(path: &Path) -> Result<Attempt, CacheError> {
     }
 }
 
-/// Reads the lock at `path`.
+/// Reads the lock at `path`: a regular file, not through a symlink (a
+/// FIFO or a device there is refused, without waiting on it).
 fn read(path: &Path) -> io::Result<Seen> {
-    let f = File::open(path)?;
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
     let meta = f.metadata()?;
+    if !meta.file_type().is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "not a regular file",
+        ));
+    }
     let mut raw = Vec::new();
     f.take(MAX_RECORD).read_to_end(&mut raw)?;
     Ok(Seen {
@@ -337,6 +347,33 @@ mod tests {
         assert!(break_stale(&p, &seen).unwrap());
         assert!(!break_stale(&p, &seen).unwrap(), "only one breaker wins");
         assert!(matches!(try_acquire(&p).unwrap(), Attempt::Acquired(_)));
+    }
+
+    /// A lock that is a FIFO or a symlink (the cache's account can make
+    /// either) is refused at once: reading it neither blocks nor follows.
+    #[test]
+    fn a_fifo_or_a_link_is_no_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("f.lock");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let (tx, rx) = mpsc::channel();
+        let f = fifo.clone();
+        std::thread::spawn(move || tx.send(read_existing(&f).is_err()));
+        let refused = rx.recv_timeout(Duration::from_secs(5));
+        assert_eq!(
+            refused,
+            Ok(true),
+            "a FIFO lock must be refused, not waited on"
+        );
+        let target = dir.path().join("real.lock");
+        fs::write(&target, serde_json::to_vec(&Owner::me()).unwrap()).unwrap();
+        assert!(matches!(read_existing(&target), Ok(Attempt::Busy(_))));
+        let link = dir.path().join("l.lock");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let Err(e) = read_existing(&link) else {
+            panic!("a symlink must not be followed")
+        };
+        assert!(e.to_string().contains("l.lock"), "{e}");
     }
 
     #[test]
