@@ -122,6 +122,12 @@ fn line(e: &Entry) -> String {
     )
 }
 
+/// A leftover's path as printed: its name is the cache account's (or a
+/// dead conversion's) choice, so without control characters.
+fn debris(p: &Path) -> String {
+    printable(&p.display().to_string())
+}
+
 /// Root's `--site DIR`: become the cache directory's owner (cache_user)
 /// before anything there is read or written.
 fn drop_to_owner(which: &Which) -> Result<()> {
@@ -172,7 +178,7 @@ pub fn run(cmd: &CacheCommand) -> Result<()> {
                 println!("kept (being converted) {}", line(e));
             }
             for p in &done.debris {
-                println!("removed {}", p.display());
+                println!("removed {}", debris(p));
             }
             let freed: u64 = done.removed.iter().map(|e| e.size).sum();
             eprintln!(
@@ -238,5 +244,13 @@ mod tests {
         }
         assert_eq!(human_size(512), "512 B");
         assert_eq!(human_size(3 << 20), "3.0 MiB");
+    }
+
+    /// `cache clean` prints a leftover's name without its control
+    /// characters (no terminal escapes from the cache's account).
+    #[test]
+    fn debris_names_are_printable() {
+        let p = Path::new("/c/v1/lock/.probe.\x1b]0;owned\x07.\x1b[2J1.lock.broken.x");
+        assert_eq!(debris(p), "/c/v1/lock/.probe.]0;owned.[2J1.lock.broken.x");
     }
 }
