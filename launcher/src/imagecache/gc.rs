@@ -245,6 +245,16 @@ pub enum SourceError {
         /// What happened.
         error: io::Error,
     },
+    /// On a FUSE filesystem: its server, any user's, chooses the bytes
+    /// each read returns, and the owner and mode it reports.
+    #[error(
+        "{}: on a FUSE filesystem, whose server chooses its owner, mode and the bytes each read returns: refusing it",
+        path.display()
+    )]
+    Fuse {
+        /// The file.
+        path: PathBuf,
+    },
     /// Not a regular file.
     #[error("{}: not a regular file", path.display())]
     NotRegular {
@@ -292,9 +302,14 @@ pub struct Source {
     pub digest: String,
 }
 
+/// Whether a filesystem is FUSE (`FUSE_SUPER_MAGIC`, 0x65735546).
+fn on_fuse(fs: nix::sys::statfs::FsType) -> bool {
+    fs == nix::sys::statfs::FUSE_SUPER_MAGIC
+}
+
 /// Opens `path` once (no symlink followed, no FIFO blocking) and checks
-/// the descriptor: a regular file owned by root or `caller`, writable by
-/// no one else, recording a manifest digest.
+/// the descriptor: not on FUSE, a regular file owned by root or
+/// `caller`, writable by no one else, recording a manifest digest.
 pub fn open_source(path: &Path, caller: u32) -> Result<Source, SourceError> {
     use std::os::unix::fs::MetadataExt;
     let file = OpenOptions::new()
@@ -305,6 +320,15 @@ pub fn open_source(path: &Path, caller: u32) -> Result<Source, SourceError> {
             path: path.to_owned(),
             error,
         })?;
+    let fs = nix::sys::statfs::fstatfs(&file).map_err(|e| SourceError::Open {
+        path: path.to_owned(),
+        error: e.into(),
+    })?;
+    if on_fuse(fs.filesystem_type()) {
+        return Err(SourceError::Fuse {
+            path: path.to_owned(),
+        });
+    }
     let meta = file.metadata().map_err(|error| SourceError::Open {
         path: path.to_owned(),
         error,

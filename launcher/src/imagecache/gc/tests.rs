@@ -191,6 +191,25 @@ fn add_refuses_symlinks_fifos_foreign_and_writable_files() {
     assert!(matches!(e, SourceError::NoDigest { .. }), "{e}");
 }
 
+/// A file on FUSE is refused (its server chooses what each read returns);
+/// a local file's filesystem is not taken for FUSE.
+#[test]
+fn add_refuses_a_file_on_fuse() {
+    use nix::sys::statfs::{FsType, fstatfs};
+    assert!(on_fuse(FsType(0x6573_5546)));
+    let d = tempfile::tempdir().unwrap();
+    let f = File::create(d.path().join("x")).unwrap();
+    assert!(!on_fuse(fstatfs(&f).unwrap().filesystem_type()));
+    let e = SourceError::Fuse {
+        path: PathBuf::from("/mnt/u/app.sif"),
+    };
+    assert!(
+        e.to_string()
+            .starts_with("/mnt/u/app.sif: on a FUSE filesystem"),
+        "{e}"
+    );
+}
+
 #[test]
 fn add_copies_from_the_descriptor_it_checked() {
     let d = tempfile::tempdir().unwrap();
