@@ -389,18 +389,20 @@ exec /.sifrun/host/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2 \
         assert!(!plain.binds.iter().any(|b| b.source == Path::new(&libdir)));
     }
 
+    /// Writes `text` at `p` below the fake host root `r`.
+    fn put_file(r: &Path, p: &str, text: &str) {
+        let p = r.join(p.trim_start_matches('/'));
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+
     /// slurm.conf outside /etc/slurm: its service accounts and the
     /// plugstack.conf next to it are the ones used.
     #[test]
     fn gather_reads_the_given_slurm_conf_and_its_plugstack() {
-        use std::fs;
         let root = tempfile::tempdir().unwrap();
         let r = root.path();
-        let put = |p: &str, text: &str| {
-            let p = r.join(p.trim_start_matches('/'));
-            fs::create_dir_all(p.parent().unwrap()).unwrap();
-            fs::write(p, text).unwrap();
-        };
+        let put = |p: &str, text: &str| put_file(r, p, text);
         put("/lib64/ld-linux-x86-64.so.2", "");
         put("/usr/bin/srun", "");
         put(
@@ -450,14 +452,9 @@ exec /.sifrun/host/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2 \
     /// is bound at its own path, read-only; /etc/slurm's is covered already.
     #[test]
     fn gather_binds_a_configless_nodes_conf_cache() {
-        use std::fs;
         let root = tempfile::tempdir().unwrap();
         let r = root.path();
-        let put = |p: &str, text: &str| {
-            let p = r.join(p.trim_start_matches('/'));
-            fs::create_dir_all(p.parent().unwrap()).unwrap();
-            fs::write(p, text).unwrap();
-        };
+        let put = |p: &str, text: &str| put_file(r, p, text);
         put("/lib64/ld-linux-x86-64.so.2", "");
         put("/usr/bin/srun", "");
         put("/var/spool/slurmd/conf-cache/slurm.conf", "ClusterName=c\n");

@@ -148,16 +148,9 @@ mod tests {
         let pidfd = crate::ffi::pidfd::open(child.id()).ok();
         let mut p = Plugin::new(None);
         p.option(Opt::Image, Some("/i.sif")).unwrap();
-        p.holder = Some(HolderState::Ready(Ready {
-            child,
-            pidfd,
-            start_time: None,
-            env: Vec::new(),
-            log: Vec::new(),
-            ns: None,
-            task_cwd: None,
-            death_told: false,
-        }));
+        p.holder = Some(HolderState::Ready(crate::remote::tests::ready(
+            child, pidfd,
+        )));
         p
     }
 

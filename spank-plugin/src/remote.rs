@@ -401,7 +401,7 @@ fn join(pid: i32) -> Result<(), String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::fake::Fake;
     use crate::options::Opt;
@@ -411,7 +411,8 @@ mod tests {
         std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
     }
 
-    fn ready(child: std::process::Child, pidfd: Option<std::os::fd::OwnedFd>) -> Ready {
+    /// A holder that set up its container, for the tests of the callbacks after it.
+    pub(crate) fn ready(child: std::process::Child, pidfd: Option<std::os::fd::OwnedFd>) -> Ready {
         Ready {
             child,
             pidfd,
