@@ -69,16 +69,17 @@ pub fn run_resolve(a: &ResolveArgs) -> Result<()> {
     let reference = docker_ref(&a.source).with_context(fail)?;
     let plain_http =
         a.image_args.nohttps || truthy(std::env::var("SIFRUN_NOHTTPS").ok().as_deref());
-    let (digest, manifest) = match pinned_by(&reference, std::env::var(PIN_ENV).ok().as_deref()) {
-        Some(p) => (p.digest().cloned(), None),
+    let pinned = pinned_by(&reference, std::env::var(PIN_ENV).ok().as_deref())
+        .and_then(|p| p.digest().cloned());
+    let (digest, manifest) = match pinned {
+        Some(d) => (d, None),
         None => {
             let wanted = wanted(a.image_args.arch.as_deref()).with_context(fail)?;
             let r =
                 convert::resolve(&reference, plain_http, &wanted, &a.source).with_context(fail)?;
-            (Some(r.digest), Some(r.manifest))
+            (r.digest, Some(r.manifest))
         }
     };
-    let digest = digest.expect("a pin has a digest");
     let pin = reference.with_digest(digest.clone()).to_string();
     if a.json {
         let v = serde_json::json!({
