@@ -910,7 +910,11 @@ fn cache_add_list_and_clean() {
         false,
         &[],
     );
-    let work = scratch();
+    // Under HOME, not /tmp: `cache add` refuses a file below a directory
+    // others may write.
+    let home = PathBuf::from(std::env::var_os("HOME").expect("HOME"));
+    let work = tempfile::tempdir_in(&home).unwrap();
+    fs::set_permissions(work.path(), fs::Permissions::from_mode(0o755)).unwrap();
     let w = work.path();
     let cache = w.join("cache");
     let src = format!("docker://{}", reg.name("test/img:t"));

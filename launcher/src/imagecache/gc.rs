@@ -255,6 +255,15 @@ pub enum SourceError {
         /// The file.
         path: PathBuf,
     },
+    /// A directory above it is not root's or the caller's, or others may
+    /// write it (and so replace what the path names).
+    #[error("{}: a directory above it is not safe: {dir}", path.display())]
+    Directory {
+        /// The file.
+        path: PathBuf,
+        /// The directory and what is wrong with it.
+        dir: slurm_conf::trusted::Untrusted,
+    },
     /// Not a regular file.
     #[error("{}: not a regular file", path.display())]
     NotRegular {
@@ -307,9 +316,11 @@ fn on_fuse(fs: nix::sys::statfs::FsType) -> bool {
     fs == nix::sys::statfs::FUSE_SUPER_MAGIC
 }
 
-/// Opens `path` once (no symlink followed, no FIFO blocking) and checks
-/// the descriptor: not on FUSE, a regular file owned by root or
-/// `caller`, writable by no one else, recording a manifest digest.
+/// Opens `path` once (its last component not followed if a symlink, no
+/// FIFO blocking) and checks the descriptor: not on FUSE, a regular file
+/// owned by root or `caller`, writable by no one else, in directories
+/// (as written and as resolved) each root's or `caller`'s and writable by
+/// no one else, recording a manifest digest.
 pub fn open_source(path: &Path, caller: u32) -> Result<Source, SourceError> {
     use std::os::unix::fs::MetadataExt;
     let file = OpenOptions::new()
@@ -355,6 +366,19 @@ pub fn open_source(path: &Path, caller: u32) -> Result<Source, SourceError> {
             mode: meta.mode() & 0o7777,
         });
     }
+    let absolute = std::path::absolute(path).map_err(|error| SourceError::Open {
+        path: path.to_owned(),
+        error,
+    })?;
+    slurm_conf::trusted::check_parents(&absolute, caller).map_err(|mut dir| {
+        if let Some(r) = dir.reason.strip_suffix("must be owned by root") {
+            dir.reason = format!("{r}must be owned by root or you");
+        }
+        SourceError::Directory {
+            path: path.to_owned(),
+            dir,
+        }
+    })?;
     let digest = file_label(&file, "io.sifrun.source.digest")
         .filter(|d| d.starts_with("sha256:"))
         .ok_or_else(|| SourceError::NoDigest {

@@ -145,10 +145,20 @@ fn sif_with_labels(path: &Path, labels: &str) {
 
 const LABELS: &str = r#"{"io.sifrun.source.digest":"sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa","io.sifrun.source.ref":"docker.io/x/y:1"}"#;
 
+/// A scratch directory whose parents are root's or this user's and not
+/// writable by others (the test binary's directory, not /tmp).
+fn scratch() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let exe = std::env::current_exe().unwrap();
+    let d = tempfile::tempdir_in(exe.parent().unwrap()).unwrap();
+    fs::set_permissions(d.path(), PermissionsExt::from_mode(0o755)).unwrap();
+    d
+}
+
 #[test]
 fn add_refuses_symlinks_fifos_foreign_and_writable_files() {
     use std::os::unix::fs::PermissionsExt;
-    let d = tempfile::tempdir().unwrap();
+    let d = scratch();
     let me = nix::unistd::getuid().as_raw();
     let good = d.path().join("good.sif");
     sif_with_labels(&good, LABELS);
@@ -210,9 +220,43 @@ fn add_refuses_a_file_on_fuse() {
     );
 }
 
+/// A file in a directory others may write, or one that is not root's or
+/// the caller's, is refused with a line naming that directory: whoever
+/// may write it chooses what the path names.
+#[test]
+fn add_refuses_a_file_in_a_directory_others_control() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = scratch();
+    let me = nix::unistd::getuid().as_raw();
+    let dir = d.path().join("shared");
+    fs::create_dir(&dir).unwrap();
+    let img = dir.join("app.sif");
+    sif_with_labels(&img, LABELS);
+    fs::set_permissions(&dir, PermissionsExt::from_mode(0o755)).unwrap();
+    assert!(open_source(&img, me).is_ok());
+    fs::set_permissions(&dir, PermissionsExt::from_mode(0o1777)).unwrap();
+    let e = open_source(&img, me).unwrap_err();
+    assert!(matches!(e, SourceError::Directory { .. }), "{e}");
+    let text = e.to_string();
+    assert!(
+        text.contains("a directory above it is not safe")
+            && text.contains("shared: mode 1777 lets others write it"),
+        "{text}"
+    );
+    fs::set_permissions(&dir, PermissionsExt::from_mode(0o755)).unwrap();
+    if me == 0 {
+        std::os::unix::fs::chown(&dir, Some(54321), None).unwrap();
+        let e = open_source(&img, me).unwrap_err().to_string();
+        assert!(
+            e.contains("shared: owned by uid 54321, must be owned by root or you"),
+            "{e}"
+        );
+    }
+}
+
 #[test]
 fn add_copies_from_the_descriptor_it_checked() {
-    let d = tempfile::tempdir().unwrap();
+    let d = scratch();
     let me = nix::unistd::getuid().as_raw();
     let c = Cache::new(d.path().join("cache"));
     let img = d.path().join("app.sif");
