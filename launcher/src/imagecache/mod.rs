@@ -17,6 +17,7 @@
 //! stale lock (its owner killed) is broken and the entry converted again.
 //! Only complete files ever appear under an entry's name.
 
+pub mod detached;
 pub mod gc;
 pub mod lock;
 pub mod site;
@@ -62,6 +63,15 @@ pub enum CacheError {
         age: u64,
         /// Its message.
         message: String,
+    },
+    /// A site cache whose owner root's `sifrun cache … --site` may not
+    /// become.
+    #[error("{}: {reason}", dir.display())]
+    SiteOwner {
+        /// The site cache's directory.
+        dir: PathBuf,
+        /// Why, and what to do.
+        reason: String,
     },
     /// Waited too long for another process's conversion.
     #[error("{what}: gave up after {secs} s waiting for {owner} to convert it")]

@@ -55,23 +55,66 @@ impl Account {
 }
 
 /// The owner of the site cache `dir` when it is not root: whom root's
-/// `sifrun cache … --site DIR` becomes before reading anything there (its
-/// primary group from the password database, else the directory's group).
+/// `sifrun cache … --site DIR` becomes before reading anything there. It
+/// must own `DIR/v1` too (when there is one), have an entry in the
+/// password database (its name and primary group come from there), and a
+/// primary group other than root's: root never becomes an account it
+/// cannot fully name, nor keeps group root.
 pub fn owner_of(dir: &Path) -> Result<Option<Account>, CacheError> {
     let m = std::fs::metadata(dir).map_err(|e| super::io_err(dir, e))?;
-    if m.uid() == 0 {
+    let v1 = dir.join("v1");
+    let v1_uid = match std::fs::symlink_metadata(&v1) {
+        Ok(v) => Some(v.uid()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(super::io_err(&v1, e)),
+    };
+    let user = match m.uid() {
+        0 => None,
+        uid => nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+            .map_err(|e| CacheError::SiteOwner {
+                dir: dir.to_owned(),
+                reason: format!("the account of its owner (uid {uid}): {e}"),
+            })?
+            .map(|u| (u.name, u.gid.as_raw())),
+    };
+    owner_from(dir, m.uid(), v1_uid, user)
+}
+
+/// [`owner_of`]'s rules: `dir` is owned by `uid`, its `v1` by `v1_uid`
+/// (if it exists), and `user` is `uid`'s name and primary gid from the
+/// password database (if it has an entry).
+fn owner_from(
+    dir: &Path,
+    uid: u32,
+    v1_uid: Option<u32>,
+    user: Option<(String, u32)>,
+) -> Result<Option<Account>, CacheError> {
+    let refuse = |reason: String| CacheError::SiteOwner {
+        dir: dir.to_owned(),
+        reason,
+    };
+    if let Some(v1) = v1_uid.filter(|&v1| v1 != uid) {
+        return Err(refuse(format!(
+            "owned by uid {uid} but its v1 by uid {v1}: both must belong to the \
+             [images] cache_user account (chown -R it)"
+        )));
+    }
+    if uid == 0 {
         return Ok(None);
     }
-    let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(m.uid()))
-        .ok()
-        .flatten();
-    Ok(Some(Account {
-        name: user
-            .as_ref()
-            .map_or_else(|| format!("uid {}", m.uid()), |u| u.name.clone()),
-        uid: m.uid(),
-        gid: user.map_or(m.gid(), |u| u.gid.as_raw()),
-    }))
+    let Some((name, gid)) = user else {
+        return Err(refuse(format!(
+            "owned by uid {uid}, which has no account: chown -R it to the [images] \
+             cache_user account"
+        )));
+    };
+    if gid == 0 {
+        return Err(refuse(format!(
+            "owned by {name}, whose primary group is root (gid 0): give {name} a group \
+             of its own"
+        )));
+    }
+    Ok(Some(Account { name, uid, gid }))
 }
 
 /// Becomes the site cache's owner `account` for good (root's `sifrun cache

@@ -8,8 +8,8 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result};
 use launcher::imagecache::gc::{Entry, Source, open_source, printable};
-use launcher::imagecache::site;
 use launcher::imagecache::{Cache, Key};
+use launcher::imagecache::{detached, site};
 
 /// `sifrun cache`'s subcommands.
 #[derive(clap::Subcommand, Debug)]
@@ -128,84 +128,157 @@ fn debris(p: &Path) -> String {
     printable(&p.display().to_string())
 }
 
-/// Root's `--site DIR`: become the cache directory's owner (cache_user)
-/// before anything there is read or written.
-fn drop_to_owner(which: &Which) -> Result<()> {
-    let Some(dir) = &which.site else {
-        return Ok(());
+/// The `docker://` reference `image` names, if it names one.
+fn docker_text(image: &Path) -> Option<&str> {
+    image.to_str().filter(|t| t.starts_with("docker://"))
+}
+
+/// Runs `sifrun cache …`: as root with `--site DIR`, the cache owner's
+/// work runs in a child that has become that owner and has no terminal
+/// (root's process copies its lines without control characters, and
+/// exits as it did); otherwise here.
+pub fn run(cmd: &CacheCommand) -> Result<()> {
+    let which = match cmd {
+        CacheCommand::List(which)
+        | CacheCommand::Clean { which, .. }
+        | CacheCommand::Add { which, .. } => which,
     };
-    if !nix::unistd::geteuid().is_root() {
-        return Ok(());
+    let Some(dir) = which
+        .site
+        .as_ref()
+        .filter(|_| nix::unistd::geteuid().is_root())
+    else {
+        return owner_side(cmd, None);
+    };
+    let owner = site::owner_of(dir).context("cache --site")?;
+    let mut src = None;
+    if let CacheCommand::Add { image, .. } = cmd {
+        match docker_text(image) {
+            Some(text) => refuse_root_conversion(dir, owner.as_ref(), text)?,
+            // Opened and checked as the caller, copied as the cache's
+            // owner from that descriptor.
+            None => {
+                let uid = nix::unistd::getuid().as_raw();
+                src = Some(open_source(image, uid).context("cache add")?);
+            }
+        }
     }
-    if let Some(account) = site::owner_of(dir).context("cache --site")? {
-        site::become_owner(&account).context("cache --site")?;
+    let work = || {
+        let done = match &owner {
+            Some(account) => site::become_owner(account).context("cache --site"),
+            None => Ok(()),
+        };
+        match done.and_then(|()| owner_side(cmd, src.as_ref())) {
+            Ok(()) => 0,
+            Err(e) if broken_pipe(&e) => 0,
+            Err(e) => {
+                eprintln!("sifrun: {}", crate::hold_cmd::one_line(&e));
+                1
+            }
+        }
+    };
+    let code = detached::run_detached(work, &mut std::io::stdout(), &mut std::io::stderr())
+        .context("cache --site")?;
+    if code != 0 {
+        std::process::exit(code);
     }
     Ok(())
 }
 
-/// Runs `sifrun cache …`.
-pub fn run(cmd: &CacheCommand) -> Result<()> {
+/// A closed pipe (`sifrun cache list --site DIR | head`) is no error
+/// (as in `main`).
+fn broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// Root converts no registry image: `cache add --site DIR docker://REF`
+/// needs DIR to have an unprivileged owner to do it.
+fn refuse_root_conversion(dir: &Path, owner: Option<&site::Account>, text: &str) -> Result<()> {
+    if owner.is_some() {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "cache add --site {dir} {text}: {dir} belongs to root, and root converts no registry \
+         image: chown -R {dir} to the [images] cache_user account, or pull it as an \
+         unprivileged user (sifrun pull FILE {text}) and `sifrun cache add --site {dir} FILE`",
+        dir = printable(&dir.display().to_string()),
+        text = printable(text),
+    )
+}
+
+/// The cache's work, by its owner (or any user on their own cache).
+/// `src`: the image to add, already opened by the caller.
+fn owner_side(cmd: &CacheCommand, src: Option<&Source>) -> Result<()> {
     match cmd {
-        CacheCommand::List(which) => {
-            drop_to_owner(which)?;
-            let cache = which.cache()?;
-            let entries = cache.entries().context("cache list")?;
-            println!("REFERENCE\tDIGEST\tSIZE\tLAST USE");
-            for e in &entries {
-                println!("{}", line(e));
-            }
-            let total: u64 = entries.iter().map(|e| e.size).sum();
-            eprintln!(
-                "{} image(s), {} in {}",
-                entries.len(),
-                human_size(total),
-                printable(&cache.root.display().to_string())
-            );
-            Ok(())
-        }
+        CacheCommand::List(which) => list(which),
         CacheCommand::Clean {
             which,
             older_than,
             all,
-        } => {
-            drop_to_owner(which)?;
-            let cache = which.cache()?;
-            let done = cache.clean(*older_than, *all).context("cache clean")?;
-            for e in &done.removed {
-                println!("removed {}", line(e));
-            }
-            for e in &done.locked {
-                println!("kept (being converted) {}", line(e));
-            }
-            for p in &done.debris {
-                println!("removed {}", debris(p));
-            }
-            let freed: u64 = done.removed.iter().map(|e| e.size).sum();
-            eprintln!(
-                "{} image(s) removed ({}), {} kept while converted, {} leftover(s) removed",
-                done.removed.len(),
-                human_size(freed),
-                done.locked.len(),
-                done.debris.len()
-            );
-            Ok(())
-        }
+        } => clean(which, *older_than, *all),
         CacheCommand::Add { which, image } => {
-            if let Some(text) = image.to_str().filter(|t| t.starts_with("docker://")) {
-                drop_to_owner(which)?;
+            if let Some(text) = docker_text(image) {
                 let entry =
                     crate::cache_cmd::add_docker(&which.cache()?, text, which.site.is_some())
                         .context("cache add")?;
                 println!("{}", entry.display());
                 return Ok(());
             }
-            // Opened and checked as the caller, copied as the cache's
-            // owner from that descriptor.
-            let src = open_source(image, nix::unistd::getuid().as_raw()).context("cache add")?;
-            drop_to_owner(which)?;
-            add(&which.cache()?, image, &src)
+            let opened;
+            let src = match src {
+                Some(src) => src,
+                None => {
+                    let uid = nix::unistd::getuid().as_raw();
+                    opened = open_source(image, uid).context("cache add")?;
+                    &opened
+                }
+            };
+            add(&which.cache()?, image, src)
         }
     }
+}
+
+fn list(which: &Which) -> Result<()> {
+    let cache = which.cache()?;
+    let entries = cache.entries().context("cache list")?;
+    println!("REFERENCE\tDIGEST\tSIZE\tLAST USE");
+    for e in &entries {
+        println!("{}", line(e));
+    }
+    let total: u64 = entries.iter().map(|e| e.size).sum();
+    eprintln!(
+        "{} image(s), {} in {}",
+        entries.len(),
+        human_size(total),
+        printable(&cache.root.display().to_string())
+    );
+    Ok(())
+}
+
+fn clean(which: &Which, older_than: Option<Duration>, all: bool) -> Result<()> {
+    let cache = which.cache()?;
+    let done = cache.clean(older_than, all).context("cache clean")?;
+    for e in &done.removed {
+        println!("removed {}", line(e));
+    }
+    for e in &done.locked {
+        println!("kept (being converted) {}", line(e));
+    }
+    for p in &done.debris {
+        println!("removed {}", debris(p));
+    }
+    let freed: u64 = done.removed.iter().map(|e| e.size).sum();
+    eprintln!(
+        "{} image(s) removed ({}), {} kept while converted, {} leftover(s) removed",
+        done.removed.len(),
+        human_size(freed),
+        done.locked.len(),
+        done.debris.len()
+    );
+    Ok(())
 }
 
 fn add(cache: &Cache, image: &Path, src: &Source) -> Result<()> {
@@ -252,5 +325,31 @@ mod tests {
     fn debris_names_are_printable() {
         let p = Path::new("/c/v1/lock/.probe.\x1b]0;owned\x07.\x1b[2J1.lock.broken.x");
         assert_eq!(debris(p), "/c/v1/lock/.probe.]0;owned.[2J1.lock.broken.x");
+    }
+
+    /// Root's `cache add --site DIR docker://…` into a cache no
+    /// unprivileged account owns converts nothing, with one line that
+    /// names DIR and what to do; with an owner it goes on.
+    #[test]
+    fn root_converts_no_registry_image() {
+        let dir = Path::new("/srv/sifrun-cache");
+        let e = refuse_root_conversion(dir, None, "docker://r/img:t")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with(
+                "cache add --site /srv/sifrun-cache docker://r/img:t: /srv/sifrun-cache \
+                 belongs to root, and root converts no registry image: chown -R \
+                 /srv/sifrun-cache to the [images] cache_user account, or pull"
+            ),
+            "{e}"
+        );
+        assert!(!e.contains('\n'), "{e}");
+        let owner = site::Account {
+            name: "cache".into(),
+            uid: 990,
+            gid: 990,
+        };
+        assert!(refuse_root_conversion(dir, Some(&owner), "docker://r/img:t").is_ok());
     }
 }

@@ -239,3 +239,68 @@ fn the_site_commands_become_the_caches_owner() {
         assert_eq!(owner.map(|a| a.uid), Some(me));
     }
 }
+
+/// Root's `cache … --site DIR` never becomes an owner it cannot fully
+/// name or one that keeps group root, nor one that owns DIR but not
+/// DIR/v1 (or the other way round).
+#[test]
+fn the_site_commands_refuse_an_owner_they_cannot_fully_name() {
+    let dir = Path::new("/site");
+    let nobody = || Some(("nobody".to_owned(), 65534));
+    let a = owner_from(dir, 65534, Some(65534), nobody())
+        .unwrap()
+        .unwrap();
+    assert_eq!((a.name.as_str(), a.uid, a.gid), ("nobody", 65534, 65534));
+    assert_eq!(
+        owner_from(dir, 65534, None, nobody())
+            .unwrap()
+            .map(|a| a.uid),
+        Some(65534)
+    );
+    assert_eq!(owner_from(dir, 0, Some(0), None).unwrap(), None);
+    let refused = |uid, v1, user| owner_from(dir, uid, v1, user).unwrap_err().to_string();
+    let e = refused(65534, Some(0), nobody());
+    assert!(
+        e.starts_with("/site: owned by uid 65534 but its v1 by uid 0"),
+        "{e}"
+    );
+    let e = refused(0, Some(65534), None);
+    assert!(e.contains("owned by uid 0 but its v1 by uid 65534"), "{e}");
+    let e = refused(54321, None, None);
+    assert!(
+        e.contains("owned by uid 54321, which has no account"),
+        "{e}"
+    );
+    let e = refused(54321, None, Some(("cache".to_owned(), 0)));
+    assert!(
+        e.contains("owned by cache, whose primary group is root (gid 0)"),
+        "{e}"
+    );
+}
+
+/// The same on disk: a v1 that another account owns, an owner with no
+/// account (root only: chown).
+#[test]
+fn owner_of_looks_at_v1_and_the_password_database() {
+    let d = scratch();
+    std::fs::create_dir(d.path().join("v1")).unwrap();
+    let me = nix::unistd::geteuid().as_raw();
+    if me != 0 {
+        assert_eq!(owner_of(d.path()).unwrap().map(|a| a.uid), Some(me));
+        return;
+    }
+    let chown = |p: &Path, uid| std::os::unix::fs::chown(p, Some(uid), None).unwrap();
+    assert_eq!(owner_of(d.path()).unwrap(), None);
+    chown(d.path(), 65534);
+    let e = owner_of(d.path()).unwrap_err().to_string();
+    assert!(e.contains("owned by uid 65534 but its v1 by uid 0"), "{e}");
+    chown(&d.path().join("v1"), 65534);
+    assert_eq!(owner_of(d.path()).unwrap().map(|a| a.uid), Some(65534));
+    chown(d.path(), 54321);
+    chown(&d.path().join("v1"), 54321);
+    let e = owner_of(d.path()).unwrap_err().to_string();
+    assert!(
+        e.contains("owned by uid 54321, which has no account"),
+        "{e}"
+    );
+}

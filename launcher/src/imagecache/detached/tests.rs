@@ -1,0 +1,78 @@
+use std::os::fd::AsFd;
+
+use super::*;
+
+/// What the child writes comes back without its terminal escapes (tabs
+/// and line ends kept, a line without an end too), and its exit status
+/// is returned.
+#[test]
+fn the_childs_lines_come_back_without_control_characters() {
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let code = run_detached(
+        || {
+            // (Not print!: the test harness captures that.)
+            let _ = write!(
+                io::stdout(),
+                "REF\tDIGEST\n\x1b]0;owned\x07ref\x1b[2J\tsha256:1\n"
+            );
+            let _ = write!(io::stderr(), "sifrun: \u{9b}31mbad\x08\x7f\r\nno end");
+            3
+        },
+        &mut out,
+        &mut err,
+    )
+    .unwrap();
+    assert_eq!(code, 3);
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        "REF\tDIGEST\n]0;ownedref[2J\tsha256:1\n"
+    );
+    assert_eq!(String::from_utf8(err).unwrap(), "sifrun: 31mbad\nno end");
+    // 8-bit controls that are not UTF-8 become U+FFFD.
+    assert_eq!(printable_line(b"a\x9bb\n"), "a\u{fffd}b\n");
+}
+
+/// The child leads a session of its own, so it has no controlling
+/// terminal (the kernel's tty_nr is 0), and reads /dev/null; a signal
+/// that kills it is its exit status as a shell reports it.
+#[test]
+fn the_child_has_no_terminal() {
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let code = run_detached(
+        || {
+            let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+            // pid (comm) state ppid pgrp session tty_nr ...
+            let after = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or_default();
+            let fields: Vec<&str> = after.split(' ').collect();
+            let id = |s: nix::sys::stat::FileStat| (s.st_mode & libc::S_IFMT, s.st_rdev);
+            let null = nix::sys::stat::stat("/dev/null").map(id).ok();
+            let fd0 = nix::sys::stat::fstat(io::stdin().as_fd()).map(id).ok();
+            let _ = writeln!(
+                io::stdout(),
+                "session leader {} tty_nr {} stdin null {}",
+                fields.get(3) == Some(&std::process::id().to_string().as_str()),
+                fields.get(4).copied().unwrap_or("?"),
+                fd0.is_some() && fd0 == null
+            );
+            0
+        },
+        &mut out,
+        &mut err,
+    )
+    .unwrap();
+    assert_eq!((code, err.as_slice()), (0, &b""[..]));
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        "session leader true tty_nr 0 stdin null true\n"
+    );
+    let killed = run_detached(
+        || {
+            let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGTERM);
+            0
+        },
+        &mut Vec::new(),
+        &mut Vec::new(),
+    )
+    .unwrap();
+    assert_eq!(killed, 128 + 15);
+}
