@@ -100,13 +100,20 @@ pub fn resolve(
         launcher: launcher.to_owned(),
         source,
     })?;
+    // Woken when it ends (a process descriptor), not on a polling tick:
+    // srun waits for this on every docker:// step.
+    let pidfd = crate::ffi::pidfd::open(child.id()).ok();
     let start = Instant::now();
     let status = loop {
         match child.try_wait() {
             Ok(Some(s)) => break s,
-            Ok(None) if start.elapsed() < RESOLVE_TIMEOUT => {
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            Ok(None) if start.elapsed() < RESOLVE_TIMEOUT => match &pidfd {
+                Some(fd) => {
+                    let left = RESOLVE_TIMEOUT.saturating_sub(start.elapsed());
+                    crate::remote::ended_within(fd, left.min(Duration::from_secs(1)));
+                }
+                None => std::thread::sleep(Duration::from_millis(2)),
+            },
             Ok(None) => {
                 let _ = child.kill();
                 let _ = child.wait();
