@@ -28,6 +28,18 @@
 #   --gap S    seconds of rest before each step, so that no step waits for
 #              the previous job's end (default 0.3);
 #   --tasks N  tasks per step (default 2).
+#   --docker   with --setup: a docker:// image from the cache against the
+#              same image as a local SIF (issue 14: a step for a cached
+#              digest costs no conversion). Starts Debian's docker-registry
+#              on 127.0.0.1, pushes tests/oci/make-images' image with
+#              skopeo, pulls it into a local SIF as USER and converts it
+#              once into USER's cache (SIFRUN_CACHEDIR in the bench's
+#              directory); then compares, side by side,
+#                A  srun -nN --sif-image=LOCAL.sif sh -c true
+#                B  srun -nN --sif-image=docker://REF:t sh -c true
+#                   (the tag resolved to its digest by srun, every step)
+#                C  srun -nN --sif-image=docker://REF@sha256:D sh -c true
+#              and prints B/A and C/A.
 #   --slurm PREFIX  with --setup: the Slurm series installed under PREFIX
 #              (tests/slurm/build-slurm: /opt/slurm-25.11) instead of
 #              Debian's; its cluster, its clients first on PATH, and by
@@ -36,7 +48,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 repo="$PWD"
 sifrun=target/release/sifrun plugin=target/release/libspank_sifrun.so holder=""
-runs=30 warmup=3 gap=0.3 tasks=2 user=sifrun-test setup=0 image="" slurm="" plugin_given=0
+runs=30 warmup=3 gap=0.3 tasks=2 user=sifrun-test setup=0 image="" slurm="" plugin_given=0 docker=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --setup) setup=1 ;;
@@ -49,6 +61,7 @@ while [ $# -gt 0 ]; do
         --slurm) slurm="$2"; shift ;;
         --tasks) tasks="$2"; shift ;;
         --user) user="$2"; shift ;;
+        --docker) docker=1 ;;
         -h | --help) sed -n '2,/^set -e/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         -*) echo "srun-bench: unknown option $1" >&2; exit 2 ;;
         *) image="$1" ;;
@@ -56,6 +69,7 @@ while [ $# -gt 0 ]; do
     shift
 done
 [ "$(id -u)" -eq 0 ] || { echo "srun-bench: run as root" >&2; exit 1; }
+[ "$docker" = 0 ] || [ "$setup" = 1 ] || { echo "srun-bench: --docker needs --setup" >&2; exit 2; }
 if [ -n "$slurm" ]; then
     [ "$plugin_given" = 1 ] || plugin="$(make -s plugin-path SLURM="$slurm")"
     export PATH="$slurm/bin:$PATH"
@@ -65,8 +79,9 @@ work="$(mktemp -d /tmp/sifrun-srun-bench.XXXXXX)"
 chmod 0755 "$work"
 chown "$user" "$work"
 conf=/etc/slurm/plugstack.conf.d/sifrun.conf
-stage=""
+stage="" regpid=""
 cleanup() {
+    [ -z "$regpid" ] || kill "$regpid" 2>/dev/null || true
     if [ "$setup" = 1 ]; then
         rm -f "$conf"
         tests/slurm/cluster stop >/dev/null || true
@@ -111,12 +126,40 @@ if [ "$setup" = 1 ]; then
 fi
 [ -n "$image" ] || { echo "srun-bench: IMAGE missing (or use --setup)" >&2; exit 2; }
 
-a="srun -n$tasks true"
-b="srun -n$tasks --sif-image=$image true"
+user_env=(env PATH="$PATH")
+commands=("srun -n$tasks true" "srun -n$tasks --sif-image=$image true")
+if [ "$docker" = 1 ]; then
+    bash tests/oci/make-images "$work/img" >/dev/null
+    port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+    printf 'version: 0.1\nlog: {level: error}\nstorage: {filesystem: {rootdirectory: %s}}\nhttp: {addr: 127.0.0.1:%s, secret: bench}\n' \
+        "$work/storage" "$port" > "$work/registry.yml"
+    docker-registry serve "$work/registry.yml" >/dev/null 2>&1 &
+    regpid=$!
+    for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+    ref="127.0.0.1:$port/bench/img"
+    skopeo copy --quiet --dest-tls-verify=false "oci:$work/img/layout:t" "docker://$ref:t"
+    user_env+=(SIFRUN_NOHTTPS=1 SIFRUN_CACHEDIR="$work/cache")
+    as_bench_user() { (cd "$work" && runuser -u "$user" -- "${user_env[@]}" "$@"); }
+    as_bench_user "$stage/sifrun" pull --nohttps "$work/local.sif" "docker://$ref:t" >/dev/null
+    pin="$(as_bench_user "$stage/sifrun" resolve "docker://$ref:t")"
+    # The one conversion: into the user's cache, by a step.
+    as_bench_user srun -n1 --sif-image="docker://$ref:t" sh -c true
+    entries="$(find "$work/cache" -name '*.sif' | wc -l)"
+    [ "$entries" = 1 ] || { echo "srun-bench: $entries cache entries after the first step, not 1" >&2; exit 1; }
+    echo "docker:// image: $pin (in the cache: $(find "$work/cache" -name '*.sif'))"
+    commands=("srun -n$tasks --sif-image=$work/local.sif sh -c true"
+        "srun -n$tasks --sif-image=docker://$ref:t sh -c true"
+        "srun -n$tasks --sif-image=docker://$pin sh -c true")
+fi
 echo "Slurm: $(srun --version); load before: $(uptime | sed 's/.*load average: //')"
 mark="$(wc -l < /var/log/slurm/slurmd.log 2>/dev/null || echo 0)"
-(cd "$work" && runuser -u "$user" -- env PATH="$PATH" python3 "$repo/bench/interleave.py" \
-    --runs "$runs" --warmup "$warmup" --gap "$gap" "$a" "$b")
+(cd "$work" && runuser -u "$user" -- "${user_env[@]}" python3 "$repo/bench/interleave.py" \
+    --runs "$runs" --warmup "$warmup" --gap "$gap" "${commands[@]}")
+if [ "$docker" = 1 ]; then
+    entries="$(find "$work/cache" -name '*.sif' | wc -l)"
+    [ "$entries" = 1 ] || { echo "srun-bench: $entries cache entries after the measured steps, not 1" >&2; exit 1; }
+    echo "cache entries after the measured steps: $entries (no step converted again)"
+fi
 echo "load after: $(uptime | sed 's/.*load average: //')"
 
 echo
@@ -128,7 +171,14 @@ tail -n +"$((mark + 1))" /var/log/slurm/slurmd.log 2>/dev/null |
 tail -n +"$((mark + 1))" /var/log/slurm/slurmd.log 2>/dev/null |
     grep -o 'container ready in [0-9.]* ms (holder [^,]*' | sed 's/.*(holder //' | sort | uniq -c |
     awk '{ printf "  holder program: %s in %d steps\n", $2, $1 }'
-echo
-echo "one step's phases (srun -n$tasks --sif-verbose --sif-image=IMG true):"
-(cd "$work" && runuser -u "$user" -- env PATH="$PATH" srun -n"$tasks" --sif-verbose --sif-image="$image" true 2>&1) |
-    grep -E 'phase|ready in|joined' | sed 's/^/  /' || true
+phases() { # phases IMAGE CMD...: one step's set-up phases
+    echo
+    echo "one step's phases (srun -n$tasks --sif-verbose --sif-image=$1 ${*:2}):"
+    (cd "$work" && runuser -u "$user" -- "${user_env[@]}" srun -n"$tasks" --sif-verbose --sif-image="$1" "${@:2}" 2>&1) |
+        grep -E 'phase|ready in|joined' | sed 's/^/  /' || true
+}
+if [ "$docker" = 1 ]; then
+    for i in "$work/local.sif" "docker://$ref:t" "docker://$pin"; do phases "$i" sh -c true; done
+else
+    phases "$image" true
+fi
