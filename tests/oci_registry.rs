@@ -756,7 +756,13 @@ fn cached_exec_converts_once() {
     let w = work.path();
     let cache = w.join("cache");
     let src = format!("docker://{}", reg.name("test/img:t"));
-    let pulled = ok(pull_env(&w.join("p.sif"), &src, &["--nohttps"], &[]));
+    // SIFRUN_NOHTTPS=1 does what --nohttps does, for pull as for exec.
+    let pulled = ok(pull_env(
+        &w.join("p.sif"),
+        &src,
+        &[],
+        &[("SIFRUN_NOHTTPS", "1")],
+    ));
     let digest = printed_digest(&pulled);
     // resolve, plain and JSON.
     let pin = ok(cached(&cache, &["resolve", "--nohttps", &src])
@@ -828,6 +834,26 @@ fn cached_exec_converts_once() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(!err.contains("converting"), "{err}");
+    // So does resolving it (srun does, for every docker:// step); a digest
+    // the cache does not hold still needs the registry.
+    let pin = ok(cached(&cache, &["resolve", "--nohttps", &by_digest])
+        .output()
+        .unwrap());
+    let pin = String::from_utf8_lossy(&pin);
+    assert!(
+        pin.trim()
+            .starts_with(&format!("127.0.0.1:{port}/test/img"))
+            && pin.trim().ends_with(&format!("@{digest}")),
+        "{pin}"
+    );
+    let unknown = format!(
+        "docker://127.0.0.1:{port}/test/img@sha256:{}",
+        "0".repeat(64)
+    );
+    let out = cached(&cache, &["resolve", "--nohttps", &unknown])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the registry is gone");
     // Inside a job, resolve gives the job's pin of the same image (no
     // registry needed); a pin of another image is ignored.
     let pinned = ok(cached(&cache, &["resolve", "--nohttps", &src])

@@ -47,9 +47,17 @@ pub struct ImageArgs {
     /// Architecture to choose from a multi-platform image (default: the host's)
     #[arg(long)]
     pub arch: Option<String>,
-    /// Talk plain HTTP (no TLS) to the docker:// registry
+    /// Talk plain HTTP (no TLS) to the docker:// registry (also SIFRUN_NOHTTPS=1)
     #[arg(long = "nohttps", visible_alias = "no-https")]
     pub nohttps: bool,
+}
+
+impl ImageArgs {
+    /// `--nohttps`, or `SIFRUN_NOHTTPS=1` (or `true`, `yes`) in the
+    /// environment.
+    pub fn plain_http(&self) -> bool {
+        self.nohttps || crate::cache_cmd::truthy(std::env::var("SIFRUN_NOHTTPS").ok().as_deref())
+    }
 }
 
 /// `sifrun pull`'s arguments.
@@ -154,7 +162,7 @@ pub fn convert(
         force,
         source_date_epoch: build::source_date_epoch_from_env().map_err(anyhow::Error::msg)?,
         wanted: wanted(image_args.arch.as_deref()).with_context(fail)?,
-        plain_http: image_args.nohttps,
+        plain_http: image_args.plain_http(),
         tmpdir: std::env::var_os("SIFRUN_TMPDIR")
             .filter(|v| !v.is_empty())
             .map(PathBuf::from),

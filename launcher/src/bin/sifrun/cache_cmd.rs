@@ -41,7 +41,7 @@ fn docker_ref(text: &str) -> Result<Reference> {
 /// side to every step (oci-design.md §6.4): `REGISTRY/NAME:TAG@sha256:HEX`.
 pub const PIN_ENV: &str = "SLURM_SIFRUN_IMAGE_PIN";
 
-fn truthy(v: Option<&str>) -> bool {
+pub(crate) fn truthy(v: Option<&str>) -> bool {
     matches!(v, Some("1" | "true" | "yes"))
 }
 
@@ -67,13 +67,20 @@ fn pinned_by(reference: &Reference, pin: Option<&str>) -> Option<Reference> {
 pub fn run_resolve(a: &ResolveArgs) -> Result<()> {
     let fail = || format!("resolve: {}", a.source);
     let reference = docker_ref(&a.source).with_context(fail)?;
-    let plain_http =
-        a.image_args.nohttps || truthy(std::env::var("SIFRUN_NOHTTPS").ok().as_deref());
+    let plain_http = a.image_args.plain_http();
     let pinned = pinned_by(&reference, std::env::var(PIN_ENV).ok().as_deref())
         .and_then(|p| p.digest().cloned());
-    let (digest, manifest) = match pinned {
-        Some(d) => (d, None),
-        None => {
+    // A digest the user's cache holds an entry for is a platform
+    // manifest's: nothing to ask the registry (srun runs this for every
+    // docker:// step).
+    let cached = match (&pinned, &a.image_args.arch) {
+        (None, None) => cached_manifest(&reference),
+        _ => None,
+    };
+    let (digest, manifest) = match (pinned, cached) {
+        (Some(d), _) => (d, None),
+        (None, Some(d)) => (d.clone(), Some(d)),
+        (None, None) => {
             let wanted = wanted(a.image_args.arch.as_deref()).with_context(fail)?;
             let r =
                 convert::resolve(&reference, plain_http, &wanted, &a.source).with_context(fail)?;
@@ -93,6 +100,15 @@ pub fn run_resolve(a: &ResolveArgs) -> Result<()> {
         println!("{pin}");
     }
     Ok(())
+}
+
+/// The digest of `reference` when the user's cache has an entry for it.
+fn cached_manifest(reference: &Reference) -> Option<oci::digest::Digest> {
+    let d = reference.digest()?;
+    let key = Key::new(&d.to_string(), CACHE_COMPRESSION.name()).ok()?;
+    let cache = Cache::new(Cache::user_root().ok()?);
+    cache.lookup(&key).ok()??;
+    Some(d.clone())
 }
 
 /// `sifrun cache add [--site DIR] docker://REF`: the image converted into
@@ -121,7 +137,7 @@ pub fn image_path(image: PathBuf, args: &ImageArgs) -> Result<PathBuf> {
         return Ok(image);
     };
     let reference = docker_ref(&text)?;
-    let plain_http = args.nohttps || truthy(std::env::var("SIFRUN_NOHTTPS").ok().as_deref());
+    let plain_http = args.plain_http();
     let cache = Cache::new(Cache::user_root()?);
     let how = How {
         arch: args.arch.as_deref(),
