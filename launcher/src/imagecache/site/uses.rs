@@ -79,6 +79,7 @@ fn child(site: &Site, account: &Account, input: File) -> i32 {
         let _ = nix::unistd::dup2_stdin(n);
         let _ = nix::unistd::dup2_stdout(n);
     }
+    let _ = nix::unistd::chdir("/");
     if become_account(account).is_err() {
         return 3;
     }
