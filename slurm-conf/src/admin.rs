@@ -18,6 +18,8 @@
 //! cache_dir = "/shared/sifrun-cache"  # the site cache, looked up before the user's
 //! cache_user = "sifrun-cache"      # the account that owns and fills it
 //! site_registries = ["docker.io/library", "registry.example"]  # what it converts
+//! cache_max_image_size = "20G"    # larger images go to the user's cache
+//! cache_min_free = "10G"          # nor may a conversion leave less free there
 //!
 //! [ecl]                            # see crate::ecl
 //! activated = true
@@ -38,6 +40,13 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use serde::Deserialize;
+
+mod images;
+use images::check_images;
+pub use images::{
+    DEFAULT_CACHE_MAX_IMAGE_SIZE, DEFAULT_CACHE_MIN_FREE, ImagesSection, Size,
+    site_registry_allowed,
+};
 
 /// The parsed file.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -119,46 +128,6 @@ pub struct UsersSection {
     /// The most `--sif-bind` specs one step may give.
     #[serde(default)]
     pub max_binds: Option<usize>,
-}
-
-/// `[images]`: the site cache of images converted from registries
-/// (oci-design.md §6.5). Entries count only when owned by `cache_user`
-/// (or root) and writable by no one else; without `cache_user` the cache
-/// is read-only for sifrun (admins fill it with `sifrun pull` and
-/// `sifrun sign`) and misses go to the user's cache.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ImagesSection {
-    /// The site cache directory (absolute), shared by every node.
-    #[serde(default)]
-    pub cache_dir: Option<PathBuf>,
-    /// The account that owns the site cache; the holder converts misses
-    /// into it as this user.
-    #[serde(default)]
-    pub cache_user: Option<String>,
-    /// What `cache_user` converts: registry hosts (`registry.example`,
-    /// `host:5000`) or host/repository prefixes (`docker.io/library`,
-    /// whole path components). Unset: any image; others go to the user's
-    /// cache (with a line). Entries already in the cache are used whatever
-    /// their registry.
-    #[serde(default)]
-    pub site_registries: Option<Vec<String>>,
-}
-
-/// Whether the image `domain`/`path` (a normalised reference:
-/// `docker.io`, `library/alpine`) is on the `images.site_registries`
-/// list `allowed` (`None`: any).
-pub fn site_registry_allowed(allowed: Option<&[String]>, domain: &str, path: &str) -> bool {
-    let Some(list) = allowed else { return true };
-    list.iter().any(|a| match a.split_once('/') {
-        None => a == domain,
-        Some((host, prefix)) => {
-            host == domain
-                && path
-                    .strip_prefix(prefix)
-                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
-        }
-    })
 }
 
 /// Why the file cannot be used.
@@ -289,46 +258,6 @@ impl AdminConfig {
         self.users.image_dirs.is_empty()
             || self.users.image_dirs.iter().any(|d| path.starts_with(d))
     }
-}
-
-fn check_images(i: &ImagesSection) -> Result<(), String> {
-    if let Some(d) = &i.cache_dir
-        && (!d.is_absolute() || d.components().any(|c| c == Component::ParentDir))
-    {
-        return Err(format!(
-            "images.cache_dir: {}: must be an absolute path without ..",
-            d.display()
-        ));
-    }
-    for r in i.site_registries.iter().flatten() {
-        let ok = !r.is_empty()
-            && !r.contains("://")
-            && !r.ends_with('/')
-            && !r.starts_with('/')
-            && !r.contains("//")
-            && r.bytes().all(|b| b.is_ascii_graphic());
-        if !ok {
-            return Err(format!(
-                "images.site_registries: {r:?}: not a registry host or host/repository prefix"
-            ));
-        }
-    }
-    if let Some(u) = &i.cache_user {
-        if i.cache_dir.is_none() {
-            return Err("images.cache_user: needs images.cache_dir".into());
-        }
-        let name_ok = !u.is_empty()
-            && u.len() <= 32
-            && !u.starts_with('-')
-            && u.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-        if !name_ok || u == "root" {
-            return Err(format!(
-                "images.cache_user: {u:?} is not an account name (nor may it be root)"
-            ));
-        }
-    }
-    Ok(())
 }
 
 /// Reads a file that steers root code (the admin file, the ECL keyring):

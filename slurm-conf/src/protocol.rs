@@ -209,6 +209,12 @@ pub struct Request {
     /// `images.site_registries`: what `cache_user` converts (`None`: any).
     #[serde(default)]
     pub site_registries: Option<Vec<String>>,
+    /// `images.cache_max_image_size` in bytes (`None`: no limit).
+    #[serde(default)]
+    pub site_max_image_size: Option<u64>,
+    /// `images.cache_min_free` in bytes (`None`: no reserve).
+    #[serde(default)]
+    pub site_min_free: Option<u64>,
 }
 
 #[derive(Deserialize)]

@@ -123,6 +123,8 @@ pub fn build(a: &Args, s: &Settings, step: Step) -> Request {
         site_cache: c.images.cache_dir.clone(),
         site_cache_user: c.images.cache_user.clone(),
         site_registries: c.images.site_registries.clone(),
+        site_max_image_size: Some(c.images.max_image_size()),
+        site_min_free: Some(c.images.min_free()),
         binds,
         env: a.env.clone(),
         pwd: a.workdir.as_ref().map(PathBuf::from),
@@ -231,6 +233,16 @@ mod tests {
             Some(Path::new("/shared/sifrun-cache"))
         );
         assert_eq!(r.site_cache_user.as_deref(), Some("sifrun-cache"));
+        // With its limits (the defaults when unset).
+        assert_eq!(
+            r.site_max_image_size,
+            Some(slurm_conf::admin::DEFAULT_CACHE_MAX_IMAGE_SIZE)
+        );
+        s.config.images.cache_min_free = Some(slurm_conf::admin::Size::Text("1G".into()));
+        assert_eq!(
+            build(&args(), &s, step("/", None)).site_min_free,
+            Some(1 << 30)
+        );
     }
 
     #[test]

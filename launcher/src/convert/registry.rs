@@ -138,6 +138,9 @@ pub struct Resolved {
     /// The manifest for the platform chosen (equal to `digest` unless
     /// that is an index).
     pub manifest: Digest,
+    /// The bytes its config and layers declare (each distinct blob once,
+    /// compressed as downloaded; saturating).
+    pub size: u64,
 }
 
 /// Resolves `reference` to digests: the manifests only, no blobs.
@@ -160,10 +163,15 @@ pub fn resolve_as(
     credentials: Option<&Environment>,
 ) -> Result<Resolved, ConvertError> {
     let client = Client::new(reference, options(reference, plain_http, credentials)?);
-    let (_, manifest, index) = manifest_for(&client, reference, wanted, what)?;
+    let (m, manifest, index) = manifest_for(&client, reference, wanted, what)?;
+    let mut blobs: BTreeMap<String, u64> = BTreeMap::new();
+    for d in std::iter::once(&m.config).chain(&m.layers) {
+        blobs.insert(d.digest.to_string(), d.size);
+    }
     Ok(Resolved {
         digest: index.unwrap_or_else(|| manifest.clone()),
         manifest,
+        size: blobs.values().fold(0u64, |t, n| t.saturating_add(*n)),
     })
 }
 

@@ -21,6 +21,7 @@ pub mod detached;
 pub mod gc;
 pub mod lock;
 pub mod site;
+mod watch;
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -31,6 +32,8 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::{Deserialize, Serialize};
 
 use lock::{Attempt, Held, Owner};
+pub use watch::Watch;
+use watch::{Waiting, dir_bytes};
 
 /// Why the cache could not give an image.
 #[derive(Debug, thiserror::Error)]
@@ -292,6 +295,26 @@ impl Cache {
     where
         F: FnOnce(&Path) -> Result<(), String>,
     {
+        let watch = Watch {
+            line: progress,
+            grew: &|_| {},
+        };
+        self.ensure_watched(key, what, &watch, convert)
+    }
+
+    /// [`Cache::ensure`], telling `watch` also how the conversion it
+    /// waits for (another process's) grows.
+    pub fn ensure_watched<F>(
+        &self,
+        key: &Key,
+        what: &str,
+        watch: &Watch<'_>,
+        convert: F,
+    ) -> Result<Ensured, CacheError>
+    where
+        F: FnOnce(&Path) -> Result<(), String>,
+    {
+        let progress = watch.line;
         if let Some(path) = self.lookup(key)? {
             self.mark_used(key);
             return Ok(Ensured {
@@ -301,10 +324,9 @@ impl Cache {
         }
         self.make_dirs()?;
         let lock_path = self.lock_path(key);
-        let lock_dir = self.dir("lock");
         let start = Instant::now();
         let mut delay = Duration::from_secs(1);
-        let mut waiting_for: Option<Owner> = None;
+        let mut waiting = Waiting::default();
         let mut convert = Some(convert);
         loop {
             if let Some(path) = self.lookup(key)? {
@@ -313,7 +335,7 @@ impl Cache {
                     converted: false,
                 });
             }
-            if waiting_for.is_some() && !lock_path.exists() {
+            if waiting.owner.is_some() && !lock_path.exists() {
                 self.recent_failure(key, what)?;
             }
             match lock::try_acquire(&lock_path)? {
@@ -331,31 +353,17 @@ impl Cache {
                 }
                 Attempt::Vanished => continue,
                 Attempt::Busy(seen) => {
-                    if let Some(why) = lock::stale_reason(&seen, &lock_dir, self.stale_after) {
-                        if lock::break_stale(&lock_path, &seen)? {
-                            progress(&format!("{what}: broke a stale cache lock ({why})"));
-                            if let Some(o) = &seen.owner {
-                                self.remove_work_dir(key, o);
-                            }
-                        }
+                    if self.broke_stale(key, what, &seen, progress)? {
                         continue;
                     }
-                    if let Some(o) = seen.owner.filter(|o| waiting_for.as_ref() != Some(o)) {
-                        progress(&format!(
-                            "{what}: waiting for {} (pid {}) converting it, started {} s ago",
-                            o.host,
-                            o.pid,
-                            unix_now().saturating_sub(o.started)
-                        ));
-                        waiting_for = Some(o);
-                    }
+                    self.watch_owner(key, what, seen.owner, &mut waiting, watch);
                 }
             }
             if start.elapsed() > self.wait_timeout {
                 return Err(CacheError::Timeout {
                     what: what.to_owned(),
                     secs: start.elapsed().as_secs(),
-                    owner: waiting_for.map_or_else(
+                    owner: waiting.owner.map_or_else(
                         || "another process".into(),
                         |o| format!("{} (pid {})", o.host, o.pid),
                     ),
@@ -363,6 +371,57 @@ impl Cache {
             }
             std::thread::sleep(jitter(delay));
             delay = (delay * 3 / 2).min(Duration::from_secs(5));
+        }
+    }
+
+    /// Breaks the lock `seen` if it is stale (and removes its owner's work
+    /// directory); whether it was stale.
+    fn broke_stale(
+        &self,
+        key: &Key,
+        what: &str,
+        seen: &lock::Seen,
+        progress: &dyn Fn(&str),
+    ) -> Result<bool, CacheError> {
+        let lock_path = self.lock_path(key);
+        let Some(why) = lock::stale_reason(seen, &self.dir("lock"), self.stale_after) else {
+            return Ok(false);
+        };
+        if lock::break_stale(&lock_path, seen)? {
+            progress(&format!("{what}: broke a stale cache lock ({why})"));
+            if let Some(o) = &seen.owner {
+                self.remove_work_dir(key, o);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Says once whom this process waits for, and tells `watch` each time
+    /// that conversion's work directory has grown.
+    fn watch_owner(
+        &self,
+        key: &Key,
+        what: &str,
+        owner: Option<Owner>,
+        waiting: &mut Waiting,
+        watch: &Watch<'_>,
+    ) {
+        if let Some(o) = owner.filter(|o| waiting.owner.as_ref() != Some(o)) {
+            (watch.line)(&format!(
+                "{what}: waiting for {} (pid {}) converting it, started {} s ago",
+                o.host,
+                o.pid,
+                unix_now().saturating_sub(o.started)
+            ));
+            waiting.owner = Some(o);
+            waiting.bytes = 0;
+        }
+        if let Some(o) = &waiting.owner {
+            let n = dir_bytes(&self.work_dir(key, o));
+            if n > waiting.bytes {
+                waiting.bytes = n;
+                (watch.grew)(n);
+            }
         }
     }
 
@@ -485,7 +544,9 @@ impl Cache {
         let written = OpenOptions::new()
             .write(true)
             .create_new(true)
-            .mode(0o644)
+            // Its message may be a registry's text: for this account only
+            // (a shared cache's waiters, the same account, show none of it).
+            .mode(0o600)
             .open(&tmp)
             .and_then(|mut f| {
                 io::Write::write_all(&mut f, &serde_json::to_vec(&record).unwrap_or_default())

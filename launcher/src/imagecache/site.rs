@@ -12,6 +12,7 @@ use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use nix::sys::wait::{WaitStatus, waitpid};
 
@@ -225,18 +226,35 @@ pub fn as_account(
     account: &Account,
     work: impl FnOnce() -> Result<PathBuf, String>,
 ) -> Result<PathBuf, String> {
-    let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-        .map_err(|e| format!("starting the site cache's converter: {e}"))?;
+    as_account_relaying(account, |_| work(), &mut |_| {})
+}
+
+/// [`as_account`], with the child's progress: `work` gets a
+/// [`relay::Relay`] to report to, and `rose` hears each rise of its count
+/// while the child works (see [`relay`]).
+pub fn as_account_relaying(
+    account: &Account,
+    work: impl FnOnce(&Arc<relay::Relay>) -> Result<PathBuf, String>,
+    rose: &mut dyn FnMut(u64),
+) -> Result<PathBuf, String> {
+    let start = |e: nix::Error| format!("starting the site cache's converter: {e}");
+    let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(start)?;
+    let (p_read, p_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(start)?;
     let parent = nix::unistd::getpid();
     let pid = match syscall::fork_single_threaded() {
         Err(e) => return Err(format!("starting the site cache's converter: {e}")),
         Ok(Forked::Child) => {
             drop(read);
-            std::process::exit(child(account, parent, work, write))
+            drop(p_read);
+            let relay = Arc::new(relay::Relay::new(p_write));
+            std::process::exit(child(account, parent, || work(&relay), write))
         }
         Ok(Forked::Parent(pid)) => pid,
     };
     drop(write);
+    drop(p_write);
+    // Until the child exits (its answer is small: the pipe holds it).
+    relay::follow(p_read, rose);
     let mut text = String::new();
     let read_ok = File::from(read)
         .take(64 << 10)
@@ -327,5 +345,8 @@ pub(crate) fn become_account(account: &Account) -> std::io::Result<()> {
     Ok(())
 }
 
+pub mod limits;
+pub mod relay;
 #[cfg(test)]
 mod tests;
+pub mod uses;

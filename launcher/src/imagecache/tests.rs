@@ -80,6 +80,24 @@ fn a_failure_leaves_no_entry_and_is_recorded() {
     assert!(entries(&c.dir("tmp")).is_empty());
     let f: Failure = serde_json::from_slice(&fs::read(c.fail_path(&key())).unwrap()).unwrap();
     assert_eq!(f.message, "layer 2: digest mismatch");
+    // Not world-readable, even in a shared cache (0755 directories).
+    use std::os::unix::fs::PermissionsExt;
+    let mode = fs::metadata(c.fail_path(&key()))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o077, 0, "{mode:o}");
+    let mut shared = cache(&dir.path().join("shared"));
+    shared.shared = true;
+    let other = Key::new(&format!("sha256:{}", "e".repeat(64)), "gzip").unwrap();
+    shared
+        .ensure(&other, "img", &|_| {}, |_| Err("registry text".into()))
+        .unwrap_err();
+    let mode = fs::metadata(shared.fail_path(&other))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o077, 0, "{mode:o}");
     // A new request converts again, and success removes the record.
     c.ensure(&key(), "img", &|_| {}, |out| {
         fs::write(out, b"SIF").map_err(|e| e.to_string())
@@ -248,5 +266,43 @@ fn a_shared_cache_owner_accepts_roots_entries() {
         c.lookup_as(&key(), cache_user).unwrap(),
         None,
         "another user's"
+    );
+}
+
+/// L4: a process waiting for another's conversion hears each time that
+/// conversion's work directory grows (the Slurm holder relays it, so the
+/// plugin's set-up timeout does not run out while it moves).
+#[test]
+fn a_waiter_hears_the_conversion_it_waits_for_grow() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cache(dir.path());
+    let grown = Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            c.ensure(&key(), "img", &|_| {}, |out| {
+                for n in 1..=4 {
+                    fs::write(out, vec![0u8; n * 1000]).map_err(|e| e.to_string())?;
+                    std::thread::sleep(Duration::from_millis(1200));
+                }
+                Ok(())
+            })
+            .unwrap();
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let watch = Watch {
+            line: &|_| {},
+            grew: &|n| grown.lock().unwrap().push(n),
+        };
+        let got = c
+            .ensure_watched(&key(), "img", &watch, |_| panic!("must not convert"))
+            .unwrap();
+        assert!(!got.converted);
+    });
+    let grown = grown.into_inner().unwrap();
+    assert!(grown.len() >= 2, "{grown:?}");
+    assert!(grown.windows(2).all(|w| w[0] < w[1]), "{grown:?}");
+    assert!(
+        grown.iter().all(|&n| n % 1000 == 0 && n <= 4000),
+        "{grown:?}"
     );
 }

@@ -33,6 +33,8 @@ fn request() -> Request {
         site_cache: Some("/shared/sifrun-cache".into()),
         site_cache_user: Some("sifrun-cache".into()),
         site_registries: Some(vec!["docker.io/library".into()]),
+        site_max_image_size: Some(20 << 30),
+        site_min_free: Some(10 << 30),
     }
 }
 

@@ -8,8 +8,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use launcher::build::Compression;
 use launcher::convert::{self, ConvertOptions, ProgressSink};
+use launcher::imagecache::site::limits::{Limits, free_bytes};
+use launcher::imagecache::site::relay::LINE_PHASE;
+use launcher::imagecache::site::uses::Uses;
 use launcher::imagecache::site::{Account, Site};
-use launcher::imagecache::{Cache, Key};
+use launcher::imagecache::{Cache, Key, Watch};
 use oci::auth::creds::Environment;
 use oci::reference::{Reference, Source};
 
@@ -122,6 +125,7 @@ pub fn add_docker(cache: &Cache, text: &str, site: bool) -> Result<PathBuf> {
         credentials: site.then(Environment::default),
         progress: None,
         tmpdir: !site,
+        limits: None,
     };
     ensure(cache, &reference, text, &how)
 }
@@ -145,6 +149,7 @@ pub fn image_path(image: PathBuf, args: &ImageArgs) -> Result<PathBuf> {
         credentials: None,
         progress: None,
         tmpdir: true,
+        limits: None,
     };
     ensure(&cache, &reference, &text, &how)
 }
@@ -183,16 +188,35 @@ fn say(line: &str) {
 /// [`Site::trusted`]. Anonymous: the entry is for every user, so no user's
 /// credentials take part. `None` (with a line saying why) when it cannot:
 /// the step then uses the user's cache.
+///
+/// While the child converts, or waits for another conversion of the image,
+/// `progress` hears that it moves, each time the count the child relays
+/// rises (see `launcher::imagecache::site::relay`): nothing of the child's
+/// but that count reaches it.
 pub fn fill_site(
     text: &str,
     job_env: &[(String, String)],
     site: &Site,
     allowed: Option<&[String]>,
+    limits: Limits,
+    progress: Option<&ProgressSink>,
 ) -> Option<PathBuf> {
     let account = site.account.as_ref()?;
-    let made = launcher::imagecache::site::as_account(account, || {
-        site_child(text, job_env, site, allowed)
-    });
+    let mut rose = |n: u64| {
+        if let Some(sink) = progress {
+            (sink.0)(
+                "site",
+                n,
+                0,
+                "converting into the site cache (or waiting for its conversion)",
+            );
+        }
+    };
+    let made = launcher::imagecache::site::as_account_relaying(
+        account,
+        |relay| site_child(text, job_env, site, (allowed, limits), Some(relay.sink())),
+        &mut rose,
+    );
     match made {
         Ok(p) if is_site_entry(site, &p) => match site.trusted(&p) {
             Ok(()) => Some(p),
@@ -231,12 +255,14 @@ fn is_site_entry(site: &Site, path: &Path) -> bool {
 }
 
 /// The site cache's child, as its account: the step's reference (pinned
-/// by the job), its entry if there is one, else a conversion into it.
+/// by the job), its entry if there is one, else a conversion into it of
+/// an image of a registry on the `allowed` list, within the `limits`.
 fn site_child(
     text: &str,
     job_env: &[(String, String)],
     site: &Site,
-    allowed: Option<&[String]>,
+    (allowed, limits): (Option<&[String]>, Limits),
+    progress: Option<ProgressSink>,
 ) -> Result<PathBuf, String> {
     let reference = step_reference(text, job_env).map_err(|e| format!("{e:#}"))?;
     if let Some(p) = site_hit(site, &reference) {
@@ -252,19 +278,37 @@ fn site_child(
         arch: None,
         plain_http: truthy(job_var(job_env, "SIFRUN_NOHTTPS")),
         credentials: Some(Environment::default()),
-        progress: None,
+        progress,
         tmpdir: false,
+        limits: Some(limits),
     };
     ensure(&site.cache, &reference, text, &how).map_err(|e| format!("{e:#}"))
 }
 
 /// The trusted site cache entry of a digest-pinned reference, without
-/// the network (the digest must be the platform manifest's).
+/// the network (the digest must be the platform manifest's), and its use
+/// recorded (by this process, the cache's account).
 fn site_hit(site: &Site, reference: &Reference) -> Option<PathBuf> {
+    let (p, key) = site_entry(site, reference)?;
+    site.note_use(&key);
+    Some(p)
+}
+
+/// The trusted site cache entry of a digest-pinned reference, and its key.
+fn site_entry(site: &Site, reference: &Reference) -> Option<(PathBuf, Key)> {
     let d = reference.digest()?;
     let key = Key::new(&d.to_string(), CACHE_COMPRESSION.name()).ok()?;
     let p = site.lookup(&key, &say)?;
-    site.note_use(&key);
+    Some((p, key))
+}
+
+/// [`site_hit`] on the user's side: the use is recorded by `uses`, the
+/// account's child the holder started before it dropped root.
+fn user_site_hit(site: &Site, reference: &Reference, uses: &mut Option<Uses>) -> Option<PathBuf> {
+    let (p, key) = site_entry(site, reference)?;
+    if let Some(u) = uses.take() {
+        u.record(&key);
+    }
     Some(p)
 }
 
@@ -276,16 +320,18 @@ fn site_hit(site: &Site, reference: &Reference) -> Option<PathBuf> {
 /// (`SIFRUN_DOCKER_USERNAME`/`PASSWORD`, `REGISTRY_AUTH_FILE`,
 /// `DOCKER_CONFIG` or `HOME`'s `.docker/config.json`, from the job's
 /// environment), by the holder already running as the user; `progress`
-/// hears how the conversion goes.
+/// hears how the conversion goes; `uses` records the use of a site cache
+/// entry found here.
 pub fn step_image(
     text: &str,
     job_env: &[(String, String)],
     site: Option<&Site>,
     progress: Option<ProgressSink>,
+    mut uses: Option<Uses>,
 ) -> Result<PathBuf> {
     let get = |k: &str| job_var(job_env, k);
     let reference = step_reference(text, job_env)?;
-    if let Some(p) = site.and_then(|s| site_hit(s, &reference)) {
+    if let Some(p) = site.and_then(|s| user_site_hit(s, &reference, &mut uses)) {
         return Ok(p);
     }
     let root = match (get("SIFRUN_CACHEDIR"), get("XDG_CACHE_HOME"), get("HOME")) {
@@ -302,6 +348,7 @@ pub fn step_image(
         credentials: Some(Environment::from_lookup(|k| get(k).map(str::to_owned))),
         progress,
         tmpdir: true,
+        limits: None,
     };
     let Some(s) = site else {
         return ensure(&user, &reference, text, &how);
@@ -324,7 +371,7 @@ pub fn step_image(
         how.credentials.as_ref(),
     )?;
     let pinned = reference.with_digest(resolved.manifest);
-    if let Some(p) = site_hit(s, &pinned) {
+    if let Some(p) = user_site_hit(s, &pinned, &mut uses) {
         return Ok(p);
     }
     ensure(&user, &pinned, text, &how)
@@ -340,6 +387,8 @@ struct How<'a> {
     progress: Option<ProgressSink>,
     /// Whether `SIFRUN_TMPDIR` applies (not for the site cache).
     tmpdir: bool,
+    /// What a new entry may take (the site cache's limits).
+    limits: Option<Limits>,
 }
 
 /// The cache's entry for `reference` on this host's platform (or `arch`).
@@ -370,14 +419,34 @@ fn ensure(cache: &Cache, reference: &Reference, text: &str, how: &How<'_>) -> Re
     );
     let key =
         Key::new(&resolved.manifest.to_string(), CACHE_COMPRESSION.name())?.from_source(&source);
+    if let Some(l) = &how.limits
+        && cache.lookup(&key)?.is_none()
+    {
+        l.admit(resolved.size, free_bytes(&cache.root))
+            .map_err(anyhow::Error::msg)?;
+    }
     let pinned = reference.with_digest(resolved.manifest);
-    let progress = |l: &str| {
+    let line = |l: &str| {
         eprintln!("sifrun: {l}");
         if let Some(sink) = &how.progress {
-            (sink.0)("cache", 0, 0, l);
+            (sink.0)(LINE_PHASE, 0, 0, l);
         }
     };
-    let entry = cache.ensure(&key, text, &progress, |out| {
+    // The conversion waited for (another process's) moves.
+    let grew = |n: u64| {
+        if let Some(sink) = &how.progress {
+            let l = format!(
+                "waiting for another conversion of {text}: {:.1} MiB written",
+                n as f64 / f64::from(1 << 20)
+            );
+            (sink.0)("wait", n, 0, &l);
+        }
+    };
+    let watch = Watch {
+        line: &line,
+        grew: &grew,
+    };
+    let entry = cache.ensure_watched(&key, text, &watch, |out| {
         let opts = ConvertOptions {
             output: out.to_owned(),
             source_text: text.to_owned(),
@@ -401,128 +470,4 @@ fn ensure(cache: &Cache, reference: &Reference, text: &str, how: &How<'_>) -> Re
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const D: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
-
-    #[test]
-    fn pins_apply_to_their_image_only() {
-        let r = docker_ref("docker://reg.example:5000/a/b:t").unwrap();
-        let pin = format!("reg.example:5000/a/b:t@{D}");
-        let p = pinned_by(&r, Some(&pin)).unwrap();
-        assert_eq!(p.digest().unwrap().to_string(), D);
-        assert!(pinned_by(&r, Some(&format!("reg.example:5000/a/b:u@{D}"))).is_none());
-        assert!(pinned_by(&r, Some(&format!("reg.example:5000/a/c:t@{D}"))).is_none());
-        assert!(pinned_by(&r, Some("reg.example:5000/a/b:t")).is_none());
-        assert!(pinned_by(&r, None).is_none());
-        // docker://alpine is docker.io/library/alpine:latest.
-        let hub = docker_ref("docker://alpine").unwrap();
-        assert!(pinned_by(&hub, Some(&format!("docker.io/library/alpine:latest@{D}"))).is_some());
-    }
-
-    /// The holder's site lookup: the child, as the cache's account, parses
-    /// the pinned reference, finds the entry and records its use; root's
-    /// side checks the path it names.
-    #[test]
-    fn the_site_child_parses_finds_and_records_as_the_account() {
-        use std::os::unix::fs::{MetadataExt, PermissionsExt, chown};
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("needs root (to become the cache's account); skipped");
-            return;
-        }
-        let exe = std::env::current_exe().unwrap();
-        let d = tempfile::tempdir_in(exe.parent().unwrap()).unwrap();
-        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let root = d.path().join("site");
-        for sub in ["", "v1", "v1/sif", "v1/sif/sha256", "v1/used"] {
-            let p = root.join(sub);
-            std::fs::create_dir_all(&p).unwrap();
-            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
-            chown(&p, Some(65534), Some(65534)).unwrap();
-        }
-        let account = Account {
-            name: "nobody".into(),
-            uid: 65534,
-            gid: 65534,
-        };
-        let site = Site::new(root.clone(), Some(account));
-        let key = Key::new(D, CACHE_COMPRESSION.name()).unwrap();
-        let entry = site.cache.entry_path(&key);
-        std::fs::write(&entry, b"SIF").unwrap();
-        std::fs::set_permissions(&entry, std::fs::Permissions::from_mode(0o444)).unwrap();
-        let text = format!("docker://reg.example/a/b@{D}");
-        assert_eq!(fill_site(&text, &[], &site, None), Some(entry.clone()));
-        // An entry is used whatever the list says (only conversions obey it).
-        let only = ["other.example".to_owned()];
-        assert_eq!(fill_site(&text, &[], &site, Some(&only)), Some(entry));
-        let stamp = root.join(format!("v1/used/{}.gzip", &D[7..]));
-        assert_eq!(std::fs::metadata(&stamp).unwrap().uid(), 65534);
-        // A reference the child cannot parse: no entry, the user's cache.
-        assert_eq!(fill_site("docker://Bad Ref", &[], &site, None), None);
-    }
-
-    /// The path the site cache's child names is taken only in the form of
-    /// an entry: in `v1/sif/sha256` itself (not below the cache's root
-    /// elsewhere, not through `..`), named by a digest and the cache's
-    /// compression.
-    #[test]
-    fn the_childs_path_must_be_an_entry() {
-        let site = Site::new(PathBuf::from("/site"), None);
-        let key = Key::new(D, CACHE_COMPRESSION.name()).unwrap();
-        let entry = site.cache.entry_path(&key);
-        assert_eq!(
-            entry,
-            Path::new(&format!("/site/v1/sif/sha256/{}.gzip.sif", &D[7..]))
-        );
-        assert!(is_site_entry(&site, &entry));
-        let name = entry.file_name().unwrap().to_str().unwrap().to_owned();
-        for bad in [
-            format!("/site/v1/tmp/.w/{name}"),
-            format!("/site/v1/sif/sha256/../../tmp/{name}"),
-            format!("/site/v1/sif/sha256/./{name}"),
-            format!("/site/v1/sif/sha256//{name}"),
-            format!("/site/v1/sif/sha256/{}.gzip.sif", &D[8..]),
-            format!("/site/v1/sif/sha256/{}.gzip.sif", D[7..].to_uppercase()),
-            format!("/site/v1/sif/sha256/{}.zstd.sif", &D[7..]),
-            format!("/site/v1/sif/sha256/{}.gzip.sif.x", &D[7..]),
-            "/site/v1/sif/sha256/x.gzip.sif".to_owned(),
-            "/site".to_owned(),
-        ] {
-            let p = PathBuf::from(&bad);
-            // What the old, lexical check let through.
-            assert!(p.starts_with("/site"));
-            assert!(!is_site_entry(&site, &p), "{bad}");
-        }
-    }
-
-    /// A registry off `images.site_registries` is not converted by the
-    /// site cache's account: the child says so and nothing is fetched.
-    #[test]
-    fn the_site_converts_only_listed_registries() {
-        let d = tempfile::tempdir().unwrap();
-        let site = Site::new(d.path().join("site"), None);
-        let only = ["registry.example/team".to_owned()];
-        let e = site_child(
-            &format!("docker://evil.example/team/x@{D}"),
-            &[],
-            &site,
-            Some(&only),
-        )
-        .unwrap_err();
-        assert!(
-            e.contains("evil.example/team/x is not in the admin's images.site_registries"),
-            "{e}"
-        );
-        assert!(!d.path().join("site/v1").exists(), "nothing written");
-    }
-
-    #[test]
-    fn a_steps_cache_comes_from_the_job() {
-        let env = |v: &[(&str, &str)]| -> Vec<(String, String)> {
-            v.iter().map(|(a, b)| ((*a).into(), (*b).into())).collect()
-        };
-        let e = step_image("docker://reg.example/a:t", &env(&[]), None, None).unwrap_err();
-        assert!(e.to_string().contains("no cache directory"), "{e}");
-    }
-}
+mod tests;

@@ -14,7 +14,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result};
+use launcher::convert::ProgressSink;
 use launcher::env::EnvOptions;
+use launcher::imagecache::site::uses::Uses;
 use launcher::launch::{Action, Hold, Launch, launch};
 use launcher::plan::RunOptions;
 use launcher::squash::Tuning;
@@ -58,11 +60,24 @@ pub struct Full {
     pub privileged: fn(Request, PathBuf, PathBuf) -> Result<i32, Failure>,
     /// Before root's real uid is dropped: a `docker://` image's entry in
     /// the site cache the request names, converted there by the cache's
-    /// account if missing (`None`: no site cache, or it cannot serve).
-    pub site_entry: fn(&Request, &str) -> Result<Option<PathBuf>>,
-    /// As the user: a `docker://` image as a SIF of the site cache or the
-    /// user's cache.
-    pub step_image: fn(&Request, &str, launcher::convert::ProgressSink) -> Result<PathBuf>,
+    /// account if missing (`None`: no site cache, or it cannot serve);
+    /// the sink hears that the account's conversion moves. Without an
+    /// entry, the account's child that will record the use of one the
+    /// user's side finds.
+    pub site_entry: fn(&Request, &str, ProgressSink) -> Result<SiteEntry>,
+    /// As the user: a `docker://` image as a SIF of the site cache (its
+    /// use recorded by the child given) or the user's cache.
+    pub step_image: fn(&Request, &str, ProgressSink, Option<Uses>) -> Result<PathBuf>,
+}
+
+/// What the site cache gave before root's real uid was dropped.
+#[derive(Default)]
+pub struct SiteEntry {
+    /// Its entry for the image.
+    pub found: Option<PathBuf>,
+    /// Without one: the child that records the use of an entry the user's
+    /// side finds, if the cache records uses.
+    pub uses: Option<Uses>,
 }
 
 /// Runs the holder (`full`: `None` for the lean holder); returns its exit
@@ -135,23 +150,28 @@ fn hold(args: &HoldArgs, full: Option<&Full>) -> Result<i32, Failure> {
     // The site cache is filled by its own account, before root's real uid
     // is dropped (the holder has no other thread yet).
     let from_site = match (docker, full) {
-        (Some(text), Some(full)) => (full.site_entry)(&request, text).at(Stage::Image)?,
-        _ => None,
+        (Some(text), Some(full)) => {
+            (full.site_entry)(&request, text, progress_sink()).at(Stage::Image)?
+        }
+        _ => SiteEntry::default(),
     };
     launcher::privilege::drop_to_effective_user()
         .context("slurm-hold")
         .at(Stage::Privileges)?;
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
     let mut request = request;
-    if let Some(p) = from_site {
+    if let Some(p) = from_site.found {
         request.image = p;
     } else if let Some(text) = request
         .image
         .to_str()
         .filter(|t| t.starts_with("docker://"))
+        .map(str::to_owned)
     {
         let full = full.ok_or_else(|| not_lean("a docker:// image"))?;
-        request.image = (full.step_image)(&request, text, progress_sink()).at(Stage::Image)?;
+        let uses = from_site.uses;
+        request.image =
+            (full.step_image)(&request, &text, progress_sink(), uses).at(Stage::Image)?;
     }
     let image_dirs = request.image_dirs.clone();
     let image = open_in_dirs(&request.image, &image_dirs).at(Stage::Image)?;
@@ -163,9 +183,9 @@ fn hold(args: &HoldArgs, full: Option<&Full>) -> Result<i32, Failure> {
 /// `slurm_conf::protocol::Progress`): at most one every
 /// `PROGRESS_EVERY_MS`, or on a change of phase; the plugin's set-up
 /// timeout counts from the last.
-fn progress_sink() -> launcher::convert::ProgressSink {
+fn progress_sink() -> ProgressSink {
     let last: std::sync::Mutex<Option<(Instant, String)>> = std::sync::Mutex::new(None);
-    launcher::convert::ProgressSink(std::sync::Arc::new(
+    ProgressSink(std::sync::Arc::new(
         move |phase: &str, done: u64, total: u64, message: &str| {
             let Ok(mut last) = last.lock() else { return };
             if !due(&mut last, phase, Instant::now()) {

@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use anyhow::Context;
 use slurm_conf::protocol::{Request, Stage};
 
-use crate::hold_cmd::{AtStage, Failure, Full, to_launch};
+use launcher::imagecache::site::uses::Uses;
+
+use crate::hold_cmd::{AtStage, Failure, Full, SiteEntry, to_launch};
 
 /// The full holder's paths.
 pub const FULL: Full = Full {
@@ -24,15 +26,30 @@ fn site(request: &Request) -> anyhow::Result<Option<launcher::imagecache::site::
     )
 }
 
-fn site_entry(request: &Request, text: &str) -> anyhow::Result<Option<PathBuf>> {
-    Ok(match site(request)? {
-        Some(s) if nix::unistd::getuid().is_root() => crate::cache_cmd::fill_site(
-            text,
-            &request.job_env,
-            &s,
-            request.site_registries.as_deref(),
-        ),
-        _ => None,
+fn site_entry(
+    request: &Request,
+    text: &str,
+    progress: launcher::convert::ProgressSink,
+) -> anyhow::Result<SiteEntry> {
+    let Some(s) = site(request)?.filter(|_| nix::unistd::getuid().is_root()) else {
+        return Ok(SiteEntry::default());
+    };
+    let limits = launcher::imagecache::site::limits::Limits {
+        max_image_size: request.site_max_image_size,
+        min_free: request.site_min_free,
+    };
+    let allowed = request.site_registries.as_deref();
+    let found =
+        crate::cache_cmd::fill_site(text, &request.job_env, &s, allowed, limits, Some(&progress));
+    Ok(match found {
+        Some(p) => SiteEntry {
+            found: Some(p),
+            uses: None,
+        },
+        None => SiteEntry {
+            found: None,
+            uses: Uses::start(&s),
+        },
     })
 }
 
@@ -40,9 +57,10 @@ fn step_image(
     request: &Request,
     text: &str,
     progress: launcher::convert::ProgressSink,
+    uses: Option<Uses>,
 ) -> anyhow::Result<PathBuf> {
     let site = site(request)?;
-    crate::cache_cmd::step_image(text, &request.job_env, site.as_ref(), Some(progress))
+    crate::cache_cmd::step_image(text, &request.job_env, site.as_ref(), Some(progress), uses)
 }
 
 /// The ECL path: root keeps the set-up (see `launcher::privileged`).

@@ -304,3 +304,97 @@ fn owner_of_looks_at_v1_and_the_password_database() {
         "{e}"
     );
 }
+
+/// A site cache owned by `nobody` (65534), with one entry, in a scratch
+/// directory (root only).
+fn nobodys(d: &tempfile::TempDir) -> Site {
+    use std::os::unix::fs::chown;
+    let root = d.path().join("site");
+    for sub in ["", "v1", "v1/sif", "v1/sif/sha256", "v1/used"] {
+        let p = root.join(sub);
+        std::fs::create_dir_all(&p).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        chown(&p, Some(65534), Some(65534)).unwrap();
+    }
+    let account = Account {
+        name: "nobody".into(),
+        uid: 65534,
+        gid: 65534,
+    };
+    let site = Site::new(root, Some(account));
+    let entry = site.cache.entry_path(&key());
+    std::fs::write(&entry, b"SIF").unwrap();
+    chown(&entry, Some(65534), Some(65534)).unwrap();
+    site
+}
+
+/// L5: the holder's user side (root's real uid dropped) cannot record a
+/// use itself; the account's child it started before dropping does.
+#[test]
+fn a_use_found_on_the_users_side_is_recorded_by_the_account() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("needs root (to become the cache's account and a user); skipped");
+        return;
+    }
+    let d = scratch();
+    let site = nobodys(&d);
+    let stamp = site.cache.dir("used").join(key().name());
+    let user = Account {
+        name: "user".into(),
+        uid: 65533,
+        gid: 65533,
+    };
+    let pid = match syscall::fork_single_threaded().unwrap() {
+        Forked::Child => {
+            let uses = uses::Uses::start(&site);
+            if become_account(&user).is_err() {
+                std::process::exit(3)
+            }
+            // What the user's side did before: nothing recorded.
+            site.note_use(&key());
+            if stamp.exists() {
+                std::process::exit(2)
+            }
+            match uses {
+                Some(u) => u.record(&key()),
+                None => std::process::exit(4),
+            }
+            std::process::exit(0)
+        }
+        Forked::Parent(pid) => pid,
+    };
+    let status = nix::sys::wait::waitpid(pid, None).unwrap();
+    assert_eq!(status, nix::sys::wait::WaitStatus::Exited(pid, 0));
+    assert_eq!(std::fs::metadata(&stamp).unwrap().uid(), 65534);
+}
+
+/// L4: the converter child's progress reaches the caller as rising counts
+/// only (bytes per phase, one per line), and its answer still comes back.
+#[test]
+fn the_converter_childs_progress_is_relayed_as_counts() {
+    let account = if nix::unistd::geteuid().is_root() {
+        Account {
+            name: "nobody".into(),
+            uid: 65534,
+            gid: 65534,
+        }
+    } else {
+        me()
+    };
+    let mut seen = Vec::new();
+    let got = as_account_relaying(
+        &account,
+        |relay| {
+            let sink = relay.sink();
+            (sink.0)("download", 1000, 5000, "1/5");
+            (sink.0)("download", 1000, 5000, "no progress");
+            (sink.0)("download", 5000, 5000, "5/5");
+            (sink.0)(relay::LINE_PHASE, 0, 0, "waiting");
+            Ok(PathBuf::from("/done"))
+        },
+        &mut |n| seen.push(n),
+    )
+    .unwrap();
+    assert_eq!(got, Path::new("/done"));
+    assert_eq!(seen, [1000, 5000, 5001]);
+}
