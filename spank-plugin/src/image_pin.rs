@@ -30,11 +30,14 @@ pub const DOCKER: &str = "docker://";
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What `sifrun resolve` gets from the user's environment: the registry's
-/// credentials and TLS settings, proxies, the job's existing pin.
+/// credentials and TLS settings, proxies, the job's existing pin, where the
+/// user's image cache is (a digest it holds needs no registry).
 const PASSED: &[&str] = &[
     "PATH",
     "HOME",
     "USER",
+    "SIFRUN_CACHEDIR",
+    "XDG_CACHE_HOME",
     "DOCKER_CONFIG",
     "REGISTRY_AUTH_FILE",
     "SIFRUN_DOCKER_USERNAME",
@@ -166,10 +169,12 @@ mod tests {
         // The launcher sees only the passed variables.
         let l = script(
             d.path(),
-            r#"[ "$1 $2" = "resolve docker://r/a:t" ] && [ -z "$SECRET" ] && echo "r/a:t@sha256:$DOCKER_CONFIG""#,
+            r#"[ "$1 $2" = "resolve docker://r/a:t" ] && [ -z "$SECRET" ] && [ "$SIFRUN_CACHEDIR" = /c ] && echo "r/a:t@sha256:$DOCKER_CONFIG""#,
         );
         let env = |k: &str| match k {
             "DOCKER_CONFIG" => Some("abc".to_owned()),
+            // Where the user's cache is: a cached digest needs no registry.
+            "SIFRUN_CACHEDIR" => Some("/c".to_owned()),
             "SECRET" => Some("x".to_owned()),
             _ => None,
         };
