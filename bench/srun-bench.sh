@@ -39,7 +39,9 @@
 #                B  srun -nN --sif-image=docker://REF:t sh -c true
 #                   (the tag resolved to its digest by srun, every step)
 #                C  srun -nN --sif-image=docker://REF@sha256:D sh -c true
-#              and prints B/A and C/A.
+#                D  B as a later step of a job that ran B: the job's pin
+#                   (SLURM_SIFRUN_IMAGE_PIN, _OF) in srun's environment
+#              and prints B/A, C/A and D/A.
 #   --slurm PREFIX  with --setup: the Slurm series installed under PREFIX
 #              (tests/slurm/build-slurm: /opt/slurm-25.11) instead of
 #              Debian's; its cluster, its clients first on PATH, and by
@@ -149,7 +151,8 @@ if [ "$docker" = 1 ]; then
     echo "docker:// image: $pin (in the cache: $(find "$work/cache" -name '*.sif'))"
     commands=("srun -n$tasks --sif-image=$work/local.sif sh -c true"
         "srun -n$tasks --sif-image=docker://$ref:t sh -c true"
-        "srun -n$tasks --sif-image=docker://$pin sh -c true")
+        "srun -n$tasks --sif-image=docker://$pin sh -c true"
+        "env SLURM_SIFRUN_IMAGE_PIN=$pin SLURM_SIFRUN_IMAGE_PIN_OF=docker://$ref:t srun -n$tasks --sif-image=docker://$ref:t sh -c true")
 fi
 echo "Slurm: $(srun --version); load before: $(uptime | sed 's/.*load average: //')"
 mark="$(wc -l < /var/log/slurm/slurmd.log 2>/dev/null || echo 0)"
