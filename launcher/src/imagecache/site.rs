@@ -241,6 +241,7 @@ pub fn as_account_relaying(
     let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(start)?;
     let (p_read, p_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(start)?;
     let parent = nix::unistd::getpid();
+    let started = std::time::Instant::now();
     let pid = match syscall::fork_single_threaded() {
         Err(e) => return Err(format!("starting the site cache's converter: {e}")),
         Ok(Forked::Child) => {
@@ -267,6 +268,14 @@ pub fn as_account_relaying(
             Some(("error", message)) => Err(message.to_owned()),
             _ => Err("the site cache's converter gave no answer".into()),
         },
+        (Ok(WaitStatus::Signaled(_, nix::sys::signal::Signal::SIGKILL, _)), _)
+            if started.elapsed() >= MAX_CONVERSION =>
+        {
+            Err(format!(
+                "the site cache's conversion took more than {} min",
+                MAX_CONVERSION.as_secs() / 60
+            ))
+        }
         (Ok(s), _) => Err(format!("the site cache's converter failed ({s:?})")),
         (Err(e), _) => Err(format!("the site cache's converter: {e}")),
     }
@@ -287,15 +296,72 @@ fn child(
         // PDEATHSIG is set (in become_account): a parent that died before
         // it was is seen here, and the child stops.
         Ok(()) if nix::unistd::getppid() != parent => return 5,
-        Ok(()) => match work() {
-            Ok(p) => format!("ok\n{}", p.display()),
-            Err(e) => format!("error\n{e}"),
+        Ok(()) => match out.try_clone().map(die_with_reader) {
+            Err(e) => format!("error\nwatching the holder: {e}"),
+            Ok(()) => match work() {
+                Ok(p) => format!("ok\n{}", p.display()),
+                Err(e) => format!("error\n{e}"),
+            },
         },
     };
-    match File::from(out).write_all(answer.as_bytes()) {
+    match File::from(out).write_all(capped(answer).as_bytes()) {
         Ok(()) => 0,
         Err(_) => 4,
     }
+}
+
+/// The longest answer the child gives (an error quoting a long reference
+/// is cut): the holder reads it only once the child has ended, so it must
+/// fit in the pipe.
+const MAX_ANSWER: usize = 4 << 10;
+
+/// The longest a site cache conversion may take, progress or not: a
+/// registry that trickles bytes would otherwise hold the step in its
+/// set-up, and the conversion's lock, until the job's time limit. The
+/// step then converts into the user's cache.
+pub const MAX_CONVERSION: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// `answer` cut to [`MAX_ANSWER`] bytes, at a character boundary.
+fn capped(mut answer: String) -> String {
+    if answer.len() > MAX_ANSWER {
+        let mut end = MAX_ANSWER;
+        while !answer.is_char_boundary(end) {
+            end -= 1;
+        }
+        answer.truncate(end);
+    }
+    answer
+}
+
+/// Ends this process (SIGKILL to itself) as soon as nobody can read
+/// `answer` any more (the holder died), or after [`MAX_CONVERSION`].
+/// PDEATHSIG alone does not cover the first: the kernel sends the
+/// parent-death signal with the dying parent's credentials, and the
+/// holder (the user's effective uid, no capabilities in effect) may not
+/// signal the cache's account, so a holder killed at setup_timeout left
+/// its converter running. A watcher thread, started after the identity
+/// change.
+fn die_with_reader(answer: OwnedFd) {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::os::fd::AsFd;
+    let deadline = std::time::Instant::now() + MAX_CONVERSION;
+    std::thread::spawn(move || {
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+            if ms == 0 {
+                break;
+            }
+            // A pipe's write end polls POLLERR once its read end is closed.
+            let mut fds = [PollFd::new(answer.as_fd(), PollFlags::empty())];
+            match poll(&mut fds, PollTimeout::from(ms)) {
+                Ok(0) | Err(nix::Error::EINTR) => continue,
+                Ok(_) if fds[0].revents().is_some_and(|r| r.is_empty()) => continue,
+                _ => break,
+            }
+        }
+        let _ = nix::sys::signal::kill(nix::unistd::getpid(), nix::sys::signal::Signal::SIGKILL);
+    });
 }
 
 /// Lets go of what the converter child inherited from the holder: its

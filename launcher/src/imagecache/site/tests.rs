@@ -398,3 +398,18 @@ fn the_converter_childs_progress_is_relayed_as_counts() {
     assert_eq!(got, Path::new("/done"));
     assert_eq!(seen, [1000, 5000, 5001]);
 }
+
+/// The converter's answer is read once it has ended: a long one (an error
+/// quoting a 70,000-character reference) is cut so it fits in the pipe.
+#[test]
+fn the_converters_answer_fits_in_its_pipe() {
+    let long = format!("error\n{}", "é".repeat(40_000));
+    let c = capped(long);
+    assert!(
+        c.len() <= MAX_ANSWER && c.len() >= MAX_ANSWER - 1,
+        "{}",
+        c.len()
+    );
+    assert!(c.starts_with("error\néé"));
+    assert_eq!(capped("ok\n/site/v1/x".into()), "ok\n/site/v1/x");
+}
