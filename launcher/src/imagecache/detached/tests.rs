@@ -22,7 +22,7 @@ fn the_childs_lines_come_back_without_control_characters() {
         &mut err,
     )
     .unwrap();
-    assert_eq!(code, 3);
+    assert_eq!(code, Ended::Exited(3));
     assert_eq!(
         String::from_utf8(out).unwrap(),
         "REF\tDIGEST\n]0;ownedref[2J\tsha256:1\n"
@@ -60,7 +60,7 @@ fn the_child_has_no_terminal() {
         &mut err,
     )
     .unwrap();
-    assert_eq!((code, err.as_slice()), (0, &b""[..]));
+    assert_eq!((code, err.as_slice()), (Ended::Exited(0), &b""[..]));
     assert_eq!(
         String::from_utf8(out).unwrap(),
         "session leader true tty_nr 0 stdin null true\n"
@@ -74,5 +74,34 @@ fn the_child_has_no_terminal() {
         &mut Vec::new(),
     )
     .unwrap();
-    assert_eq!(killed, 128 + 15);
+    assert_eq!(killed, Ended::Killed(Signal::SIGTERM));
+    assert_eq!(killed.code(), 128 + 15);
+}
+
+/// A program the child starts inherits no descriptor of root's but 0-2
+/// (one without close-on-exec here included) and runs in `/`, not in
+/// root's working directory.
+#[test]
+fn the_childs_programs_get_no_fd_of_roots_nor_its_directory() {
+    let leaked = nix::unistd::dup(io::stderr().as_fd()).unwrap();
+    let flags = nix::fcntl::fcntl(&leaked, nix::fcntl::FcntlArg::F_GETFD).unwrap();
+    assert_eq!(flags & libc::FD_CLOEXEC, 0);
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let code = run_detached(
+        || {
+            let status = std::process::Command::new("/bin/sh")
+                .args(["-c", "ls /proc/$$/fd; pwd"])
+                .status();
+            i32::from(!status.is_ok_and(|s| s.success()))
+        },
+        &mut out,
+        &mut err,
+    )
+    .unwrap();
+    drop(leaked);
+    assert_eq!(
+        (code, String::from_utf8(err).unwrap()),
+        (Ended::Exited(0), String::new())
+    );
+    assert_eq!(String::from_utf8(out).unwrap(), "0\n1\n2\n/\n");
 }
