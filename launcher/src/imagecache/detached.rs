@@ -40,7 +40,9 @@ impl Ended {
 
 /// Runs `work` in a child without a terminal (see the module) and returns
 /// how it ended, once its stdout and stderr, control characters removed,
-/// are copied into `out` and `err`. The caller has no other thread.
+/// are copied into `out` and `err`; or, once it ended, the error writing
+/// `out` gave (a closed pipe: the child's next write fails too). The
+/// caller has no other thread.
 pub fn run_detached<O, E>(work: impl FnOnce() -> i32, out: &mut O, err: &mut E) -> io::Result<Ended>
 where
     O: Write + Send,
@@ -60,16 +62,17 @@ where
         Forked::Parent(pid) => pid,
     };
     drop((out_w, err_w));
-    std::thread::scope(|s| {
+    let copied = std::thread::scope(|s| {
         let copier = s.spawn(move || copy(File::from(out_r), out));
-        copy(File::from(err_r), err);
-        let _ = copier.join();
+        let _ = copy(File::from(err_r), err);
+        copier.join().unwrap_or(Ok(()))
     });
-    match waitpid(pid, None).map_err(to_io)? {
-        WaitStatus::Exited(_, code) => Ok(Ended::Exited(code)),
-        WaitStatus::Signaled(_, sig, _) => Ok(Ended::Killed(sig)),
-        other => Err(io::Error::other(format!("the cache's process: {other:?}"))),
-    }
+    let ended = match waitpid(pid, None).map_err(to_io)? {
+        WaitStatus::Exited(_, code) => Ended::Exited(code),
+        WaitStatus::Signaled(_, sig, _) => Ended::Killed(sig),
+        other => return Err(io::Error::other(format!("the cache's process: {other:?}"))),
+    };
+    copied.map(|()| ended)
 }
 
 /// The child: killed with its parent, a session of its own, stdin
@@ -105,19 +108,18 @@ fn child(parent: nix::unistd::Pid, out: OwnedFd, err: OwnedFd, work: impl FnOnce
 
 /// Copies `from`'s lines into `to` without control characters (tabs and
 /// line ends stay), until `from` ends or `to` fails (then `from` is closed:
-/// the child's next write fails).
-fn copy(from: impl Read, to: &mut dyn Write) {
+/// the child's next write fails, and `to`'s error is returned).
+fn copy(from: impl Read, to: &mut dyn Write) -> io::Result<()> {
     let mut from = BufReader::new(from);
     let mut buf = Vec::new();
     loop {
         buf.clear();
         match from.by_ref().take(MAX_LINE).read_until(b'\n', &mut buf) {
-            Ok(0) | Err(_) => return,
+            Ok(0) | Err(_) => return Ok(()),
             Ok(_) => {}
         }
-        if to.write_all(printable_line(&buf).as_bytes()).is_err() || to.flush().is_err() {
-            return;
-        }
+        to.write_all(printable_line(&buf).as_bytes())?;
+        to.flush()?;
     }
 }
 

@@ -186,7 +186,8 @@ pub fn run(cmd: &CacheCommand) -> Result<()> {
         }
     };
     let ended = detached::run_detached(work, &mut std::io::stdout(), &mut std::io::stderr())
-        .context("cache --site")?;
+        .context("cache --site");
+    let ended = quiet_on_broken_pipe(ended)?;
     if let detached::Ended::Killed(sig) = ended {
         let who = owner.as_ref().map_or("root", |a| a.name.as_str());
         let _ = writeln!(
@@ -208,7 +209,7 @@ const BROKEN_PIPE: i32 = 128 + libc::SIGPIPE;
 
 /// `r`, but a closed pipe (`sifrun cache list | head`) ends the command
 /// quietly, with [`BROKEN_PIPE`].
-fn quiet_on_broken_pipe(r: Result<()>) -> Result<()> {
+fn quiet_on_broken_pipe<T>(r: Result<T>) -> Result<T> {
     match r {
         Err(e) if broken_pipe(&e) => std::process::exit(BROKEN_PIPE),
         r => r,

@@ -105,3 +105,32 @@ fn the_childs_programs_get_no_fd_of_roots_nor_its_directory() {
     );
     assert_eq!(String::from_utf8(out).unwrap(), "0\n1\n2\n/\n");
 }
+
+/// Root's stdout closed (`… | head`): the child's status gives way to
+/// that error, once the child ended (its own next write failed).
+#[test]
+fn a_closed_stdout_is_the_error() {
+    struct Closed;
+    impl Write for Closed {
+        fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+            Err(io::ErrorKind::BrokenPipe.into())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+    let e = run_detached(
+        || {
+            let first = writeln!(io::stdout(), "line");
+            let _ = io::stdout().flush();
+            // The parent closes its end after its write failed.
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            let second = writeln!(io::stdout(), "line").and_then(|()| io::stdout().flush());
+            i32::from(first.is_err()) + 2 * i32::from(second.is_ok())
+        },
+        &mut Closed,
+        &mut Vec::new(),
+    )
+    .unwrap_err();
+    assert_eq!(e.kind(), io::ErrorKind::BrokenPipe);
+}
