@@ -67,7 +67,11 @@ pub(crate) fn complaint(output: &str) -> Option<&str> {
     })
 }
 
-/// Runs `argv` and feeds its stdin with `feed`; fails when the feed fails,
+/// `PATH` for mksquashfs when the caller has none.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Runs `argv` (with `PATH` and `env`, nothing else of this process's
+/// environment) and feeds its stdin with `feed`; fails when the feed fails,
 /// the process fails, or it complains.
 pub(crate) fn run(
     argv: &[OsString],
@@ -75,7 +79,15 @@ pub(crate) fn run(
     feed: impl FnOnce(&mut dyn Write) -> Result<(), ConvertError>,
 ) -> Result<(), ConvertError> {
     let mut cmd = Command::new(&argv[0]);
+    // The caller's environment stays here (root's, for `cache add --site`:
+    // registry credentials): mksquashfs runs as the cache's account, who
+    // may read its environment.
     cmd.args(&argv[1..])
+        .env_clear()
+        .env(
+            "PATH",
+            std::env::var_os("PATH").unwrap_or(DEFAULT_PATH.into()),
+        )
         .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -170,6 +182,29 @@ mod tests {
         assert!(complaint("Parallel mksquashfs: Using 2 processors\n").is_none());
         assert!(complaint("Could not create destination file\n").is_some());
         assert!(complaint("x: already exists in tar\n").is_some());
+    }
+
+    /// mksquashfs gets `PATH` and what the caller names, no other
+    /// variable of this process's (the test harness has several).
+    #[test]
+    fn the_environment_is_cleared_but_path() {
+        assert!(std::env::vars_os().any(|(k, _)| k != "PATH"));
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("env");
+        let argv: Vec<OsString> = vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            format!("cat >/dev/null; cat /proc/$$/environ > {}", out.display()).into(),
+        ];
+        run(&argv, &[("SOURCE_DATE_EPOCH", "7".into())], |_| Ok(())).unwrap();
+        let text = std::fs::read_to_string(&out).unwrap();
+        let mut names: Vec<&str> = text
+            .split('\0')
+            .filter(|v| !v.is_empty())
+            .map(|v| v.split_once('=').map_or(v, |(k, _)| k))
+            .collect();
+        names.sort_unstable();
+        assert_eq!(names, ["PATH", "SOURCE_DATE_EPOCH"], "{text}");
     }
 
     #[test]

@@ -444,9 +444,29 @@ impl io::Read for PositionedReader<'_> {
 }
 
 /// `s` without control characters (labels are the image's: no terminal
-/// escapes reach whoever lists the cache).
+/// escapes reach whoever lists the cache), nor Unicode's invisible format
+/// and separator characters ([`hidden`]).
 pub fn printable(s: &str) -> String {
-    s.chars().filter(|c| !c.is_control()).collect()
+    s.chars()
+        .filter(|&c| !c.is_control() && !hidden(c))
+        .collect()
+}
+
+/// Unicode's invisible format and separator characters that make a line
+/// show other than it reads: bidirectional controls (U+061C, U+200E/F,
+/// U+202A-U+202E, U+2066-U+2069), zero-width ones (U+200B-U+200D,
+/// U+2060-U+2064, U+FEFF) and the line and paragraph separators
+/// (U+2028/U+2029).
+pub(crate) fn hidden(c: char) -> bool {
+    matches!(
+        c,
+        '\u{061c}'
+            | '\u{200b}'..='\u{200f}'
+            | '\u{2028}'..='\u{202e}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{2069}'
+            | '\u{feff}'
+    )
 }
 
 #[cfg(test)]

@@ -81,6 +81,52 @@ pub fn owner_of(dir: &Path) -> Result<Option<Account>, CacheError> {
     owner_from(dir, m.uid(), v1_uid, user)
 }
 
+/// Checks the site cache `dir` (absolute) before root's `sifrun cache …
+/// --site DIR` uses it: a directory, not a symlink; every directory above
+/// it root's and writable by no one else (no other user can put another
+/// directory there: `slurm_conf::trusted::check_parents`); it and its `v1`
+/// (when there is one, a directory too) writable by their owner alone
+/// (nobody else can swap what is in them while root's command works).
+pub fn check_site_dir(dir: &Path) -> Result<(), CacheError> {
+    check_site_dir_for(dir, 0)
+}
+
+/// [`check_site_dir`], with `trusted` (root or, in tests, the user) as
+/// the owner the directories above `dir` may have besides root.
+fn check_site_dir_for(dir: &Path, trusted: u32) -> Result<(), CacheError> {
+    let refuse = |reason: String| CacheError::SiteOwner {
+        dir: dir.to_owned(),
+        reason,
+    };
+    for (path, what) in [(dir.to_owned(), "it"), (dir.join("v1"), "its v1")] {
+        let m = match std::fs::symlink_metadata(&path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && what != "it" => continue,
+            Err(e) => return Err(super::io_err(&path, e)),
+        };
+        if m.file_type().is_symlink() {
+            return Err(refuse(format!(
+                "{what} is a symlink: name the directory itself (no link), and make its v1 a directory"
+            )));
+        }
+        if !m.file_type().is_dir() {
+            return Err(refuse(format!("{what} is not a directory")));
+        }
+        if m.mode() & 0o022 != 0 {
+            return Err(refuse(format!(
+                "{what} has mode {:04o}, which lets others write it: chmod go-w {}",
+                m.mode() & 0o7777,
+                path.display()
+            )));
+        }
+    }
+    slurm_conf::trusted::check_parents(dir, trusted).map_err(|e| {
+        refuse(format!(
+            "the directory above it {e}: keep the cache under directories only root may write"
+        ))
+    })
+}
+
 /// [`owner_of`]'s rules: `dir` is owned by `uid`, its `v1` by `v1_uid`
 /// (if it exists), and `user` is `uid`'s name and primary gid from the
 /// password database (if it has an entry).

@@ -8,8 +8,8 @@
 //! generated files) and the container root ([`crate::apply`], in the
 //! container's first process: mounts, `pivot_root`, working directory).
 //!
-//! This module holds the launcher's only `unsafe` code (`fork`, `clone` and
-//! `sigwaitinfo`), each block with its SAFETY note.
+//! This module holds the launcher's only `unsafe` code (`fork`, `clone`,
+//! `sigwaitinfo`, `close_range`), each block with its SAFETY note.
 #![allow(unsafe_code)]
 
 use std::ffi::CString;
@@ -176,6 +176,43 @@ pub(crate) fn idle_thread() -> io::Result<()> {
     // thread id sets that thread's nice value.
     if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 19) } < 0 {
         return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Marks every descriptor from `first` up close-on-exec, so that no
+/// program this process starts inherits them (`close_range(2)` with
+/// `CLOSE_RANGE_CLOEXEC`; on kernels before 5.11, each descriptor listed
+/// in `/proc/self/fd`).
+pub(crate) fn cloexec_from(first: u32) -> io::Result<()> {
+    // SAFETY: close_range takes plain integers and, with
+    // CLOSE_RANGE_CLOEXEC, only sets the close-on-exec flag of descriptors
+    // in the range; it closes nothing and touches no memory.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if r == 0 {
+        return Ok(());
+    }
+    let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|&fd: &i32| u32::try_from(fd).is_ok_and(|fd| fd >= first))
+        .collect();
+    for fd in fds {
+        // SAFETY: F_SETFD takes a plain integer and only sets the
+        // descriptor's flags; a descriptor closed since it was listed (the
+        // listing's own) fails with EBADF, which is ignored.
+        if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EBADF) {
+                return Err(e);
+            }
+        }
     }
     Ok(())
 }

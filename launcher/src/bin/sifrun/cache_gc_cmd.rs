@@ -3,6 +3,7 @@
 //! the debris of dead conversions, and putting a pulled (and signed) SIF
 //! into it.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -12,7 +13,7 @@ use launcher::imagecache::{Cache, Key};
 use launcher::imagecache::{detached, site};
 
 /// `sifrun cache`'s subcommands.
-#[derive(clap::Subcommand, Debug)]
+#[derive(clap::Subcommand, Clone, Debug)]
 pub enum CacheCommand {
     /// List the cached images: reference, manifest digest, size, last use
     List(Which),
@@ -45,7 +46,7 @@ right now (a live lock) is never removed; a step that has an image open keeps ru
 }
 
 /// Which cache.
-#[derive(clap::Args, Debug)]
+#[derive(clap::Args, Clone, Debug)]
 pub struct Which {
     /// The site cache at DIR (the admin file's [images] cache_dir), as its
     /// owner (cache_user or root), instead of yours
@@ -138,18 +139,15 @@ fn docker_text(image: &Path) -> Option<&str> {
 /// (root's process copies its lines without control characters, and
 /// exits as it did); otherwise here.
 pub fn run(cmd: &CacheCommand) -> Result<()> {
-    let which = match cmd {
-        CacheCommand::List(which)
-        | CacheCommand::Clean { which, .. }
-        | CacheCommand::Add { which, .. } => which,
+    if which(cmd).site.is_none() || !nix::unistd::geteuid().is_root() {
+        return quiet_on_broken_pipe(owner_side(cmd, None));
+    }
+    // Absolute: the child works in `/`.
+    let cmd = &absolute(cmd).context("cache --site")?;
+    let Some(dir) = &which(cmd).site else {
+        unreachable!("--site was given")
     };
-    let Some(dir) = which
-        .site
-        .as_ref()
-        .filter(|_| nix::unistd::geteuid().is_root())
-    else {
-        return owner_side(cmd, None);
-    };
+    site::check_site_dir(dir).context("cache --site")?;
     let owner = site::owner_of(dir).context("cache --site")?;
     let mut src = None;
     if let CacheCommand::Add { image, .. } = cmd {
@@ -163,30 +161,91 @@ pub fn run(cmd: &CacheCommand) -> Result<()> {
             }
         }
     }
+    let parent = nix::unistd::getpid();
     let work = || {
         let done = match &owner {
             Some(account) => site::become_owner(account).context("cache --site"),
             None => Ok(()),
         };
+        // PDEATHSIG is set again (become_owner): a parent that died before
+        // it was is seen here, and the child stops.
+        if done.is_ok() && nix::unistd::getppid() != parent {
+            return 125;
+        }
         match done.and_then(|()| owner_side(cmd, src.as_ref())) {
             Ok(()) => 0,
-            Err(e) if broken_pipe(&e) => 0,
+            Err(e) if broken_pipe(&e) => BROKEN_PIPE,
             Err(e) => {
-                eprintln!("sifrun: {}", crate::hold_cmd::one_line(&e));
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "sifrun: {}",
+                    crate::hold_cmd::one_line(&e)
+                );
                 1
             }
         }
     };
-    let code = detached::run_detached(work, &mut std::io::stdout(), &mut std::io::stderr())
-        .context("cache --site")?;
-    if code != 0 {
-        std::process::exit(code);
+    let ended = detached::run_detached(work, &mut std::io::stdout(), &mut std::io::stderr())
+        .context("cache --site");
+    let ended = quiet_on_broken_pipe(ended)?;
+    if let detached::Ended::Killed(sig) = ended {
+        let who = owner.as_ref().map_or("root", |a| a.name.as_str());
+        let _ = writeln!(
+            std::io::stderr(),
+            "sifrun: cache --site: the cache's process (as {}) was killed by {}",
+            printable(who),
+            sig.as_str()
+        );
     }
-    Ok(())
+    match ended.code() {
+        0 => Ok(()),
+        code => std::process::exit(code),
+    }
 }
 
-/// A closed pipe (`sifrun cache list --site DIR | head`) is no error
-/// (as in `main`).
+/// The exit status of a command whose output went to a closed pipe (as a
+/// shell reports one SIGPIPE killed).
+const BROKEN_PIPE: i32 = 128 + libc::SIGPIPE;
+
+/// `r`, but a closed pipe (`sifrun cache list | head`) ends the command
+/// quietly, with [`BROKEN_PIPE`].
+fn quiet_on_broken_pipe<T>(r: Result<T>) -> Result<T> {
+    match r {
+        Err(e) if broken_pipe(&e) => std::process::exit(BROKEN_PIPE),
+        r => r,
+    }
+}
+
+/// The cache a command names.
+fn which(cmd: &CacheCommand) -> &Which {
+    match cmd {
+        CacheCommand::List(which)
+        | CacheCommand::Clean { which, .. }
+        | CacheCommand::Add { which, .. } => which,
+    }
+}
+
+/// `cmd` with its `--site DIR` and the file it adds (not a `docker://`
+/// reference) made absolute, from this process's working directory.
+fn absolute(cmd: &CacheCommand) -> std::io::Result<CacheCommand> {
+    let mut cmd = cmd.clone();
+    let which = match &mut cmd {
+        CacheCommand::List(which) | CacheCommand::Clean { which, .. } => which,
+        CacheCommand::Add { which, image } => {
+            if docker_text(image).is_none() {
+                *image = std::path::absolute(&*image)?;
+            }
+            which
+        }
+    };
+    if let Some(dir) = &mut which.site {
+        *dir = std::path::absolute(&*dir)?;
+    }
+    Ok(cmd)
+}
+
+/// A closed pipe (`sifrun cache list --site DIR | head`) is no error to
+/// report.
 fn broken_pipe(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         c.downcast_ref::<std::io::Error>()
@@ -213,18 +272,18 @@ fn refuse_root_conversion(dir: &Path, owner: Option<&site::Account>, text: &str)
 /// `src`: the image to add, already opened by the caller.
 fn owner_side(cmd: &CacheCommand, src: Option<&Source>) -> Result<()> {
     match cmd {
-        CacheCommand::List(which) => list(which),
+        CacheCommand::List(which) => list(which, &mut std::io::stdout().lock()),
         CacheCommand::Clean {
             which,
             older_than,
             all,
-        } => clean(which, *older_than, *all),
+        } => clean(which, *older_than, *all, &mut std::io::stdout().lock()),
         CacheCommand::Add { which, image } => {
             if let Some(text) = docker_text(image) {
                 let entry =
                     crate::cache_cmd::add_docker(&which.cache()?, text, which.site.is_some())
                         .context("cache add")?;
-                println!("{}", entry.display());
+                writeln!(std::io::stdout().lock(), "{}", entry.display())?;
                 return Ok(());
             }
             let opened;
@@ -241,43 +300,52 @@ fn owner_side(cmd: &CacheCommand, src: Option<&Source>) -> Result<()> {
     }
 }
 
-fn list(which: &Which) -> Result<()> {
+fn list(which: &Which, out: &mut dyn Write) -> Result<()> {
     let cache = which.cache()?;
     let entries = cache.entries().context("cache list")?;
-    println!("REFERENCE\tDIGEST\tSIZE\tLAST USE");
+    writeln!(out, "REFERENCE\tDIGEST\tSIZE\tLAST USE")?;
     for e in &entries {
-        println!("{}", line(e));
+        writeln!(out, "{}", line(e))?;
     }
+    out.flush()?;
     let total: u64 = entries.iter().map(|e| e.size).sum();
-    eprintln!(
+    writeln!(
+        std::io::stderr(),
         "{} image(s), {} in {}",
         entries.len(),
         human_size(total),
         printable(&cache.root.display().to_string())
-    );
+    )?;
     Ok(())
 }
 
-fn clean(which: &Which, older_than: Option<Duration>, all: bool) -> Result<()> {
+fn clean(
+    which: &Which,
+    older_than: Option<Duration>,
+    all: bool,
+    out: &mut dyn Write,
+) -> Result<()> {
     let cache = which.cache()?;
     let done = cache.clean(older_than, all).context("cache clean")?;
     for e in &done.removed {
-        println!("removed {}", line(e));
+        writeln!(out, "removed {}", line(e))?;
     }
     for e in &done.locked {
-        println!("kept (being converted) {}", line(e));
+        writeln!(out, "kept (being converted) {}", line(e))?;
     }
     for p in &done.debris {
-        println!("removed {}", debris(p));
+        writeln!(out, "removed {}", debris(p))?;
     }
+    out.flush()?;
     let freed: u64 = done.removed.iter().map(|e| e.size).sum();
-    eprintln!(
+    writeln!(
+        std::io::stderr(),
         "{} image(s) removed ({}), {} kept while converted, {} leftover(s) removed",
         done.removed.len(),
         human_size(freed),
         done.locked.len(),
         done.debris.len()
-    );
+    )?;
     Ok(())
 }
 
@@ -288,7 +356,7 @@ fn add(cache: &Cache, image: &Path, src: &Source) -> Result<()> {
     let entry = cache
         .add(&key, src)
         .with_context(|| format!("cache add: {shown}"))?;
-    println!("{}", entry.display());
+    writeln!(std::io::stdout().lock(), "{}", entry.display())?;
     Ok(())
 }
 
@@ -325,6 +393,68 @@ mod tests {
     fn debris_names_are_printable() {
         let p = Path::new("/c/v1/lock/.probe.\x1b]0;owned\x07.\x1b[2J1.lock.broken.x");
         assert_eq!(debris(p), "/c/v1/lock/.probe.]0;owned.[2J1.lock.broken.x");
+    }
+
+    /// A writer whose reader went away.
+    struct Closed;
+
+    impl Write for Closed {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            Err(std::io::ErrorKind::BrokenPipe.into())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Err(std::io::ErrorKind::BrokenPipe.into())
+        }
+    }
+
+    /// `cache list|clean` into a closed pipe fail with that error (which
+    /// ends the command quietly), no panic.
+    #[test]
+    fn a_closed_pipe_is_an_error_not_a_panic() {
+        let d = tempfile::tempdir().unwrap();
+        let which = Which {
+            site: Some(d.path().join("site")),
+        };
+        let e = list(&which, &mut Closed).unwrap_err();
+        assert!(broken_pipe(&e), "{e:#}");
+        let mut out = Vec::new();
+        list(&which, &mut out).unwrap();
+        assert_eq!(out, b"REFERENCE\tDIGEST\tSIZE\tLAST USE\n");
+        let e = clean(&which, None, true, &mut Closed).unwrap_err();
+        assert!(broken_pipe(&e), "{e:#}");
+    }
+
+    /// The child works in `/`: `--site DIR` and `cache add FILE` are made
+    /// absolute before it starts; a docker:// reference stays as it is.
+    #[test]
+    fn site_paths_are_made_absolute() {
+        let cwd = std::env::current_dir().unwrap();
+        let add = CacheCommand::Add {
+            which: Which {
+                site: Some("c".into()),
+            },
+            image: "i.sif".into(),
+        };
+        let CacheCommand::Add { which, image } = absolute(&add).unwrap() else {
+            unreachable!()
+        };
+        assert_eq!(
+            (which.site.unwrap(), image),
+            (cwd.join("c"), cwd.join("i.sif"))
+        );
+        let docker = CacheCommand::Add {
+            which: Which {
+                site: Some("/abs".into()),
+            },
+            image: "docker://r/i:t".into(),
+        };
+        let CacheCommand::Add { which, image } = absolute(&docker).unwrap() else {
+            unreachable!()
+        };
+        assert_eq!(
+            (which.site.unwrap(), image),
+            ("/abs".into(), "docker://r/i:t".into())
+        );
     }
 
     /// Root's `cache add --site DIR docker://…` into a cache no

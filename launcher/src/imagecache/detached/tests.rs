@@ -22,7 +22,7 @@ fn the_childs_lines_come_back_without_control_characters() {
         &mut err,
     )
     .unwrap();
-    assert_eq!(code, 3);
+    assert_eq!(code, Ended::Exited(3));
     assert_eq!(
         String::from_utf8(out).unwrap(),
         "REF\tDIGEST\n]0;ownedref[2J\tsha256:1\n"
@@ -60,7 +60,7 @@ fn the_child_has_no_terminal() {
         &mut err,
     )
     .unwrap();
-    assert_eq!((code, err.as_slice()), (0, &b""[..]));
+    assert_eq!((code, err.as_slice()), (Ended::Exited(0), &b""[..]));
     assert_eq!(
         String::from_utf8(out).unwrap(),
         "session leader true tty_nr 0 stdin null true\n"
@@ -74,5 +74,63 @@ fn the_child_has_no_terminal() {
         &mut Vec::new(),
     )
     .unwrap();
-    assert_eq!(killed, 128 + 15);
+    assert_eq!(killed, Ended::Killed(Signal::SIGTERM));
+    assert_eq!(killed.code(), 128 + 15);
+}
+
+/// A program the child starts inherits no descriptor of root's but 0-2
+/// (one without close-on-exec here included) and runs in `/`, not in
+/// root's working directory.
+#[test]
+fn the_childs_programs_get_no_fd_of_roots_nor_its_directory() {
+    let leaked = nix::unistd::dup(io::stderr().as_fd()).unwrap();
+    let flags = nix::fcntl::fcntl(&leaked, nix::fcntl::FcntlArg::F_GETFD).unwrap();
+    assert_eq!(flags & libc::FD_CLOEXEC, 0);
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let code = run_detached(
+        || {
+            let status = std::process::Command::new("/bin/sh")
+                .args(["-c", "ls /proc/$$/fd; pwd"])
+                .status();
+            i32::from(!status.is_ok_and(|s| s.success()))
+        },
+        &mut out,
+        &mut err,
+    )
+    .unwrap();
+    drop(leaked);
+    assert_eq!(
+        (code, String::from_utf8(err).unwrap()),
+        (Ended::Exited(0), String::new())
+    );
+    assert_eq!(String::from_utf8(out).unwrap(), "0\n1\n2\n/\n");
+}
+
+/// Root's stdout closed (`… | head`): the child's status gives way to
+/// that error, once the child ended (its own next write failed).
+#[test]
+fn a_closed_stdout_is_the_error() {
+    struct Closed;
+    impl Write for Closed {
+        fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+            Err(io::ErrorKind::BrokenPipe.into())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+    let e = run_detached(
+        || {
+            let first = writeln!(io::stdout(), "line");
+            let _ = io::stdout().flush();
+            // The parent closes its end after its write failed.
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            let second = writeln!(io::stdout(), "line").and_then(|()| io::stdout().flush());
+            i32::from(first.is_err()) + 2 * i32::from(second.is_ok())
+        },
+        &mut Closed,
+        &mut Vec::new(),
+    )
+    .unwrap_err();
+    assert_eq!(e.kind(), io::ErrorKind::BrokenPipe);
 }

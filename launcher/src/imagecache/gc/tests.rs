@@ -298,3 +298,22 @@ fn clean_keeps_an_entry_whose_conversion_from_some_source_is_live() {
     assert_eq!(done.locked.len(), 1);
     assert!(c.entry_path(&key('a')).exists() && work.exists());
 }
+
+/// Invisible format and separator characters go too: a bidi override
+/// (`U+202E`) would show `gpj.exe` as `exe.jpg`, a zero-width space or a
+/// line separator hides what a name is.
+#[test]
+fn printable_drops_format_and_separator_characters() {
+    assert_eq!(
+        printable(
+            "a\u{202e}b\u{2066}c\u{2069}d\u{200b}e\u{200f}f\u{2060}g\u{feff}h\u{2028}i\u{2029}j\u{61c}k"
+        ),
+        "abcdefghijk"
+    );
+    // Other non-ASCII text stays.
+    assert_eq!(printable("café/ημέρα:1"), "café/ημέρα:1");
+    assert_eq!(
+        crate::imagecache::detached::printable_line("x\u{202a}y\u{202d}\tz\u{2064}\n".as_bytes()),
+        "xy\tz\n"
+    );
+}

@@ -413,3 +413,55 @@ fn the_converters_answer_fits_in_its_pipe() {
     assert!(c.starts_with("error\néé"));
     assert_eq!(capped("ok\n/site/v1/x".into()), "ok\n/site/v1/x");
 }
+
+/// Root's `--site DIR` refuses, with one line naming DIR, a DIR that is a
+/// link or no directory, a DIR or DIR/v1 others may write, and a DIR
+/// under a directory others may write.
+#[test]
+fn the_site_commands_refuse_a_dir_others_can_change() {
+    let d = scratch();
+    let uid = me().uid;
+    let dir = d.path().join("site");
+    let chmod = |p: &Path, m: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+    };
+    std::fs::create_dir(&dir).unwrap();
+    chmod(&dir, 0o755);
+    check_site_dir_for(&dir, uid).unwrap();
+    let refused = |p: &Path, what: &str| {
+        let e = check_site_dir_for(p, uid).unwrap_err().to_string();
+        assert!(e.starts_with(&format!("{}: ", p.display())), "{e}");
+        assert!(e.contains(what), "{what}: {e}");
+        assert!(!e.contains('\n'), "{e}");
+    };
+    chmod(&dir, 0o775);
+    refused(
+        &dir,
+        "it has mode 0775, which lets others write it: chmod go-w",
+    );
+    chmod(&dir, 0o755);
+    let v1 = dir.join("v1");
+    std::fs::create_dir(&v1).unwrap();
+    chmod(&v1, 0o777);
+    refused(&dir, "its v1 has mode 0777");
+    chmod(&v1, 0o755);
+    check_site_dir_for(&dir, uid).unwrap();
+    std::fs::remove_dir(&v1).unwrap();
+    std::os::unix::fs::symlink("/", &v1).unwrap();
+    refused(&dir, "its v1 is a symlink");
+    let link = d.path().join("link");
+    std::os::unix::fs::symlink(&dir, &link).unwrap();
+    refused(&link, "it is a symlink");
+    let file = d.path().join("file");
+    std::fs::write(&file, "x").unwrap();
+    refused(&file, "it is not a directory");
+    let open = d.path().join("open");
+    std::fs::create_dir_all(open.join("site")).unwrap();
+    chmod(&open.join("site"), 0o755);
+    chmod(&open, 0o1777);
+    refused(&open.join("site"), "lets others write it, sticky or not");
+    refused(
+        &open.join("site"),
+        "keep the cache under directories only root may write",
+    );
+}
