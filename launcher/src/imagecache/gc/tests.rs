@@ -298,3 +298,22 @@ fn clean_keeps_an_entry_whose_conversion_from_some_source_is_live() {
     assert_eq!(done.locked.len(), 1);
     assert!(c.entry_path(&key('a')).exists() && work.exists());
 }
+
+/// LOW-4: a use stamp whose entry is gone (or never was) is removed by
+/// any clean; an entry's own stamp stays.
+#[test]
+fn clean_removes_stamps_without_an_entry() {
+    let d = tempfile::tempdir().unwrap();
+    let c = Cache::new(d.path().to_owned());
+    put(&c, &key('a'));
+    for k in ['b', 'c'] {
+        c.mark_used(&key(k));
+    }
+    let stamp = |k: char| c.dir("used").join(key(k).name());
+    assert!(stamp('b').exists());
+    let cleaned = c.clean(None, false).unwrap();
+    assert!(stamp('a').exists(), "the entry's stamp stays");
+    assert!(!stamp('b').exists() && !stamp('c').exists());
+    assert!(cleaned.debris.contains(&stamp('b')), "{:?}", cleaned.debris);
+    assert!(cleaned.removed.is_empty());
+}
