@@ -68,7 +68,7 @@ fn clean_removes_old_entries_but_never_a_locked_one() {
         age(&e, 10 * 86400);
     }
     // 'b' is being converted again right now (a live lock of this process).
-    let Attempt::Acquired(_held) = lock::try_acquire(&c.lock_path(&key('b'))).unwrap() else {
+    let Attempt::Acquired(_held) = lock::try_acquire(&c.lock_path(&key('b')), None).unwrap() else {
         panic!("lock")
     };
     let done = c.clean(None, false).unwrap();
@@ -102,7 +102,7 @@ fn clean_removes_the_debris_of_dead_conversions() {
     fs::create_dir(&dead_work).unwrap();
     fs::write(dead_work.join("image.sif"), b"half").unwrap();
     // A live converter: kept.
-    let Attempt::Acquired(held) = lock::try_acquire(&c.lock_path(&key('b'))).unwrap() else {
+    let Attempt::Acquired(held) = lock::try_acquire(&c.lock_path(&key('b')), None).unwrap() else {
         panic!("lock")
     };
     let live_work = c.work_dir(&key('b'), &held.owner);
@@ -287,7 +287,7 @@ fn clean_keeps_an_entry_whose_conversion_from_some_source_is_live() {
     let c = Cache::new(d.path().to_owned());
     put(&c, &key('a'));
     let scoped = key('a').from_source("reg.example/team/app");
-    let Attempt::Acquired(held) = lock::try_acquire(&c.lock_path(&scoped)).unwrap() else {
+    let Attempt::Acquired(held) = lock::try_acquire(&c.lock_path(&scoped), None).unwrap() else {
         panic!("lock")
     };
     // Its work directory (named by the scoped lock) is not debris either.
