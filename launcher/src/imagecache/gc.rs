@@ -2,7 +2,8 @@
 //! recorded as the mtime of `used/<entry>` (touched at each use; atimes
 //! are unreliable on `noatime` filesystems). Cleaning never removes an
 //! entry whose conversion lock is live; it removes work directories no
-//! live lock owns, stale and broken locks, and old failure records.
+//! live lock owns, stale and broken locks, old failure records and use
+//! stamps without an entry.
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -39,8 +40,8 @@ pub struct Cleaned {
     pub removed: Vec<Entry>,
     /// Entries kept because a conversion of them holds a live lock.
     pub locked: Vec<Entry>,
-    /// Work directories, stale or broken locks and old failure records
-    /// removed.
+    /// Work directories, stale or broken locks, old failure records and
+    /// use stamps without an entry removed.
     pub debris: Vec<PathBuf>,
 }
 
@@ -166,6 +167,18 @@ impl Cache {
         Ok(Some(seen.owner.map_or_else(String::new, |o| o.token)))
     }
 
+    /// Removes the use stamps (`used/NAME`) of entries that are not there
+    /// (removed by hand, or never published).
+    fn remove_orphan_stamps(&self, debris: &mut Vec<PathBuf>) -> Result<(), CacheError> {
+        for n in names(&self.dir("used"))? {
+            let entry = self.dir("sif/sha256").join(format!("{n}.sif"));
+            if fs::symlink_metadata(&entry).is_err() {
+                remove(&self.dir("used").join(&n), debris);
+            }
+        }
+        Ok(())
+    }
+
     /// Removes the entries last used before `now - older_than` (all of
     /// them with `all`), never one being converted, and the debris of
     /// dead conversions; entries only with `all` or `older_than`.
@@ -206,6 +219,7 @@ impl Cache {
                 remove(&p, &mut c.debris);
             }
         }
+        self.remove_orphan_stamps(&mut c.debris)?;
         if !all && older_than.is_none() {
             return Ok(c);
         }

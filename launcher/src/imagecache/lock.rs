@@ -44,6 +44,10 @@ pub struct Owner {
     pub token: String,
     /// Seconds since the epoch (the owner's clock), for messages.
     pub started: u64,
+    /// The bytes the image's blobs declare, when the converter knows them
+    /// (the site cache's admission counts them: see `Cache::reserved`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
 }
 
 impl Owner {
@@ -61,6 +65,7 @@ impl Owner {
             started: SystemTime::now()
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
+            size: None,
         }
     }
 }
@@ -131,8 +136,9 @@ fn io_err(path: &Path, error: io::Error) -> CacheError {
     }
 }
 
-/// Tries to create the lock file `path` (its directory exists).
-pub(crate) fn try_acquire(path: &Path) -> Result<Attempt, CacheError> {
+/// Tries to create the lock file `path` (its directory exists), recording
+/// `size`, the bytes the image declares (if known).
+pub(crate) fn try_acquire(path: &Path, size: Option<u64>) -> Result<Attempt, CacheError> {
     let created = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -140,7 +146,10 @@ pub(crate) fn try_acquire(path: &Path) -> Result<Attempt, CacheError> {
         .open(path);
     match created {
         Ok(mut file) => {
-            let owner = Owner::me();
+            let owner = Owner {
+                size,
+                ..Owner::me()
+            };
             let mut text = serde_json::to_vec(&owner).unwrap_or_default();
             text.push(b'\n');
             file.write_all(&text)
@@ -312,10 +321,10 @@ mod tests {
     fn lock_is_exclusive_and_released() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("k.lock");
-        let Attempt::Acquired(held) = try_acquire(&p).unwrap() else {
+        let Attempt::Acquired(held) = try_acquire(&p, None).unwrap() else {
             panic!("first attempt must win")
         };
-        let Attempt::Busy(seen) = try_acquire(&p).unwrap() else {
+        let Attempt::Busy(seen) = try_acquire(&p, None).unwrap() else {
             panic!("second attempt must see the lock")
         };
         assert_eq!(seen.owner.as_ref(), Some(&held.owner));
@@ -339,14 +348,17 @@ mod tests {
         let mut dead = Owner::me();
         dead.pid_start += 1; // this pid, another start: a reused pid
         fs::write(&p, serde_json::to_vec(&dead).unwrap()).unwrap();
-        let Attempt::Busy(seen) = try_acquire(&p).unwrap() else {
+        let Attempt::Busy(seen) = try_acquire(&p, None).unwrap() else {
             panic!("must be busy")
         };
         let why = stale_reason(&seen, dir.path(), Duration::from_secs(90)).unwrap();
         assert!(why.contains("is gone"), "{why}");
         assert!(break_stale(&p, &seen).unwrap());
         assert!(!break_stale(&p, &seen).unwrap(), "only one breaker wins");
-        assert!(matches!(try_acquire(&p).unwrap(), Attempt::Acquired(_)));
+        assert!(matches!(
+            try_acquire(&p, None).unwrap(),
+            Attempt::Acquired(_)
+        ));
     }
 
     /// A lock that is a FIFO or a symlink (the cache's account can make
@@ -381,11 +393,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("k.lock");
         fs::write(&p, b"{}").unwrap();
-        let Attempt::Busy(seen) = try_acquire(&p).unwrap() else {
+        let Attempt::Busy(seen) = try_acquire(&p, None).unwrap() else {
             panic!("must be busy")
         };
         fs::remove_file(&p).unwrap();
-        let Attempt::Acquired(_fresh) = try_acquire(&p).unwrap() else {
+        let Attempt::Acquired(_fresh) = try_acquire(&p, None).unwrap() else {
             panic!("must win")
         };
         assert!(!break_stale(&p, &seen).unwrap());

@@ -17,6 +17,7 @@
 //! stale lock (its owner killed) is broken and the entry converted again.
 //! Only complete files ever appear under an entry's name.
 
+mod admit;
 pub mod detached;
 pub mod gc;
 pub mod lock;
@@ -31,6 +32,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
+pub use admit::Admission;
 use lock::{Attempt, Held, Owner};
 pub use watch::Watch;
 use watch::{Waiting, dir_bytes};
@@ -76,6 +78,10 @@ pub enum CacheError {
         /// Why, and what to do.
         reason: String,
     },
+    /// A new conversion the cache's limits do not admit (see
+    /// [`Admission`]): why.
+    #[error("{0}")]
+    Refused(String),
     /// Waited too long for another process's conversion.
     #[error("{what}: gave up after {secs} s waiting for {owner} to convert it")]
     Timeout {
@@ -299,15 +305,18 @@ impl Cache {
             line: progress,
             grew: &|_| {},
         };
-        self.ensure_watched(key, what, &watch, convert)
+        self.ensure_watched(key, what, None, &watch, convert)
     }
 
     /// [`Cache::ensure`], telling `watch` also how the conversion it
-    /// waits for (another process's) grows.
+    /// waits for (another process's) grows. With `admission`, a conversion
+    /// by this process records its size in its lock and starts only if
+    /// the check passes then (a waiter is not checked).
     pub fn ensure_watched<F>(
         &self,
         key: &Key,
         what: &str,
+        admission: Option<&Admission<'_>>,
         watch: &Watch<'_>,
         convert: F,
     ) -> Result<Ensured, CacheError>
@@ -338,7 +347,7 @@ impl Cache {
             if waiting.owner.is_some() && !lock_path.exists() {
                 self.recent_failure(key, what)?;
             }
-            match lock::try_acquire(&lock_path)? {
+            match lock::try_acquire(&lock_path, admission.map(|a| a.size))? {
                 Attempt::Acquired(held) => {
                     // Published between our lookup and our lock?
                     if let Some(path) = self.lookup(key)? {
@@ -346,6 +355,9 @@ impl Cache {
                             path,
                             converted: false,
                         });
+                    }
+                    if let Some(a) = admission {
+                        (a.check)(self.reserved(key)).map_err(CacheError::Refused)?;
                     }
                     let f = convert.take().expect("converts at most once");
                     progress(&format!("{what}: converting into the cache"));

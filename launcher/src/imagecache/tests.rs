@@ -205,7 +205,7 @@ fn sources_convert_apart_and_shared_failures_are_generic() {
     let c = cache(dir.path());
     c.make_dirs().unwrap();
     let slow = key().from_source("evil.example/library/python");
-    let Attempt::Acquired(_held) = lock::try_acquire(&c.lock_path(&slow)).unwrap() else {
+    let Attempt::Acquired(_held) = lock::try_acquire(&c.lock_path(&slow), None).unwrap() else {
         panic!("lock")
     };
     let mine = key().from_source("docker.io/library/python");
@@ -294,7 +294,7 @@ fn a_waiter_hears_the_conversion_it_waits_for_grow() {
             grew: &|n| grown.lock().unwrap().push(n),
         };
         let got = c
-            .ensure_watched(&key(), "img", &watch, |_| panic!("must not convert"))
+            .ensure_watched(&key(), "img", None, &watch, |_| panic!("must not convert"))
             .unwrap();
         assert!(!got.converted);
     });

@@ -22,7 +22,9 @@ pub(super) struct Waiting {
     pub(super) bytes: u64,
 }
 
-/// The bytes of the files below `dir` (4 levels at most, 10000 entries).
+/// The bytes of the files below `dir`: its own and those of up to 4
+/// levels of directories below it (5 levels read in all), 10000 entries
+/// at most.
 pub(super) fn dir_bytes(dir: &Path) -> u64 {
     let mut total = 0u64;
     let mut budget = 10_000usize;

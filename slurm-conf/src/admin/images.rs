@@ -90,10 +90,12 @@ impl Size {
         };
         let bad = || format!("{t:?} is not a size (bytes, or digits with K, M, G or T)");
         let s = t.trim();
-        let s = s
-            .strip_suffix("iB")
-            .or_else(|| s.strip_suffix('B'))
-            .unwrap_or(s);
+        // `iB` only after a unit letter ("20GiB", not "20iB").
+        let s = match s.strip_suffix("iB") {
+            Some(u) if u.ends_with(|c: char| "KMGTkmgt".contains(c)) => u,
+            Some(_) => return Err(bad()),
+            None => s.strip_suffix('B').unwrap_or(s),
+        };
         let (digits, shift) = match s.char_indices().last() {
             Some((i, 'K' | 'k')) => (&s[..i], 10),
             Some((i, 'M' | 'm')) => (&s[..i], 20),
@@ -229,6 +231,14 @@ mod tests {
             (
                 "cache_max_image_size = \"12Q\"",
                 "images.cache_max_image_size: \"12Q\" is not a size",
+            ),
+            (
+                "cache_min_free = \"20iB\"",
+                "images.cache_min_free: \"20iB\" is not a size",
+            ),
+            (
+                "cache_max_image_size = \"GiB\"",
+                "images.cache_max_image_size: \"GiB\" is not a size",
             ),
             (
                 "cache_max_image_size = \"G\"",

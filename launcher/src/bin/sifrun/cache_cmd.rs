@@ -12,7 +12,7 @@ use launcher::imagecache::site::limits::{Limits, free_bytes};
 use launcher::imagecache::site::relay::LINE_PHASE;
 use launcher::imagecache::site::uses::Uses;
 use launcher::imagecache::site::{Account, Site};
-use launcher::imagecache::{Cache, Key, Watch};
+use launcher::imagecache::{Admission, Cache, Key, Watch};
 use oci::auth::creds::Environment;
 use oci::reference::{Reference, Source};
 
@@ -419,12 +419,16 @@ fn ensure(cache: &Cache, reference: &Reference, text: &str, how: &How<'_>) -> Re
     );
     let key =
         Key::new(&resolved.manifest.to_string(), CACHE_COMPRESSION.name())?.from_source(&source);
-    if let Some(l) = &how.limits
-        && cache.lookup(&key)?.is_none()
-    {
-        l.admit(resolved.size, free_bytes(&cache.root))
-            .map_err(anyhow::Error::msg)?;
-    }
+    // Checked if this process converts, under its lock (which records
+    // the size, so conversions at once count one another).
+    let check = |reserved| match &how.limits {
+        Some(l) => l.admit(resolved.size, free_bytes(&cache.root), reserved),
+        None => Ok(()),
+    };
+    let admission = how.limits.map(|_| Admission {
+        size: resolved.size,
+        check: &check,
+    });
     let pinned = reference.with_digest(resolved.manifest);
     let line = |l: &str| {
         eprintln!("sifrun: {l}");
@@ -446,7 +450,7 @@ fn ensure(cache: &Cache, reference: &Reference, text: &str, how: &How<'_>) -> Re
         line: &line,
         grew: &grew,
     };
-    let entry = cache.ensure_watched(&key, text, &watch, |out| {
+    let entry = cache.ensure_watched(&key, text, admission.as_ref(), &watch, |out| {
         let opts = ConvertOptions {
             output: out.to_owned(),
             source_text: text.to_owned(),

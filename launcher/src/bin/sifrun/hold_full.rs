@@ -48,7 +48,7 @@ fn site_entry(
         },
         None => SiteEntry {
             found: None,
-            uses: Uses::start(&s),
+            uses: Uses::start(&s, crate::cache_cmd::CACHE_COMPRESSION.name()),
         },
     })
 }

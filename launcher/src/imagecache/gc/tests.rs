@@ -68,7 +68,7 @@ fn clean_removes_old_entries_but_never_a_locked_one() {
         age(&e, 10 * 86400);
     }
     // 'b' is being converted again right now (a live lock of this process).
-    let Attempt::Acquired(_held) = lock::try_acquire(&c.lock_path(&key('b'))).unwrap() else {
+    let Attempt::Acquired(_held) = lock::try_acquire(&c.lock_path(&key('b')), None).unwrap() else {
         panic!("lock")
     };
     let done = c.clean(None, false).unwrap();
@@ -102,7 +102,7 @@ fn clean_removes_the_debris_of_dead_conversions() {
     fs::create_dir(&dead_work).unwrap();
     fs::write(dead_work.join("image.sif"), b"half").unwrap();
     // A live converter: kept.
-    let Attempt::Acquired(held) = lock::try_acquire(&c.lock_path(&key('b'))).unwrap() else {
+    let Attempt::Acquired(held) = lock::try_acquire(&c.lock_path(&key('b')), None).unwrap() else {
         panic!("lock")
     };
     let live_work = c.work_dir(&key('b'), &held.owner);
@@ -287,7 +287,7 @@ fn clean_keeps_an_entry_whose_conversion_from_some_source_is_live() {
     let c = Cache::new(d.path().to_owned());
     put(&c, &key('a'));
     let scoped = key('a').from_source("reg.example/team/app");
-    let Attempt::Acquired(held) = lock::try_acquire(&c.lock_path(&scoped)).unwrap() else {
+    let Attempt::Acquired(held) = lock::try_acquire(&c.lock_path(&scoped), None).unwrap() else {
         panic!("lock")
     };
     // Its work directory (named by the scoped lock) is not debris either.
@@ -316,4 +316,23 @@ fn printable_drops_format_and_separator_characters() {
         crate::imagecache::detached::printable_line("x\u{202a}y\u{202d}\tz\u{2064}\n".as_bytes()),
         "xy\tz\n"
     );
+}
+
+/// LOW-4: a use stamp whose entry is gone (or never was) is removed by
+/// any clean; an entry's own stamp stays.
+#[test]
+fn clean_removes_stamps_without_an_entry() {
+    let d = tempfile::tempdir().unwrap();
+    let c = Cache::new(d.path().to_owned());
+    put(&c, &key('a'));
+    for k in ['b', 'c'] {
+        c.mark_used(&key(k));
+    }
+    let stamp = |k: char| c.dir("used").join(key(k).name());
+    assert!(stamp('b').exists());
+    let cleaned = c.clean(None, false).unwrap();
+    assert!(stamp('a').exists(), "the entry's stamp stays");
+    assert!(!stamp('b').exists() && !stamp('c').exists());
+    assert!(cleaned.debris.contains(&stamp('b')), "{:?}", cleaned.debris);
+    assert!(cleaned.removed.is_empty());
 }

@@ -16,9 +16,12 @@ pub struct Limits {
 impl Limits {
     /// Whether an image whose blobs declare `size` bytes may be converted
     /// into a cache whose filesystem has `free` bytes available (`None`:
-    /// unknown, not checked); else why not. A conversion needs about twice
-    /// `size` there: the downloaded blobs and the SIF.
-    pub fn admit(&self, size: u64, free: Option<u64>) -> Result<(), String> {
+    /// unknown, not checked) while the conversions already running there
+    /// may still write `reserved` bytes of it; else why not. A conversion
+    /// needs about twice `size` there: the downloaded blobs and the SIF.
+    /// It is checked when the conversion starts: a quota or a filesystem
+    /// of the cache's own is the hard limit.
+    pub fn admit(&self, size: u64, free: Option<u64>, reserved: u64) -> Result<(), String> {
         if let Some(max) = self.max_image_size
             && size > max
         {
@@ -30,10 +33,18 @@ impl Limits {
         }
         let need = size.saturating_mul(2);
         if let (Some(reserve), Some(free)) = (self.min_free, free)
-            && free.saturating_sub(need) < reserve
+            && free.saturating_sub(reserved).saturating_sub(need) < reserve
         {
+            let others = if reserved == 0 {
+                String::new()
+            } else {
+                format!(
+                    " ({} of it kept for the conversions in progress)",
+                    human(reserved)
+                )
+            };
             return Err(format!(
-                "converting it needs about {} of the site cache's {} free, \
+                "converting it needs about {} of the site cache's {} free{others}, \
                  which would leave less than images.cache_min_free ({})",
                 human(need),
                 human(free),
@@ -73,8 +84,8 @@ mod tests {
             max_image_size: Some(2 * G),
             min_free: None,
         };
-        l.admit(2 * G, Some(100 * G)).unwrap();
-        let e = l.admit(3 * G, Some(100 * G)).unwrap_err();
+        l.admit(2 * G, Some(100 * G), 0).unwrap();
+        let e = l.admit(3 * G, Some(100 * G), 0).unwrap_err();
         assert_eq!(
             e,
             "its layers are 3.0 GiB, over images.cache_max_image_size (2.0 GiB)"
@@ -88,19 +99,51 @@ mod tests {
             min_free: Some(10 * G),
         };
         // 2 × 5 GiB needed, 20 GiB free: 10 GiB left, just enough.
-        l.admit(5 * G, Some(20 * G)).unwrap();
-        let e = l.admit(5 * G + 1, Some(20 * G)).unwrap_err();
+        l.admit(5 * G, Some(20 * G), 0).unwrap();
+        let e = l.admit(5 * G + 1, Some(20 * G), 0).unwrap_err();
         assert!(
             e.contains("leave less than images.cache_min_free (10.0 GiB)"),
             "{e}"
         );
         assert!(e.contains("of the site cache's 20.0 GiB free"), "{e}");
         // Less free than the reserve already: even a tiny image.
-        assert!(l.admit(1, Some(9 * G)).is_err());
+        assert!(l.admit(1, Some(9 * G), 0).is_err());
         // Free space unknown: not checked.
-        l.admit(5 * G, None).unwrap();
+        l.admit(5 * G, None, 0).unwrap();
         // No limits: anything.
-        Limits::default().admit(u64::MAX, Some(0)).unwrap();
+        Limits::default().admit(u64::MAX, Some(0), 0).unwrap();
+    }
+
+    /// MEDIUM-1: five 20 GiB images at once on 100 GiB free with a
+    /// 10 GiB reserve: each admitted one keeps twice its size, so the
+    /// third is refused.
+    #[test]
+    fn conversions_in_progress_count() {
+        let l = Limits {
+            max_image_size: Some(20 * G),
+            min_free: Some(10 * G),
+        };
+        let mut reserved = 0;
+        let mut admitted = 0;
+        for _ in 0..5 {
+            if l.admit(20 * G, Some(100 * G), reserved).is_ok() {
+                admitted += 1;
+                reserved += 40 * G;
+            }
+        }
+        assert_eq!(admitted, 2);
+        let e = l.admit(20 * G, Some(100 * G), 80 * G).unwrap_err();
+        assert_eq!(
+            e,
+            "converting it needs about 40.0 GiB of the site cache's 100.0 GiB free \
+             (80.0 GiB of it kept for the conversions in progress), which would leave \
+             less than images.cache_min_free (10.0 GiB)"
+        );
+        // Just enough: 100 - 50 - 40 = 10.
+        l.admit(20 * G, Some(100 * G), 50 * G).unwrap();
+        l.admit(20 * G, Some(100 * G), u64::MAX).unwrap_err();
+        // Free space unknown: not checked, whatever the reserve.
+        l.admit(20 * G, None, u64::MAX).unwrap();
     }
 
     #[test]

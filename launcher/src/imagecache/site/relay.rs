@@ -2,9 +2,10 @@
 //! has root's real uid) over a pipe in a fixed form: records of exactly 8
 //! bytes, each a count (little-endian) of work done so far — bytes
 //! downloaded, written or seen written by the conversion waited for, plus
-//! one for each change of state. Root reads nothing else from the cache
-//! account's process: it takes a record only when its count is above the
-//! last, and says in its own words that the conversion moves. When the
+//! one for each change of state (a phase whose count falls starts over:
+//! another owner of the conversion waited for). Root reads nothing else
+//! from the cache account's process: it takes a record only when its
+//! count is above the last, and says in its own words that the conversion moves. When the
 //! count stops rising, nothing is relayed and the plugin's set-up timeout
 //! runs out as it would without the relay.
 
@@ -39,10 +40,11 @@ impl State {
             self.count = self.count.saturating_add(1);
         } else {
             let last = self.phases.entry(phase.to_owned()).or_insert(0);
-            if done > *last {
-                self.count = self.count.saturating_add(done - *last);
-                *last = done;
-            }
+            // A lower count is the phase starting over (another owner of
+            // the conversion waited for): it counts from 0 again.
+            let rise = if done < *last { done } else { done - *last };
+            self.count = self.count.saturating_add(rise);
+            *last = done;
         }
         self.count > before
     }
@@ -115,9 +117,8 @@ mod tests {
         let mut s = State::default();
         assert!(s.take("download", 100, 1000));
         assert_eq!(s.count, 100);
-        // The same report again, or a lower one: no progress.
+        // The same report again: no progress.
         assert!(!s.take("download", 100, 1000));
-        assert!(!s.take("download", 50, 1000));
         assert!(s.take("download", 300, 1000));
         assert_eq!(s.count, 300);
         // A new phase counts from 0.
@@ -126,6 +127,24 @@ mod tests {
         // A line is one unit.
         assert!(s.take(LINE_PHASE, 0, 0));
         assert_eq!(s.count, 311);
+    }
+
+    /// The conversion waited for changes owner: the new one's work
+    /// directory starts small, and its growth is progress at once, not
+    /// only once it passes the old owner's bytes.
+    #[test]
+    fn a_lower_count_in_a_phase_is_a_restart() {
+        let mut s = State::default();
+        assert!(s.take("wait", 5000, 0));
+        assert!(s.take("wait", 40, 0));
+        assert_eq!(s.count, 5040);
+        assert!(s.take("wait", 90, 0));
+        assert_eq!(s.count, 5090);
+        assert!(!s.take("wait", 90, 0));
+        // Down to nothing: no rise yet, but the next bytes count.
+        assert!(!s.take("wait", 0, 1));
+        assert!(s.take("wait", 1, 0));
+        assert_eq!(s.count, 5091);
     }
 
     #[test]

@@ -346,7 +346,7 @@ fn a_use_found_on_the_users_side_is_recorded_by_the_account() {
     };
     let pid = match syscall::fork_single_threaded().unwrap() {
         Forked::Child => {
-            let uses = uses::Uses::start(&site);
+            let uses = uses::Uses::start(&site, "gzip");
             if become_account(&user).is_err() {
                 std::process::exit(3)
             }
@@ -463,5 +463,44 @@ fn the_site_commands_refuse_a_dir_others_can_change() {
     refused(
         &open.join("site"),
         "keep the cache under directories only root may write",
+    );
+}
+
+/// LOW-4: the account's child stamps only an entry that is there and
+/// trusted, in the cache's own compression: a name the user's side sends
+/// for no entry (or for an entry of another compression) leaves no stamp.
+#[test]
+fn only_a_trusted_entry_of_the_caches_compression_is_stamped() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("needs root (to become the cache's account); skipped");
+        return;
+    }
+    let d = scratch();
+    let site = nobodys(&d);
+    let used = site.cache.dir("used");
+    let missing = Key::new(&DIGEST.replace('0', "f"), "gzip").unwrap();
+    let other = Key::new(DIGEST, "zstd").unwrap();
+    let other_entry = site.cache.entry_path(&other);
+    std::fs::write(&other_entry, b"SIF").unwrap();
+    std::os::unix::fs::chown(&other_entry, Some(65534), Some(65534)).unwrap();
+    let pid = match syscall::fork_single_threaded().unwrap() {
+        Forked::Child => {
+            for k in [&missing, &other, &key()] {
+                match uses::Uses::start(&site, "gzip") {
+                    Some(u) => u.record(k),
+                    None => std::process::exit(4),
+                }
+            }
+            std::process::exit(0)
+        }
+        Forked::Parent(pid) => pid,
+    };
+    let status = nix::sys::wait::waitpid(pid, None).unwrap();
+    assert_eq!(status, nix::sys::wait::WaitStatus::Exited(pid, 0));
+    assert!(used.join(key().name()).exists(), "the entry's use");
+    assert!(!used.join(missing.name()).exists(), "no entry: no stamp");
+    assert!(
+        !used.join(other.name()).exists(),
+        "not the cache's compression"
     );
 }

@@ -4,8 +4,9 @@
 //! cache's account may write `used/`, so before dropping root the holder
 //! starts a child that becomes it ([`Uses::start`]); the user's side
 //! names the entry it used ([`Uses::record`]) in a fixed form the child
-//! parses strictly (`HEX.COMP`, a [`Key`]'s name), and the child records
-//! the use as [`Site::note_use`] does.
+//! parses strictly (`HEX.COMP`, a [`Key`]'s name, in the cache's own
+//! compression), and the child records the use as [`Site::note_use`]
+//! does, of an entry that is there and trusted ([`Site::lookup`]) only.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -29,9 +30,10 @@ pub struct Uses {
 
 impl Uses {
     /// Starts the child, as `site`'s account (`None`: a read-only site
-    /// cache, or the child could not start). The caller has no other
-    /// thread and has root's real uid, or is the account.
-    pub fn start(site: &Site) -> Option<Uses> {
+    /// cache, or the child could not start), recording uses of entries
+    /// compressed with `compression` (the cache's). The caller has no
+    /// other thread and has root's real uid, or is the account.
+    pub fn start(site: &Site, compression: &str) -> Option<Uses> {
         let account = site.account.as_ref()?;
         let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).ok()?;
         match syscall::fork_single_threaded() {
@@ -41,7 +43,7 @@ impl Uses {
             }
             Ok(Forked::Child) => {
                 drop(write);
-                std::process::exit(child(site, account, File::from(read)))
+                std::process::exit(child(site, account, compression, File::from(read)))
             }
             Ok(Forked::Parent(pid)) => Some(Uses {
                 pid,
@@ -73,7 +75,7 @@ impl Drop for Uses {
     }
 }
 
-fn child(site: &Site, account: &Account, input: File) -> i32 {
+fn child(site: &Site, account: &Account, compression: &str, input: File) -> i32 {
     let null = File::options().read(true).write(true).open("/dev/null");
     if let Ok(n) = &null {
         let _ = nix::unistd::dup2_stdin(n);
@@ -87,14 +89,23 @@ fn child(site: &Site, account: &Account, input: File) -> i32 {
     if input.take(MAX_NAME).read_to_string(&mut text).is_err() {
         return 4;
     }
-    let Some(key) = parse(&text) else { return 0 };
-    site.note_use(&key);
+    // Only an entry that is there and trusted: no stamp without one.
+    let Some(key) = parse(&text, compression) else {
+        return 0;
+    };
+    if site.lookup(&key, &|_| {}).is_some() {
+        site.note_use(&key);
+    }
     0
 }
 
-/// The entry named by `HEX.COMP\n`, nothing else.
-fn parse(text: &str) -> Option<Key> {
+/// The entry named by `HEX.COMP\n` (`COMP` being `compression`), nothing
+/// else.
+fn parse(text: &str, compression: &str) -> Option<Key> {
     let (hex, comp) = text.strip_suffix('\n')?.split_once('.')?;
+    if comp != compression {
+        return None;
+    }
     Key::new(&format!("sha256:{hex}"), comp).ok()
 }
 
@@ -106,9 +117,10 @@ mod tests {
     fn only_an_entrys_name_is_taken() {
         let hex = "ab".repeat(32);
         assert_eq!(
-            parse(&format!("{hex}.gzip\n")),
+            parse(&format!("{hex}.gzip\n"), "gzip"),
             Key::new(&format!("sha256:{hex}"), "gzip").ok()
         );
+        assert_eq!(parse(&format!("{hex}.zstd\n"), "gzip"), None);
         for bad in [
             format!("{hex}.gzip"),
             format!("{hex}.gzip\nmore\n"),
@@ -117,7 +129,7 @@ mod tests {
             format!("{}.gzip\n", &hex[1..]),
             String::new(),
         ] {
-            assert_eq!(parse(&bad), None, "{bad:?}");
+            assert_eq!(parse(&bad, "gzip"), None, "{bad:?}");
         }
     }
 }
