@@ -1142,7 +1142,7 @@ fn slurm_steps_run_registry_images_from_the_cache() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("lean-ok"));
-    assert!(err.contains("(holder sifrun-hold)"), "{err}");
+    assert!(err.contains("sifrun: holder sifrun-hold\n"), "{err}");
     assert_eq!(ino(&entry), before);
     // A batch job: the script runs in the image with the pin, and an srun
     // inside it (in the container, no launcher there) reuses the pin.
