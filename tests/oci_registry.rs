@@ -1122,6 +1122,28 @@ fn slurm_steps_run_registry_images_from_the_cache() {
         "the cached entry was used, not converted again"
     );
     assert_eq!(cache_entries(&cache).len(), 1);
+    // The pinned digest in the user's cache: the lean holder serves it (no
+    // registry code to load), as it does a local SIF.
+    let out = Command::new("srun")
+        .args([
+            "-n1",
+            "--sif-verbose",
+            &image_opt,
+            "sh",
+            "-c",
+            "echo lean-ok",
+        ])
+        .current_dir(work.path())
+        .env("SIFRUN_CACHEDIR", &cache)
+        .env("SIFRUN_NOHTTPS", "1")
+        .env_remove("SLURM_SIFRUN_IMAGE_PIN")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("lean-ok"));
+    assert!(err.contains("sifrun: holder sifrun-hold\n"), "{err}");
+    assert_eq!(ino(&entry), before);
     // A batch job: the script runs in the image with the pin, and an srun
     // inside it (in the container, no launcher there) reuses the pin.
     fs::write(

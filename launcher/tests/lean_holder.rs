@@ -79,8 +79,9 @@ fn report(request: &Request) -> Report {
     Report::decode_line(String::from_utf8(out.stdout).unwrap().trim_end()).unwrap()
 }
 
-/// An ECL step or a docker:// image (which the plugin gives to `sifrun`)
-/// is refused with a report, before anything else is done.
+/// An ECL step, or a docker:// image that is not the job's pinned digest
+/// in the user's cache or comes with a site cache (the plugin gives those
+/// to `sifrun`), is refused with a report.
 #[test]
 fn the_lean_holder_refuses_the_ecl_path_and_docker_images() {
     let local = Request {
@@ -95,11 +96,24 @@ fn the_lean_holder_refuses_the_ecl_path_and_docker_images() {
         ns_dir: Some("/run/sifrun/7.0.ns".into()),
         ..local.clone()
     };
+    // A docker:// image: served only from the user's cache (the job's
+    // pinned digest), never with a site cache configured.
     let docker = Request {
         image: "docker://alpine:3".into(),
-        ..local
+        ..local.clone()
     };
-    for (request, what) in [(ecl, "a step under an ECL"), (docker, "a docker:// image")] {
+    let site = Request {
+        site_cache: Some("/var/cache/sifrun-site".into()),
+        ..docker.clone()
+    };
+    for (request, what) in [
+        (ecl, "a step under an ECL"),
+        (
+            docker,
+            "a docker:// image without the job's pin of its digest",
+        ),
+        (site, "a docker:// image with a site cache"),
+    ] {
         let report = report(&request);
         let text = format!("{report:?}");
         assert!(

@@ -12,6 +12,7 @@
 #![warn(clippy::too_many_lines)]
 
 pub mod admin;
+pub mod cached_pin;
 pub mod ecl;
 pub mod oci;
 pub mod protocol;

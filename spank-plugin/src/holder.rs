@@ -70,7 +70,7 @@ pub fn program(
     match lean {
         Some(lean)
             if request.ecl_config.is_none()
-                && !registry
+                && (!registry || cached_in_users_cache(request))
                 && std::fs::symlink_metadata(&lean).is_ok() =>
         {
             trusted(&lean)?;
@@ -78,6 +78,20 @@ pub fn program(
         }
         _ => Ok(launcher.to_owned()),
     }
+}
+
+/// Whether `request`'s `docker://` image is the job's pinned digest and
+/// the user's cache has its entry (looked at as the user: user_init's
+/// effective uid), with no site cache configured (whose entries come
+/// first and whose uses only the full holder records): the lean holder
+/// serves it then, as it does a local SIF, with no registry code.
+fn cached_in_users_cache(request: &Request) -> bool {
+    request.site_cache.is_none()
+        && request
+            .image
+            .to_str()
+            .and_then(|image| slurm_conf::cached_pin::entry_path(image, &request.job_env))
+            .is_some_and(|p| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file()))
 }
 
 /// Starts `launcher slurm-hold`, hands it `request` and waits for its

@@ -130,6 +130,7 @@ impl Plugin {
                     "sifrun: container ready in {ms:.0} ms (holder {name}, pid {})",
                     child.id()
                 ));
+                log.push(format!("sifrun: holder {name}"));
                 log.push(format!("sifrun: container ready in {ms:.1} ms"));
                 let start_time = crate::slurmd::start_time(Path::new("/proc"), child.id() as i32);
                 HolderState::Ready(Ready {

@@ -97,6 +97,37 @@ fn the_lean_holder_serves_local_images_without_an_ecl() {
     assert!(e.to_string().contains("lets others write it"), "{e}");
     // The ECL's path never looks at it.
     assert_eq!(program(&launcher, &ecl, &trusted).unwrap(), launcher);
+    std::fs::set_permissions(&lean, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // A docker:// image whose pinned digest the user's cache holds: the
+    // lean holder too (it looks the entry up again), unless a site cache
+    // is configured; not cached: the launcher.
+    let hex = "9c22c3b62402c55877e94e9f3a7458d2400d768ed707a8adb891e08ddcb611e5";
+    let cache = dir.path().join("cache");
+    let cached = Request {
+        job_env: vec![
+            (
+                "SLURM_SIFRUN_IMAGE_PIN".into(),
+                format!("alpine:3@sha256:{hex}"),
+            ),
+            (
+                "SLURM_SIFRUN_IMAGE_PIN_OF".into(),
+                "docker://alpine:3".into(),
+            ),
+            ("SIFRUN_CACHEDIR".into(), cache.display().to_string()),
+        ],
+        ..docker.clone()
+    };
+    assert_eq!(program(&launcher, &cached, &trusted).unwrap(), launcher);
+    let entry = cache.join(format!("v1/sif/sha256/{hex}.gzip.sif"));
+    std::fs::create_dir_all(entry.parent().unwrap()).unwrap();
+    std::fs::write(&entry, "SIF").unwrap();
+    assert_eq!(program(&launcher, &cached, &trusted).unwrap(), lean);
+    let with_site = Request {
+        site_cache: Some("/var/cache/sifrun-site".into()),
+        ..cached.clone()
+    };
+    assert_eq!(program(&launcher, &with_site, &trusted).unwrap(), launcher);
+    assert_eq!(program(&launcher, &docker, &trusted).unwrap(), launcher);
 }
 
 /// Runs `script` as the holder: the launcher is /bin/sh, which takes

@@ -2,9 +2,10 @@
 //! plugin runs it instead of `sifrun` (found beside `launcher=`) for a step
 //! without an ECL whose image is a local file: the same `slurm-hold`
 //! command line and protocol, built without signature verification and the
-//! registry client, so its start loads neither OpenSSL nor sequoia. A
-//! request for the ECL's path or a `docker://` image is refused (the
-//! plugin runs `sifrun` for those).
+//! registry client, so its start loads neither OpenSSL nor sequoia. It
+//! also serves a `docker://` image whose pinned digest the user's cache
+//! holds (no site cache configured). A request for the ECL's path or any
+//! other `docker://` image is refused (the plugin runs `sifrun` for those).
 #![warn(clippy::too_many_lines)]
 
 #[path = "../sifrun/hold_cmd.rs"]

@@ -7,8 +7,10 @@
 //! the request.
 //!
 //! Shared by `sifrun` and the lean holder `sifrun-hold`, which has neither
-//! the ECL's privileged path nor docker:// images ([`Full`] is `None`
-//! there) and refuses such a request: the plugin runs `sifrun` for them.
+//! the ECL's privileged path nor the registry ([`Full`] is `None` there):
+//! it serves a `docker://` image only from the user's cache (the job's
+//! pinned digest, no site cache configured) and refuses the rest; the
+//! plugin runs `sifrun` for them.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -144,8 +146,16 @@ fn hold(args: &HoldArgs, full: Option<&Full>) -> Result<i32, Failure> {
             anyhow::anyhow!("an ECL step's request names no runtime directory for its namespace"),
         ));
     }
-    if docker.is_some() && full.is_none() {
-        return Err(not_lean("a docker:// image"));
+    if let (Some(text), None) = (docker, &full) {
+        // Decided on the request alone, before any file is read.
+        if request.site_cache.is_some() {
+            return Err(not_lean("a docker:// image with a site cache"));
+        }
+        if slurm_conf::cached_pin::pinned_hex(text, &request.job_env).is_none() {
+            return Err(not_lean(
+                "a docker:// image without the job's pin of its digest",
+            ));
+        }
     }
     // The site cache is filled by its own account, before root's real uid
     // is dropped (the holder has no other thread yet).
@@ -168,15 +178,34 @@ fn hold(args: &HoldArgs, full: Option<&Full>) -> Result<i32, Failure> {
         .filter(|t| t.starts_with("docker://"))
         .map(str::to_owned)
     {
-        let full = full.ok_or_else(|| not_lean("a docker:// image"))?;
-        let uses = from_site.uses;
-        request.image =
-            (full.step_image)(&request, &text, progress_sink(), uses).at(Stage::Image)?;
+        request.image = match full {
+            Some(full) => (full.step_image)(&request, &text, progress_sink(), from_site.uses)
+                .at(Stage::Image)?,
+            None => cached_entry(&text, &request.job_env)
+                .ok_or_else(|| not_lean("a docker:// image not in your image cache"))?,
+        };
     }
     let image_dirs = request.image_dirs.clone();
     let image = open_in_dirs(&request.image, &image_dirs).at(Stage::Image)?;
     let l = to_launch(request, Some(image), &cwd).at(Stage::Request)?;
     launch(&l).at(Stage::Image)
+}
+
+/// The lean holder's `docker://` image: the user's cache entry of the
+/// job's pinned digest (the plugin chose this holder because it saw it),
+/// looked up as the user with the cache's checks; no registry.
+fn cached_entry(text: &str, job_env: &[(String, String)]) -> Option<PathBuf> {
+    use launcher::imagecache::{Cache, Key};
+    use slurm_conf::cached_pin::{COMPRESSION, cache_root, pinned_hex};
+    let key = Key::new(
+        &format!("sha256:{}", pinned_hex(text, job_env)?),
+        COMPRESSION,
+    )
+    .ok()?;
+    let cache = Cache::new(cache_root(job_env)?);
+    let entry = cache.lookup(&key).ok()??;
+    cache.mark_used(&key);
+    Some(entry)
 }
 
 /// Progress lines to the plugin on standard output (see
