@@ -28,6 +28,7 @@ mod remote;
 mod request;
 mod run;
 mod slurmd;
+mod start;
 pub mod spank;
 #[allow(missing_docs)]
 pub mod sys;

@@ -270,6 +270,7 @@ impl Plugin {
         {
             self.holder = Some(HolderState::Failed(e));
         }
+        self.start_early(sp);
         Ok(())
     }
 

@@ -226,10 +226,10 @@ pub fn launch(l: &Launch) -> Result<i32, LaunchError> {
     let session = timed("mount the image", || {
         serve::mount(&served, synth, &root, l.threads)
     })?;
-    let (child, session) = timed("spawn", || {
+    let (child, session, quiet) = timed("spawn", || {
         spawn::spawn(l, &prepared, &host.env, sys, session, &signals)
     })?;
-    spawn::serve_and_wait(l, &served, session, child, signals, ahead)
+    spawn::serve_and_wait(l, &served, session, child, signals, ahead, quiet)
 }
 
 /// The image inode of a Slurm step's command ([`Hold::command`]), found

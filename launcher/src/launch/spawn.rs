@@ -10,14 +10,15 @@ use nix::unistd::Pid;
 
 use super::{Action, Launch, LaunchError, Prepared, setup};
 use crate::fuse::SquashFs;
-use crate::hold::{Holding, hold};
+use crate::hold::{Holding, Quiet, hold};
 use crate::init::{Init, exit_code, init};
 use crate::serve::Served;
 use crate::syscall::{self, Forked, Linux};
 
 /// Forks the container's first process (in a new PID namespace unless the
 /// launch is a Slurm step's): PID 1 ([`init`]) or the holder ([`hold`]).
-/// Returns its PID and the FUSE session, which stays with the launcher.
+/// Returns its PID, the FUSE session, which stays with the launcher, and,
+/// for a holder, the launcher's end of [`Quiet`].
 pub(super) fn spawn(
     l: &Launch,
     p: &Prepared,
@@ -25,7 +26,11 @@ pub(super) fn spawn(
     sys: Linux,
     session: Session<SquashFs>,
     signals: &SigSet,
-) -> Result<(Pid, Session<SquashFs>), LaunchError> {
+) -> Result<(Pid, Session<SquashFs>, Option<Quiet>), LaunchError> {
+    let quiet = match &l.action {
+        Action::Hold(_) => Some(Quiet::new().map_err(setup("opening /dev/null"))?),
+        _ => None,
+    };
     let linux = RefCell::new(Some(sys));
     let session = RefCell::new(Some(session));
     let run = || {
@@ -41,6 +46,7 @@ pub(super) fn spawn(
                     through_shell: p.wrapped,
                     job_env,
                     slurm_client: h.slurm_client && p.client,
+                    quiet: quiet.as_ref(),
                 },
                 sys,
                 signals,
@@ -68,7 +74,7 @@ pub(super) fn spawn(
     }
     .map_err(setup("starting the container"))?;
     let session = session.into_inner().expect("still here in the parent");
-    Ok((child, session))
+    Ok((child, session, quiet))
 }
 
 /// The launcher after the fork: serves the image, forwards the signals it
@@ -81,7 +87,11 @@ pub(super) fn serve_and_wait(
     child: Pid,
     signals: SigSet,
     ahead: Option<u64>,
+    quiet: Option<Quiet>,
 ) -> Result<i32, LaunchError> {
+    if let Some(q) = quiet {
+        q.follow();
+    }
     served.squash.start_readahead(l.tuning);
     if let Some(ino) = ahead {
         let squash = served.squash.clone();
