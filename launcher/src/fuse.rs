@@ -366,7 +366,17 @@ impl Filesystem for SquashFs {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.lookup_ino(parent.0, name).and_then(|i| self.attr(i)) {
             Some(attr) => reply.entry(&TTL, &attr, Generation(0)),
-            None => reply.error(Errno::ENOENT),
+            // A name a directory does not have: the image and the
+            // synthetic targets never change while mounted, so the kernel
+            // may remember the absence (node 0 with a timeout) and a
+            // task's PATH search asks once per step, not once per task.
+            None => match self.dir_kind(parent.0).and(self.attr(parent.0)) {
+                Some(mut absent) => {
+                    absent.ino = INodeNo(0);
+                    reply.entry(&TTL, &absent, Generation(0))
+                }
+                None => reply.error(Errno::ENOENT),
+            },
         }
     }
 

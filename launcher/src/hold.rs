@@ -87,10 +87,7 @@ pub(crate) struct Quiet {
 impl Quiet {
     /// /dev/null and the pipe.
     pub(crate) fn new() -> io::Result<Quiet> {
-        let null = fs::OpenOptions::new()
-            .write(true)
-            .open("/dev/null")?
-            .into();
+        let null = fs::OpenOptions::new().write(true).open("/dev/null")?.into();
         let (heard, reported) =
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(syscall::to_io)?;
         Ok(Quiet {
@@ -107,9 +104,11 @@ impl Quiet {
     }
 
     /// The server's side: a thread that waits for the container process's
-    /// word and then silences the server. Nothing comes when the container
-    /// process ended first (its failure is still to be read by the plugin).
-    pub(crate) fn follow(self) {
+    /// word, then silences the server and warms the step's command (the
+    /// server's root is the container's by then: see `launch::ahead`).
+    /// Nothing comes when the container process ended first (its failure
+    /// is still to be read by the plugin).
+    pub(crate) fn follow(self, warm: Option<crate::launch::ahead::Warm>) {
         let Quiet {
             null,
             heard,
@@ -124,6 +123,9 @@ impl Quiet {
                 let mut byte = [0u8; 1];
                 if matches!(nix::unistd::read(&heard, &mut byte), Ok(1)) {
                     Quiet::silence(&null);
+                    if let Some(w) = warm {
+                        w.run();
+                    }
                 }
             });
     }

@@ -268,7 +268,10 @@ impl Spawned {
 /// Writes what the socket takes now; the rest (a very large job
 /// environment), if any, from a thread. `None` once it is all written (or
 /// the holder is gone: it will not report).
-fn send_now(sock: std::os::unix::net::UnixStream, bytes: Vec<u8>) -> Option<std::thread::JoinHandle<()>> {
+fn send_now(
+    sock: std::os::unix::net::UnixStream,
+    bytes: Vec<u8>,
+) -> Option<std::thread::JoinHandle<()>> {
     use nix::sys::socket::{MsgFlags, send};
     let mut sent = 0;
     while sent < bytes.len() {

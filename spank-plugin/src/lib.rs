@@ -28,8 +28,8 @@ mod remote;
 mod request;
 mod run;
 mod slurmd;
-mod start;
 pub mod spank;
+mod start;
 #[allow(missing_docs)]
 pub mod sys;
 

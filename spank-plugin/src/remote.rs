@@ -112,7 +112,11 @@ impl Plugin {
             }) => {
                 let ms = since.elapsed().as_secs_f64() * 1e3;
                 let name = starting.program;
-                let when = if starting.early { ", started early" } else { "" };
+                let when = if starting.early {
+                    ", started early"
+                } else {
+                    ""
+                };
                 sp.info(&format!(
                     "sifrun: container ready in {ms:.0} ms (holder {name}, pid {}{when})",
                     child.id()

@@ -129,7 +129,9 @@ impl Plugin {
         };
         match holder::spawn(&plan.program, &plan.request, &plan.cwd, who) {
             Ok(spawned) => {
-                self.holder = Some(HolderState::Starting(Box::new(plan.starting(spawned, true))));
+                self.holder = Some(HolderState::Starting(Box::new(
+                    plan.starting(spawned, true),
+                )));
                 self.devices = interconnect::topology::Devices::scan(Path::new("/"));
             }
             // Slurm's --container naming a directory: an OCI bundle.

@@ -79,21 +79,19 @@ pub(super) fn spawn(
 
 /// The launcher after the fork: serves the image, forwards the signals it
 /// is sent to the container, and returns the container's exit status.
-/// The blocks of file `ahead` (a step's command) are decompressed first.
+/// A holder's step command is read ahead once the container is ready
+/// (`ahead`, see [`Quiet::follow`]).
 pub(super) fn serve_and_wait(
     l: &Launch,
     served: &Served,
     session: Session<SquashFs>,
     child: Pid,
     signals: SigSet,
-    ahead: Option<u64>,
+    ahead: Option<super::ahead::Warm>,
     quiet: Option<Quiet>,
 ) -> Result<i32, LaunchError> {
-    if let Some(q) = quiet {
-        q.follow();
-    }
     served.squash.start_readahead(l.tuning);
-    if let Some(ino) = ahead {
+    if let Some(ino) = ahead.as_ref().and_then(|w| w.ino) {
         let squash = served.squash.clone();
         let _ = std::thread::Builder::new()
             .name("sifrun-ahead".into())
@@ -105,6 +103,9 @@ pub(super) fn serve_and_wait(
                 let blocks = squash.warm_file(ino, super::ahead::MAX_AHEAD);
                 tracing::debug!(ino, blocks, "the step's command decompressed ahead");
             });
+    }
+    if let Some(q) = quiet {
+        q.follow(ahead);
     }
     std::thread::spawn(move || {
         let _ = session.run();
