@@ -176,3 +176,74 @@ fn contains_spank(conf: &slurm_conf::slurm::SlurmConf) -> bool {
         .flat_map(|v| v.split(','))
         .any(|p| p.trim().eq_ignore_ascii_case("contain_spank"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fake::Fake;
+    use crate::options::Opt;
+
+    fn step_with(conf: &str, dir: &Path) -> Fake {
+        let path = dir.join("slurm.conf");
+        std::fs::write(&path, conf).unwrap();
+        let mut sp = Fake::remote();
+        sp.process_env
+            .insert("SLURM_CONF".into(), path.to_str().unwrap().into());
+        sp.job_uid = Some(1001);
+        sp.job_gid = Some(1001);
+        sp.job_gids = Some(vec![1001, 27]);
+        sp
+    }
+
+    fn plugin(image: &str) -> Plugin {
+        let mut p = Plugin::new(None);
+        p.option(Opt::Image, Some(image)).unwrap();
+        p
+    }
+
+    #[test]
+    fn contain_spank_is_found_among_the_slurmd_parameters() {
+        let conf = |text: &str| slurm_conf::slurm::SlurmConf::parse(text);
+        assert!(contains_spank(&conf("SlurmdParameters=contain_spank\n")));
+        assert!(contains_spank(&conf(
+            "SlurmdParameters=config_overrides, Contain_Spank\n"
+        )));
+        assert!(!contains_spank(&conf(
+            "SlurmdParameters=config_overrides\n"
+        )));
+        assert!(!contains_spank(&conf("# SlurmdParameters=contain_spank\n")));
+        assert!(!contains_spank(&conf("")));
+    }
+
+    /// The early start is taken for a local image with the job's user known,
+    /// and left to user_init under contain_spank, with an ECL, for a
+    /// registry image, or where Slurm cannot give the job's groups.
+    #[test]
+    fn the_early_start_is_taken_only_where_it_changes_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let plain = step_with("ClusterName=c\n", dir.path());
+        let user = plugin("/i.sif").early_start_user(&plain).unwrap();
+        assert_eq!(
+            user,
+            JobUser {
+                uid: 1001,
+                gid: 1001,
+                groups: vec![1001, 27]
+            }
+        );
+        let contained = step_with("SlurmdParameters=contain_spank\n", dir.path());
+        assert_eq!(plugin("/i.sif").early_start_user(&contained), None);
+        let plain = step_with("ClusterName=c\n", dir.path());
+        assert_eq!(plugin("docker://alpine").early_start_user(&plain), None);
+        let mut ecl = plugin("/i.sif");
+        ecl.settings.config.ecl.activated = true;
+        assert_eq!(ecl.early_start_user(&plain), None);
+        let mut no_groups = step_with("ClusterName=c\n", dir.path());
+        no_groups.job_gids = None;
+        assert_eq!(plugin("/i.sif").early_start_user(&no_groups), None);
+        let mut started = plugin("/i.sif");
+        started.holder = Some(HolderState::Failed(PluginError::NotStarted));
+        assert_eq!(started.early_start_user(&plain), None);
+        assert_eq!(Plugin::new(None).early_start_user(&plain), None);
+    }
+}
