@@ -171,7 +171,10 @@ echo "where the time goes, per step, from slurmd's log (the steps measured above
 python3 bench/step-timeline.py /var/log/slurm/slurmd.log "$((mark + 1))" | sed 's/^/  /'
 tail -n +"$((mark + 1))" /var/log/slurm/slurmd.log 2>/dev/null |
     grep -o 'container ready in [0-9.]* ms' |
-    awk '{ s += $4; n++ } END { if (n) printf "  user_init waiting for the holder (the plugin log: container ready in): mean %.1f ms over %d steps\n", s / n, n }'
+    awk '{ s += $4; n++ } END { if (n) printf "  the holder, from its start to its report (the plugin log: container ready in): mean %.1f ms over %d steps\n", s / n, n }'
+tail -n +"$((mark + 1))" /var/log/slurm/slurmd.log 2>/dev/null |
+    grep -o 'user_init waited [0-9.]* ms' |
+    awk '{ s += $3; n++ } END { if (n) printf "  user_init waiting for its report: mean %.1f ms over %d steps\n", s / n, n }'
 tail -n +"$((mark + 1))" /var/log/slurm/slurmd.log 2>/dev/null |
     grep -o 'container ready in [0-9.]* ms (holder [^,]*' | sed 's/.*(holder //' | sort | uniq -c |
     awk '{ printf "  holder program: %s in %d steps\n", $2, $1 }'
