@@ -1,8 +1,9 @@
 //! Starting the step's holder and reading its answer: the plugin's side of
 //! `slurm_conf::protocol`.
 //!
-//! The holder is started by std's Command (fork+exec: no Rust code runs
-//! between them) with a cleared environment. The request goes to its
+//! The holder is started by std's Command with a cleared environment
+//! (fork+exec; between them, only when root starts it early, the raw
+//! system calls of `ffi::spawn::become_user`). The request goes to its
 //! standard input, a socket written with MSG_NOSIGNAL (a holder that dies
 //! early must not SIGPIPE slurmstepd). Its standard output carries the
 //! report; its standard error diagnostics, kept for `--sif-verbose` and
@@ -141,12 +142,30 @@ pub struct Spawned {
 
 /// The holder's standard output and error, kept open (never read again)
 /// until the step ends: after its report the holder writes nothing more
-/// there (it points them at /dev/null), so no thread or process has to
-/// drain them, and it never meets a closed pipe.
+/// there (it points them at /dev/null), so no thread of slurmstepd's has
+/// to drain them. In a contained hook (see [`in_contained_hook`]) they are
+/// this short-lived process's descriptors, not slurmstepd's: they go to
+/// [`Output::drain_in_processes`] instead.
 #[derive(Debug)]
 pub struct Output {
     stdout: ChildStdout,
     stderr: ChildStderr,
+}
+
+impl Output {
+    /// Hands both pipes to two `cat` processes that outlive the hook and
+    /// end with the holder (whatever the holder still writes, in the
+    /// moment before it goes quiet, never meets a closed pipe).
+    pub fn drain_in_processes(self) {
+        for input in [Stdio::from(self.stdout), Stdio::from(self.stderr)] {
+            let _ = Command::new("/bin/cat")
+                .env_clear()
+                .stdin(input)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn();
+        }
+    }
 }
 
 /// Starts `launcher slurm-hold` and hands it `request`, without waiting for
@@ -252,13 +271,24 @@ impl Spawned {
     pub fn abandon(mut self) {
         match &self.pidfd {
             Some(fd) => {
+                use nix::sys::wait::{Id, WaitPidFlag, waitid};
                 let _ = crate::ffi::pidfd::send_signal(fd, nix::sys::signal::Signal::SIGKILL);
+                // Bounded, and reaped only if it is this process's child
+                // (a contained hook's is not: slurmstepd reaps it).
+                crate::remote::ended_within(fd, Duration::from_secs(5));
+                let _ = waitid(
+                    Id::PIDFd(fd.as_fd()),
+                    WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG,
+                );
             }
             None => {
                 let _ = self.child.kill();
+                let _ = self.child.try_wait();
             }
         }
-        let _ = self.child.wait();
+        if in_contained_hook() {
+            self.output.drain_in_processes();
+        }
         if let Some(sender) = self.sender.take() {
             let _ = sender.join();
         }
@@ -383,6 +413,17 @@ impl Reader {
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
+                // A report already there is read (the deadline counts from
+                // init_post_opt for an early holder: slurmstepd's own
+                // set-up may have used it up).
+                if !self.out_closed
+                    && self
+                        .poll_once(stdout, stderr, PollTimeout::ZERO)
+                        .unwrap_or(false)
+                    && self.out.contains(&b'\n')
+                {
+                    continue;
+                }
                 return Err(PluginError::Timeout(0));
             }
             let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);

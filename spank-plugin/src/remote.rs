@@ -124,6 +124,14 @@ impl Plugin {
                 log.push(format!("sifrun: holder {name}{when}"));
                 log.push(format!("sifrun: container ready in {ms:.1} ms"));
                 let start_time = crate::slurmd::start_time(Path::new("/proc"), child.id() as i32);
+                // A contained hook's descriptors are not slurmstepd's: the
+                // pipes go to processes that outlive it.
+                let output = if holder::in_contained_hook() {
+                    output.drain_in_processes();
+                    None
+                } else {
+                    Some(output)
+                };
                 HolderState::Ready(Ready {
                     child,
                     pidfd,
@@ -133,7 +141,7 @@ impl Plugin {
                     ns: starting.ns,
                     task_cwd: None,
                     death_told: false,
-                    output: Some(output),
+                    output,
                 })
             }
             Err(e) => HolderState::Failed(e),
@@ -141,41 +149,6 @@ impl Plugin {
         self.holder = Some(state);
         self.devices = devices;
         Ok(())
-    }
-
-    /// Starts the holder from user_init (as the user's effective uid),
-    /// reading the node's devices meanwhile; `None` when the step has no
-    /// container after all, or its failure is recorded.
-    fn start_in_hook(
-        &mut self,
-        sp: &dyn Spank,
-    ) -> Option<(crate::start::Starting, interconnect::topology::Devices)> {
-        let plan = match self.holder_plan(sp, false) {
-            Ok(Some(plan)) => plan,
-            Ok(None) => return None,
-            Err(e) => {
-                self.holder = Some(HolderState::Failed(e));
-                return None;
-            }
-        };
-        // The node's devices are read while the holder starts.
-        let (spawned, devices) = std::thread::scope(|scope| {
-            let scan = scope.spawn(|| interconnect::topology::Devices::scan(Path::new("/")));
-            let spawned = holder::spawn(
-                &plan.program,
-                &plan.request,
-                &plan.cwd,
-                holder::StartAs::Hook,
-            );
-            (spawned, scan.join().unwrap_or_default())
-        });
-        match spawned {
-            Ok(spawned) => Some((plan.starting(spawned, false), devices)),
-            Err(e) => {
-                self.holder = Some(HolderState::Failed(e));
-                None
-            }
-        }
     }
 
     /// `slurm_spank_task_init`: runs in the task, as the user, just before exec.

@@ -15,7 +15,9 @@
 //! * no `SlurmdParameters=contain_spank` in slurm.conf: there user_init runs
 //!   inside the job's namespaces (`job_container`), which the holder must
 //!   see; a holder started early where user_init then finds itself
-//!   contained anyway is ended and started again there.
+//!   contained anyway is ended and started again there;
+//! * not `task/cgroup` on cgroup v1, which puts slurmstepd in the step's
+//!   cgroups only after init_post_opt (see [`placed_before_init`]).
 
 use std::path::{Path, PathBuf};
 
@@ -102,6 +104,41 @@ impl Plugin {
         }))
     }
 
+    /// Starts the holder from user_init (as the user's effective uid),
+    /// reading the node's devices meanwhile; `None` when the step has no
+    /// container after all, or its failure is recorded.
+    pub(crate) fn start_in_hook(
+        &mut self,
+        sp: &dyn Spank,
+    ) -> Option<(Starting, interconnect::topology::Devices)> {
+        let plan = match self.holder_plan(sp, false) {
+            Ok(Some(plan)) => plan,
+            Ok(None) => return None,
+            Err(e) => {
+                self.holder = Some(HolderState::Failed(e));
+                return None;
+            }
+        };
+        // The node's devices are read while the holder starts.
+        let (spawned, devices) = std::thread::scope(|scope| {
+            let scan = scope.spawn(|| interconnect::topology::Devices::scan(Path::new("/")));
+            let spawned = holder::spawn(
+                &plan.program,
+                &plan.request,
+                &plan.cwd,
+                holder::StartAs::Hook,
+            );
+            (spawned, scan.join().unwrap_or_default())
+        });
+        match spawned {
+            Ok(spawned) => Some((plan.starting(spawned, false), devices)),
+            Err(e) => {
+                self.holder = Some(HolderState::Failed(e));
+                None
+            }
+        }
+    }
+
     /// init_post_opt (slurmstepd, root): starts the step's holder now where
     /// that changes nothing but the time (see the module's text), and reads
     /// the node's devices while it sets up.
@@ -159,7 +196,8 @@ impl Plugin {
             return None;
         }
         let conf = slurm_conf::slurm::SlurmConf::load(&request::slurm_conf_path(sp));
-        if contains_spank(&conf) {
+        let unified = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+        if !placed_before_init(&conf, unified) {
             return None;
         }
         Some(JobUser {
@@ -172,9 +210,27 @@ impl Plugin {
 
 /// Whether slurm.conf has user_init run inside the job's namespaces.
 fn contains_spank(conf: &slurm_conf::slurm::SlurmConf) -> bool {
-    conf.values("SlurmdParameters")
+    listed(conf, "SlurmdParameters", "contain_spank")
+}
+
+/// Whether slurmstepd is where the step's processes belong already in
+/// init_post_opt, so that a holder forked there is held as one forked in
+/// user_init: not with contain_spank (user_init then runs in the job's
+/// namespaces), and not with `task/cgroup` on cgroup v1, which moves
+/// slurmstepd into the step's cpuset, memory and devices cgroups only after
+/// init_post_opt (`task_p_pre_setuid`; a holder forked before would keep
+/// slurmd's, and so would what the image's environment scripts start). On
+/// cgroup v2 (`unified`: Slurm's own test, `cgroup.controllers` at the
+/// root) proctrack puts slurmstepd in the step's cgroup before spank_init.
+fn placed_before_init(conf: &slurm_conf::slurm::SlurmConf, unified: bool) -> bool {
+    !contains_spank(conf) && (unified || !listed(conf, "TaskPlugin", "task/cgroup"))
+}
+
+/// Whether `key`'s comma-separated values name `item`.
+fn listed(conf: &slurm_conf::slurm::SlurmConf, key: &str, item: &str) -> bool {
+    conf.values(key)
         .flat_map(|v| v.split(','))
-        .any(|p| p.trim().eq_ignore_ascii_case("contain_spank"))
+        .any(|p| p.trim().eq_ignore_ascii_case(item))
 }
 
 #[cfg(test)]
@@ -213,6 +269,22 @@ mod tests {
         )));
         assert!(!contains_spank(&conf("# SlurmdParameters=contain_spank\n")));
         assert!(!contains_spank(&conf("")));
+    }
+
+    #[test]
+    fn task_cgroup_on_cgroup_v1_places_slurmstepd_too_late() {
+        let conf = |text: &str| slurm_conf::slurm::SlurmConf::parse(text);
+        let cgroup = conf("TaskPlugin=task/affinity,task/cgroup\n");
+        assert!(!placed_before_init(&cgroup, false));
+        assert!(placed_before_init(&cgroup, true));
+        assert!(placed_before_init(
+            &conf("TaskPlugin=task/affinity\n"),
+            false
+        ));
+        assert!(placed_before_init(&conf("TaskPlugin=task/none\n"), false));
+        assert!(placed_before_init(&conf(""), false));
+        let contained = conf("SlurmdParameters=contain_spank\n");
+        assert!(!placed_before_init(&contained, true));
     }
 
     /// The early start is taken for a local image with the job's user known,

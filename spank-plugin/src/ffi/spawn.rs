@@ -10,10 +10,19 @@ use std::process::Command;
 
 use crate::holder::JobUser;
 
-/// Makes `command`'s child the job's user (supplementary groups, gid, uid:
-/// real, effective and saved alike) before exec, then enter `cwd` as that
-/// user; with `refuse_dir`, a directory at that path (looked at as the
-/// user) ends the start with `EISDIR`.
+/// Makes `command`'s child the job's user before exec, in the order
+/// user_init's holder had it:
+/// 1. its OOM score back to 0 (slurmstepd protects itself with -1000; the
+///    tasks get 0 too);
+/// 2. the job's supplementary groups and gid, then the user's uid as the
+///    effective one with root's still real and saved: the state user_init
+///    runs in. `refuse_dir` (looked at: a directory there ends the start
+///    with `EISDIR`) and `cwd` (entered) are reached with the user's
+///    permissions, and a FUSE mount of the user's refuses this process
+///    (its real uid is root's) instead of making slurmstepd wait for the
+///    user's server;
+/// 3. the user's uid as real, effective and saved uid;
+/// 4. SIGKILL when slurmstepd dies, and an end at once if it already has.
 pub fn become_user(
     command: &mut Command,
     user: &JobUser,
@@ -26,8 +35,12 @@ pub fn become_user(
     };
     let cwd = c_path(cwd)?;
     let refuse_dir = refuse_dir.map(c_path).transpose()?;
+    let oom = c"/proc/self/oom_score_adj";
     let groups: Vec<libc::gid_t> = user.groups.clone();
     let (uid, gid) = (user.uid as libc::uid_t, user.gid as libc::gid_t);
+    let root: libc::uid_t = 0;
+    // SAFETY: getpid takes nothing and touches no memory.
+    let parent = unsafe { libc::getpid() };
     let check = |r: libc::c_long| {
         if r < 0 {
             Err(io::Error::last_os_error())
@@ -37,18 +50,24 @@ pub fn become_user(
     };
     // SAFETY: the closure runs in the forked child before exec, where only
     // async-signal-safe calls may be made: it makes raw system calls
-    // (setgroups, setresgid, setresuid, stat, chdir; each changes only the
-    // calling thread, the child's only one) on data prepared before the
-    // fork, reads errno, and allocates nothing.
+    // (open, write, close, setgroups, setresgid, setresuid, stat, chdir,
+    // prctl, getppid; the credential calls change only the calling thread,
+    // the child's only one) on data prepared before the fork, reads errno,
+    // and allocates nothing.
     unsafe {
         command.pre_exec(move || {
+            let fd = libc::open(oom.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd >= 0 {
+                let _ = libc::write(fd, b"0".as_ptr().cast(), 1);
+                libc::close(fd);
+            }
             check(libc::syscall(
                 libc::SYS_setgroups,
                 groups.len(),
                 groups.as_ptr(),
             ))?;
             check(libc::syscall(libc::SYS_setresgid, gid, gid, gid))?;
-            check(libc::syscall(libc::SYS_setresuid, uid, uid, uid))?;
+            check(libc::syscall(libc::SYS_setresuid, root, uid, root))?;
             if let Some(path) = &refuse_dir {
                 let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
                 if libc::stat(path.as_ptr(), st.as_mut_ptr()) == 0
@@ -57,7 +76,13 @@ pub fn become_user(
                     return Err(io::Error::from_raw_os_error(libc::EISDIR));
                 }
             }
-            check(libc::chdir(cwd.as_ptr()).into())
+            check(libc::chdir(cwd.as_ptr()).into())?;
+            check(libc::syscall(libc::SYS_setresuid, uid, uid, uid))?;
+            check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL).into())?;
+            if libc::getppid() != parent {
+                return Err(io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
         });
     }
     Ok(())
