@@ -21,8 +21,11 @@ use crate::holder::JobUser;
 ///    permissions, and a FUSE mount of the user's refuses this process
 ///    (its real uid is root's) instead of making slurmstepd wait for the
 ///    user's server;
-/// 3. the user's uid as real, effective and saved uid;
-/// 4. SIGKILL when slurmstepd dies, and an end at once if it already has.
+/// 3. the user's uid as real, effective and saved uid.
+///
+/// Like a holder started in user_init it outlives a slurmstepd killed
+/// outright, as the step's tasks do (it serves their image); the job
+/// epilog's sweep ends it.
 pub fn become_user(
     command: &mut Command,
     user: &JobUser,
@@ -39,8 +42,6 @@ pub fn become_user(
     let groups: Vec<libc::gid_t> = user.groups.clone();
     let (uid, gid) = (user.uid as libc::uid_t, user.gid as libc::gid_t);
     let root: libc::uid_t = 0;
-    // SAFETY: getpid takes nothing and touches no memory.
-    let parent = unsafe { libc::getpid() };
     let check = |r: libc::c_long| {
         if r < 0 {
             Err(io::Error::last_os_error())
@@ -50,8 +51,8 @@ pub fn become_user(
     };
     // SAFETY: the closure runs in the forked child before exec, where only
     // async-signal-safe calls may be made: it makes raw system calls
-    // (open, write, close, setgroups, setresgid, setresuid, stat, chdir,
-    // prctl, getppid; the credential calls change only the calling thread,
+    // (open, write, close, setgroups, setresgid, setresuid, stat, chdir;
+    // the credential calls change only the calling thread,
     // the child's only one) on data prepared before the fork, reads errno,
     // and allocates nothing.
     unsafe {
@@ -77,12 +78,7 @@ pub fn become_user(
                 }
             }
             check(libc::chdir(cwd.as_ptr()).into())?;
-            check(libc::syscall(libc::SYS_setresuid, uid, uid, uid))?;
-            check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL).into())?;
-            if libc::getppid() != parent {
-                return Err(io::Error::from_raw_os_error(libc::ESRCH));
-            }
-            Ok(())
+            check(libc::syscall(libc::SYS_setresuid, uid, uid, uid))
         });
     }
     Ok(())
