@@ -173,7 +173,7 @@ tail -n +"$((mark + 1))" /var/log/slurm/slurmd.log 2>/dev/null |
     grep -o 'container ready in [0-9.]* ms' |
     awk '{ s += $4; n++ } END { if (n) printf "  the holder, from its start to its report (the plugin log: container ready in): mean %.1f ms over %d steps\n", s / n, n }'
 tail -n +"$((mark + 1))" /var/log/slurm/slurmd.log 2>/dev/null |
-    grep -o 'user_init waited [0-9.]* ms' |
+    { grep -o 'user_init waited [0-9.]* ms' || true; } |
     awk '{ s += $3; n++ } END { if (n) printf "  user_init waiting for its report: mean %.1f ms over %d steps\n", s / n, n }'
 tail -n +"$((mark + 1))" /var/log/slurm/slurmd.log 2>/dev/null |
     grep -o 'container ready in [0-9.]* ms (holder [^,]*' | sed 's/.*(holder //' | sort | uniq -c |

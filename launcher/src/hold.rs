@@ -104,11 +104,15 @@ impl Quiet {
     }
 
     /// The server's side: a thread that waits for the container process's
-    /// word, then silences the server and warms the step's command (the
-    /// server's root is the container's by then: see `launch::ahead`).
+    /// word, then silences the server and makes the step's command ready
+    /// (see `launch::ahead`: the server's root is the container's by then,
+    /// and the set-up no longer needs the CPU it takes).
     /// Nothing comes when the container process ended first (its failure
     /// is still to be read by the plugin).
-    pub(crate) fn follow(self, warm: Option<crate::launch::ahead::Warm>) {
+    pub(crate) fn follow(
+        self,
+        warm: Option<(crate::launch::ahead::Warm, Arc<crate::squash::Squash>)>,
+    ) {
         let Quiet {
             null,
             heard,
@@ -123,8 +127,8 @@ impl Quiet {
                 let mut byte = [0u8; 1];
                 if matches!(nix::unistd::read(&heard, &mut byte), Ok(1)) {
                     Quiet::silence(&null);
-                    if let Some(w) = warm {
-                        w.run();
+                    if let Some((w, squash)) = warm {
+                        w.run(&squash);
                     }
                 }
             });

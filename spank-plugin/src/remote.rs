@@ -102,6 +102,7 @@ impl Plugin {
         };
         let timeout = Duration::from_secs(self.settings.config.container.setup_timeout);
         let since = starting.spawned.started;
+        let waiting = Instant::now();
         let state = match starting.spawned.wait(timeout) {
             Ok(Started {
                 child,
@@ -117,8 +118,9 @@ impl Plugin {
                 } else {
                     ""
                 };
+                let waited = waiting.elapsed().as_secs_f64() * 1e3;
                 sp.info(&format!(
-                    "sifrun: container ready in {ms:.0} ms (holder {name}, pid {}{when})",
+                    "sifrun: container ready in {ms:.0} ms (holder {name}, pid {}{when}; user_init waited {waited:.1} ms)",
                     child.id()
                 ));
                 log.push(format!("sifrun: holder {name}{when}"));

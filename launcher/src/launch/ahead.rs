@@ -6,15 +6,18 @@
 //! program to be decompressed, one page fault after the other (13 ms
 //! against 2.5 ms warm for busybox from a gzip image,
 //! `bench/holder-bench.py`). The holder finds the command in the image
-//! before it forks the container process. From the fork on, a thread of
-//! the server decompresses the program's blocks into the server's cache at
-//! nice 19 (slurmstepd and the container's set-up come first); once the
-//! container process has reported ready (the server's root is the
-//! container's by then), another looks the names up as exec will, so that
-//! the kernel keeps the answers, absent names included (see `fuse`). The
+//! before it forks the container process. Once that process has reported
+//! ready (the server's root is the container's by then, and the set-up no
+//! longer competes for the CPU), a thread of the server looks the names up
+//! as exec will, so that the kernel keeps the answers, absent names
+//! included (see `fuse`), then decompresses the program's blocks into the
+//! server's cache at nice 19 while slurmstepd starts the tasks. Started
+//! earlier (from the fork on, as before the holder started early), it
+//! delayed the set-up itself on the 2-CPU test machine: a nice-19 thread
+//! keeps its CPU until the next tick (250 Hz) when others wake. The
 //! kernel's page cache is left alone: asking it to read the whole program
-//! ahead (`POSIX_FADV_WILLNEED`) made steps slower, not faster, on the
-//! 2-CPU test machine (docs/performance.md).
+//! ahead (`POSIX_FADV_WILLNEED`) made steps slower, not faster
+//! (docs/performance.md).
 
 use std::path::{Path, PathBuf};
 
@@ -31,18 +34,27 @@ pub(crate) struct Warm {
     pub(crate) lookups: Vec<PathBuf>,
     /// The program's file, its links followed in the image.
     pub(crate) file: PathBuf,
-    /// Its inode in the image, whose blocks the server decompresses
-    /// ahead (at nice 19, from the fork of the container process on).
+    /// Its inode in the image, whose blocks the server decompresses ahead.
     pub(crate) ino: Option<u64>,
 }
 
 impl Warm {
-    /// In the server, once its root is the container's: the names exec
-    /// will look up, looked up. A failure only costs the tasks the time
-    /// this would have saved.
-    pub(crate) fn run(&self) {
+    /// In the server, once the container process reported ready (the
+    /// server's root is the container's then): the names exec will look up,
+    /// looked up; then the program's first [`MAX_AHEAD`] bytes decompressed
+    /// into the server's cache. A failure only costs the tasks the time this
+    /// would have saved.
+    pub(crate) fn run(&self, squash: &crate::squash::Squash) {
         for path in &self.lookups {
             let _ = std::fs::metadata(path);
+        }
+        if let Some(ino) = self.ino {
+            // At nice 19: slurmstepd and the tasks come first (not
+            // SCHED_IDLE: the thread takes the block cache's locks, briefly,
+            // and must not stall there).
+            let _ = crate::syscall::idle_thread();
+            let blocks = squash.warm_file(ino, MAX_AHEAD);
+            tracing::debug!(ino, blocks, "the step's command decompressed ahead");
         }
     }
 }

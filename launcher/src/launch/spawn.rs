@@ -79,8 +79,8 @@ pub(super) fn spawn(
 
 /// The launcher after the fork: serves the image, forwards the signals it
 /// is sent to the container, and returns the container's exit status.
-/// A holder's step command is read ahead once the container is ready
-/// (`ahead`, see [`Quiet::follow`]).
+/// A holder's step command is made ready once the container is (`ahead`,
+/// see [`Quiet::follow`]).
 pub(super) fn serve_and_wait(
     l: &Launch,
     served: &Served,
@@ -91,21 +91,8 @@ pub(super) fn serve_and_wait(
     quiet: Option<Quiet>,
 ) -> Result<i32, LaunchError> {
     served.squash.start_readahead(l.tuning);
-    if let Some(ino) = ahead.as_ref().and_then(|w| w.ino) {
-        let squash = served.squash.clone();
-        let _ = std::thread::Builder::new()
-            .name("sifrun-ahead".into())
-            .spawn(move || {
-                // At nice 19: the container's set-up, slurmstepd and the
-                // tasks come first (not SCHED_IDLE: the thread takes the
-                // block cache's locks, briefly, and must not stall there).
-                let _ = syscall::idle_thread();
-                let blocks = squash.warm_file(ino, super::ahead::MAX_AHEAD);
-                tracing::debug!(ino, blocks, "the step's command decompressed ahead");
-            });
-    }
     if let Some(q) = quiet {
-        q.follow(ahead);
+        q.follow(ahead.map(|w| (w, served.squash.clone())));
     }
     std::thread::spawn(move || {
         let _ = session.run();
