@@ -1143,3 +1143,96 @@ fn sif_verbose_shows_each_set_up_phase_on_sruns_stderr() {
     // Once per node (the first task), not once per task.
     assert_eq!(err.matches("container ready in").count(), 1, "{err}");
 }
+
+/// slurm.conf as the cluster's clients read it.
+fn slurm_conf_text() -> String {
+    let path = std::env::var("SLURM_CONF").unwrap_or_else(|_| "/etc/slurm/slurm.conf".into());
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// A process's `Key:` line of /proc/PID/status, as numbers.
+fn status_ids(pid: &str, key: &str) -> Option<Vec<u32>> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with(key))?;
+    Some(
+        line[key.len()..]
+            .split_whitespace()
+            .filter_map(|w| w.parse().ok())
+            .collect(),
+    )
+}
+
+/// The output of `id FLAG`, as numbers.
+fn id_numbers(flag: &str) -> Vec<u32> {
+    let out = Command::new("id").arg(flag).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect()
+}
+
+/// Issue 11, section 7: without contain_spank, slurmstepd's init_post_opt
+/// (root) starts the holder, which becomes the job's user before exec: every
+/// uid and gid the user's and exactly the user's groups (none of root's),
+/// as the tasks get them; the verbose line says it started early. With
+/// contain_spank the holder starts in user_init, inside the job's
+/// namespaces, as before.
+#[test]
+fn an_early_holder_has_the_job_users_credentials_and_no_others() {
+    let Some((dir, img)) = setup() else { return };
+    let step = Command::new("srun")
+        .args(["-n1", "--sif-verbose"])
+        .arg(format!("--sif-image={}", img.display()))
+        .args(["sleep", "4"])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (uid, gid) = (id_numbers("-u")[0], id_numbers("-g")[0]);
+    let mut groups = id_numbers("-G");
+    groups.retain(|&g| g != gid);
+    groups.sort_unstable();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut checked = 0;
+    while checked == 0 && std::time::Instant::now() < deadline {
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let pid = e.file_name().to_string_lossy().into_owned();
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            if comm.trim_end() != "sifrun-hold" {
+                continue;
+            }
+            let (Some(uids), Some(gids), Some(mut sup)) = (
+                status_ids(&pid, "Uid:"),
+                status_ids(&pid, "Gid:"),
+                status_ids(&pid, "Groups:"),
+            ) else {
+                continue; // ended meanwhile
+            };
+            assert_eq!(
+                uids, [uid; 4],
+                "holder {pid}: real, effective, saved, fs uid"
+            );
+            assert_eq!(
+                gids, [gid; 4],
+                "holder {pid}: real, effective, saved, fs gid"
+            );
+            sup.retain(|&g| g != gid);
+            sup.sort_unstable();
+            assert_eq!(sup, groups, "holder {pid}: the user's groups only");
+            checked += 1;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = step.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(checked > 0, "no holder seen while the step ran: {err}");
+    let early = !slurm_conf_text().contains("contain_spank");
+    assert_eq!(
+        err.contains("holder sifrun-hold, started early"),
+        early,
+        "contain_spank: {}; {err}",
+        !early
+    );
+}

@@ -258,6 +258,24 @@ impl SquashFs {
         self.synth.node(ino).map(|s| self.synth_attr(ino, s.kind))
     }
 
+    /// Whether directory `parent` has no `name`, known for sure: neither
+    /// the image's listing (read whole, without error) nor the synthetic
+    /// targets have it.
+    fn lacks(&self, parent: u64, name: &OsStr) -> bool {
+        if self.dir_kind(parent).is_none() {
+            return false;
+        }
+        let synth = self.synth.children(parent);
+        if synth.is_some_and(|c| c.contains_key(name)) {
+            return false;
+        }
+        if parent < self.synth.base {
+            self.squash.lacks(parent, name)
+        } else {
+            synth.is_some()
+        }
+    }
+
     fn lookup_ino(&self, parent: u64, name: &OsStr) -> Option<u64> {
         if parent < self.synth.base
             && let Some(ino) = self.squash.lookup(parent, name)
@@ -366,7 +384,17 @@ impl Filesystem for SquashFs {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.lookup_ino(parent.0, name).and_then(|i| self.attr(i)) {
             Some(attr) => reply.entry(&TTL, &attr, Generation(0)),
-            None => reply.error(Errno::ENOENT),
+            // A name a directory does not have: the image and the
+            // synthetic targets never change while mounted, so the kernel
+            // may remember the absence (node 0 with a timeout) and a
+            // task's PATH search asks once per step, not once per task.
+            None => match self.attr(parent.0).filter(|_| self.lacks(parent.0, name)) {
+                Some(mut absent) => {
+                    absent.ino = INodeNo(0);
+                    reply.entry(&TTL, &absent, Generation(0))
+                }
+                None => reply.error(Errno::ENOENT),
+            },
         }
     }
 

@@ -4,6 +4,7 @@
 
 use std::fs;
 use std::io;
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -65,6 +66,73 @@ pub(crate) struct Holding<'a> {
     pub(crate) through_shell: bool,
     pub(crate) job_env: &'a [(String, String)],
     pub(crate) slurm_client: bool,
+    /// Where the holder's output goes once it reported (see [`Quiet`]).
+    pub(crate) quiet: Option<&'a Quiet>,
+}
+
+/// After its `ready` report the holder writes nothing more where the
+/// plugin reads: the plugin keeps those pipes open without reading them
+/// (no thread or process of its own drains them), so the container process
+/// and then, told through `reported`, the server point their standard
+/// output and error at /dev/null. Both descriptors are close-on-exec.
+pub(crate) struct Quiet {
+    /// /dev/null, opened before the container's root changed.
+    pub(crate) null: OwnedFd,
+    /// Written (one byte) by the container process once it reported ready.
+    pub(crate) reported: OwnedFd,
+    /// The server's end: one byte, then the server goes quiet too.
+    pub(crate) heard: OwnedFd,
+}
+
+impl Quiet {
+    /// /dev/null and the pipe.
+    pub(crate) fn new() -> io::Result<Quiet> {
+        let null = fs::OpenOptions::new().write(true).open("/dev/null")?.into();
+        let (heard, reported) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(syscall::to_io)?;
+        Ok(Quiet {
+            null,
+            reported,
+            heard,
+        })
+    }
+
+    /// Standard output and error to /dev/null.
+    fn silence(null: &OwnedFd) {
+        let _ = nix::unistd::dup2_stdout(null);
+        let _ = nix::unistd::dup2_stderr(null);
+    }
+
+    /// The server's side: a thread that waits for the container process's
+    /// word, then silences the server and makes the step's command ready
+    /// (see `launch::ahead`: the server's root is the container's by then,
+    /// and the set-up no longer needs the CPU it takes).
+    /// Nothing comes when the container process ended first (its failure
+    /// is still to be read by the plugin).
+    pub(crate) fn follow(
+        self,
+        warm: Option<(crate::launch::ahead::Warm, Arc<crate::squash::Squash>)>,
+    ) {
+        let Quiet {
+            null,
+            heard,
+            reported,
+        } = self;
+        // Only the container process writes: once it ends without a word,
+        // the thread reads an end of file.
+        drop(reported);
+        let _ = std::thread::Builder::new()
+            .name("sifrun-quiet".into())
+            .spawn(move || {
+                let mut byte = [0u8; 1];
+                if matches!(nix::unistd::read(&heard, &mut byte), Ok(1)) {
+                    Quiet::silence(&null);
+                    if let Some((w, squash)) = warm {
+                        w.run(&squash);
+                    }
+                }
+            });
+    }
 }
 
 /// The holder's container process: set up the root, report the tasks'
@@ -94,6 +162,10 @@ pub(crate) fn hold(h: &Holding<'_>, sys: Linux, signals: &SigSet) -> i32 {
         return 255;
     }
     tracing::info!("holding the container for the step's tasks");
+    if let Some(q) = h.quiet {
+        Quiet::silence(&q.null);
+        let _ = nix::unistd::write(&q.reported, b"r");
+    }
     loop {
         match syscall::wait_signal(signals) {
             Ok((libc::SIGCHLD, _)) => {}

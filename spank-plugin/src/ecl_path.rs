@@ -133,6 +133,7 @@ mod tests {
             ns: Some("/nonexistent/7.0.ns".into()),
             task_cwd: None,
             death_told: false,
+            output: None,
         }));
         let sp = Fake::remote();
         // task_init_privileged cannot enter: it fails (and the task ends).

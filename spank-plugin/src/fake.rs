@@ -19,6 +19,8 @@ pub struct Fake {
     pub step_id: Option<u32>,
     pub job_id: Option<u32>,
     pub job_uid: Option<u32>,
+    pub job_gid: Option<u32>,
+    pub job_gids: Option<Vec<u32>>,
     pub argv: RefCell<Vec<String>>,
     /// The task's environment as changed by setenv/unsetenv.
     pub task_env: RefCell<BTreeMap<String, String>>,
@@ -74,6 +76,12 @@ impl Spank for Fake {
     }
     fn job_uid(&self) -> Option<u32> {
         self.job_uid
+    }
+    fn job_gid(&self) -> Option<u32> {
+        self.job_gid
+    }
+    fn job_gids(&self) -> Option<Vec<u32>> {
+        self.job_gids.clone()
     }
     fn job_env(&self) -> Vec<(String, String)> {
         self.env

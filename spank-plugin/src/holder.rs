@@ -1,8 +1,9 @@
 //! Starting the step's holder and reading its answer: the plugin's side of
 //! `slurm_conf::protocol`.
 //!
-//! The holder is started by std's Command (fork+exec: no Rust code runs
-//! between them) with a cleared environment. The request goes to its
+//! The holder is started by std's Command with a cleared environment
+//! (fork+exec; between them, only when root starts it early, the raw
+//! system calls of `ffi::spawn::become_user`). The request goes to its
 //! standard input, a socket written with MSG_NOSIGNAL (a holder that dies
 //! early must not SIGPIPE slurmstepd). Its standard output carries the
 //! report; its standard error diagnostics, kept for `--sif-verbose` and
@@ -32,6 +33,8 @@ pub struct Started {
     pub env: Vec<EnvChange>,
     /// What the holder wrote on standard error until then.
     pub log: Vec<String>,
+    /// Its standard output and error, open until the step ends.
+    pub output: Output,
 }
 
 /// The holder's PATH: the client directory of the Slurm whose slurmstepd
@@ -94,28 +97,107 @@ fn cached_in_users_cache(request: &Request) -> bool {
             .is_some_and(|p| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file()))
 }
 
-/// Starts `launcher slurm-hold`, hands it `request` and waits for its
-/// report, up to `timeout` from the start or from the holder's last
-/// progress line (a conversion of a `docker://` image may take minutes).
-pub fn start(
+/// The job's user, whom a holder started by root (init_post_opt) becomes
+/// in its child before exec, as slurmstepd makes the tasks that user.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobUser {
+    /// The user's uid.
+    pub uid: u32,
+    /// The primary gid.
+    pub gid: u32,
+    /// The supplementary groups.
+    pub groups: Vec<u32>,
+}
+
+/// Who starts the holder.
+#[derive(Clone, Copy, Debug)]
+pub enum StartAs<'a> {
+    /// user_init: the holder keeps the hook's credentials (the user's
+    /// effective uid) and enters the step's working directory.
+    Hook,
+    /// init_post_opt (root): the holder becomes `user` before exec and then
+    /// enters the working directory, as that user; with `refuse_dir` (an
+    /// image named by Slurm's `--container`), a directory there ends the
+    /// start with `EISDIR` (an OCI bundle: Slurm's business, looked at as
+    /// the user, never as root).
+    Root {
+        /// The job's user.
+        user: &'a JobUser,
+        /// The image path that must not be a directory.
+        refuse_dir: Option<&'a Path>,
+    },
+}
+
+/// A holder started, whose report is still to come.
+#[derive(Debug)]
+pub struct Spawned {
+    child: Child,
+    pidfd: Option<OwnedFd>,
+    output: Output,
+    /// The part of the request that did not fit the socket at once.
+    sender: Option<std::thread::JoinHandle<()>>,
+    /// When it was started: the set-up timeout counts from here.
+    pub started: Instant,
+}
+
+/// The holder's standard output and error, kept open (never read again)
+/// until the step ends: after its report the holder writes nothing more
+/// there (it points them at /dev/null), so no thread of slurmstepd's has
+/// to drain them. In a contained hook (see [`in_contained_hook`]) they are
+/// this short-lived process's descriptors, not slurmstepd's: they go to
+/// [`Output::drain_in_processes`] instead.
+#[derive(Debug)]
+pub struct Output {
+    stdout: ChildStdout,
+    stderr: ChildStderr,
+}
+
+impl Output {
+    /// Hands both pipes to two `cat` processes that outlive the hook and
+    /// end with the holder (whatever the holder still writes, in the
+    /// moment before it goes quiet, never meets a closed pipe).
+    pub fn drain_in_processes(self) {
+        for input in [Stdio::from(self.stdout), Stdio::from(self.stderr)] {
+            let _ = Command::new("/bin/cat")
+                .env_clear()
+                .stdin(input)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn();
+        }
+    }
+}
+
+/// Starts `launcher slurm-hold` and hands it `request`, without waiting for
+/// its report ([`Spawned::wait`]). The request is written at once when the
+/// socket takes it whole (no thread in slurmstepd); a larger one by a thread.
+pub fn spawn(
     launcher: &Path,
     request: &Request,
     cwd: &str,
-    timeout: Duration,
-) -> Result<Started, PluginError> {
-    let (ours, theirs) =
-        std::os::unix::net::UnixStream::pair().map_err(|source| PluginError::Spawn {
-            launcher: launcher.to_owned(),
-            source,
-        })?;
+    who: StartAs<'_>,
+) -> Result<Spawned, PluginError> {
+    let spawn_error = |source| PluginError::Spawn {
+        launcher: launcher.to_owned(),
+        source,
+    };
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(spawn_error)?;
     let mut command = Command::new(launcher);
     command
         .arg("slurm-hold")
         .arg(format!("--slurm-step={}", request.step))
         .arg(&request.image)
-        .current_dir(cwd)
         .env_clear()
         .env("PATH", holder_path(std::env::current_exe().ok().as_deref()));
+    match who {
+        StartAs::Hook => {
+            command.current_dir(cwd);
+        }
+        StartAs::Root { user, refuse_dir } => {
+            crate::ffi::spawn::become_user(&mut command, user, Path::new(cwd), refuse_dir)
+                .map_err(spawn_error)?;
+        }
+    }
     if request.ecl_config.is_some() {
         as_root_for(&mut command);
     }
@@ -124,50 +206,120 @@ pub fn start(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|source| PluginError::Spawn {
-            launcher: launcher.to_owned(),
-            source,
-        })?;
+        .map_err(spawn_error)?;
+    let started = Instant::now();
     let pidfd = crate::ffi::pidfd::open(child.id()).ok();
-    let bytes = request.encode();
-    let sender = std::thread::spawn(move || send_all(&ours, &bytes));
-    let stdout = child.stdout.take().expect("piped");
-    let stderr = child.stderr.take().expect("piped");
-    let mut reader = Reader::default();
-    match reader.wait_report(&stdout, &stderr, timeout) {
-        Ok(env) => {
-            reader.drain_ready(&stderr);
-            // The holder has read the whole request.
-            let _ = sender.join();
-            // Whatever the holder writes later goes nowhere, without ever
-            // filling a pipe it would block on.
-            if in_contained_hook() {
-                discard_in_processes(stdout, stderr);
-            } else {
-                std::thread::spawn(move || discard(stdout, stderr));
-            }
-            Ok(Started {
-                child,
-                pidfd,
-                env,
-                log: reader.log,
-            })
-        }
-        Err(e) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            // The socket's other end is gone with the holder.
-            let _ = sender.join();
-            Err(match e {
-                PluginError::NoReport(why) if why.is_empty() => {
-                    reader.drain_ready(&stderr);
-                    PluginError::NoReport(reader.last_words())
+    let sender = send_now(ours, request.encode());
+    let output = Output {
+        stdout: child.stdout.take().expect("piped"),
+        stderr: child.stderr.take().expect("piped"),
+    };
+    Ok(Spawned {
+        child,
+        pidfd,
+        output,
+        sender,
+        started,
+    })
+}
+
+impl Spawned {
+    /// Waits for the holder's report, up to `timeout` from its start or
+    /// from its last progress line (a conversion of a `docker://` image may
+    /// take minutes). A holder that fails is killed and reaped.
+    pub fn wait(mut self, timeout: Duration) -> Result<Started, PluginError> {
+        let mut reader = Reader::default();
+        let (stdout, stderr) = (&self.output.stdout, &self.output.stderr);
+        match reader.wait_report(stdout, stderr, self.started, timeout) {
+            Ok(env) => {
+                reader.drain_ready(stderr);
+                // The holder has read the whole request.
+                if let Some(sender) = self.sender.take() {
+                    let _ = sender.join();
                 }
-                PluginError::Timeout(_) => PluginError::Timeout(timeout.as_secs()),
-                e => e,
-            })
+                Ok(Started {
+                    child: self.child,
+                    pidfd: self.pidfd,
+                    env,
+                    log: reader.log,
+                    output: self.output,
+                })
+            }
+            Err(e) => {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                // The socket's other end is gone with the holder.
+                if let Some(sender) = self.sender.take() {
+                    let _ = sender.join();
+                }
+                Err(match e {
+                    PluginError::NoReport(why) if why.is_empty() => {
+                        reader.drain_ready(stderr);
+                        PluginError::NoReport(reader.last_words())
+                    }
+                    PluginError::Timeout(_) => PluginError::Timeout(timeout.as_secs()),
+                    e => e,
+                })
+            }
         }
     }
+
+    /// Ends a holder whose report is no longer wanted (the step ended
+    /// first, or it has to start again elsewhere): SIGKILL through the
+    /// descriptor taken at spawn (the plugin's own unreaped child
+    /// otherwise), then reaped.
+    pub fn abandon(mut self) {
+        match &self.pidfd {
+            Some(fd) => {
+                use nix::sys::wait::{Id, WaitPidFlag, waitid};
+                let _ = crate::ffi::pidfd::send_signal(fd, nix::sys::signal::Signal::SIGKILL);
+                // Bounded, and reaped only if it is this process's child
+                // (a contained hook's is not: slurmstepd reaps it).
+                crate::remote::ended_within(fd, Duration::from_secs(5));
+                let _ = waitid(
+                    Id::PIDFd(fd.as_fd()),
+                    WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG,
+                );
+            }
+            None => {
+                let _ = self.child.kill();
+                let _ = self.child.try_wait();
+            }
+        }
+        if in_contained_hook() {
+            self.output.drain_in_processes();
+        }
+        if let Some(sender) = self.sender.take() {
+            let _ = sender.join();
+        }
+    }
+}
+
+/// Writes what the socket takes now; the rest (a very large job
+/// environment), if any, from a thread. `None` once it is all written (or
+/// the holder is gone: it will not report).
+fn send_now(
+    sock: std::os::unix::net::UnixStream,
+    bytes: Vec<u8>,
+) -> Option<std::thread::JoinHandle<()>> {
+    use nix::sys::socket::{MsgFlags, send};
+    let mut sent = 0;
+    while sent < bytes.len() {
+        match send(
+            sock.as_raw_fd(),
+            &bytes[sent..],
+            MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
+        ) {
+            Ok(n) => sent += n,
+            Err(nix::Error::EINTR) => {}
+            Err(nix::Error::EAGAIN) => {
+                return Some(std::thread::spawn(move || send_all(&sock, &bytes[sent..])));
+            }
+            Err(_) => return None,
+        }
+    }
+    let _ = sock.shutdown(std::net::Shutdown::Write);
+    None
 }
 
 /// An ECL step's holder starts as root for good (issue 12 item 4):
@@ -221,25 +373,6 @@ pub(crate) fn in_contained_hook() -> bool {
         && me == comm(&std::os::unix::process::parent_id().to_string())
 }
 
-/// [`discard`] by two `cat` processes instead of threads (see
-/// [`in_contained_hook`]); they end when the holder does.
-fn discard_in_processes(stdout: ChildStdout, stderr: ChildStderr) {
-    for input in [Stdio::from(stdout), Stdio::from(stderr)] {
-        let _ = Command::new("/bin/cat")
-            .env_clear()
-            .stdin(input)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn();
-    }
-}
-
-fn discard(mut stdout: ChildStdout, mut stderr: ChildStderr) {
-    let t = std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
-    let _ = std::io::copy(&mut stderr, &mut std::io::sink());
-    let _ = t.join();
-}
-
 /// What has come from the holder so far.
 #[derive(Default)]
 struct Reader {
@@ -260,9 +393,10 @@ impl Reader {
         &mut self,
         stdout: &ChildStdout,
         stderr: &ChildStderr,
+        since: Instant,
         timeout: Duration,
     ) -> Result<Vec<EnvChange>, PluginError> {
-        let mut deadline = Instant::now() + timeout;
+        let mut deadline = since + timeout;
         loop {
             while let Some(end) = self.out.iter().position(|&b| b == b'\n') {
                 let line: Vec<u8> = self.out.drain(..=end).collect();
@@ -279,6 +413,17 @@ impl Reader {
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
+                // A report already there is read (the deadline counts from
+                // init_post_opt for an early holder: slurmstepd's own
+                // set-up may have used it up).
+                if !self.out_closed
+                    && self
+                        .poll_once(stdout, stderr, PollTimeout::ZERO)
+                        .unwrap_or(false)
+                    && self.out.contains(&b'\n')
+                {
+                    continue;
+                }
                 return Err(PluginError::Timeout(0));
             }
             let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);

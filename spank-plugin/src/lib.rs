@@ -29,6 +29,7 @@ mod request;
 mod run;
 mod slurmd;
 pub mod spank;
+mod start;
 #[allow(missing_docs)]
 pub mod sys;
 

@@ -9,9 +9,12 @@
 //! Lifecycle, one container per node per step:
 //! * init / option callbacks / init_post_opt (everywhere): read the
 //!   plugstack.conf arguments and the admin file, register and collect the
-//!   `--sif-*` options, apply the admin's policy.
-//! * user_init (slurmstepd): start `sifrun slurm-hold`, hand it the
-//!   [`slurm_conf::protocol::Request`], wait for its report.
+//!   `--sif-*` options, apply the admin's policy; in slurmstepd, start the
+//!   step's holder early where that changes nothing but the time
+//!   ([`crate::start`]).
+//! * user_init (slurmstepd): read the early holder's report, or start
+//!   `sifrun slurm-hold`, hand it the [`slurm_conf::protocol::Request`],
+//!   wait for its report.
 //! * task_init_privileged (each task, root, before Slurm drops to the
 //!   user): with an activated ECL, enter the step's root-owned mount
 //!   namespace the holder pinned (`crate::ecl_path`).
@@ -270,6 +273,7 @@ impl Plugin {
         {
             self.holder = Some(HolderState::Failed(e));
         }
+        self.start_early(sp);
         Ok(())
     }
 

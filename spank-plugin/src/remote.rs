@@ -20,12 +20,14 @@ use slurm_conf::protocol::EnvChange;
 use crate::error::PluginError;
 use crate::holder::{self, Started};
 use crate::plugin::Plugin;
-use crate::request::{self, Step};
+use crate::request;
 use crate::spank::{Context, Spank};
 
 /// The step's holder, as user_init left it.
 #[derive(Debug)]
 pub enum HolderState {
+    /// Started by init_post_opt; user_init reads its report.
+    Starting(Box<crate::start::Starting>),
     /// Running.
     Ready(Ready),
     /// No container for this step: every task fails with this.
@@ -54,6 +56,8 @@ pub struct Ready {
     pub task_cwd: Option<std::path::PathBuf>,
     /// Its death during the step was told (once per node).
     pub death_told: bool,
+    /// Its standard output and error, open until it is stopped.
+    pub output: Option<holder::Output>,
 }
 
 impl Ready {
@@ -64,84 +68,82 @@ impl Ready {
 }
 
 impl Plugin {
-    /// `slurm_spank_user_init`: starts the step's container holder.
+    /// `slurm_spank_user_init`: the step's container holder, started here
+    /// or, earlier, by init_post_opt ([`crate::start`]); waits for its report.
     pub fn user_init(&mut self, sp: &dyn Spank) -> Result<(), PluginError> {
         if sp.context() != Context::Remote
             || !self.args.wants_container()
-            || self.holder.is_some()
             || self.unusable.is_some()
         {
             return Ok(());
         }
-        let step = Step::of(sp);
-        let image = request::image_path(&self.args, &step.cwd);
-        // Slurm's --container naming a directory is an OCI bundle, Slurm's
-        // business. Checked here, as the user (effective uid): what root
-        // alone can see stays hidden.
-        if self.image_from_container && Path::new(&image).is_dir() {
-            self.args.image = None;
+        let early = match self.holder.take() {
+            Some(HolderState::Starting(s)) => Some(s),
+            other => {
+                self.holder = other;
+                None
+            }
+        };
+        if self.holder.is_some() {
             return Ok(());
         }
-        // users.image_dirs is judged by the holder on the file it opens.
-        let given = self.args.image.as_deref().unwrap_or("");
-        if !step.cwd_known && !given.starts_with('/') && !crate::image_pin::is_registry_image(given)
-        {
-            self.holder = Some(HolderState::Failed(PluginError::Task(format!(
-                "{}: a relative image needs the job's working directory, and the job's PWD is not an absolute path",
-                self.args.image.as_deref().unwrap_or("")
-            ))));
+        let started = match early {
+            // contain_spank, which the early start did not expect: the
+            // holder must see the job's namespaces, as this hook does.
+            Some(s) if holder::in_contained_hook() => {
+                s.spawned.abandon();
+                self.start_in_hook(sp)
+            }
+            Some(s) => Some((*s, self.devices.clone())),
+            None => self.start_in_hook(sp),
+        };
+        let Some((starting, devices)) = started else {
             return Ok(());
-        }
-        // slurmstepd runs the launcher with root's real uid.
-        let launcher = self.settings.launcher();
-        if let Err(e) = self.check_trusted("launcher", &launcher) {
-            self.holder = Some(HolderState::Failed(e));
-            return Ok(());
-        }
-        let started = Instant::now();
-        let cwd = step.cwd.clone();
-        let request = request::build(&self.args, &self.settings, step);
-        let program =
-            match holder::program(&launcher, &request, &|p| self.check_trusted("launcher", p)) {
-                Ok(program) => program,
-                Err(e) => {
-                    self.holder = Some(HolderState::Failed(e));
-                    return Ok(());
-                }
-            };
-        let ns = request.ns_dir.clone();
+        };
         let timeout = Duration::from_secs(self.settings.config.container.setup_timeout);
-        // The node's devices are read while the holder sets the container up.
-        let (started_holder, devices) = std::thread::scope(|scope| {
-            let scan = scope.spawn(|| interconnect::topology::Devices::scan(Path::new("/")));
-            let started_holder = holder::start(&program, &request, &cwd, timeout);
-            (started_holder, scan.join().unwrap_or_default())
-        });
-        let state = match started_holder {
+        let since = starting.spawned.started;
+        let waiting = Instant::now();
+        let state = match starting.spawned.wait(timeout) {
             Ok(Started {
                 child,
                 pidfd,
                 env,
                 mut log,
+                output,
             }) => {
-                let ms = started.elapsed().as_secs_f64() * 1e3;
-                let name = program.file_name().unwrap_or_default().to_string_lossy();
+                let ms = since.elapsed().as_secs_f64() * 1e3;
+                let name = starting.program;
+                let when = if starting.early {
+                    ", started early"
+                } else {
+                    ""
+                };
+                let waited = waiting.elapsed().as_secs_f64() * 1e3;
                 sp.info(&format!(
-                    "sifrun: container ready in {ms:.0} ms (holder {name}, pid {})",
+                    "sifrun: container ready in {ms:.0} ms (holder {name}, pid {}{when}; user_init waited {waited:.1} ms)",
                     child.id()
                 ));
-                log.push(format!("sifrun: holder {name}"));
+                log.push(format!("sifrun: holder {name}{when}"));
                 log.push(format!("sifrun: container ready in {ms:.1} ms"));
                 let start_time = crate::slurmd::start_time(Path::new("/proc"), child.id() as i32);
+                // A contained hook's descriptors are not slurmstepd's: the
+                // pipes go to processes that outlive it.
+                let output = if holder::in_contained_hook() {
+                    output.drain_in_processes();
+                    None
+                } else {
+                    Some(output)
+                };
                 HolderState::Ready(Ready {
                     child,
                     pidfd,
                     start_time,
                     env,
                     log,
-                    ns,
+                    ns: starting.ns,
                     task_cwd: None,
                     death_told: false,
+                    output,
                 })
             }
             Err(e) => HolderState::Failed(e),
@@ -164,7 +166,7 @@ impl Plugin {
             (None, holder) => match holder {
                 Some(HolderState::Ready(r)) => self.enter(sp, r),
                 Some(HolderState::Failed(e)) => Err(PluginError::Task(e.to_string())),
-                None => Err(PluginError::NotStarted),
+                Some(HolderState::Starting(_)) | None => Err(PluginError::NotStarted),
             },
         };
         // Every task of the node fails alike: its first task says so, once
@@ -261,7 +263,13 @@ impl Plugin {
         if sp.context() != Context::Remote {
             return Ok(());
         }
-        if let Some(HolderState::Ready(mut r)) = self.holder.take() {
+        let holder = self.holder.take();
+        if let Some(HolderState::Starting(s)) = holder {
+            // The step ended before user_init read the report.
+            s.spawned.abandon();
+            return Ok(());
+        }
+        if let Some(HolderState::Ready(mut r)) = holder {
             if let Some(ns) = &r.ns {
                 // Root removes a mount in the runtime directory: only a trusted one.
                 if self
@@ -319,6 +327,8 @@ pub fn stop(r: &mut Ready) {
         Id::PIDFd(fd.as_fd()),
         WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG,
     );
+    // Its output pipes close once it is gone.
+    drop(r.output.take());
 }
 
 /// Whether `fd` is, in this process, a descriptor for process `pid`. Under
@@ -423,6 +433,7 @@ pub(crate) mod tests {
             ns: None,
             task_cwd: None,
             death_told: false,
+            output: None,
         }
     }
 

@@ -43,6 +43,11 @@ pub trait Spank {
     fn job_id(&self) -> Option<u32>;
     /// The job owner's uid.
     fn job_uid(&self) -> Option<u32>;
+    /// The job owner's primary gid (remote context).
+    fn job_gid(&self) -> Option<u32>;
+    /// The job's supplementary groups, as slurmstepd gives them to the
+    /// tasks (remote context); `None` where Slurm could not say.
+    fn job_gids(&self) -> Option<Vec<u32>>;
     /// The job's whole environment (remote context).
     fn job_env(&self) -> Vec<(String, String)>;
     /// Sets a variable in the task's environment (task_init).

@@ -1,23 +1,63 @@
-//! A Slurm step's command, decompressed ahead (issue 11, section 7).
+//! A Slurm step's command, made ready ahead of the tasks' exec (issue 11,
+//! section 7).
 //!
-//! Each step mounts its image afresh, so the first task's exec would wait
-//! for every block of its program to be decompressed, one page fault after
-//! the other (13 ms against 2.5 ms warm for busybox from a gzip image,
-//! `bench/holder-bench.py`; the FUSE round trips cost little, the
-//! decompression most). The holder looks the command up in the image
-//! before it forks the container; after the fork a thread of the server,
-//! at nice 19, decompresses the program's blocks into
-//! the server's cache while the container is set up and slurmstepd starts
-//! the tasks, on CPU time no one else wants. The kernel's page cache is
-//! left alone: the exec still reads only the pages it needs.
+//! Each step mounts its image afresh, so the tasks' exec would look every
+//! name of its PATH search up through FUSE and wait for every block of its
+//! program to be decompressed, one page fault after the other (13 ms
+//! against 2.5 ms warm for busybox from a gzip image,
+//! `bench/holder-bench.py`). The holder finds the command in the image
+//! before it forks the container process. Once that process has reported
+//! ready (the server's root is the container's by then, and the set-up no
+//! longer competes for the CPU), a thread of the server looks the names up
+//! as exec will, so that the kernel keeps the answers, absent names
+//! included (see `fuse`), then decompresses the program's blocks into the
+//! server's cache at nice 19 while slurmstepd starts the tasks. Started
+//! earlier (from the fork on, as before the holder started early), it
+//! delayed the set-up itself on the 2-CPU test machine: a nice-19 thread
+//! keeps its CPU until the next tick (250 Hz) when others wake. The
+//! kernel's page cache is left alone: asking it to read the whole program
+//! ahead (`POSIX_FADV_WILLNEED`) made steps slower, not faster
+//! (docs/performance.md).
 
 use std::path::{Path, PathBuf};
 
 use crate::env::{ContainerEnv, DEFAULT_PATH};
 use crate::plan::{Entry, ImageTree, resolve::resolve_in_image};
 
-/// The most bytes of the program decompressed ahead.
+/// The most bytes of the program read ahead.
 pub(super) const MAX_AHEAD: u64 = 16 << 20;
+
+/// What to warm for a step's command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Warm {
+    /// The paths exec tries, in order, up to the one it runs.
+    pub(crate) lookups: Vec<PathBuf>,
+    /// The program's file, its links followed in the image.
+    pub(crate) file: PathBuf,
+    /// Its inode in the image, whose blocks the server decompresses ahead.
+    pub(crate) ino: Option<u64>,
+}
+
+impl Warm {
+    /// In the server, once the container process reported ready (the
+    /// server's root is the container's then): the names exec will look up,
+    /// looked up; then the program's first [`MAX_AHEAD`] bytes decompressed
+    /// into the server's cache. A failure only costs the tasks the time this
+    /// would have saved.
+    pub(crate) fn run(&self, squash: &crate::squash::Squash) {
+        for path in &self.lookups {
+            let _ = std::fs::metadata(path);
+        }
+        if let Some(ino) = self.ino {
+            // At nice 19: slurmstepd and the tasks come first (not
+            // SCHED_IDLE: the thread takes the block cache's locks, briefly,
+            // and must not stall there).
+            let _ = crate::syscall::idle_thread();
+            let blocks = squash.warm_file(ino, MAX_AHEAD);
+            tracing::debug!(ino, blocks, "the step's command decompressed ahead");
+        }
+    }
+}
 
 /// The tasks' PATH before the image's scripts: the user's, or the base one.
 pub(super) fn task_path(env: &ContainerEnv) -> &str {
@@ -30,10 +70,11 @@ pub(super) fn task_path(env: &ContainerEnv) -> &str {
         .unwrap_or(DEFAULT_PATH)
 }
 
-/// The regular file of the image that exec would run for `command`: an
-/// absolute path as it is, a bare name in the first directory of `path`
-/// that holds it; symlinks followed inside the image.
-pub(super) fn command_file(tree: &dyn ImageTree, command: &str, path: &str) -> Option<PathBuf> {
+/// What exec does for `command` with `path`, found in the image: the paths
+/// it tries (an absolute command as it is, a bare name in each directory
+/// of `path` up to the first that holds it) and the regular file it runs,
+/// symlinks followed inside the image; `None` when the image has none.
+pub(super) fn warm(tree: &dyn ImageTree, command: &str, path: &str) -> Option<Warm> {
     let candidates: Vec<PathBuf> = if command.starts_with('/') {
         vec![PathBuf::from(command)]
     } else if command.contains('/') || command.is_empty() {
@@ -45,16 +86,40 @@ pub(super) fn command_file(tree: &dyn ImageTree, command: &str, path: &str) -> O
             .map(|d| Path::new(d).join(command))
             .collect()
     };
-    candidates
-        .into_iter()
-        .filter_map(|c| resolve_in_image(tree, &c).ok())
-        .find(|r| matches!(tree.entry(r), Some(Entry::File)))
+    let mut lookups = Vec::new();
+    for c in candidates {
+        let found = resolve_in_image(tree, &c)
+            .ok()
+            .filter(|r| matches!(tree.entry(r), Some(Entry::File)));
+        lookups.push(c);
+        if let Some(file) = found {
+            return Some(Warm {
+                lookups,
+                file,
+                ino: None,
+            });
+        }
+    }
+    None
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::plan::tests::FakeTree;
+
+    fn command_file(t: &FakeTree, command: &str, path: &str) -> Option<PathBuf> {
+        warm(t, command, path).map(|w| w.file)
+    }
+
+    #[test]
+    fn exec_s_lookups_are_the_paths_tried_up_to_the_program() {
+        let t = FakeTree::new(&["/bin/", "/bin/busybox", "/bin/true -> busybox", "/usr/"]);
+        let w = warm(&t, "true", "/usr/local/bin:/usr/bin:/bin:/sbin").unwrap();
+        let tried: Vec<&str> = w.lookups.iter().map(|p| p.to_str().unwrap()).collect();
+        assert_eq!(tried, ["/usr/local/bin/true", "/usr/bin/true", "/bin/true"]);
+        assert_eq!(w.file, PathBuf::from("/bin/busybox"));
+    }
 
     #[test]
     fn the_command_is_found_as_exec_would() {

@@ -37,7 +37,7 @@ use crate::serve::{self, Served};
 use crate::squash::{ROOT_INO, Tuning};
 use crate::syscall::Linux;
 
-mod ahead;
+pub(crate) mod ahead;
 mod ecl_gate;
 mod error;
 pub(crate) mod host;
@@ -226,19 +226,20 @@ pub fn launch(l: &Launch) -> Result<i32, LaunchError> {
     let session = timed("mount the image", || {
         serve::mount(&served, synth, &root, l.threads)
     })?;
-    let (child, session) = timed("spawn", || {
+    let (child, session, quiet) = timed("spawn", || {
         spawn::spawn(l, &prepared, &host.env, sys, session, &signals)
     })?;
-    spawn::serve_and_wait(l, &served, session, child, signals, ahead)
+    spawn::serve_and_wait(l, &served, session, child, signals, ahead, quiet)
 }
 
-/// The image inode of a Slurm step's command ([`Hold::command`]), found
-/// the way the tasks' exec will find it (see `ahead`).
-fn step_command(l: &Launch, served: &Served, p: &Prepared) -> Option<u64> {
+/// What to warm for a Slurm step's command ([`Hold::command`]), found the
+/// way the tasks' exec will find it (see `ahead`).
+fn step_command(l: &Launch, served: &Served, p: &Prepared) -> Option<ahead::Warm> {
     let Action::Hold(h) = &l.action else {
         return None;
     };
     let tree = served.squash.as_ref();
-    let file = ahead::command_file(tree, h.command.as_deref()?, ahead::task_path(&p.env))?;
-    served.squash.lookup_path(&file)
+    let mut warm = ahead::warm(tree, h.command.as_deref()?, ahead::task_path(&p.env))?;
+    warm.ino = served.squash.lookup_path(&warm.file);
+    Some(warm)
 }

@@ -10,14 +10,15 @@ use nix::unistd::Pid;
 
 use super::{Action, Launch, LaunchError, Prepared, setup};
 use crate::fuse::SquashFs;
-use crate::hold::{Holding, hold};
+use crate::hold::{Holding, Quiet, hold};
 use crate::init::{Init, exit_code, init};
 use crate::serve::Served;
 use crate::syscall::{self, Forked, Linux};
 
 /// Forks the container's first process (in a new PID namespace unless the
 /// launch is a Slurm step's): PID 1 ([`init`]) or the holder ([`hold`]).
-/// Returns its PID and the FUSE session, which stays with the launcher.
+/// Returns its PID, the FUSE session, which stays with the launcher, and,
+/// for a holder, the launcher's end of [`Quiet`].
 pub(super) fn spawn(
     l: &Launch,
     p: &Prepared,
@@ -25,7 +26,11 @@ pub(super) fn spawn(
     sys: Linux,
     session: Session<SquashFs>,
     signals: &SigSet,
-) -> Result<(Pid, Session<SquashFs>), LaunchError> {
+) -> Result<(Pid, Session<SquashFs>, Option<Quiet>), LaunchError> {
+    let quiet = match &l.action {
+        Action::Hold(_) => Some(Quiet::new().map_err(setup("opening /dev/null"))?),
+        _ => None,
+    };
     let linux = RefCell::new(Some(sys));
     let session = RefCell::new(Some(session));
     let run = || {
@@ -41,6 +46,7 @@ pub(super) fn spawn(
                     through_shell: p.wrapped,
                     job_env,
                     slurm_client: h.slurm_client && p.client,
+                    quiet: quiet.as_ref(),
                 },
                 sys,
                 signals,
@@ -68,33 +74,25 @@ pub(super) fn spawn(
     }
     .map_err(setup("starting the container"))?;
     let session = session.into_inner().expect("still here in the parent");
-    Ok((child, session))
+    Ok((child, session, quiet))
 }
 
 /// The launcher after the fork: serves the image, forwards the signals it
 /// is sent to the container, and returns the container's exit status.
-/// The blocks of file `ahead` (a step's command) are decompressed first.
+/// A holder's step command is made ready once the container is (`ahead`,
+/// see [`Quiet::follow`]).
 pub(super) fn serve_and_wait(
     l: &Launch,
     served: &Served,
     session: Session<SquashFs>,
     child: Pid,
     signals: SigSet,
-    ahead: Option<u64>,
+    ahead: Option<super::ahead::Warm>,
+    quiet: Option<Quiet>,
 ) -> Result<i32, LaunchError> {
     served.squash.start_readahead(l.tuning);
-    if let Some(ino) = ahead {
-        let squash = served.squash.clone();
-        let _ = std::thread::Builder::new()
-            .name("sifrun-ahead".into())
-            .spawn(move || {
-                // At nice 19: the container's set-up, slurmstepd and the
-                // tasks come first (not SCHED_IDLE: the thread takes the
-                // block cache's locks, briefly, and must not stall there).
-                let _ = syscall::idle_thread();
-                let blocks = squash.warm_file(ino, super::ahead::MAX_AHEAD);
-                tracing::debug!(ino, blocks, "the step's command decompressed ahead");
-            });
+    if let Some(q) = quiet {
+        q.follow(ahead.map(|w| (w, served.squash.clone())));
     }
     std::thread::spawn(move || {
         let _ = session.run();

@@ -122,6 +122,7 @@ fn build(l: &Launch, user: &UserCreds, loop_path: &Path, ns: &NsDir) -> Result<R
         through_shell: prepared.wrapped,
         job_env: &side.env,
         slurm_client: hold.slurm_client && prepared.client,
+        quiet: None,
     };
     ready_report(&holding, Some((user.uid, user.gid)))
 }

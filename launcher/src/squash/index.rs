@@ -142,6 +142,15 @@ impl Squash {
         Some(ino)
     }
 
+    /// Whether directory `dir` reads whole and has no entry `name` (a read
+    /// or parse error is not an absence: the caller may remember absences).
+    pub fn lacks(&self, dir: u64, name: &OsStr) -> bool {
+        let Some(Data::Dir(d)) = self.inode(dir).map(|i| i.data) else {
+            return false;
+        };
+        matches!(self.parser().find(&d, name.as_encoded_bytes()), Ok(None))
+    }
+
     /// The directory holding directory `ino`, as far as lookups have shown
     /// it (the root's parent is the root).
     pub fn parent(&self, ino: u64) -> u64 {

@@ -126,6 +126,45 @@ impl Spank for Handle {
         (rc == 0).then_some(uid)
     }
 
+    fn job_gid(&self) -> Option<u32> {
+        let f = api()?.spank_get_item.as_ref().ok()?;
+        let mut gid: libc::gid_t = 0;
+        // SAFETY: S_JOB_GID takes one `gid_t *`, which points at a live local.
+        let rc = unsafe {
+            f(
+                self.0,
+                sys::spank_item::S_JOB_GID,
+                &mut gid as *mut libc::gid_t,
+            )
+        };
+        (rc == 0).then_some(gid)
+    }
+
+    fn job_gids(&self) -> Option<Vec<u32>> {
+        let f = api()?.spank_get_item.as_ref().ok()?;
+        let mut gids: *mut libc::gid_t = std::ptr::null_mut();
+        let mut count: c_int = 0;
+        // SAFETY: S_JOB_SUPPLEMENTARY_GIDS takes a `gid_t **` and an
+        // `int *`, both pointing at live locals; Slurm stores a pointer to
+        // its own array (which it keeps) and the array's length there.
+        let rc = unsafe {
+            f(
+                self.0,
+                sys::spank_item::S_JOB_SUPPLEMENTARY_GIDS,
+                &mut gids as *mut *mut libc::gid_t,
+                &mut count as *mut c_int,
+            )
+        };
+        if rc != 0 || count < 0 || (count > 0 && gids.is_null()) {
+            return None;
+        }
+        if count == 0 {
+            return Some(Vec::new());
+        }
+        // SAFETY: Slurm's array holds `count` gids and outlives this call.
+        Some(unsafe { std::slice::from_raw_parts(gids, count as usize) }.to_vec())
+    }
+
     fn job_env(&self) -> Vec<(String, String)> {
         let Some(f) = api().and_then(|a| a.spank_get_item.as_ref().ok()) else {
             return Vec::new();

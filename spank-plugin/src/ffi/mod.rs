@@ -9,6 +9,7 @@
 
 mod handle;
 pub mod pidfd;
+pub mod spawn;
 
 use std::ffi::{CStr, CString, c_char, c_int, c_uint};
 use std::panic::{AssertUnwindSafe, catch_unwind};
