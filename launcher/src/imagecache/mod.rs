@@ -382,7 +382,7 @@ impl Cache {
                 });
             }
             std::thread::sleep(jitter(delay));
-            delay = (delay * 3 / 2).min(Duration::from_secs(5));
+            delay = next_look(delay);
         }
     }
 
@@ -572,6 +572,19 @@ impl Cache {
 }
 
 /// `d` ± 20 %.
+/// The longest pause between two looks at a conversion waited for (up to
+/// 1.2 times this with the jitter). Each look that sees it grow is progress
+/// the holder relays (at most every 2 s), and the plugin's
+/// `container.setup_timeout` counts from the last: this keeps the gap
+/// between two reports under 5 s while the conversion moves.
+const LOOK_AT_MOST_EVERY: Duration = Duration::from_secs(2);
+
+/// The pause after `delay`: half as long again, up to
+/// [`LOOK_AT_MOST_EVERY`].
+fn next_look(delay: Duration) -> Duration {
+    (delay * 3 / 2).min(LOOK_AT_MOST_EVERY)
+}
+
 fn jitter(d: Duration) -> Duration {
     let r = lock::random_hex();
     let n = u64::from_str_radix(&r[..4], 16).unwrap_or(0x8000); // 0..65535

@@ -306,3 +306,19 @@ fn a_waiter_hears_the_conversion_it_waits_for_grow() {
         "{grown:?}"
     );
 }
+
+/// A waiter looks at the conversion it waits for at least every 2.4 s
+/// (2 s and the jitter), however long it waits: with the holder's 2 s
+/// between progress reports, a moving conversion is reported well within
+/// a `setup_timeout` of 6 s (it looked every 5-6 s, and a step waiting
+/// for a slow conversion failed at 6 s although the conversion moved).
+#[test]
+fn a_waiter_looks_often_enough_for_a_short_setup_timeout() {
+    let mut d = Duration::from_secs(1);
+    for _ in 0..20 {
+        d = next_look(d);
+        assert!(d <= Duration::from_secs(2), "{d:?}");
+        assert!(jitter(d) <= Duration::from_millis(2400), "{d:?}");
+    }
+    assert_eq!(d, Duration::from_secs(2));
+}
