@@ -15,7 +15,7 @@ The three kinds alternate, one holder each. Medians are printed.
 
 Usage (as an ordinary user with /dev/fuse, e.g. runuser -u sifrun-test --):
   bench/holder-bench.py [--runs N] [--task 'CMD ARGS'] [--warm 'PATH ...']
-                        [--command NAME] SIFRUN IMAGE
+                        [--command NAME] [--gap MS] SIFRUN IMAGE
 --command sends the step's command (argv[0]) as the plugin does, so that
 the holder decompresses it ahead.
 """
@@ -26,10 +26,17 @@ import subprocess
 import time
 
 
+def release():
+    """The workspace's release, which the holder must match."""
+    import pathlib, re
+    cargo = pathlib.Path(__file__).resolve().parent.parent / "Cargo.toml"
+    return re.search(r'^version = "([^"]+)"', cargo.read_text(), re.M).group(1)
+
+
 def request(image, command):
-    # slurm_conf::protocol::Request, version 1 (every field it requires).
+    # slurm_conf::protocol::Request, version 2 (every field it requires).
     r = {
-        "version": 1, "step": "1.0", "image": image, "ecl_config": None,
+        "version": 2, "release": release(), "step": "1.0", "image": image, "ecl_config": None,
         "binds": [], "env": [], "pwd": None, "writable_tmpfs": False,
         "no_home": True, "gpu": "none", "netfs": False, "netfs_types": [],
         "fabric_libraries": False, "allow_umad": False, "slurm_client": False,
@@ -59,6 +66,8 @@ def one(args, kind):
             pid = f.read().split()[0]
         task = ["nsenter", "-t", pid, "-U", "-m", "--preserve-credentials"] + args.task.split()
         out = {"ready": (ready - t0) * 1e3}
+        if args.gap:
+            time.sleep(args.gap / 1e3)
         start = time.perf_counter()
         if kind == "warm":
             for w in args.warm.split():
@@ -87,6 +96,9 @@ def main():
     p.add_argument("--warm", default="", help="image paths to read before the task")
     p.add_argument("--command", default="",
                    help="the step's command in the request (its blocks are decompressed ahead)")
+    p.add_argument("--gap", type=float, default=0,
+                   help="ms between the ready report and the task (slurmstepd forks "
+                        "the tasks about 7 ms after it on the 2-CPU test machine)")
     p.add_argument("sifrun")
     p.add_argument("image")
     args = p.parse_args()

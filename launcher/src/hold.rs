@@ -111,7 +111,11 @@ impl Quiet {
     /// is still to be read by the plugin).
     pub(crate) fn follow(
         self,
-        warm: Option<(crate::launch::ahead::Warm, Arc<crate::squash::Squash>)>,
+        warm: Option<(
+            crate::launch::ahead::Warm,
+            Arc<crate::squash::Squash>,
+            fuser::Notifier,
+        )>,
     ) {
         let Quiet {
             null,
@@ -127,8 +131,10 @@ impl Quiet {
                 let mut byte = [0u8; 1];
                 if matches!(nix::unistd::read(&heard, &mut byte), Ok(1)) {
                     Quiet::silence(&null);
-                    if let Some((w, squash)) = warm {
-                        w.run(&squash);
+                    if let Some((w, squash, notifier)) = warm {
+                        w.run(&squash, &|ino, at, bytes| {
+                            notifier.store(fuser::INodeNo(ino), at, bytes)
+                        });
                     }
                 }
             });

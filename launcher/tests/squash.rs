@@ -596,40 +596,69 @@ fn nothing_outside_the_partition_is_served() {
     assert!(err.to_string().contains("exceeds the"), "{err}");
 }
 
-/// A file warmed ahead is in the cache: the reads that follow are cache
-/// hits and read back exactly.
+/// The read-ahead of a step's command (`Squash::file_ahead` and
+/// `read_ahead`): the file's whole blocks in order, each exactly as a read
+/// gives it, up to the limit; decompressed outside the server's cache, so
+/// that a reader never waits for the low-priority thread that runs it.
 #[test]
-fn a_file_warmed_ahead_is_read_from_the_cache() {
+fn a_files_read_ahead_gives_its_blocks_and_leaves_the_cache_alone() {
     if !have_mksquashfs() {
         return;
     }
-    let d = tempfile::tempdir().unwrap();
-    let src = d.path().join("src");
-    tree(&src);
-    let img = d.path().join("img.sqfs");
-    mksquashfs(&src, &img, &[]);
-    let tuning = Tuning {
-        prefetch_threads: 0,
-        ..Tuning::default()
-    };
-    let sq = Squash::open(Arc::new(File::open(&img).unwrap()), 0, tuning).unwrap();
-    let ino = sq.lookup_path(Path::new("/dir/text")).unwrap();
-    let size = fs::metadata(src.join("dir/text")).unwrap().len();
-    let full = size / u64::from(sq.block_size());
-    assert_eq!(sq.warm_file(ino, 1), 1, "only the first block");
-    let warmed = sq.warm_file(ino, u64::MAX);
-    assert!(
-        warmed >= full && warmed <= full + 1,
-        "{warmed} blocks of {size} bytes"
-    );
-    let dir = sq.lookup_path(Path::new("/dir")).unwrap();
-    assert_eq!(sq.warm_file(dir, u64::MAX), 0, "a directory has no blocks");
-    let decompressed = |sq: &Squash| sq.stats.blocks_decompressed.load(Ordering::Relaxed);
-    let before = decompressed(&sq);
-    check(&sq, &src, ino, Path::new("dir/text"));
-    // Only the tail, in a fragment, may still need decompressing.
-    assert!(
-        decompressed(&sq) <= before + 1,
-        "the reads found the blocks decompressed"
-    );
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    // Five whole 128 KiB blocks, one of them zeros (sparse), and a short
+    // last block (mksquashfs puts only small files' tails in fragments).
+    let mut want: Vec<u8> = (0..5 * 131072 + 1000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    want[2 * 131072..3 * 131072].fill(0);
+    fs::write(src.join("prog"), &want).unwrap();
+    fs::write(src.join("zeros"), vec![0u8; 131072 + 10]).unwrap();
+    for comp in ["gzip", "zstd"] {
+        let img = dir.path().join(format!("{comp}.img"));
+        mksquashfs(&src, &img, &["-comp", comp]);
+        let tuning = Tuning {
+            prefetch_threads: 0,
+            ..Tuning::default()
+        };
+        let sq = Squash::open(Arc::new(File::open(&img).unwrap()), 0, tuning).unwrap();
+        let ino = sq.lookup_path(Path::new("/prog")).unwrap();
+        let ahead = sq.file_ahead(ino, u64::MAX).unwrap();
+        assert_eq!(ahead.ino(), ino);
+        let mut got = Vec::new();
+        let n = sq.read_ahead(&ahead, &mut |at, bytes| {
+            assert_eq!(at, got.len() as u64, "{comp}: in order");
+            got.extend_from_slice(bytes);
+            true
+        });
+        assert_eq!(n, 6, "{comp}");
+        assert_eq!(got, want, "{comp}");
+        // Nothing went into the cache: a read decompresses block 0 again.
+        let before = sq.stats.blocks_decompressed.load(Ordering::Relaxed);
+        assert_eq!(sq.read(ino, 0, 4096).unwrap(), want[..4096]);
+        assert_eq!(
+            sq.stats.blocks_decompressed.load(Ordering::Relaxed),
+            before + 1
+        );
+        assert_eq!(sq.stats.cache_hits.load(Ordering::Relaxed), 0);
+        // The limit counts whole blocks; taking stops where `take` says.
+        assert_eq!(
+            sq.read_ahead(&sq.file_ahead(ino, 200_000).unwrap(), &mut |_, _| true),
+            2
+        );
+        assert_eq!(sq.read_ahead(&ahead, &mut |_, _| false), 1);
+        // Not a regular file: nothing.
+        assert!(sq.file_ahead(1, u64::MAX).is_none());
+        // A short last block of zeros (sparse) ends at the file's end.
+        let zeros = sq.lookup_path(Path::new("/zeros")).unwrap();
+        let mut len = 0;
+        sq.read_ahead(&sq.file_ahead(zeros, u64::MAX).unwrap(), &mut |_, b| {
+            assert!(b.iter().all(|&x| x == 0));
+            len += b.len();
+            true
+        });
+        assert_eq!(len, 131072 + 10, "{comp}");
+    }
 }

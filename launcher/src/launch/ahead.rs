@@ -2,22 +2,22 @@
 //! section 7).
 //!
 //! Each step mounts its image afresh, so the tasks' exec would look every
-//! name of its PATH search up through FUSE and wait for every block of its
-//! program to be decompressed, one page fault after the other (13 ms
-//! against 2.5 ms warm for busybox from a gzip image,
-//! `bench/holder-bench.py`). The holder finds the command in the image
+//! name of its PATH search up through FUSE and fault its program in from
+//! the server one 128 KiB read at a time, each waiting for its block to be
+//! decompressed (`bench/holder-bench.py`: 9-11 ms for busybox's `true`
+//! against 3 ms once cached). The holder finds the command in the image
 //! before it forks the container process. Once that process has reported
-//! ready (the server's root is the container's by then, and the set-up no
-//! longer competes for the CPU), a thread of the server looks the names up
-//! as exec will, so that the kernel keeps the answers, absent names
-//! included (see `fuse`), then decompresses the program's blocks into the
-//! server's cache at nice 19 while slurmstepd starts the tasks. Started
-//! earlier (from the fork on, as before the holder started early), it
-//! delayed the set-up itself on the 2-CPU test machine: a nice-19 thread
-//! keeps its CPU until the next tick (250 Hz) when others wake. The
-//! kernel's page cache is left alone: asking it to read the whole program
-//! ahead (`POSIX_FADV_WILLNEED`) made steps slower, not faster
-//! (docs/performance.md).
+//! ready (the server's root is the container's by then), a thread of the
+//! server looks the names up as exec will, so that the kernel keeps the
+//! answers, absent names included (see `fuse`); then it decompresses the
+//! program's first [`MAX_AHEAD`] bytes and hands them to the kernel's page
+//! cache of the mount (`FUSE_NOTIFY_STORE`), so the tasks' exec finds them
+//! there and asks the server nothing. It does that under `SCHED_IDLE`, on
+//! CPU time slurmstepd and the tasks leave: at nice 19 it still took a CPU
+//! from slurmstepd for a whole tick (4 ms on the 2-CPU test machine) while
+//! the other CPU idled. Nothing waits for it: it decompresses outside the
+//! server's block cache and takes none of its locks, and a task that
+//! faults a page before it is stored is served as without it.
 
 use std::path::{Path, PathBuf};
 
@@ -38,24 +38,39 @@ pub(crate) struct Warm {
     pub(crate) ino: Option<u64>,
 }
 
+/// Where the read-ahead puts what it read: the kernel's page cache of
+/// the FUSE mount (`fuser::Notifier::store`): `(inode, offset, bytes)`.
+pub(crate) type Store<'a> = &'a dyn Fn(u64, u64, &[u8]) -> std::io::Result<()>;
+
 impl Warm {
     /// In the server, once the container process reported ready (the
-    /// server's root is the container's then): the names exec will look up,
-    /// looked up; then the program's first [`MAX_AHEAD`] bytes decompressed
-    /// into the server's cache. A failure only costs the tasks the time this
-    /// would have saved.
-    pub(crate) fn run(&self, squash: &crate::squash::Squash) {
+    /// server's root is the container's by then): the names exec will look
+    /// up, looked up (so the kernel knows the program's inode); then the
+    /// program's first [`MAX_AHEAD`] bytes decompressed and handed to the
+    /// kernel with `store`, so that the tasks' exec finds them in its page
+    /// cache instead of asking the server a page fault at a time. A failure
+    /// only costs the tasks the time this would have saved.
+    pub(crate) fn run(&self, squash: &crate::squash::Squash, store: Store<'_>) {
         for path in &self.lookups {
             let _ = std::fs::metadata(path);
         }
-        if let Some(ino) = self.ino {
-            // At nice 19: slurmstepd and the tasks come first (not
-            // SCHED_IDLE: the thread takes the block cache's locks, briefly,
-            // and must not stall there).
-            let _ = crate::syscall::idle_thread();
-            let blocks = squash.warm_file(ino, MAX_AHEAD);
-            tracing::debug!(ino, blocks, "the step's command decompressed ahead");
-        }
+        let Some(ahead) = self.ino.and_then(|ino| squash.file_ahead(ino, MAX_AHEAD)) else {
+            return;
+        };
+        // Only on a CPU nothing else wants: a nice-19 thread still took
+        // the CPU from slurmstepd for a whole tick (4 ms) on the 2-CPU
+        // test machine while the other CPU idled. Under SCHED_IDLE it holds
+        // no lock anyone waits for (see `Squash::read_ahead`).
+        let _ = crate::syscall::idle_thread();
+        let ino = ahead.ino();
+        let mut stored = 0u64;
+        let blocks = squash.read_ahead(&ahead, &mut |at, bytes| {
+            // The mount is gone (the step ended): stop.
+            let ok = store(ino, at, bytes).is_ok();
+            stored += u64::from(ok);
+            ok
+        });
+        tracing::debug!(ino, blocks, stored, "the step's command read ahead");
     }
 }
 

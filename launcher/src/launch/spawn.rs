@@ -92,7 +92,7 @@ pub(super) fn serve_and_wait(
 ) -> Result<i32, LaunchError> {
     served.squash.start_readahead(l.tuning);
     if let Some(q) = quiet {
-        q.follow(ahead.map(|w| (w, served.squash.clone())));
+        q.follow(ahead.map(|w| (w, served.squash.clone(), session.notifier())));
     }
     std::thread::spawn(move || {
         let _ = session.run();

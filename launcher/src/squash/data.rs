@@ -160,23 +160,24 @@ impl Squash {
             .ok_or_else(|| invalid("block past the file's end"))
     }
 
-    fn decompress_block(&self, block: Block, key: u64) -> io::Result<Arc<Vec<u8>>> {
-        if let Some(b) = self.cache.get(key) {
-            self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(b);
-        }
+    /// Reads and decompresses one stored block (no cache).
+    pub(crate) fn load_block(&self, block: Block) -> io::Result<Vec<u8>> {
         let mut raw = vec![0u8; block.stored as usize];
         self.meta.src.read_into(block.at, &mut raw)?;
-        let data = if block.uncompressed {
-            raw
-        } else {
-            self.stats
-                .blocks_decompressed
-                .fetch_add(1, Ordering::Relaxed);
-            super::decompress::decompress(self.meta.compression, &raw, self.sb.block_size as usize)?
-        };
-        let data = Arc::new(data);
-        self.cache.insert(key, data.clone());
+        if block.uncompressed {
+            return Ok(raw);
+        }
+        self.stats
+            .blocks_decompressed
+            .fetch_add(1, Ordering::Relaxed);
+        super::decompress::decompress(self.meta.compression, &raw, self.sb.block_size as usize)
+    }
+
+    fn decompress_block(&self, block: Block, key: u64) -> io::Result<Arc<Vec<u8>>> {
+        let (data, loaded) = self.cache.get_or_load(key, || self.load_block(block))?;
+        if !loaded {
+            self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
+        }
         Ok(data)
     }
 

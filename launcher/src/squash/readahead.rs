@@ -5,8 +5,26 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex};
 
-use super::data::Layout;
+use super::data::{Block, Layout};
 use super::{Data, Squash, Tuning};
+
+/// Where the first bytes of a file lie (see [`Squash::file_ahead`]).
+#[derive(Debug)]
+pub struct FileAhead {
+    ino: u64,
+    blocks: Vec<Block>,
+    bs: u64,
+    /// The file's size: no piece reaches past it (the kernel takes a piece
+    /// that does as the file growing).
+    size: u64,
+}
+
+impl FileAhead {
+    /// The file's inode.
+    pub fn ino(&self) -> u64 {
+        self.ino
+    }
+}
 
 /// One block to decompress ahead of a reader.
 pub(crate) struct PrefetchJob {
@@ -43,26 +61,53 @@ impl Squash {
         }
     }
 
-    /// Decompresses the blocks of the first `max` bytes of regular file
-    /// `ino` into the cache, in order, on the calling thread (a program
-    /// about to be run, before its exec asks). Returns the number of blocks
-    /// it went through.
-    pub fn warm_file(&self, ino: u64, max: u64) -> u64 {
-        let Ok(inode) = self.try_inode(ino) else {
-            return 0;
-        };
+    /// Where the first `max` bytes of regular file `ino` lie, for
+    /// [`Squash::read_ahead`]: found now, through the caches the FUSE
+    /// threads share, so that reading them later takes none of their locks.
+    pub fn file_ahead(&self, ino: u64, max: u64) -> Option<FileAhead> {
+        let inode = self.try_inode(ino).ok()?;
         let Data::File(file) = &inode.data else {
-            return 0;
+            return None;
         };
-        let Ok(layout) = self.layout(ino, file) else {
-            return 0;
-        };
-        let count = max
-            .div_ceil(u64::from(self.block_size()))
-            .min(layout.blocks);
-        (0..count)
-            .take_while(|&i| self.block(&layout, i).is_ok())
-            .count() as u64
+        let layout = self.layout(ino, file).ok()?;
+        let bs = u64::from(self.block_size());
+        let end = inode.size.min(max);
+        let blocks = self.locate_many(&layout, 0, end.div_ceil(bs)).ok()?;
+        // The tail in a fragment (a file's last partial block) is small
+        // and shared with other files: it is left to the FUSE threads.
+        Some(FileAhead {
+            ino,
+            blocks,
+            bs,
+            size: inode.size,
+        })
+    }
+
+    /// The blocks of `ahead`, in order, each decompressed on the calling
+    /// thread without the server's cache or its locks (a thread of the
+    /// lowest priority may run this: nothing else ever waits for it), and
+    /// handed to `take` with its offset in the file; stops where `take`
+    /// returns false or a block cannot be read. Returns the number of
+    /// blocks read.
+    pub fn read_ahead(&self, ahead: &FileAhead, take: &mut dyn FnMut(u64, &[u8]) -> bool) -> u64 {
+        let mut n = 0;
+        for (i, block) in ahead.blocks.iter().enumerate() {
+            let at = i as u64 * ahead.bs;
+            let len = ahead.size.saturating_sub(at).min(ahead.bs) as usize;
+            let data = if block.stored == 0 {
+                vec![0u8; len]
+            } else {
+                match self.load_block(*block) {
+                    Ok(d) => d,
+                    Err(_) => break,
+                }
+            };
+            n += 1;
+            if !take(at, &data[..len.min(data.len())]) {
+                break;
+            }
+        }
+        n
     }
 
     fn run_prefetch(&self, job: PrefetchJob) {

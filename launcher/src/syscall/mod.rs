@@ -165,16 +165,17 @@ pub(crate) fn wait_signal(set: &nix::sys::signal::SigSet) -> io::Result<(i32, bo
     Ok((sig, info.si_code <= 0))
 }
 
-/// Gives the calling thread the lowest priority of the normal class (nice
-/// 19): others come first, yet it still gets a slice on a busy CPU, so a
-/// lock it briefly holds (the image server's block cache) never waits for
-/// an idle CPU as under `SCHED_IDLE`. Lowering one's own priority needs no
-/// privilege.
+/// Puts the calling thread under `SCHED_IDLE`: it runs only on a CPU no
+/// other thread of the normal class wants, and never takes one from them
+/// when they wake (a nice-19 thread still can, until the next tick). The
+/// caller must hold no lock another thread may wait for meanwhile. Lowering
+/// one's own policy needs no privilege.
 pub(crate) fn idle_thread() -> io::Result<()> {
     let tid = nix::unistd::gettid().as_raw();
-    // SAFETY: setpriority takes plain integers; on Linux PRIO_PROCESS with a
-    // thread id sets that thread's nice value.
-    if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 19) } < 0 {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sched_setscheduler reads the sched_param it is given, which
+    // lives across the call; on Linux a thread id names that thread.
+    if unsafe { libc::sched_setscheduler(tid, libc::SCHED_IDLE, &param) } < 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())
