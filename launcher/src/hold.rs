@@ -125,14 +125,20 @@ impl Quiet {
         // Only the container process writes: once it ends without a word,
         // the thread reads an end of file.
         drop(reported);
+        // The program is decompressed from now on, while the container is
+        // set up; stored once it is ready.
+        let warm = warm.map(|(w, squash, notifier)| {
+            let pieces = w.decompress(squash);
+            (w, pieces, notifier)
+        });
         let _ = std::thread::Builder::new()
             .name("sifrun-quiet".into())
             .spawn(move || {
                 let mut byte = [0u8; 1];
                 if matches!(nix::unistd::read(&heard, &mut byte), Ok(1)) {
                     Quiet::silence(&null);
-                    if let Some((w, squash, notifier)) = warm {
-                        w.run(&squash, &|ino, at, bytes| {
+                    if let Some((w, pieces, notifier)) = warm {
+                        w.store(pieces, &|ino, at, bytes| {
                             notifier.store(fuser::INodeNo(ino), at, bytes)
                         });
                     }

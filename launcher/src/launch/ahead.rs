@@ -6,20 +6,25 @@
 //! the server one 128 KiB read at a time, each waiting for its block to be
 //! decompressed (`bench/holder-bench.py`: 9-11 ms for busybox's `true`
 //! against 3 ms once cached). The holder finds the command in the image
-//! before it forks the container process. Once that process has reported
-//! ready (the server's root is the container's by then), a thread of the
-//! server looks the names up as exec will, so that the kernel keeps the
-//! answers, absent names included (see `fuse`); then it decompresses the
-//! program's first [`MAX_AHEAD`] bytes and hands them to the kernel's page
-//! cache of the mount (`FUSE_NOTIFY_STORE`), so the tasks' exec finds them
-//! there and asks the server nothing. It does that under `SCHED_IDLE`, on
-//! CPU time slurmstepd and the tasks leave: at nice 19 it still took a CPU
-//! from slurmstepd for a whole tick (4 ms on the 2-CPU test machine) while
-//! the other CPU idled. Nothing waits for it: it decompresses outside the
-//! server's block cache and takes none of its locks, and a task that
-//! faults a page before it is stored is served as without it.
+//! before it forks the container process. From the server's start, a
+//! thread decompresses the program's first [`MAX_AHEAD`] bytes under
+//! `SCHED_IDLE`, on CPU time the set-up, slurmstepd and the tasks leave
+//! (at nice 19 it still took a CPU from slurmstepd for a whole tick, 4 ms
+//! on the 2-CPU test machine, while the other CPU idled). Once the
+//! container process has reported ready (the server's root is the
+//! container's by then), another looks the names up as exec will, so that
+//! the kernel keeps the answers, absent names included (see `fuse`), and
+//! hands the decompressed pieces to the kernel's page cache of the mount
+//! (`FUSE_NOTIFY_STORE`) as they come, so the tasks' exec finds the
+//! program there and asks the server nothing. Nothing waits for the idle
+//! thread: it decompresses outside the server's block cache and takes none
+//! of its locks, and a task that faults a page before it is stored is
+//! served as without it.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::squash::Squash;
 
 use crate::env::{ContainerEnv, DEFAULT_PATH};
 use crate::plan::{Entry, ImageTree, resolve::resolve_in_image};
@@ -42,35 +47,60 @@ pub(crate) struct Warm {
 /// the FUSE mount (`fuser::Notifier::store`): `(inode, offset, bytes)`.
 pub(crate) type Store<'a> = &'a dyn Fn(u64, u64, &[u8]) -> std::io::Result<()>;
 
+/// The program's blocks as a thread of the server decompresses them, from
+/// the server's start on (see [`Warm::decompress`]).
+pub(crate) struct Pieces {
+    ino: u64,
+    pieces: std::sync::mpsc::Receiver<(u64, Vec<u8>)>,
+}
+
 impl Warm {
-    /// In the server, once the container process reported ready (the
-    /// server's root is the container's by then): the names exec will look
-    /// up, looked up (so the kernel knows the program's inode); then the
-    /// program's first [`MAX_AHEAD`] bytes decompressed and handed to the
-    /// kernel with `store`, so that the tasks' exec finds them in its page
-    /// cache instead of asking the server a page fault at a time. A failure
-    /// only costs the tasks the time this would have saved.
-    pub(crate) fn run(&self, squash: &crate::squash::Squash, store: Store<'_>) {
+    /// Starts decompressing the program's first [`MAX_AHEAD`] bytes on a
+    /// thread of its own under `SCHED_IDLE`, from the server's start on,
+    /// while the container is still being set up: on CPU time nothing else
+    /// wants (at nice 19 it still took a CPU from slurmstepd for a whole
+    /// tick, 4 ms on the 2-CPU test machine, while the other CPU idled).
+    /// Nothing ever waits for it: it decompresses outside the server's
+    /// block cache and takes none of its locks (see `Squash::read_ahead`).
+    pub(crate) fn decompress(&self, squash: Arc<Squash>) -> Option<Pieces> {
+        let ahead = self.ino.and_then(|ino| squash.file_ahead(ino, MAX_AHEAD))?;
+        let ino = ahead.ino();
+        let (tx, pieces) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("sifrun-ahead".into())
+            .spawn(move || {
+                let _ = crate::syscall::idle_thread();
+                squash.read_ahead(&ahead, &mut |at, bytes| {
+                    tx.send((at, bytes.to_vec())).is_ok()
+                });
+            })
+            .ok()?;
+        Some(Pieces { ino, pieces })
+    }
+
+    /// Once the container process reported ready (the server's root is the
+    /// container's by then): the names exec will look up, looked up, so the
+    /// kernel remembers the answers and knows the program's inode; then
+    /// each piece of `pieces`, as it comes, handed to the kernel with
+    /// `store`, so that the tasks' exec finds the program in its page cache
+    /// instead of asking the server a page fault at a time. A failure only
+    /// costs the tasks the time this would have saved.
+    pub(crate) fn store(&self, pieces: Option<Pieces>, store: Store<'_>) {
         for path in &self.lookups {
             let _ = std::fs::metadata(path);
         }
-        let Some(ahead) = self.ino.and_then(|ino| squash.file_ahead(ino, MAX_AHEAD)) else {
+        let Some(Pieces { ino, pieces }) = pieces else {
             return;
         };
-        // Only on a CPU nothing else wants: a nice-19 thread still took
-        // the CPU from slurmstepd for a whole tick (4 ms) on the 2-CPU
-        // test machine while the other CPU idled. Under SCHED_IDLE it holds
-        // no lock anyone waits for (see `Squash::read_ahead`).
-        let _ = crate::syscall::idle_thread();
-        let ino = ahead.ino();
         let mut stored = 0u64;
-        let blocks = squash.read_ahead(&ahead, &mut |at, bytes| {
+        for (at, bytes) in pieces {
             // The mount is gone (the step ended): stop.
-            let ok = store(ino, at, bytes).is_ok();
-            stored += u64::from(ok);
-            ok
-        });
-        tracing::debug!(ino, blocks, stored, "the step's command read ahead");
+            if store(ino, at, &bytes).is_err() {
+                break;
+            }
+            stored += 1;
+        }
+        tracing::debug!(ino, stored, "the step's command read ahead");
     }
 }
 

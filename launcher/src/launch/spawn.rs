@@ -90,10 +90,9 @@ pub(super) fn serve_and_wait(
     ahead: Option<super::ahead::Warm>,
     quiet: Option<Quiet>,
 ) -> Result<i32, LaunchError> {
-    served.squash.start_readahead(l.tuning);
-    if let Some(q) = quiet {
-        q.follow(ahead.map(|w| (w, served.squash.clone(), session.notifier())));
-    }
+    // The server first: the container process's set-up waits for its
+    // answers.
+    let notifier = session.notifier();
     std::thread::spawn(move || {
         let _ = session.run();
     });
@@ -107,6 +106,10 @@ pub(super) fn serve_and_wait(
             }
         }
     });
+    if let Some(q) = quiet {
+        q.follow(ahead.map(|w| (w, served.squash.clone(), notifier)));
+    }
+    served.squash.start_readahead(l.tuning);
     loop {
         match waitpid(child, None) {
             Ok(status @ (WaitStatus::Exited(..) | WaitStatus::Signaled(..))) => {
