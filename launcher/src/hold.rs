@@ -111,11 +111,7 @@ impl Quiet {
     /// is still to be read by the plugin).
     pub(crate) fn follow(
         self,
-        warm: Option<(
-            crate::launch::ahead::Warm,
-            Arc<crate::squash::Squash>,
-            fuser::Notifier,
-        )>,
+        warm: Option<(crate::launch::ahead::Warm, Arc<crate::squash::Squash>)>,
     ) {
         let Quiet {
             null,
@@ -127,9 +123,9 @@ impl Quiet {
         drop(reported);
         // The program is decompressed from now on, while the container is
         // set up; stored once it is ready.
-        let warm = warm.map(|(w, squash, notifier)| {
-            let pieces = w.decompress(squash);
-            (w, pieces, notifier)
+        let warm = warm.map(|(w, squash)| {
+            let pieces = w.decompress(squash.clone());
+            (w, pieces, squash)
         });
         let _ = std::thread::Builder::new()
             .name("sifrun-quiet".into())
@@ -137,10 +133,8 @@ impl Quiet {
                 let mut byte = [0u8; 1];
                 if matches!(nix::unistd::read(&heard, &mut byte), Ok(1)) {
                     Quiet::silence(&null);
-                    if let Some((w, pieces, notifier)) = warm {
-                        w.store(pieces, &|ino, at, bytes| {
-                            notifier.store(fuser::INodeNo(ino), at, bytes)
-                        });
+                    if let Some((w, pieces, squash)) = warm {
+                        w.deliver(pieces, &squash);
                     }
                 }
             });

@@ -14,17 +14,21 @@
 //! container process has reported ready (the server's root is the
 //! container's by then), another looks the names up as exec will, so that
 //! the kernel keeps the answers, absent names included (see `fuse`), and
-//! hands the decompressed pieces to the kernel's page cache of the mount
-//! (`FUSE_NOTIFY_STORE`) as they come, so the tasks' exec finds the
-//! program there and asks the server nothing. Nothing waits for the idle
-//! thread: it decompresses outside the server's block cache and takes none
-//! of its locks, and a task that faults a page before it is stored is
-//! served as without it.
+//! puts the decompressed blocks into the server's cache as they come.
+//! Nothing waits for the idle thread: it decompresses outside the block
+//! cache and takes none of its locks, and a task that faults a page first
+//! is served as without it.
+//!
+//! Not the kernel's page cache (`FUSE_NOTIFY_STORE`, 2 ms faster still for
+//! the first exec): a store waits, uninterruptibly, for a page a task's
+//! read has locked until the server answers; a holder killed then can
+//! never finish exiting (the storing thread keeps the device open, so the
+//! read is never aborted) and the step's processes stay.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::squash::Squash;
+use crate::squash::{AheadBlock, Squash};
 
 use crate::env::{ContainerEnv, DEFAULT_PATH};
 use crate::plan::{Entry, ImageTree, resolve::resolve_in_image};
@@ -43,15 +47,10 @@ pub(crate) struct Warm {
     pub(crate) ino: Option<u64>,
 }
 
-/// Where the read-ahead puts what it read: the kernel's page cache of
-/// the FUSE mount (`fuser::Notifier::store`): `(inode, offset, bytes)`.
-pub(crate) type Store<'a> = &'a dyn Fn(u64, u64, &[u8]) -> std::io::Result<()>;
-
 /// The program's blocks as a thread of the server decompresses them, from
 /// the server's start on (see [`Warm::decompress`]).
 pub(crate) struct Pieces {
-    ino: u64,
-    pieces: std::sync::mpsc::Receiver<(u64, Vec<u8>)>,
+    pieces: std::sync::mpsc::Receiver<AheadBlock>,
 }
 
 impl Warm {
@@ -64,43 +63,37 @@ impl Warm {
     /// block cache and takes none of its locks (see `Squash::read_ahead`).
     pub(crate) fn decompress(&self, squash: Arc<Squash>) -> Option<Pieces> {
         let ahead = self.ino.and_then(|ino| squash.file_ahead(ino, MAX_AHEAD))?;
-        let ino = ahead.ino();
         let (tx, pieces) = std::sync::mpsc::channel();
         std::thread::Builder::new()
             .name("sifrun-ahead".into())
             .spawn(move || {
                 let _ = crate::syscall::idle_thread();
-                squash.read_ahead(&ahead, &mut |at, bytes| {
-                    tx.send((at, bytes.to_vec())).is_ok()
-                });
+                squash.read_ahead(&ahead, &mut |b| tx.send(b).is_ok());
             })
             .ok()?;
-        Some(Pieces { ino, pieces })
+        Some(Pieces { pieces })
     }
 
     /// Once the container process reported ready (the server's root is the
     /// container's by then): the names exec will look up, looked up, so the
-    /// kernel remembers the answers and knows the program's inode; then
-    /// each piece of `pieces`, as it comes, handed to the kernel with
-    /// `store`, so that the tasks' exec finds the program in its page cache
-    /// instead of asking the server a page fault at a time. A failure only
-    /// costs the tasks the time this would have saved.
-    pub(crate) fn store(&self, pieces: Option<Pieces>, store: Store<'_>) {
+    /// kernel remembers the answers; then each block of `pieces`, as it
+    /// comes, put into the server's cache (this thread has normal priority:
+    /// the cache's lock is never held by the idle one), where the tasks'
+    /// page faults find it decompressed. A failure only costs the tasks the
+    /// time this would have saved.
+    pub(crate) fn deliver(&self, pieces: Option<Pieces>, squash: &Squash) {
         for path in &self.lookups {
             let _ = std::fs::metadata(path);
         }
-        let Some(Pieces { ino, pieces }) = pieces else {
+        let Some(Pieces { pieces }) = pieces else {
             return;
         };
-        let mut stored = 0u64;
-        for (at, bytes) in pieces {
-            // The mount is gone (the step ended): stop.
-            if store(ino, at, &bytes).is_err() {
-                break;
-            }
-            stored += 1;
+        let mut blocks = 0u64;
+        for b in pieces {
+            squash.cache_ahead(b);
+            blocks += 1;
         }
-        tracing::debug!(ino, stored, "the step's command read ahead");
+        tracing::debug!(blocks, "the step's command decompressed ahead");
     }
 }
 

@@ -92,7 +92,6 @@ pub(super) fn serve_and_wait(
 ) -> Result<i32, LaunchError> {
     // The server first: the container process's set-up waits for its
     // answers.
-    let notifier = session.notifier();
     std::thread::spawn(move || {
         let _ = session.run();
     });
@@ -107,7 +106,7 @@ pub(super) fn serve_and_wait(
         }
     });
     if let Some(q) = quiet {
-        q.follow(ahead.map(|w| (w, served.squash.clone(), notifier)));
+        q.follow(ahead.map(|w| (w, served.squash.clone())));
     }
     served.squash.start_readahead(l.tuning);
     loop {

@@ -13,10 +13,21 @@ use super::{Data, Squash, Tuning};
 pub struct FileAhead {
     ino: u64,
     blocks: Vec<Block>,
-    bs: u64,
-    /// The file's size: no piece reaches past it (the kernel takes a piece
-    /// that does as the file growing).
-    size: u64,
+}
+
+/// One block read ahead (see [`Squash::read_ahead`]): its bytes, and
+/// where the server's cache keeps them.
+#[derive(Debug)]
+pub struct AheadBlock {
+    key: u64,
+    data: Vec<u8>,
+}
+
+impl AheadBlock {
+    /// The decompressed bytes.
+    pub fn data(&self) -> &[u8] {
+        &self.data
+    }
 }
 
 impl FileAhead {
@@ -75,39 +86,37 @@ impl Squash {
         let blocks = self.locate_many(&layout, 0, end.div_ceil(bs)).ok()?;
         // The tail in a fragment (a file's last partial block) is small
         // and shared with other files: it is left to the FUSE threads.
-        Some(FileAhead {
-            ino,
-            blocks,
-            bs,
-            size: inode.size,
-        })
+        Some(FileAhead { ino, blocks })
     }
 
-    /// The blocks of `ahead`, in order, each decompressed on the calling
-    /// thread without the server's cache or its locks (a thread of the
-    /// lowest priority may run this: nothing else ever waits for it), and
-    /// handed to `take` with its offset in the file; stops where `take`
-    /// returns false or a block cannot be read. Returns the number of
-    /// blocks read.
-    pub fn read_ahead(&self, ahead: &FileAhead, take: &mut dyn FnMut(u64, &[u8]) -> bool) -> u64 {
+    /// The stored blocks of `ahead`, in order, each decompressed on the
+    /// calling thread without the server's cache or its locks (a thread of
+    /// the lowest priority may run this: nothing else ever waits for it),
+    /// and handed to `take`; stops where `take` returns false or a block
+    /// cannot be read. Sparse blocks (zeros, nothing to decompress) are
+    /// skipped. Returns the number of blocks read.
+    pub fn read_ahead(&self, ahead: &FileAhead, take: &mut dyn FnMut(AheadBlock) -> bool) -> u64 {
         let mut n = 0;
-        for (i, block) in ahead.blocks.iter().enumerate() {
-            let at = i as u64 * ahead.bs;
-            let len = ahead.size.saturating_sub(at).min(ahead.bs) as usize;
-            let data = if block.stored == 0 {
-                vec![0u8; len]
-            } else {
-                match self.load_block(*block) {
-                    Ok(d) => d,
-                    Err(_) => break,
-                }
+        for block in ahead.blocks.iter().filter(|b| b.stored != 0) {
+            let Ok(data) = self.load_block(*block) else {
+                break;
             };
             n += 1;
-            if !take(at, &data[..len.min(data.len())]) {
+            if !take(AheadBlock {
+                key: block.at,
+                data,
+            }) {
                 break;
             }
         }
         n
+    }
+
+    /// Puts a block read ahead into the server's cache (from a thread of
+    /// normal priority: this takes the cache's lock), where the tasks'
+    /// reads find it.
+    pub fn cache_ahead(&self, block: AheadBlock) {
+        self.cache.insert(block.key, Arc::new(block.data));
     }
 
     fn run_prefetch(&self, job: PrefetchJob) {
