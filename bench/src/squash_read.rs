@@ -24,6 +24,9 @@ fn main() -> Result<()> {
         _ => bail!("usage: squash-read IMAGE.sif PATH-IN-IMAGE [RUNS]"),
     };
     let runs: usize = args.get(2).map_or(Ok(20), |r| r.parse())?;
+    if runs == 0 {
+        bail!("RUNS must be at least 1");
+    }
     let tuning = Tuning {
         cache_bytes: 256 << 20,
         readahead_blocks: 0,

@@ -364,7 +364,9 @@ fn errno(e: &io::Error) -> Errno {
 
 impl Filesystem for SquashFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
-        // Let the kernel read ahead a few blocks; our own readahead decompresses further.
+        // The kernel offers at most its own read-ahead (128 KiB here) and
+        // refuses more: this keeps whatever it offers. The server's own
+        // read-ahead decompresses further.
         let _ = config.set_max_readahead(1 << 20);
         // Directory listings carry every entry's attributes (a cold `find`
         // or `ls -l` then needs no lookup per file); symlink targets and

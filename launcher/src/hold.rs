@@ -103,12 +103,13 @@ impl Quiet {
         let _ = nix::unistd::dup2_stderr(null);
     }
 
-    /// The server's side: a thread that waits for the container process's
-    /// word, then silences the server and makes the step's command ready
-    /// (see `launch::ahead`: the server's root is the container's by then,
-    /// and the set-up no longer needs the CPU it takes).
-    /// Nothing comes when the container process ended first (its failure
-    /// is still to be read by the plugin).
+    /// The server's side: the step's command decompressed from now on, on
+    /// idle CPU (see `launch::ahead`), and a thread that waits for the
+    /// container process's word, then silences the server, looks up the
+    /// command's path and puts its blocks into the server's cache (the
+    /// server's root is the container's by then). Nothing comes when the
+    /// container process ended first (its failure is still to be read by
+    /// the plugin).
     pub(crate) fn follow(
         self,
         warm: Option<(crate::launch::ahead::Warm, Arc<crate::squash::Squash>)>,

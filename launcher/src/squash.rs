@@ -43,7 +43,7 @@ use index::{Numbering, Resume};
 pub use inode::{Data, DirData, FileData, Inode};
 use metadata::{Extent, Meta};
 use raw::{Source, corrupt};
-pub use readahead::{AheadBlock, FileAhead};
+pub use readahead::Ahead;
 use readahead::{PrefetchJob, start_prefetchers};
 use tables::SuperBlock;
 

@@ -596,11 +596,12 @@ fn nothing_outside_the_partition_is_served() {
     assert!(err.to_string().contains("exceeds the"), "{err}");
 }
 
-/// The read-ahead of a step's command (`Squash::file_ahead`, `read_ahead`
-/// and `cache_ahead`): the file's stored blocks in order, up to the limit,
-/// decompressed outside the server's cache (a reader never waits for the
-/// low-priority thread that runs it); once put into the cache, the file
-/// reads back exactly without another decompression.
+/// The read-ahead of a step's command (`Squash::prepare_ahead`,
+/// `Ahead::run`, `take_done`, `cache_ahead`): the file's stored blocks in
+/// order, up to the limit, decompressed outside the server's cache (a
+/// reader never waits for the low-priority thread that runs it); once put
+/// into the cache, the file reads back exactly without another
+/// decompression.
 #[test]
 fn a_files_read_ahead_decompresses_its_blocks_for_the_cache() {
     if !have_mksquashfs() {
@@ -617,7 +618,7 @@ fn a_files_read_ahead_decompresses_its_blocks_for_the_cache() {
         .collect();
     want[2 * 131072..3 * 131072].fill(0);
     fs::write(src.join("prog"), &want).unwrap();
-    for comp in ["gzip", "zstd"] {
+    for comp in ["gzip", "zstd", "lz4"] {
         let img = dir.path().join(format!("{comp}.img"));
         mksquashfs(&src, &img, &["-comp", comp]);
         let tuning = Tuning {
@@ -627,39 +628,47 @@ fn a_files_read_ahead_decompresses_its_blocks_for_the_cache() {
         let sq = Squash::open(Arc::new(File::open(&img).unwrap()), 0, tuning).unwrap();
         let decompressed = |sq: &Squash| sq.stats.blocks_decompressed.load(Ordering::Relaxed);
         let ino = sq.lookup_path(Path::new("/prog")).unwrap();
-        let ahead = sq.file_ahead(ino, u64::MAX).unwrap();
-        let mut blocks = Vec::new();
-        let n = sq.read_ahead(&ahead, &mut |b| {
-            blocks.push(b);
-            true
-        });
-        assert_eq!(n, 5, "{comp}: the sparse block is skipped");
-        let first: Vec<u8> = blocks[0].data().to_vec();
-        assert_eq!(first, want[..131072], "{comp}");
+        let ahead = sq.prepare_ahead(ino, u64::MAX).unwrap();
+        // The first block only (it makes the thread's decoder), then the rest.
+        ahead.run(true);
+        let (first, next) = ahead.take_done(0);
+        assert_eq!((first.len(), next), (1, 1), "{comp}");
+        assert_eq!(first[0].1, want[..131072], "{comp}");
+        assert!(!ahead.finished());
+        ahead.run(false);
+        assert!(ahead.finished(), "{comp}");
+        let (rest, next) = ahead.take_done(next);
+        assert_eq!(
+            (rest.len(), next),
+            (4, 5),
+            "{comp}: the sparse block is skipped"
+        );
         // Nothing went into the cache yet: a read decompresses block 0 again.
         let before = decompressed(&sq);
         assert_eq!(sq.read(ino, 0, 4096).unwrap(), want[..4096]);
         assert_eq!(decompressed(&sq), before + 1, "{comp}");
         // Once cached, the whole file reads back with no decompression.
-        for b in blocks {
-            sq.cache_ahead(b);
+        for (key, data) in first.into_iter().chain(rest) {
+            sq.cache_ahead(key, data);
         }
         let before = decompressed(&sq);
         let mut got = Vec::new();
-        while (got.len() as u64) < want.len() as u64 {
+        while got.len() < want.len() {
             let piece = sq.read(ino, got.len() as u64, 131072).unwrap();
             assert!(!piece.is_empty());
             got.extend_from_slice(&piece);
         }
         assert_eq!(got, want, "{comp}");
         assert_eq!(decompressed(&sq), before, "{comp}: all from the cache");
-        // The limit counts blocks; taking stops where `take` says.
-        assert_eq!(
-            sq.read_ahead(&sq.file_ahead(ino, 200_000).unwrap(), &mut |_| true),
-            2
-        );
-        assert_eq!(sq.read_ahead(&ahead, &mut |_| false), 1);
+        // The limit counts blocks; a stopped read-ahead decompresses no more.
+        let two = sq.prepare_ahead(ino, 200_000).unwrap();
+        two.run(false);
+        assert_eq!(two.take_done(0).0.len(), 2);
+        let stopped = sq.prepare_ahead(ino, u64::MAX).unwrap();
+        stopped.stop();
+        stopped.run(false);
+        assert_eq!(stopped.take_done(0).0.len(), 0);
         // Not a regular file: nothing.
-        assert!(sq.file_ahead(1, u64::MAX).is_none());
+        assert!(sq.prepare_ahead(1, u64::MAX).is_none());
     }
 }

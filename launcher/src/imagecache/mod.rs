@@ -571,7 +571,6 @@ impl Cache {
     }
 }
 
-/// `d` ± 20 %.
 /// The longest pause between two looks at a conversion waited for (up to
 /// 1.2 times this with the jitter). Each look that sees it grow is progress
 /// the holder relays (at most every 2 s), and the plugin's
@@ -585,6 +584,7 @@ fn next_look(delay: Duration) -> Duration {
     (delay * 3 / 2).min(LOOK_AT_MOST_EVERY)
 }
 
+/// `d` ± 20 %.
 fn jitter(d: Duration) -> Duration {
     let r = lock::random_hex();
     let n = u64::from_str_radix(&r[..4], 16).unwrap_or(0x8000); // 0..65535

@@ -28,7 +28,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::squash::{AheadBlock, Squash};
+use std::time::{Duration, Instant};
+
+use crate::squash::{Ahead, Squash};
 
 use crate::env::{ContainerEnv, DEFAULT_PATH};
 use crate::plan::{Entry, ImageTree, resolve::resolve_in_image};
@@ -50,8 +52,13 @@ pub(crate) struct Warm {
 /// The program's blocks as a thread of the server decompresses them, from
 /// the server's start on (see [`Warm::decompress`]).
 pub(crate) struct Pieces {
-    pieces: std::sync::mpsc::Receiver<AheadBlock>,
+    ahead: Arc<Ahead>,
 }
+
+/// How long the server keeps putting blocks into its cache after the
+/// container is ready, while the idle thread is still at them (it is
+/// stopped then; the tasks' page faults fetch the rest as usual).
+const DELIVER_FOR: Duration = Duration::from_secs(1);
 
 impl Warm {
     /// Starts decompressing the program's first [`MAX_AHEAD`] bytes on a
@@ -59,40 +66,73 @@ impl Warm {
     /// while the container is still being set up: on CPU time nothing else
     /// wants (at nice 19 it still took a CPU from slurmstepd for a whole
     /// tick, 4 ms on the 2-CPU test machine, while the other CPU idled).
-    /// Nothing ever waits for it: it decompresses outside the server's
-    /// block cache and takes none of its locks (see `Squash::read_ahead`).
+    /// Under `SCHED_IDLE` it only decompresses from memory into memory
+    /// (`Ahead::run`): reading the image, allocating, freeing, the first
+    /// block (which makes the thread's decoder) are done before, at normal
+    /// priority; then it parks for good (its exit would free its decoder).
+    /// So no thread of normal priority ever waits for it, on a lock of the
+    /// server's, the allocator's or the kernel's.
     pub(crate) fn decompress(&self, squash: Arc<Squash>) -> Option<Pieces> {
-        let ahead = self.ino.and_then(|ino| squash.file_ahead(ino, MAX_AHEAD))?;
-        let (tx, pieces) = std::sync::mpsc::channel();
+        let ino = self.ino?;
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
         std::thread::Builder::new()
             .name("sifrun-ahead".into())
             .spawn(move || {
-                let _ = crate::syscall::idle_thread();
-                squash.read_ahead(&ahead, &mut |b| tx.send(b).is_ok());
+                let Some(ahead) = squash.prepare_ahead(ino, MAX_AHEAD).map(Arc::new) else {
+                    return;
+                };
+                drop(squash);
+                ahead.run(true);
+                let ours = ahead.clone();
+                if tx.send(ahead).is_err() || crate::syscall::idle_thread().is_err() {
+                    return;
+                }
+                ours.run(false);
+                // Never the last owner (the server keeps one): nothing is
+                // freed here.
+                std::mem::forget(ours);
+                loop {
+                    std::thread::park();
+                }
             })
             .ok()?;
-        Some(Pieces { pieces })
+        // The preparation (reading the program's stored blocks) is quick.
+        let ahead = rx.recv().ok()?;
+        Some(Pieces { ahead })
     }
 
     /// Once the container process reported ready (the server's root is the
     /// container's by then): the names exec will look up, looked up, so the
-    /// kernel remembers the answers; then each block of `pieces`, as it
-    /// comes, put into the server's cache (this thread has normal priority:
-    /// the cache's lock is never held by the idle one), where the tasks'
-    /// page faults find it decompressed. A failure only costs the tasks the
-    /// time this would have saved.
+    /// kernel remembers the answers; then the blocks decompressed so far,
+    /// and those that follow for up to [`DELIVER_FOR`], put into the
+    /// server's cache, where the tasks' page faults find them decompressed.
+    /// A failure only costs the tasks the time this would have saved.
     pub(crate) fn deliver(&self, pieces: Option<Pieces>, squash: &Squash) {
         for path in &self.lookups {
             let _ = std::fs::metadata(path);
         }
-        let Some(Pieces { pieces }) = pieces else {
+        let Some(Pieces { ahead }) = pieces else {
             return;
         };
-        let mut blocks = 0u64;
-        for b in pieces {
-            squash.cache_ahead(b);
-            blocks += 1;
+        let until = Instant::now() + DELIVER_FOR;
+        let (mut next, mut blocks) = (0, 0);
+        loop {
+            let (done, from) = ahead.take_done(next);
+            next = from;
+            for (key, data) in done {
+                squash.cache_ahead(key, data);
+                blocks += 1;
+            }
+            if ahead.finished() || Instant::now() >= until {
+                break;
+            }
+            // Polled: a lock or a channel would make this thread wait on
+            // the idle one.
+            std::thread::sleep(Duration::from_millis(1));
         }
+        ahead.stop();
+        // The server keeps `ahead` (never freed by the idle thread).
+        std::mem::forget(ahead);
         tracing::debug!(blocks, "the step's command decompressed ahead");
     }
 }

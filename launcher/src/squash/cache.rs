@@ -62,9 +62,13 @@ struct Loading<'a, V> {
 
 impl<V> Drop for Loading<'_, V> {
     fn drop(&mut self) {
-        if let Ok(mut s) = self.shard.0.lock() {
-            s.loading.remove(&self.key);
-        }
+        let mut s = self
+            .shard
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        s.loading.remove(&self.key);
+        drop(s);
         self.shard.1.notify_all();
     }
 }
@@ -130,8 +134,7 @@ impl<V: Weight> BlockCache<V> {
 
     pub(crate) fn insert(&self, key: BlockKey, block: Arc<V>) {
         // Evicted blocks are freed after the lock is released (freeing a
-        // large block can be an munmap): a low-priority inserter (the
-        // read-ahead of the step's command) must not hold up the FUSE
+        // large block can be an munmap): no inserter holds up the FUSE
         // threads on this shard for longer than the map update.
         let mut evicted = Vec::new();
         let mut s = self.shard(key).lock().expect("cache lock");

@@ -36,11 +36,26 @@ pub(crate) fn decompress(
     input: &[u8],
     limit: usize,
 ) -> io::Result<Vec<u8>> {
-    use std::io::Read;
     // One byte more than allowed: output that fills it is too large.
     let mut out = Vec::with_capacity(limit + 1);
+    decompress_into(compression, input, limit, &mut out)?;
+    Ok(out)
+}
+
+/// [`decompress`] into `out` (emptied first). With `limit + 1` bytes of
+/// room in `out` and the thread's decoder made (a block decompressed on
+/// this thread before), gzip, zstd and lz4 allocate nothing.
+pub(crate) fn decompress_into(
+    compression: Compression,
+    input: &[u8],
+    limit: usize,
+    out: &mut Vec<u8>,
+) -> io::Result<()> {
+    use std::io::Read;
+    out.clear();
+    out.reserve(limit + 1);
     match compression {
-        Compression::Gzip => DECODERS.with_borrow_mut(|d| inflate(d, input, &mut out))?,
+        Compression::Gzip => DECODERS.with_borrow_mut(|d| inflate(d, input, out))?,
         Compression::Xz => {
             // The stream names its dictionary size; refuse one that would
             // make the decoder allocate more than any squashfs needs.
@@ -48,7 +63,7 @@ pub(crate) fn decompress(
                 .map_err(|_| bad("xz decoder"))?;
             liblzma::read::XzDecoder::new_stream(input, stream)
                 .take(limit as u64 + 1)
-                .read_to_end(&mut out)?;
+                .read_to_end(out)?;
         }
         Compression::Zstd => DECODERS
             .with_borrow_mut(|d| {
@@ -58,14 +73,14 @@ pub(crate) fn decompress(
                 };
                 // Writes at most the vector's capacity; a frame that needs more
                 // is an error.
-                z.decompress_to_buffer(input, &mut out).map_err(|_| {
+                z.decompress_to_buffer(input, out).map_err(|_| {
                     bad("corrupt zstd block, or one that inflates past the block size")
                 })
             })
             .map(drop)?,
         Compression::Lz4 => {
             out.resize(limit, 0);
-            let n = lz4_flex::block::decompress_into(input, &mut out)
+            let n = lz4_flex::block::decompress_into(input, out)
                 .map_err(|_| bad("corrupt lz4 block"))?;
             out.truncate(n);
         }
@@ -73,7 +88,7 @@ pub(crate) fn decompress(
     if out.len() > limit {
         return Err(bad("block inflates past the block size"));
     }
-    Ok(out)
+    Ok(())
 }
 
 /// A zlib stream (squashfs's "gzip") into `out`, at most its capacity.

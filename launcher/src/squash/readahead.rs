@@ -1,39 +1,98 @@
 //! Sequential readahead: when a reader reads a file block after block, the
 //! next blocks are decompressed ahead of it on a small worker pool.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex};
 
-use super::data::{Block, Layout};
+use super::data::Layout;
 use super::{Data, Squash, Tuning};
 
-/// Where the first bytes of a file lie (see [`Squash::file_ahead`]).
-#[derive(Debug)]
-pub struct FileAhead {
-    ino: u64,
-    blocks: Vec<Block>,
+/// A program's first blocks, to be decompressed ahead of its exec by a
+/// thread of the lowest priority (see [`Squash::prepare_ahead`]). Whatever
+/// allocates, frees, reads the image or takes a lock is done at normal
+/// priority: [`Ahead::run`] only decompresses, from memory into memory.
+pub struct Ahead {
+    compression: super::Compression,
+    limit: usize,
+    items: Vec<Mutex<Item>>,
+    /// The items before this one are final.
+    done: AtomicUsize,
+    /// Set by the reader: decompress no more.
+    stop: AtomicBool,
 }
 
-/// One block read ahead (see [`Squash::read_ahead`]): its bytes, and
-/// where the server's cache keeps them.
-#[derive(Debug)]
-pub struct AheadBlock {
+/// One stored block: its compressed bytes and room for the decompressed.
+#[derive(Default)]
+struct Item {
     key: u64,
-    data: Vec<u8>,
+    raw: Vec<u8>,
+    out: Vec<u8>,
+    uncompressed: bool,
+    ok: bool,
 }
 
-impl AheadBlock {
-    /// The decompressed bytes.
-    pub fn data(&self) -> &[u8] {
-        &self.data
+impl Ahead {
+    /// Decompresses the items in order, from the first not done, until all
+    /// are or [`Ahead::stop`] was called or a block is corrupt. The first
+    /// compressed block on a thread makes its decoder (allocating): run
+    /// with `first_only` (up to that block) at normal priority before
+    /// lowering the thread's.
+    pub fn run(&self, first_only: bool) {
+        let start = self.done.load(Ordering::Acquire);
+        for (i, item) in self.items.iter().enumerate().skip(start) {
+            if self.stop.load(Ordering::Relaxed) {
+                return;
+            }
+            // Uncontended: the reader takes only items before `done`.
+            let Ok(mut item) = item.lock() else { return };
+            let it = &mut *item;
+            it.ok = it.uncompressed
+                || super::decompress::decompress_into(
+                    self.compression,
+                    &it.raw,
+                    self.limit,
+                    &mut it.out,
+                )
+                .is_ok();
+            let (ok, made_decoder) = (it.ok, !it.uncompressed);
+            drop(item);
+            self.done.store(i + 1, Ordering::Release);
+            if !ok || (first_only && made_decoder) {
+                return;
+            }
+        }
     }
-}
 
-impl FileAhead {
-    /// The file's inode.
-    pub fn ino(&self) -> u64 {
-        self.ino
+    /// Decompress no more.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether every item is done.
+    pub fn finished(&self) -> bool {
+        self.done.load(Ordering::Acquire) == self.items.len()
+    }
+
+    /// The blocks decompressed since item `from`, taken out (with their
+    /// cache keys), and the index to ask from next time. Frees the
+    /// compressed bytes: call it at normal priority.
+    pub fn take_done(&self, from: usize) -> (Vec<(u64, Vec<u8>)>, usize) {
+        let done = self.done.load(Ordering::Acquire);
+        let mut blocks = Vec::new();
+        for item in self.items.iter().take(done).skip(from) {
+            let Ok(mut item) = item.lock() else { continue };
+            let raw = std::mem::take(&mut item.raw);
+            if item.ok {
+                let data = if item.uncompressed {
+                    raw
+                } else {
+                    std::mem::take(&mut item.out)
+                };
+                blocks.push((item.key, data));
+            }
+        }
+        (blocks, done.max(from))
     }
 }
 
@@ -72,51 +131,59 @@ impl Squash {
         }
     }
 
-    /// Where the first `max` bytes of regular file `ino` lie, for
-    /// [`Squash::read_ahead`]: found now, through the caches the FUSE
-    /// threads share, so that reading them later takes none of their locks.
-    pub fn file_ahead(&self, ino: u64, max: u64) -> Option<FileAhead> {
+    /// The stored blocks of the first `max` bytes of regular file `ino`,
+    /// read from the image, each with room for its decompressed bytes
+    /// (touched, so that filling it takes no page fault), for
+    /// [`Ahead::run`]. Sparse blocks (zeros) and a tail in a fragment
+    /// (small, shared with other files) are left to the FUSE threads.
+    pub fn prepare_ahead(&self, ino: u64, max: u64) -> Option<Ahead> {
         let inode = self.try_inode(ino).ok()?;
         let Data::File(file) = &inode.data else {
             return None;
         };
+        // xz's decoder allocates as it goes: not for a low-priority thread.
+        if self.meta.compression == super::Compression::Xz {
+            return None;
+        }
         let layout = self.layout(ino, file).ok()?;
         let bs = u64::from(self.block_size());
+        let limit = bs as usize;
         let end = inode.size.min(max);
-        let blocks = self.locate_many(&layout, 0, end.div_ceil(bs)).ok()?;
-        // The tail in a fragment (a file's last partial block) is small
-        // and shared with other files: it is left to the FUSE threads.
-        Some(FileAhead { ino, blocks })
-    }
-
-    /// The stored blocks of `ahead`, in order, each decompressed on the
-    /// calling thread without the server's cache or its locks (a thread of
-    /// the lowest priority may run this: nothing else ever waits for it),
-    /// and handed to `take`; stops where `take` returns false or a block
-    /// cannot be read. Sparse blocks (zeros, nothing to decompress) are
-    /// skipped. Returns the number of blocks read.
-    pub fn read_ahead(&self, ahead: &FileAhead, take: &mut dyn FnMut(AheadBlock) -> bool) -> u64 {
-        let mut n = 0;
-        for block in ahead.blocks.iter().filter(|b| b.stored != 0) {
-            let Ok(data) = self.load_block(*block) else {
-                break;
-            };
-            n += 1;
-            if !take(AheadBlock {
-                key: block.at,
-                data,
-            }) {
-                break;
+        let mut items = Vec::new();
+        for block in self.locate_many(&layout, 0, end.div_ceil(bs)).ok()? {
+            if block.stored == 0 {
+                continue;
             }
+            let mut raw = vec![0u8; block.stored as usize];
+            self.meta.src.read_into(block.at, &mut raw).ok()?;
+            let mut out = Vec::new();
+            if !block.uncompressed {
+                out.resize(limit + 1, 0u8);
+                std::hint::black_box(&mut out);
+                out.clear();
+            }
+            items.push(Mutex::new(Item {
+                key: block.at,
+                raw,
+                out,
+                uncompressed: block.uncompressed,
+                ok: false,
+            }));
         }
-        n
+        Some(Ahead {
+            compression: self.meta.compression,
+            limit,
+            items,
+            done: AtomicUsize::new(0),
+            stop: AtomicBool::new(false),
+        })
     }
 
-    /// Puts a block read ahead into the server's cache (from a thread of
-    /// normal priority: this takes the cache's lock), where the tasks'
-    /// reads find it.
-    pub fn cache_ahead(&self, block: AheadBlock) {
-        self.cache.insert(block.key, Arc::new(block.data));
+    /// Puts a block read ahead into the server's cache under `key` (from a
+    /// thread of normal priority: this takes the cache's lock), where the
+    /// tasks' reads find it.
+    pub fn cache_ahead(&self, key: u64, data: Vec<u8>) {
+        self.cache.insert(key, Arc::new(data));
     }
 
     fn run_prefetch(&self, job: PrefetchJob) {
