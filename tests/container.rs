@@ -819,3 +819,106 @@ fn nv_without_a_driver_is_a_clear_error_and_auto_is_quiet() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A Slurm step's holder (`sifrun slurm-hold`, here without Slurm, as the
+/// plugin starts it) reads an lz4 image's step command ahead into the
+/// kernel's page cache once it has reported ready, so the tasks' exec asks
+/// the FUSE server for none of it (issue 11, section 7). A task joins as
+/// task_init does (nsenter into the container process's user and mount
+/// namespaces) and runs the command; the server's read system calls
+/// (/proc/PID/io `syscr`: one per FUSE request, one per block read from
+/// the image) are counted around it: 51 when busybox's `true` came
+/// through FUSE (before this read-ahead), 5 from the page cache (the
+/// open, the release and the like). (mincore and fincore cannot tell: for a file the
+/// caller may not write they report every page resident.)
+#[test]
+fn a_holder_reads_an_lz4_image_s_command_ahead_into_the_page_cache() {
+    use std::io::{BufRead, BufReader, Write};
+    if !containers_can_run() || !require("nsenter") {
+        return;
+    }
+    let dir = scratch();
+    let root = dir.path().join("rootfs");
+    fs::create_dir_all(root.join("bin")).unwrap();
+    fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+    symlink("busybox", root.join("bin/true")).unwrap();
+    let image = dir.path().join("lz4.sif");
+    ok(sifrun(&[
+        "build",
+        "--compression",
+        "lz4",
+        s(&image),
+        s(&root),
+    ]));
+    let request = serde_json::json!({
+        "version": 2, "release": env!("CARGO_PKG_VERSION"), "step": "1.0",
+        "image": s(&image), "ecl_config": null, "binds": [], "env": [], "pwd": null,
+        "writable_tmpfs": false, "no_home": true, "gpu": "none", "netfs": false,
+        "netfs_types": [], "fabric_libraries": false, "allow_umad": false,
+        "slurm_client": false, "slurm_conf": "/etc/slurm/slurm.conf", "verbosity": 0,
+        "job_env": [["PATH", "/usr/bin:/bin"], ["HOME", s(dir.path())]],
+        "command": "true",
+    });
+    let mut holder = Command::new(sifrun_bin())
+        .args(["slurm-hold", "--slurm-step=1.0", s(&image)])
+        .current_dir(dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = holder.stdin.take().unwrap();
+    writeln!(stdin, "{request}").unwrap();
+    drop(stdin);
+    let mut report = String::new();
+    BufReader::new(holder.stdout.take().unwrap())
+        .read_line(&mut report)
+        .unwrap();
+    let pid = holder.id();
+    let reads = || {
+        let io = fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
+        io.lines()
+            .find_map(|l| l.strip_prefix("syscr: "))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // The read-ahead done: no read for 300 ms.
+    let (mut last, mut still) = (reads(), Instant::now());
+    poll_until("the server to go quiet", Duration::from_secs(10), || {
+        let now = reads();
+        if now != last {
+            (last, still) = (now, Instant::now());
+        }
+        still.elapsed() > Duration::from_millis(300)
+    });
+    let children = fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"));
+    let container = children.unwrap_or_default();
+    let container = container
+        .split_whitespace()
+        .next()
+        .unwrap_or("0")
+        .to_owned();
+    let before = reads();
+    let task = Command::new("nsenter")
+        .args([
+            "-t",
+            &container,
+            "-U",
+            "-m",
+            "--preserve-credentials",
+            "/bin/true",
+        ])
+        .output()
+        .unwrap();
+    let during = reads() - before;
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    let _ = holder.wait();
+    assert!(report.contains("\"ready\""), "{report}");
+    assert!(task.status.success(), "{task:?}");
+    assert!(
+        during <= 10,
+        "the task's exec took {during} reads of the server (the program was not in the page cache)"
+    );
+}

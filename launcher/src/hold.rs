@@ -68,6 +68,8 @@ pub(crate) struct Holding<'a> {
     pub(crate) slurm_client: bool,
     /// Where the holder's output goes once it reported (see [`Quiet`]).
     pub(crate) quiet: Option<&'a Quiet>,
+    /// The step's command, made ready for the tasks once ready is reported.
+    pub(crate) warm: Option<&'a crate::launch::ahead::Warm>,
 }
 
 /// After its `ready` report the holder writes nothing more where the
@@ -172,6 +174,9 @@ pub(crate) fn hold(h: &Holding<'_>, sys: Linux, signals: &SigSet) -> i32 {
     if let Some(q) = h.quiet {
         Quiet::silence(&q.null);
         let _ = nix::unistd::write(&q.reported, b"r");
+    }
+    if let Some(w) = h.warm {
+        w.in_container();
     }
     loop {
         match syscall::wait_signal(signals) {

@@ -274,6 +274,11 @@ impl Squash {
     pub fn block_size(&self) -> u32 {
         self.sb.block_size
     }
+
+    /// The compression of the image's blocks.
+    pub fn compression(&self) -> Compression {
+        self.sb.compression
+    }
 }
 
 impl Drop for Squash {

@@ -10,20 +10,33 @@
 //! thread decompresses the program's first [`MAX_AHEAD`] bytes under
 //! `SCHED_IDLE`, on CPU time the set-up, slurmstepd and the tasks leave
 //! (at nice 19 it still took a CPU from slurmstepd for a whole tick, 4 ms
-//! on the 2-CPU test machine, while the other CPU idled). Once the
-//! container process has reported ready (the server's root is the
-//! container's by then), another looks the names up as exec will, so that
-//! the kernel keeps the answers, absent names included (see `fuse`), and
-//! puts the decompressed blocks into the server's cache as they come.
-//! Nothing waits for the idle thread: it decompresses outside the block
-//! cache and takes none of its locks, and a task that faults a page first
-//! is served as without it.
+//! on the 2-CPU test machine, while the other CPU idled); once the
+//! container process has reported ready, the server puts the decompressed
+//! blocks into its cache as they come ([`Warm::deliver`]). Nothing waits
+//! for the idle thread: it decompresses outside the block cache and takes
+//! none of its locks, and a task that faults a page first is served as
+//! without it.
 //!
-//! Not the kernel's page cache (`FUSE_NOTIFY_STORE`, 2 ms faster still for
-//! the first exec): a store waits, uninterruptibly, for a page a task's
-//! read has locked until the server answers; a holder killed then can
-//! never finish exiting (the storing thread keeps the device open, so the
-//! read is never aborted) and the step's processes stay.
+//! After its report the container process ([`Warm::in_container`]) looks
+//! the names up as exec will, so that the kernel keeps the answers, absent
+//! names included (see `fuse`), and, for an image whose blocks cost little
+//! to decompress (lz4), asks the kernel to read the program ahead into its
+//! page cache: the tasks' exec then finds every page there and asks the
+//! server nothing (a step of an lz4 busybox image: no FUSE read from the
+//! tasks, 25 before). For gzip and zstd the same read-ahead would
+//! decompress the whole program at normal priority while slurmstepd forks
+//! the tasks, which made the step slower on the 2-CPU test machine
+//! (docs/performance.md, seventh pass).
+//!
+//! The kernel's read-ahead sends its reads without waiting for them, and
+//! the container process holds no descriptor of the FUSE device (closed
+//! after the fork), so a server killed meanwhile ends the connection and
+//! every read with it. Not `FUSE_NOTIFY_STORE` from the server: a store
+//! waits, uninterruptibly, for a page a task's read has locked until the
+//! server answers; a holder killed then can never finish exiting (the
+//! storing thread keeps the device open, so the read is never aborted) and
+//! the step's processes stay. For the same reason no thread of the server
+//! touches the mount itself.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -47,7 +60,14 @@ pub(crate) struct Warm {
     pub(crate) file: PathBuf,
     /// Its inode in the image, whose blocks the server decompresses ahead.
     pub(crate) ino: Option<u64>,
+    /// Whether the container process reads the program ahead into the
+    /// kernel's page cache (the image's blocks are cheap to decompress).
+    pub(crate) page_cache: bool,
 }
+
+/// The kernel reads ahead at most this much per request (a FUSE mount's
+/// read-ahead window: `posix_fadvise` reads no more than one per call).
+const WINDOW: u64 = 128 << 10;
 
 /// The program's blocks as a thread of the server decompresses them, from
 /// the server's start on (see [`Warm::decompress`]).
@@ -71,8 +91,12 @@ impl Warm {
     /// block (which makes the thread's decoder) are done before, at normal
     /// priority; then it parks for good (its exit would free its decoder).
     /// So no thread of normal priority ever waits for it, on a lock of the
-    /// server's, the allocator's or the kernel's.
+    /// server's, the allocator's or the kernel's. Not for an image of cheap
+    /// blocks: the container process reads its program ahead instead.
     pub(crate) fn decompress(&self, squash: Arc<Squash>) -> Option<Pieces> {
+        if self.page_cache {
+            return None;
+        }
         let ino = self.ino?;
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         std::thread::Builder::new()
@@ -101,16 +125,40 @@ impl Warm {
         Some(Pieces { ahead })
     }
 
-    /// Once the container process reported ready (the server's root is the
-    /// container's by then): the names exec will look up, looked up, so the
-    /// kernel remembers the answers; then the blocks decompressed so far,
-    /// and those that follow for up to [`DELIVER_FOR`], put into the
-    /// server's cache, where the tasks' page faults find them decompressed.
-    /// A failure only costs the tasks the time this would have saved.
-    pub(crate) fn deliver(&self, pieces: Option<Pieces>, squash: &Squash) {
+    /// In the container process, once it reported ready (its root is the
+    /// container's): the names exec will look up, looked up, so the kernel
+    /// remembers the answers; then, for an image of cheap blocks, the
+    /// program's first [`MAX_AHEAD`] bytes read ahead into the page cache,
+    /// one window per call, without waiting for the reads. A failure only
+    /// costs the tasks the time this would have saved.
+    pub(crate) fn in_container(&self) {
         for path in &self.lookups {
             let _ = std::fs::metadata(path);
         }
+        if !self.page_cache {
+            return;
+        }
+        let Ok(file) = std::fs::File::open(&self.file) else {
+            return;
+        };
+        let len = file.metadata().map_or(0, |m| m.len()).min(MAX_AHEAD);
+        let mut at = 0;
+        while at < len {
+            let (offset, window) = (at as libc::off_t, WINDOW as libc::off_t);
+            let will_need = nix::fcntl::PosixFadviseAdvice::POSIX_FADV_WILLNEED;
+            if nix::fcntl::posix_fadvise(&file, offset, window, will_need).is_err() {
+                return;
+            }
+            at += WINDOW;
+        }
+    }
+
+    /// Once the container process reported ready: the blocks decompressed
+    /// so far, and those that follow for up to [`DELIVER_FOR`], put into
+    /// the server's cache, where the tasks' page faults (and the container
+    /// process's read-ahead) find them decompressed. A failure only costs
+    /// the tasks the time this would have saved.
+    pub(crate) fn deliver(&self, pieces: Option<Pieces>, squash: &Squash) {
         let Some(Pieces { ahead }) = pieces else {
             return;
         };
@@ -175,6 +223,7 @@ pub(super) fn warm(tree: &dyn ImageTree, command: &str, path: &str) -> Option<Wa
                 lookups,
                 file,
                 ino: None,
+                page_cache: false,
             });
         }
     }

@@ -227,7 +227,15 @@ pub fn launch(l: &Launch) -> Result<i32, LaunchError> {
         serve::mount(&served, synth, &root, l.threads)
     })?;
     let (child, session, quiet) = timed("spawn", || {
-        spawn::spawn(l, &prepared, &host.env, sys, session, &signals)
+        spawn::spawn(
+            l,
+            &prepared,
+            &host.env,
+            sys,
+            session,
+            &signals,
+            ahead.as_ref(),
+        )
     })?;
     spawn::serve_and_wait(l, &served, session, child, signals, ahead, quiet)
 }
@@ -241,5 +249,6 @@ fn step_command(l: &Launch, served: &Served, p: &Prepared) -> Option<ahead::Warm
     let tree = served.squash.as_ref();
     let mut warm = ahead::warm(tree, h.command.as_deref()?, ahead::task_path(&p.env))?;
     warm.ino = served.squash.lookup_path(&warm.file);
+    warm.page_cache = served.squash.compression() == crate::squash::Compression::Lz4;
     Some(warm)
 }

@@ -26,6 +26,7 @@ pub(super) fn spawn(
     sys: Linux,
     session: Session<SquashFs>,
     signals: &SigSet,
+    warm: Option<&super::ahead::Warm>,
 ) -> Result<(Pid, Session<SquashFs>, Option<Quiet>), LaunchError> {
     let quiet = match &l.action {
         Action::Hold(_) => Some(Quiet::new().map_err(setup("opening /dev/null"))?),
@@ -36,7 +37,16 @@ pub(super) fn spawn(
     let run = || {
         // The session belongs to the launcher: dropping it here would
         // unmount the image in the namespace the launcher still serves.
-        std::mem::forget(session.borrow_mut().take());
+        // Its device is closed all the same: the kernel ends the connection
+        // (and every request waiting on it) only once the last descriptor
+        // of the device is closed, so a container process waiting for the
+        // server's answer must hold none when the server is killed.
+        if let Some(s) = session.borrow_mut().take() {
+            use std::os::fd::{AsFd, AsRawFd};
+            let device = s.as_fd().as_raw_fd();
+            std::mem::forget(s);
+            syscall::close_forgotten(device);
+        }
         let sys = linux.borrow_mut().take().expect("runs once");
         match &l.action {
             Action::Hold(h) => hold(
@@ -47,6 +57,7 @@ pub(super) fn spawn(
                     job_env,
                     slurm_client: h.slurm_client && p.client,
                     quiet: quiet.as_ref(),
+                    warm,
                 },
                 sys,
                 signals,

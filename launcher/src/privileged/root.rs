@@ -123,6 +123,7 @@ fn build(l: &Launch, user: &UserCreds, loop_path: &Path, ns: &NsDir) -> Result<R
         job_env: &side.env,
         slurm_client: hold.slurm_client && prepared.client,
         quiet: None,
+        warm: None,
     };
     ready_report(&holding, Some((user.uid, user.gid)))
 }

@@ -120,6 +120,16 @@ pub(crate) fn fork_single_threaded() -> io::Result<Forked> {
     }
 }
 
+/// Closes `fd`, whose owner this process has forgotten (`mem::forget`)
+/// and never touches again: the container process's copy of the FUSE
+/// device, whose session belongs to the launcher.
+pub(crate) fn close_forgotten(fd: std::os::fd::RawFd) {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    // SAFETY: the caller forgot the only owner of `fd` in this process, so
+    // nothing else uses or closes it; it is closed exactly once, here.
+    drop(unsafe { OwnedFd::from_raw_fd(fd) });
+}
+
 /// Starts `f` as the first process of a new PID namespace (sharing the
 /// caller's mount namespace, so descriptors of host sources stay usable for
 /// binds); returns its PID as seen from the caller.
