@@ -36,8 +36,8 @@ pub struct Hold {
     /// Log each set-up phase with its duration on standard error (the
     /// caller sets the log filter from it; see `sifrun -v`).
     pub verbose: bool,
-    /// The step's command, whose blocks the image server decompresses
-    /// ahead (see `Squash::prefetch_file`).
+    /// The step's command (argv[0]), made ready ahead of the tasks' exec
+    /// (see `launch::ahead`).
     pub command: Option<String>,
     /// This node's name as slurmstepd has it (`%n` in a per-node
     /// `SlurmdSpoolDir`); `None`: the host name stands in.
@@ -106,10 +106,11 @@ impl Quiet {
     }
 
     /// The server's side: the step's command decompressed from now on, on
-    /// idle CPU (see `launch::ahead`), and a thread that waits for the
-    /// container process's word, then silences the server, looks up the
-    /// command's path and puts its blocks into the server's cache (the
-    /// server's root is the container's by then). Nothing comes when the
+    /// idle CPU, unless the container process reads it ahead into the page
+    /// cache (see `launch::ahead`), and a thread that waits for the
+    /// container process's word, then silences the server and puts the
+    /// command's blocks into the server's cache (it never touches the
+    /// mount, which is the server's root by then). Nothing comes when the
     /// container process ended first (its failure is still to be read by
     /// the plugin).
     pub(crate) fn follow(
@@ -176,7 +177,7 @@ pub(crate) fn hold(h: &Holding<'_>, sys: Linux, signals: &SigSet) -> i32 {
         let _ = nix::unistd::write(&q.reported, b"r");
     }
     if let Some(w) = h.warm {
-        w.in_container();
+        w.start_in_container();
     }
     loop {
         match syscall::wait_signal(signals) {

@@ -6,37 +6,41 @@
 //! the server one 128 KiB read at a time, each waiting for its block to be
 //! decompressed (`bench/holder-bench.py`: 9-11 ms for busybox's `true`
 //! against 3 ms once cached). The holder finds the command in the image
-//! before it forks the container process. From the server's start, a
+//! before it forks the container process.
+//!
+//! Once the container process has reported ready, a thread of it
+//! ([`Warm::in_container`]) looks the names up as exec will, so that the
+//! kernel keeps the answers, absent names included (see `fuse`), and, for
+//! an image whose blocks cost little to decompress (lz4), asks the kernel
+//! to read the program's first [`MAX_PAGE_CACHE`] bytes ahead into its page
+//! cache: the tasks' exec then reads none of the program's pages from the
+//! server (a step of an lz4 busybox image: 25 FUSE reads from the tasks
+//! before, none after; their open and release still go to the server).
+//!
+//! For other compressions (gzip, zstd, xz) that read-ahead would
+//! decompress the whole program at normal priority while slurmstepd forks
+//! the tasks, which made the step slower on the 2-CPU test machine
+//! (docs/performance.md, seventh pass). There, from the server's start, a
 //! thread decompresses the program's first [`MAX_AHEAD`] bytes under
 //! `SCHED_IDLE`, on CPU time the set-up, slurmstepd and the tasks leave
 //! (at nice 19 it still took a CPU from slurmstepd for a whole tick, 4 ms
-//! on the 2-CPU test machine, while the other CPU idled); once the
-//! container process has reported ready, the server puts the decompressed
-//! blocks into its cache as they come ([`Warm::deliver`]). Nothing waits
-//! for the idle thread: it decompresses outside the block cache and takes
-//! none of its locks, and a task that faults a page first is served as
-//! without it.
+//! on the 2-CPU test machine, while the other CPU idled; not for xz, whose
+//! decoder allocates as it goes); once the container process has reported
+//! ready, the server puts the decompressed blocks into its cache as they
+//! come ([`Warm::deliver`]). Nothing waits for the idle thread: it
+//! decompresses outside the block cache and takes none of its locks, and a
+//! task that faults a page first is served as without it.
 //!
-//! After its report the container process ([`Warm::in_container`]) looks
-//! the names up as exec will, so that the kernel keeps the answers, absent
-//! names included (see `fuse`), and, for an image whose blocks cost little
-//! to decompress (lz4), asks the kernel to read the program ahead into its
-//! page cache: the tasks' exec then finds every page there and asks the
-//! server nothing (a step of an lz4 busybox image: no FUSE read from the
-//! tasks, 25 before). For gzip and zstd the same read-ahead would
-//! decompress the whole program at normal priority while slurmstepd forks
-//! the tasks, which made the step slower on the 2-CPU test machine
-//! (docs/performance.md, seventh pass).
-//!
-//! The kernel's read-ahead sends its reads without waiting for them, and
-//! the container process holds no descriptor of the FUSE device (closed
-//! after the fork), so a server killed meanwhile ends the connection and
-//! every read with it. Not `FUSE_NOTIFY_STORE` from the server: a store
-//! waits, uninterruptibly, for a page a task's read has locked until the
-//! server answers; a holder killed then can never finish exiting (the
-//! storing thread keeps the device open, so the read is never aborted) and
-//! the step's processes stay. For the same reason no thread of the server
-//! touches the mount itself.
+//! The kernel sends the read-ahead's reads in the background (up to the
+//! server's limit of requests in flight; past it the asking thread waits,
+//! killably), and the container process holds no descriptor of the FUSE
+//! device (closed after the fork), so a server killed meanwhile ends the
+//! connection and every read with it. Not `FUSE_NOTIFY_STORE` from the
+//! server: a store waits, uninterruptibly, for a page a task's read has
+//! locked until the server answers; a holder killed then can never finish
+//! exiting (the storing thread keeps the device open, so the read is never
+//! aborted) and the step's processes stay. For the same reason no thread of
+//! the server touches the mount itself.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -64,6 +68,10 @@ pub(crate) struct Warm {
     /// kernel's page cache (the image's blocks are cheap to decompress).
     pub(crate) page_cache: bool,
 }
+
+/// The most bytes of the program read ahead into the page cache: the
+/// decompression runs at normal priority while the tasks start.
+pub(super) const MAX_PAGE_CACHE: u64 = 8 << 20;
 
 /// The kernel reads ahead at most this much per request (a FUSE mount's
 /// read-ahead window: `posix_fadvise` reads no more than one per call).
@@ -126,38 +134,34 @@ impl Warm {
     }
 
     /// In the container process, once it reported ready (its root is the
-    /// container's): the names exec will look up, looked up, so the kernel
-    /// remembers the answers; then, for an image of cheap blocks, the
-    /// program's first [`MAX_AHEAD`] bytes read ahead into the page cache,
-    /// one window per call, without waiting for the reads. A failure only
-    /// costs the tasks the time this would have saved.
-    pub(crate) fn in_container(&self) {
+    /// container's), on a thread of its own so that its main thread waits
+    /// for the step's end at once (a PATH entry on a slow network
+    /// filesystem must not delay a SIGTERM): the names exec will look up,
+    /// looked up, so the kernel remembers the answers; then, for an image
+    /// of cheap blocks, the program's first [`MAX_PAGE_CACHE`] bytes read
+    /// ahead into the page cache, one window per call. A failure only costs
+    /// the tasks the time this would have saved.
+    pub(crate) fn start_in_container(&self) {
+        let warm = self.clone();
+        let _ = std::thread::Builder::new()
+            .name("sifrun-warm".into())
+            .spawn(move || warm.in_container());
+    }
+
+    fn in_container(&self) {
         for path in &self.lookups {
             let _ = std::fs::metadata(path);
         }
-        if !self.page_cache {
-            return;
-        }
-        let Ok(file) = std::fs::File::open(&self.file) else {
-            return;
-        };
-        let len = file.metadata().map_or(0, |m| m.len()).min(MAX_AHEAD);
-        let mut at = 0;
-        while at < len {
-            let (offset, window) = (at as libc::off_t, WINDOW as libc::off_t);
-            let will_need = nix::fcntl::PosixFadviseAdvice::POSIX_FADV_WILLNEED;
-            if nix::fcntl::posix_fadvise(&file, offset, window, will_need).is_err() {
-                return;
-            }
-            at += WINDOW;
+        if self.page_cache {
+            let _ = read_ahead(&self.file);
         }
     }
 
     /// Once the container process reported ready: the blocks decompressed
     /// so far, and those that follow for up to [`DELIVER_FOR`], put into
-    /// the server's cache, where the tasks' page faults (and the container
-    /// process's read-ahead) find them decompressed. A failure only costs
-    /// the tasks the time this would have saved.
+    /// the server's cache, where the tasks' page faults find them
+    /// decompressed. A failure only costs the tasks the time this would
+    /// have saved.
     pub(crate) fn deliver(&self, pieces: Option<Pieces>, squash: &Squash) {
         let Some(Pieces { ahead }) = pieces else {
             return;
@@ -183,6 +187,32 @@ impl Warm {
         std::mem::forget(ahead);
         tracing::debug!(blocks, "the step's command decompressed ahead");
     }
+}
+
+/// Asks the kernel to read the first [`MAX_PAGE_CACHE`] bytes of the
+/// image's regular file `path` into its page cache, without waiting for
+/// the reads. Opened without blocking (a FIFO a bind put there) and only
+/// when it is a regular file of the image's own mount (the root's device),
+/// never a file bound from the host.
+fn read_ahead(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() || meta.dev() != std::fs::metadata("/")?.dev() {
+        return Ok(());
+    }
+    let len = meta.len().min(MAX_PAGE_CACHE);
+    let will_need = nix::fcntl::PosixFadviseAdvice::POSIX_FADV_WILLNEED;
+    let mut at = 0;
+    while at < len {
+        let (offset, window) = (at as libc::off_t, WINDOW as libc::off_t);
+        nix::fcntl::posix_fadvise(&file, offset, window, will_need)?;
+        at += WINDOW;
+    }
+    Ok(())
 }
 
 /// The tasks' PATH before the image's scripts: the user's, or the base one.

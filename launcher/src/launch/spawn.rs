@@ -42,10 +42,7 @@ pub(super) fn spawn(
         // of the device is closed, so a container process waiting for the
         // server's answer must hold none when the server is killed.
         if let Some(s) = session.borrow_mut().take() {
-            use std::os::fd::{AsFd, AsRawFd};
-            let device = s.as_fd().as_raw_fd();
-            std::mem::forget(s);
-            syscall::close_forgotten(device);
+            syscall::forget_closing(s);
         }
         let sys = linux.borrow_mut().take().expect("runs once");
         match &l.action {

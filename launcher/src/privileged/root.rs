@@ -79,8 +79,16 @@ fn build(l: &Launch, user: &UserCreds, loop_path: &Path, ns: &NsDir) -> Result<R
         None::<&str>,
     )
     .map_err(|e| {
+        // The kernel says which compressor it lacks only in its log.
+        let hint = match e {
+            nix::Error::EINVAL => {
+                " (does this kernel's squashfs have the image's compressor? its log names it; \
+                 lz4, sifrun build's default, needs CONFIG_SQUASHFS_LZ4)"
+            }
+            _ => "",
+        };
         failed(Stage::Image)(format!(
-            "{}: mounting the verified squashfs: {e}",
+            "{}: mounting the verified squashfs: {e}{hint}",
             l.image.display()
         ))
     })?;

@@ -120,13 +120,19 @@ pub(crate) fn fork_single_threaded() -> io::Result<Forked> {
     }
 }
 
-/// Closes `fd`, whose owner this process has forgotten (`mem::forget`)
-/// and never touches again: the container process's copy of the FUSE
-/// device, whose session belongs to the launcher.
-pub(crate) fn close_forgotten(fd: std::os::fd::RawFd) {
-    use std::os::fd::{FromRawFd, OwnedFd};
-    // SAFETY: the caller forgot the only owner of `fd` in this process, so
-    // nothing else uses or closes it; it is closed exactly once, here.
+/// Forgets `owner` (no destructor runs) and closes the one descriptor it
+/// holds: the container process's copy of the FUSE session, which belongs
+/// to the launcher (its destructor would unmount the image) but whose
+/// device must not stay open in the child. `owner` must own its descriptor
+/// alone, and the caller must not share its descriptor table with another
+/// process (fork or clone without `CLONE_FILES`, as here).
+pub(crate) fn forget_closing<T: std::os::fd::AsFd>(owner: T) {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let fd = owner.as_fd().as_raw_fd();
+    std::mem::forget(owner);
+    // SAFETY: `owner`, forgotten above, was the only owner of `fd` in this
+    // process and will never use or close it; it is closed exactly once,
+    // here.
     drop(unsafe { OwnedFd::from_raw_fd(fd) });
 }
 
@@ -135,6 +141,8 @@ pub(crate) fn close_forgotten(fd: std::os::fd::RawFd) {
 /// binds); returns its PID as seen from the caller.
 ///
 /// Like [`fork_single_threaded`], only for a process without other threads.
+/// Never with `CLONE_FILES`: the child closes its copy of the FUSE device
+/// ([`forget_closing`]), which must not close the launcher's.
 /// Unlike `unshare(CLONE_NEWPID)`, the caller itself is left able to start
 /// threads afterwards (the FUSE server needs them).
 pub(crate) fn spawn_pid_namespace(mut f: impl FnMut() -> i32) -> io::Result<Pid> {
