@@ -88,7 +88,8 @@ pub(super) fn spawn(
 /// The launcher after the fork: serves the image, forwards the signals it
 /// is sent to the container, and returns the container's exit status.
 /// A holder's step command is decompressed from the server's start and
-/// put into its cache once the container is ready (`ahead`, see
+/// put into its cache once the container is ready, unless the container
+/// process reads it ahead into the page cache (an lz4 image; `ahead`, see
 /// [`Quiet::follow`]).
 pub(super) fn serve_and_wait(
     l: &Launch,

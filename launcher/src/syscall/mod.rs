@@ -120,19 +120,18 @@ pub(crate) fn fork_single_threaded() -> io::Result<Forked> {
     }
 }
 
-/// Forgets `owner` (no destructor runs) and closes the one descriptor it
-/// holds: the container process's copy of the FUSE session, which belongs
-/// to the launcher (its destructor would unmount the image) but whose
-/// device must not stay open in the child. `owner` must own its descriptor
-/// alone, and the caller must not share its descriptor table with another
-/// process (fork or clone without `CLONE_FILES`, as here).
-pub(crate) fn forget_closing<T: std::os::fd::AsFd>(owner: T) {
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-    let fd = owner.as_fd().as_raw_fd();
-    std::mem::forget(owner);
-    // SAFETY: `owner`, forgotten above, was the only owner of `fd` in this
-    // process and will never use or close it; it is closed exactly once,
-    // here.
+/// Forgets the container process's copy of the FUSE session (no
+/// destructor runs: it would unmount the image, which belongs to the
+/// launcher) and closes its device, which must not stay open in the child.
+/// For a process that shares its descriptor table with no other (fork or
+/// clone without `CLONE_FILES`, as here).
+pub(crate) fn forget_closing(session: fuser::Session<crate::fuse::SquashFs>) {
+    use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+    let fd = session.as_fd().as_raw_fd();
+    std::mem::forget(session);
+    // SAFETY: the session, forgotten above, was the only owner of its
+    // device descriptor in this process (its channel and mount share one)
+    // and will never use or close it; it is closed exactly once, here.
     drop(unsafe { OwnedFd::from_raw_fd(fd) });
 }
 
