@@ -87,10 +87,11 @@ impl Plugin {
         if self.holder.is_some() {
             return Ok(());
         }
+        let contained = holder::in_contained_hook();
         let started = match early {
             // contain_spank, which the early start did not expect: the
             // holder must see the job's namespaces, as this hook does.
-            Some(s) if holder::in_contained_hook() => {
+            Some(s) if contained => {
                 s.spawned.abandon();
                 self.start_in_hook(sp)
             }
@@ -128,7 +129,7 @@ impl Plugin {
                 let start_time = crate::slurmd::start_time(Path::new("/proc"), child.id() as i32);
                 // A contained hook's descriptors are not slurmstepd's: the
                 // pipes go to processes that outlive it.
-                let output = if holder::in_contained_hook() {
+                let output = if contained {
                     output.drain_in_processes();
                     None
                 } else {

@@ -2,11 +2,12 @@
 //! limit) when first needed and kept in a bounded cache, and a [`Cursor`]
 //! reads a table's bytes across block boundaries without ever holding a
 //! whole table. Lookup tables (fragments, ids, exports) are read one entry
-//! at a time through their index of block positions.
+//! at a time through their index of block positions, whose positions are
+//! kept once read.
 
 use std::sync::Arc;
 
-use super::cache::{BlockCache, Weight};
+use super::cache::{BlockCache, SmallMap, Weight};
 use super::decompress::decompress;
 use super::raw::{
     METADATA_BLOCK, METADATA_LEN_MASK, METADATA_UNCOMPRESSED, POINTER_LEN, Source, corrupt,
@@ -15,6 +16,10 @@ use super::{Compression, SquashError};
 
 /// Bytes of decompressed metadata blocks kept (1,024 blocks).
 pub(crate) const METADATA_CACHE_BYTES: usize = 8 << 20;
+
+/// Lookup tables' block positions kept (each names one metadata block of
+/// entries: 1,024 inodes of the export table, 512 fragments).
+const POINTERS: usize = 1 << 12;
 
 /// One decompressed metadata block and the position of the block after it.
 pub(crate) struct MetaBlock {
@@ -34,6 +39,10 @@ pub(crate) struct Meta {
     pub(crate) src: Source,
     pub(crate) compression: Compression,
     cache: BlockCache<MetaBlock>,
+    /// Lookup tables' block positions, by where they are stored: every
+    /// inode reached by number goes through the export table's index, and
+    /// one read per lookup was most of the reads of a container's set-up.
+    pointers: SmallMap<u64, u64>,
 }
 
 /// A metadata table: the image-relative range its blocks occupy.
@@ -58,6 +67,7 @@ impl Meta {
             src,
             compression,
             cache: BlockCache::new(METADATA_CACHE_BYTES),
+            pointers: SmallMap::new(POINTERS),
         }
     }
 
@@ -66,19 +76,32 @@ impl Meta {
         if let Some(b) = self.cache.get(at) {
             return Ok(b);
         }
-        let head = self.src.read(at, 2, what)?;
-        let head = u16::from_le_bytes([head[0], head[1]]);
+        // The header and the longest block it can announce, in one read
+        // (fewer at the end of the filesystem).
+        let room = self
+            .src
+            .len
+            .saturating_sub(at)
+            .min(2 + METADATA_BLOCK as u64);
+        let raw = self.src.read(at, room.max(2) as usize, what)?;
+        let head = u16::from_le_bytes([raw[0], raw[1]]);
         let stored = usize::from(head & METADATA_LEN_MASK);
         if stored == 0 || stored > METADATA_BLOCK {
             return Err(corrupt(format!(
                 "{what}: metadata block at byte {at} has length {stored}"
             )));
         }
-        let raw = self.src.read(at + 2, stored, what)?;
+        if 2 + stored > raw.len() {
+            return Err(corrupt(format!(
+                "{what}: metadata block at byte {at} ({stored} bytes) lies past the end of the filesystem ({} bytes)",
+                self.src.len
+            )));
+        }
+        let body = &raw[2..2 + stored];
         let bytes = if head & METADATA_UNCOMPRESSED != 0 {
-            raw
+            body.to_vec()
         } else {
-            decompress(self.compression, &raw, METADATA_BLOCK)
+            decompress(self.compression, body, METADATA_BLOCK)
                 .map_err(|e| corrupt(format!("{what}: metadata block at byte {at}: {e}")))?
         };
         let block = Arc::new(MetaBlock {
@@ -104,9 +127,15 @@ impl Meta {
         }
         let byte = i * len;
         let per_block = METADATA_BLOCK as u64;
-        let pointer = self
-            .src
-            .u64_at(index + byte / per_block * POINTER_LEN, what)?;
+        let at = index + byte / per_block * POINTER_LEN;
+        let pointer = match self.pointers.get(&at) {
+            Some(p) => p,
+            None => {
+                let p = self.src.u64_at(at, what)?;
+                self.pointers.insert(at, p);
+                p
+            }
+        };
         let block = self.block(pointer, what)?;
         let at = (byte % per_block) as usize;
         block
