@@ -159,9 +159,7 @@ pub fn mount(
 
 /// Worker threads for the FUSE loop.
 pub fn default_threads() -> usize {
-    std::thread::available_parallelism()
-        .map_or(2, |n| n.get())
-        .clamp(2, 16)
+    crate::squash::available_cpus().clamp(2, 16)
 }
 
 impl crate::plan::ImageTree for Squash {

@@ -159,9 +159,16 @@ pub struct Tuning {
     pub prefetch_threads: usize,
 }
 
+/// The CPUs this process may use, asked once (std reads the cgroup's quota
+/// files each time: about 16 system calls on a holder's path).
+pub(crate) fn available_cpus() -> usize {
+    static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+}
+
 impl Default for Tuning {
     fn default() -> Self {
-        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let cpus = available_cpus();
         Tuning {
             cache_bytes: 64 << 20,
             readahead_blocks: 4 * cpus.clamp(1, 8),

@@ -226,7 +226,7 @@ pub fn launch(l: &Launch) -> Result<i32, LaunchError> {
     let session = timed("mount the image", || {
         serve::mount(&served, synth, &root, l.threads)
     })?;
-    let (child, session, quiet) = timed("spawn", || {
+    let spawned = timed("spawn", || {
         spawn::spawn(
             l,
             &prepared,
@@ -237,7 +237,7 @@ pub fn launch(l: &Launch) -> Result<i32, LaunchError> {
             ahead.as_ref(),
         )
     })?;
-    spawn::serve_and_wait(l, &served, session, child, signals, ahead, quiet)
+    spawn::serve_and_wait(l, &served, spawned, signals, ahead)
 }
 
 /// What to warm for a Slurm step's command ([`Hold::command`]), found the

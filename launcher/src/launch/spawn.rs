@@ -15,10 +15,20 @@ use crate::init::{Init, exit_code, init};
 use crate::serve::Served;
 use crate::syscall::{self, Forked, Linux};
 
+/// The container's first process, started, and what the launcher keeps.
+pub(super) struct Spawned {
+    pub(super) child: Pid,
+    /// The FUSE session, which stays with the launcher.
+    pub(super) session: Session<SquashFs>,
+    /// For a holder, the launcher's end of [`Quiet`].
+    pub(super) quiet: Option<Quiet>,
+    /// The launcher's copy of the host sources' descriptors, closed once
+    /// the server runs (the container process's first lookup waits for it).
+    host_sources: Option<Linux>,
+}
+
 /// Forks the container's first process (in a new PID namespace unless the
 /// launch is a Slurm step's): PID 1 ([`init`]) or the holder ([`hold`]).
-/// Returns its PID, the FUSE session, which stays with the launcher, and,
-/// for a holder, the launcher's end of [`Quiet`].
 pub(super) fn spawn(
     l: &Launch,
     p: &Prepared,
@@ -27,7 +37,7 @@ pub(super) fn spawn(
     session: Session<SquashFs>,
     signals: &SigSet,
     warm: Option<&super::ahead::Warm>,
-) -> Result<(Pid, Session<SquashFs>, Option<Quiet>), LaunchError> {
+) -> Result<Spawned, LaunchError> {
     let quiet = match &l.action {
         Action::Hold(_) => Some(Quiet::new().map_err(setup("opening /dev/null"))?),
         _ => None,
@@ -81,8 +91,12 @@ pub(super) fn spawn(
         }
     }
     .map_err(setup("starting the container"))?;
-    let session = session.into_inner().expect("still here in the parent");
-    Ok((child, session, quiet))
+    Ok(Spawned {
+        child,
+        session: session.into_inner().expect("still here in the parent"),
+        quiet,
+        host_sources: linux.into_inner(),
+    })
 }
 
 /// The launcher after the fork: serves the image, forwards the signals it
@@ -94,17 +108,22 @@ pub(super) fn spawn(
 pub(super) fn serve_and_wait(
     l: &Launch,
     served: &Served,
-    session: Session<SquashFs>,
-    child: Pid,
+    spawned: Spawned,
     signals: SigSet,
     ahead: Option<super::ahead::Warm>,
-    quiet: Option<Quiet>,
 ) -> Result<i32, LaunchError> {
+    let Spawned {
+        child,
+        session,
+        quiet,
+        host_sources,
+    } = spawned;
     // The server first: the container process's set-up waits for its
     // answers.
     std::thread::spawn(move || {
         let _ = session.run();
     });
+    drop(host_sources);
     std::thread::spawn(move || {
         while let Ok((sig, sent_by_process)) = syscall::wait_signal(&signals) {
             if sig != libc::SIGCHLD
