@@ -81,7 +81,8 @@ pub(crate) trait Syscall {
     /// of its own, so that each mount finds its target known to the kernel
     /// (an image served over FUSE answers each first lookup with a round
     /// trip; two servers' threads answer two at once). A hint: nothing
-    /// fails. Joined by [`Syscall::pivot_root`].
+    /// fails. Joined by [`Syscall::pivot_root`]; when a mount fails first,
+    /// left to end with the process, which reports and exits.
     fn look_ahead(&self, targets: &[PathBuf]) {
         let _ = targets;
     }
