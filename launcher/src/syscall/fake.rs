@@ -16,9 +16,6 @@ pub(crate) struct Fake {
     pub(crate) fail_targets: Vec<PathBuf>,
     pub(crate) fail_errno: Option<i32>,
     pub(crate) proc_fails: bool,
-    /// What [`Syscall::look_ahead`] was given (a hint, not a call that can
-    /// fail: kept out of `calls`).
-    pub(crate) looked_ahead: RefCell<Vec<PathBuf>>,
 }
 
 impl Fake {
@@ -126,9 +123,6 @@ impl Syscall for Fake {
     }
     fn chdir(&self, path: &Path) -> io::Result<()> {
         self.record(format!("chdir {}", path.display()), Some(path))
-    }
-    fn look_ahead(&self, targets: &[PathBuf]) {
-        self.looked_ahead.borrow_mut().extend_from_slice(targets);
     }
     fn unshare_mount(&self) -> io::Result<()> {
         self.record("unshare mount".into(), None)

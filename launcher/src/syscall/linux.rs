@@ -39,23 +39,6 @@ pub(crate) struct Linux {
     /// The sources were opened by someone else (the privileged path's
     /// opener, as the user): nothing more is opened here.
     preopened: bool,
-    /// The thread looking the mount targets up ahead of the mounts, joined
-    /// before `pivot_root`.
-    looking: RefCell<Option<std::thread::JoinHandle<()>>>,
-}
-
-/// Opens `target` inside `root` (see [`Linux::open_target`]).
-fn open_in(root: &OwnedFd, target: &Path) -> io::Result<OwnedFd> {
-    let rel = target.strip_prefix("/").unwrap_or(target);
-    let rel = if rel.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        rel
-    };
-    let how = OpenHow::new()
-        .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
-        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
-    openat2(root, rel, how).map_err(to_io)
 }
 
 fn tmpfs(target: &Path, data: &str) -> io::Result<()> {
@@ -84,13 +67,6 @@ impl Linux {
     /// were `/`, magic links (such as /proc/PID/root) are refused, so a
     /// target can never reach a host path.
     fn open_target(&self, target: &Path) -> io::Result<OwnedFd> {
-        self.open_root()?;
-        let root = self.root_fd.borrow();
-        open_in(root.as_ref().expect("opened above"), target)
-    }
-
-    /// Opens the root's descriptor, once.
-    fn open_root(&self) -> io::Result<()> {
         if self.root_fd.borrow().is_none() {
             let fd = nix::fcntl::open(
                 self.staging.borrow().root.as_path(),
@@ -100,7 +76,18 @@ impl Linux {
             .map_err(to_io)?;
             *self.root_fd.borrow_mut() = Some(fd);
         }
-        Ok(())
+        let root = self.root_fd.borrow();
+        let root = root.as_ref().expect("opened above");
+        let rel = target.strip_prefix("/").unwrap_or(target);
+        let rel = if rel.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            rel
+        };
+        let how = OpenHow::new()
+            .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
+            .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+        openat2(root, rel, how).map_err(to_io)
     }
 
     fn fd_path(fd: &OwnedFd) -> PathBuf {
@@ -300,29 +287,7 @@ impl Syscall for Linux {
         Ok(())
     }
 
-    fn look_ahead(&self, targets: &[PathBuf]) {
-        let root = self.open_root().and_then(|()| {
-            let root = self.root_fd.borrow();
-            root.as_ref().expect("opened above").try_clone()
-        });
-        let Ok(root) = root else {
-            return;
-        };
-        let targets = targets.to_vec();
-        let looking = std::thread::Builder::new()
-            .name("sifrun-lookups".into())
-            .spawn(move || {
-                for t in &targets {
-                    let _ = open_in(&root, t);
-                }
-            });
-        *self.looking.borrow_mut() = looking.ok();
-    }
-
     fn pivot_root(&self) -> io::Result<()> {
-        if let Some(looking) = self.looking.borrow_mut().take() {
-            let _ = looking.join();
-        }
         chdir(self.staging.borrow().root.as_path()).map_err(to_io)?;
         pivot_root(".", ".").map_err(to_io)?;
         umount2(".", MntFlags::MNT_DETACH).map_err(to_io)?;

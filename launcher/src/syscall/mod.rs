@@ -77,15 +77,6 @@ pub(crate) trait Syscall {
     ) -> io::Result<()>;
     /// Puts a writable tmpfs overlay on top of the root.
     fn overlay_root(&self) -> io::Result<()>;
-    /// Looks `targets` up inside the root ahead of the mounts, on a thread
-    /// of its own, so that each mount finds its target known to the kernel
-    /// (an image served over FUSE answers each first lookup with a round
-    /// trip; two servers' threads answer two at once). A hint: nothing
-    /// fails. Joined by [`Syscall::pivot_root`]; when a mount fails first,
-    /// left to end with the process, which reports and exits.
-    fn look_ahead(&self, targets: &[PathBuf]) {
-        let _ = targets;
-    }
     /// Makes the root the process's `/`, detaching the old root.
     fn pivot_root(&self) -> io::Result<()>;
     /// Changes directory inside the container.
